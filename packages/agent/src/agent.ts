@@ -1,0 +1,384 @@
+import { mkdirSync } from 'node:fs';
+import {
+  BatonError,
+  PROTOCOL_VERSION,
+  systemClock,
+  type AgentParsedParams,
+  type AgentResult,
+  type MonotonicClock,
+} from '@baton/core';
+import type { ClientConnection } from './api/connection.js';
+import type { ConnectionContext, Handlers } from './api/dispatch.js';
+import { SocketServer } from './api/socket-server.js';
+import type { AgentConfig } from './config.js';
+import { HttpServer } from './http/http-server.js';
+import { AgentMetrics } from './http/metrics.js';
+import { LockManager } from './locks/lock-manager.js';
+import { Lockspace } from './locks/lockspace.js';
+import { TokenSource } from './locks/token-source.js';
+import type { Logger } from './logger.js';
+import { probeOfdLocks } from './locks/ofd-probe.js';
+import { LivenessMonitor } from './owners/liveness-monitor.js';
+import { OwnerRegistry, type OwnerRecord } from './owners/owner-registry.js';
+import { reexecImage } from './state/reexec.js';
+import { REEXEC_ENV, takeInheritedState, type AgentState } from './state/state-file.js';
+import { resolveGroup } from './sys/groups.js';
+import type { PeerCred } from './sys/index.js';
+import { VERSION } from './version.js';
+
+export interface AgentOptions {
+  config: AgentConfig;
+  logger: Logger;
+  clock?: MonotonicClock;
+}
+
+export const AGENT_STATES = ['serving', 'degraded', 're-executing', 'stopping', 'closed'] as const;
+export type AgentLifecycle = (typeof AGENT_STATES)[number];
+
+/**
+ * One host's lock daemon (virtlockd's role): holds fcntl locks for the VMs on this host, serves
+ * them over a UNIX socket, releases what dead owners held, and re-executes itself without ever
+ * letting go of a lock.
+ */
+export class Agent implements AsyncDisposable {
+  private state: AgentLifecycle = 'serving';
+  private degradedBy: BatonError | undefined;
+  private generation = 0;
+  private httpServer: HttpServer | undefined;
+  private monitor!: LivenessMonitor;
+  private server!: SocketServer;
+  private closing: Promise<void> | undefined;
+  private readonly registry = new OwnerRegistry();
+  private readonly metrics = new AgentMetrics();
+  private readonly locks: LockManager;
+  private readonly clock: MonotonicClock;
+  private readonly log: Logger;
+  private readonly ofd: boolean;
+  private readonly stopped = Promise.withResolvers<void>();
+  /** Resolves when the agent has stopped serving, for whatever reason. */
+  readonly closed: Promise<void> = this.stopped.promise;
+
+  private constructor(
+    readonly config: AgentConfig,
+    logger: Logger,
+    clock: MonotonicClock,
+  ) {
+    this.log = logger;
+    this.clock = clock;
+    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    for (const ls of config.lockspaces) if (ls.dir !== undefined) mkdirSync(ls.dir, { recursive: true, mode: 0o755 });
+    this.ofd = config.ofdLocks && probeOfdLocks(config.stateDir);
+    this.locks = new LockManager({
+      lockspaces: config.lockspaces.map((c) => new Lockspace(c)),
+      defaultLockspace: config.defaultLockspace ?? config.lockspaces[0]!.name,
+      tokens: new TokenSource(config.stateDir, config.tokenBlock),
+      ofd: this.ofd,
+    });
+  }
+
+  static async start(opts: AgentOptions): Promise<Agent> {
+    const agent = new Agent(opts.config, opts.logger, opts.clock ?? systemClock);
+    await agent.boot();
+    return agent;
+  }
+
+  private async boot(): Promise<void> {
+    const fromPid = process.env[REEXEC_ENV];
+    // Children (sim VMs, killpaths) must not believe they were re-executed.
+    delete process.env[REEXEC_ENV];
+    const inherited = takeInheritedState(this.config.stateDir, fromPid === String(process.pid));
+    let adopted: AgentState | undefined;
+    if (inherited.kind === 'adopt') {
+      try {
+        this.locks.adopt(inherited.state.locks);
+        this.registry.restore(inherited.state.owners);
+        this.generation = inherited.state.generation + 1;
+        adopted = inherited.state;
+      } catch (err) {
+        this.degrade(err instanceof BatonError ? err : new BatonError('STATE_INVALID', (err as Error).message, { cause: err }));
+      }
+    } else if (inherited.kind === 'refused') {
+      if (inherited.reexec) {
+        this.degrade(inherited.error);
+      } else {
+        // A leftover from another process: nothing of it is held by us, so start clean.
+        this.log.error({ code: inherited.error.code, details: inherited.error.details }, `refused a stale state file: ${inherited.error.message}`);
+      }
+    }
+
+    this.server = await SocketServer.listen({
+      path: this.config.socket.path,
+      mode: this.config.socket.mode,
+      gid: this.config.socket.group === undefined ? undefined : resolveGroup(this.config.socket.group),
+      handlers: this.handlers(),
+      allowPeer: (peer) => this.allowPeer(peer),
+      onConnectionClosed: (conn) => this.connectionClosed(conn),
+      inheritedFd: adopted?.listenFd,
+      firstConnectionId: adopted?.nextConnectionId ?? 1,
+    });
+    this.monitor = new LivenessMonitor(this.registry, {
+      pollMs: this.config.owners.pidPollMs,
+      termGraceMs: this.config.owners.termGraceMs,
+      clock: this.clock,
+      onGone: (record, why) => this.ownerGone(record, why),
+      onSignal: (record, signal) => {
+        this.metrics.ownerSignals.inc({ signal });
+        this.log.warn({ owner: record.owner, signal }, `sent ${signal} to owner ${record.owner.name}: its connection closed while it held locks`);
+      },
+    });
+    if (adopted) {
+      this.server.adopt(adopted.connections.map((c) => ({ ...c, pending: Buffer.from(c.pending, 'base64') })));
+      // Termination in progress when the old image exec'd restarts its grace period here.
+      for (const r of this.registry.all()) if (r.state === 'terminating') this.monitor.terminate(r, 'connection closed (before re-exec)');
+    }
+    if (this.config.http.enabled) {
+      this.httpServer = await HttpServer.start({ host: this.config.http.host, port: this.config.http.port, registry: this.metrics.registry, health: this });
+    }
+    this.updateGauges();
+    this.log.info(
+      {
+        socket: this.config.socket.path,
+        httpPort: this.httpServer?.port ?? null,
+        generation: this.generation,
+        ofdLocks: this.ofd,
+        adoptedLocks: adopted?.locks.length ?? 0,
+        adoptedConnections: adopted?.connections.length ?? 0,
+        lockspaces: this.config.lockspaces,
+      },
+      adopted ? `agent re-executed (generation ${this.generation}), ${adopted.locks.length} locks adopted` : 'agent started',
+    );
+  }
+
+  private degrade(err: BatonError): void {
+    this.state = 'degraded';
+    this.degradedBy = err;
+    this.metrics.degraded.set(1);
+    this.log.fatal(
+      { code: err.code, details: err.details },
+      `inherited state refused: ${err.message}. Every inherited descriptor stays open (no lock is dropped); no new lock is granted until an operator restarts the agent with the VMs stopped`,
+    );
+  }
+
+  notReadyReason(): string | undefined {
+    if (this.state === 'serving') return undefined;
+    return this.state === 'degraded' ? `degraded: ${this.degradedBy?.message}` : this.state;
+  }
+
+  get lifecycle(): AgentLifecycle {
+    return this.state;
+  }
+
+  get httpPort(): number | undefined {
+    return this.httpServer?.port;
+  }
+
+  private allowPeer(peer: PeerCred | undefined): boolean {
+    if (peer === undefined) return false;
+    // The socket's mode already gates who can connect; a configured group widens it on purpose.
+    return peer.uid === 0 || peer.uid === process.geteuid?.() || this.config.socket.group !== undefined;
+  }
+
+  private handlers(): Handlers {
+    return {
+      hello: () => this.hello(),
+      register: (ctx, p) => this.register(ctx, p),
+      acquire: (ctx, p) => this.acquire(ctx, p),
+      release: (ctx, p) => this.release(ctx, p),
+      inquire: (ctx, p) => this.inquire(ctx, p),
+      locks: (ctx) => this.listLocks(ctx),
+      shutdown: (ctx, p) => this.shutdown(ctx, p),
+    };
+  }
+
+  private hello(): AgentResult<'hello'> {
+    return {
+      protocol: PROTOCOL_VERSION,
+      host: this.config.hostId,
+      pid: process.pid,
+      version: VERSION,
+      generation: this.generation,
+      httpPort: this.httpServer?.port ?? null,
+      ofdLocks: this.ofd,
+    };
+  }
+
+  private register(ctx: ConnectionContext, p: AgentParsedParams<'register'>): AgentResult<'register'> {
+    if (ctx.restricted) throw new BatonError('DENIED', 'this connection is restricted to its owner');
+    if (ctx.ownerUuid !== undefined) throw new BatonError('ALREADY_REGISTERED', `this connection already registered owner ${ctx.ownerUuid}`, { details: { owner: ctx.ownerUuid } });
+    const record = this.registry.register(p.owner, p.liveness, ctx.id);
+    ctx.ownerUuid = record.owner.uuid;
+    ctx.restricted = p.restricted;
+    this.updateGauges();
+    this.log.info({ owner: record.owner, liveness: record.liveness, restricted: p.restricted, peer: ctx.peer }, `owner ${record.owner.name} registered`);
+    return { owner: record.owner, liveness: record.liveness, restricted: p.restricted };
+  }
+
+  private ownerOf(ctx: ConnectionContext): OwnerRecord {
+    const record = ctx.ownerUuid === undefined ? undefined : this.registry.get(ctx.ownerUuid);
+    if (!record) throw new BatonError('NOT_REGISTERED', 'register an owner on this connection first');
+    return record;
+  }
+
+  private acquire(ctx: ConnectionContext, p: AgentParsedParams<'acquire'>): AgentResult<'acquire'> {
+    if (this.state === 'degraded') throw this.degradedBy!;
+    if (this.state !== 'serving') throw new BatonError('SHUTTING_DOWN', `agent is ${this.state}`);
+    const record = this.ownerOf(ctx);
+    if (record.state !== 'live') throw new BatonError('DENIED', `owner ${record.owner.uuid} is being terminated`);
+    const started = this.clock.now();
+    try {
+      const grants = this.locks.acquire(record.owner.uuid, p.resources);
+      this.metrics.grants.inc({ result: 'granted' });
+      this.log.info({ owner: record.owner.uuid, grants }, `granted ${grants.length} lock(s) to ${record.owner.name}`);
+      return { grants };
+    } catch (err) {
+      this.metrics.grants.inc({ result: err instanceof BatonError && err.code === 'RESOURCE_BUSY' ? 'busy' : 'error' });
+      throw err;
+    } finally {
+      this.metrics.grantSeconds.observe((this.clock.now() - started) / 1000);
+      this.updateGauges();
+    }
+  }
+
+  private release(ctx: ConnectionContext, p: AgentParsedParams<'release'>): AgentResult<'release'> {
+    const record = this.ownerOf(ctx);
+    const released = this.locks.release(record.owner.uuid, p.resources);
+    this.metrics.releases.inc({ reason: 'requested' }, released.length);
+    this.updateGauges();
+    this.log.info({ owner: record.owner.uuid, released }, `released ${released.length} lock(s) of ${record.owner.name}`);
+    return { released };
+  }
+
+  private inquire(ctx: ConnectionContext, p: AgentParsedParams<'inquire'>): AgentResult<'inquire'> {
+    const target = p.owner?.toLowerCase() ?? ctx.ownerUuid;
+    if (target === undefined) throw new BatonError('NOT_REGISTERED', 'name an owner, or register one on this connection');
+    if (ctx.restricted && target !== ctx.ownerUuid) throw new BatonError('DENIED', 'a restricted connection may inquire only its own owner');
+    const record = this.registry.get(target);
+    if (!record) throw new BatonError('NOT_REGISTERED', `owner ${target} is not registered on this host`, { details: { owner: target } });
+    return { kind: 'baton.lock-state', version: 1, host: this.config.hostId, owner: record.owner, liveness: record.liveness, locks: this.locks.grantsOf(record.owner.uuid) };
+  }
+
+  private listLocks(ctx: ConnectionContext): AgentResult<'locks'> {
+    if (ctx.restricted) throw new BatonError('DENIED', 'a restricted connection may not list other owners’ locks');
+    const ownerInfo = (uuid: string): { uuid: string; name: string; pid?: number } => {
+      const o = this.registry.get(uuid)?.owner;
+      return { uuid, name: o?.name ?? '?', ...(o?.pid === undefined ? {} : { pid: o.pid }) };
+    };
+    return {
+      host: this.config.hostId,
+      lockspaces: this.locks.allLockspaces().map((l) => ({ name: l.name, kind: l.kind, ...(l.dir === undefined ? {} : { dir: l.dir }) })),
+      locks: this.locks.list().map(({ grant, owners }) => ({ ...grant, owners: owners.map(ownerInfo) })),
+    };
+  }
+
+  private shutdown(ctx: ConnectionContext, p: AgentParsedParams<'shutdown'>): AgentResult<'shutdown'> {
+    if (ctx.restricted) throw new BatonError('DENIED', 'a restricted connection may not stop the agent');
+    const held = this.locks.size;
+    if (held > 0 && !p.releaseAll) {
+      throw new BatonError('LOCKS_HELD', `${held} lock(s) are held; stopping would leave running VMs unprotected. Pass releaseAll to drop them on purpose`, { details: { held } });
+    }
+    // Reply first, then stop: the client learns what happened.
+    setImmediate(() => {
+      this.close().catch((err: unknown) => this.log.error({ err }, 'shutdown failed'));
+    });
+    return { released: held };
+  }
+
+  /**
+   * SIGTERM's answer. With locks held, a plain stop would hand running VMs' disks to anyone
+   * (virtlockd's SIGTERM kills its VMs; its SIGKILL leaves them unprotected): refuse, loudly.
+   */
+  requestStop(signal: string): boolean {
+    const held = this.locks.size;
+    if (held > 0) {
+      this.log.error(
+        { code: 'LOCKS_HELD', held, signal },
+        `${signal} refused: ${held} lock(s) held. Upgrade with SIGUSR1 (locks kept), or stop on purpose with \`baton agent stop --release-all\``,
+      );
+      return false;
+    }
+    this.close().catch((err: unknown) => this.log.error({ err }, 'stop failed'));
+    return true;
+  }
+
+  private connectionClosed(conn: ClientConnection): void {
+    this.updateGauges();
+    if (this.state === 'closed' || conn.ownerUuid === undefined) return;
+    const record = this.registry.get(conn.ownerUuid);
+    if (!record || record.liveness !== 'connection' || record.connection !== conn.id) return;
+    if (this.locks.holdsAny(record.owner.uuid)) {
+      this.monitor.terminate(record, 'connection closed');
+    } else {
+      this.registry.remove(record.owner.uuid);
+      this.updateGauges();
+    }
+  }
+
+  private ownerGone(record: OwnerRecord, why: string): void {
+    const released = this.locks.release(record.owner.uuid);
+    this.registry.remove(record.owner.uuid);
+    this.metrics.releases.inc({ reason: 'owner-gone' }, released.length);
+    this.updateGauges();
+    this.log.info({ owner: record.owner, released, why }, `owner ${record.owner.name} is gone (${why}); released ${released.length} lock(s)`);
+  }
+
+  private updateGauges(): void {
+    this.metrics.locksHeld.set(this.locks.size);
+    this.metrics.owners.set(this.registry.size);
+    this.metrics.generation.set(this.generation);
+    this.metrics.connections.set(this.server?.connections().length ?? 0);
+  }
+
+  /**
+   * Replace this process image with the same program (an upgrade), keeping every lock held:
+   * seed 001's re-exec. Returns only if the exec failed, with everything still held and served.
+   */
+  async reexec(): Promise<void> {
+    if (this.state !== 'serving' && this.state !== 'degraded') return;
+    const previous = this.state;
+    this.state = 're-executing';
+    this.server.pause();
+    try {
+      await this.server.flushAll(AbortSignal.timeout(2000));
+    } catch {
+      this.log.warn('some replies were not flushed before re-exec; their clients will retry');
+    }
+    try {
+      reexecImage({
+        stateDir: this.config.stateDir,
+        generation: this.generation,
+        locks: this.locks,
+        owners: this.registry.all(),
+        server: this.server,
+        log: this.log,
+      });
+    } catch (err) {
+      this.log.error({ err }, 're-exec failed; still running the old image with every lock held');
+      this.state = previous;
+      this.server.resume();
+    }
+  }
+
+  /**
+   * Stop serving and release everything held. Only reached with no locks held, or when an operator
+   * asked to drop them (shutdown with releaseAll), or when an embedding program disposes of the agent.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.state = 'stopping';
+      this.monitor.close();
+      await this.server.close();
+      const held = this.locks.size;
+      for (const r of this.registry.all()) this.locks.release(r.owner.uuid);
+      await this.httpServer?.close();
+      this.locks.close();
+      this.state = 'closed';
+      this.log.info({ released: held }, 'agent stopped');
+      this.stopped.resolve();
+    })();
+    return this.closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

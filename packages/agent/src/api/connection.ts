@@ -1,0 +1,118 @@
+import type { Socket } from 'node:net';
+import { BatonError, type ReplyEnvelope } from '@baton/core';
+import type { PeerCred } from '../sys/index.js';
+import { dispatch, errorReply, type ConnectionContext, type Handlers } from './dispatch.js';
+import { LineReader } from './line-reader.js';
+
+/** The descriptor behind a Node socket or server (libuv keeps it on the handle). */
+export function handleFd(obj: Socket | { _handle?: unknown }): number {
+  const fd = (obj as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error('socket has no file descriptor');
+  return fd;
+}
+
+export interface ConnectionOptions {
+  id: number;
+  peer: PeerCred | undefined;
+  maxLineBytes: number;
+  handlers: Handlers;
+  onClose(conn: ClientConnection): void;
+  /** Bytes received by a previous image but not yet handled (re-exec). */
+  pending?: Buffer;
+  ownerUuid?: string;
+  restricted?: boolean;
+}
+
+/** One client on the agent socket: lines in, replies out, in order. */
+export class ClientConnection implements ConnectionContext {
+  readonly id: number;
+  readonly peer: PeerCred | undefined;
+  ownerUuid: string | undefined;
+  restricted: boolean;
+  private readonly reader: LineReader;
+  private closed = false;
+
+  constructor(
+    readonly socket: Socket,
+    private readonly opts: ConnectionOptions,
+  ) {
+    this.id = opts.id;
+    this.peer = opts.peer;
+    this.ownerUuid = opts.ownerUuid;
+    this.restricted = opts.restricted ?? false;
+    this.reader = new LineReader(opts.maxLineBytes);
+    socket.on('data', (chunk: Buffer) => this.receive(chunk));
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      this.closed = true;
+      opts.onClose(this);
+    });
+    if (opts.pending && opts.pending.length > 0) this.receive(opts.pending);
+  }
+
+  private receive(chunk: Buffer): void {
+    for (const event of this.reader.push(chunk)) {
+      const reply =
+        event.kind === 'line'
+          ? dispatch(this.opts.handlers, this, event.line)
+          : errorReply(null, new BatonError('LINE_TOO_LONG', `request line exceeds ${this.opts.maxLineBytes} bytes; discarded`, { details: { limit: this.opts.maxLineBytes } }));
+      this.send(reply);
+    }
+  }
+
+  send(reply: ReplyEnvelope): void {
+    if (!this.closed) this.socket.write(JSON.stringify(reply) + '\n');
+  }
+
+  /** Refuse the connection with an error the client can read, then close it. */
+  refuse(err: BatonError): void {
+    this.socket.end(JSON.stringify(errorReply(null, err)) + '\n');
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  fd(): number {
+    return handleFd(this.socket);
+  }
+
+  /** Stop handling requests; whatever arrives stays unread for the next image. */
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  /**
+   * Every byte received and not yet handled, in order: the partial line, then what sits unread in
+   * the socket's buffer. The unread part is put back, so nothing changes if the exec fails.
+   */
+  pendingBytes(): Buffer {
+    const unread: Buffer[] = [];
+    for (let c = this.socket.read() as Buffer | null; c !== null; c = this.socket.read() as Buffer | null) unread.push(c);
+    const rest = Buffer.concat(unread);
+    if (rest.length > 0) this.socket.unshift(rest);
+    return Buffer.concat([this.reader.pending(), rest]);
+  }
+
+  /** Resolves when every reply written so far has reached the kernel. */
+  async flushed(signal: AbortSignal): Promise<void> {
+    while (!this.closed && this.socket.writableLength > 0) {
+      signal.throwIfAborted();
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          this.socket.off('drain', done);
+          this.socket.off('close', done);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        this.socket.once('drain', done);
+        this.socket.once('close', done);
+        signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+}

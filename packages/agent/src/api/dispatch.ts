@@ -1,0 +1,61 @@
+import {
+  AGENT_METHODS,
+  BatonError,
+  describeIssues,
+  isAgentMethod,
+  PROTOCOL_VERSION,
+  RequestEnvelope,
+  toErrorBody,
+  type AgentMethod,
+  type AgentParsedParams,
+  type AgentResult,
+  type ReplyEnvelope,
+  type RequestId,
+} from '@baton/core';
+import type { PeerCred } from '../sys/index.js';
+
+/** What the agent knows about the connection a request arrived on. */
+export interface ConnectionContext {
+  readonly id: number;
+  readonly peer: PeerCred | undefined;
+  ownerUuid: string | undefined;
+  restricted: boolean;
+}
+
+export type Handlers = {
+  [M in AgentMethod]: (ctx: ConnectionContext, params: AgentParsedParams<M>) => AgentResult<M>;
+};
+
+function reply(id: RequestId | null, result: unknown): ReplyEnvelope {
+  return { v: PROTOCOL_VERSION, id, ok: true, result };
+}
+
+export function errorReply(id: RequestId | null, err: unknown): ReplyEnvelope {
+  return { v: PROTOCOL_VERSION, id, ok: false, error: toErrorBody(err) };
+}
+
+/** One request line in, one reply out. Nothing the line holds can throw past this function. */
+export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: string): ReplyEnvelope {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(line);
+  } catch (err) {
+    return errorReply(null, new BatonError('INVALID_REQUEST', `not JSON: ${(err as Error).message}`));
+  }
+  const env = RequestEnvelope.safeParse(raw);
+  const id = env.success ? env.data.id : null;
+  try {
+    if (!env.success) throw new BatonError('INVALID_REQUEST', `bad envelope: ${describeIssues(env.error)}`);
+    if (env.data.v !== PROTOCOL_VERSION) {
+      throw new BatonError('UNSUPPORTED_VERSION', `protocol version ${env.data.v} is not supported`, { details: { supported: [PROTOCOL_VERSION] } });
+    }
+    const method = env.data.method;
+    if (!isAgentMethod(method)) throw new BatonError('UNKNOWN_METHOD', `unknown method "${method}"`, { details: { methods: Object.keys(AGENT_METHODS) } });
+    const params = AGENT_METHODS[method].params.safeParse(env.data.params);
+    if (!params.success) throw new BatonError('INVALID_REQUEST', `${method}: ${describeIssues(params.error)}`);
+    const handler = handlers[method] as (c: ConnectionContext, p: unknown) => unknown;
+    return reply(id, handler(ctx, params.data));
+  } catch (err) {
+    return errorReply(id, err);
+  }
+}

@@ -1,0 +1,45 @@
+/**
+ * Splits a byte stream into lines, with a size limit. An oversized line is reported once and
+ * discarded up to its newline, so the connection stays usable for the requests after it.
+ */
+export type LineEvent = { kind: 'line'; line: string } | { kind: 'too-long'; bytes: number };
+
+export class LineReader {
+  private parts: Buffer[] = [];
+  private size = 0;
+  private discarding = false;
+
+  constructor(private readonly maxBytes: number) {}
+
+  /** Bytes received but not yet a whole line (carried across a re-exec). */
+  pending(): Buffer {
+    return Buffer.concat(this.parts);
+  }
+
+  *push(chunk: Buffer): Generator<LineEvent> {
+    let start = 0;
+    while (start < chunk.length) {
+      const nl = chunk.indexOf(0x0a, start);
+      const end = nl === -1 ? chunk.length : nl;
+      if (!this.discarding) {
+        this.size += end - start;
+        if (this.size > this.maxBytes) {
+          this.discarding = true;
+          this.parts = [];
+          yield { kind: 'too-long', bytes: this.size };
+        } else {
+          this.parts.push(chunk.subarray(start, end));
+        }
+      }
+      if (nl === -1) break;
+      if (!this.discarding) {
+        const line = Buffer.concat(this.parts).toString('utf8');
+        if (line.trim() !== '') yield { kind: 'line', line };
+      }
+      this.parts = [];
+      this.size = 0;
+      this.discarding = false;
+      start = nl + 1;
+    }
+  }
+}

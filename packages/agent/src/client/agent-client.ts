@@ -1,0 +1,107 @@
+import { connect, type Socket } from 'node:net';
+import {
+  AGENT_METHODS,
+  BatonError,
+  MAX_LINE_BYTES,
+  PROTOCOL_VERSION,
+  ReplyEnvelope,
+  type AgentMethod,
+  type AgentParams,
+  type AgentResult,
+} from '@baton/core';
+import { LineReader } from '../api/line-reader.js';
+
+export interface AgentClientOptions {
+  socketPath: string;
+  signal?: AbortSignal;
+}
+
+interface Pending {
+  method: AgentMethod;
+  resolve(value: unknown): void;
+  reject(err: BatonError): void;
+}
+
+/**
+ * A client of the agent's socket: one connection, requests answered in order. A registered
+ * connection-bound owner lives exactly as long as this client stays open.
+ */
+export class AgentClient implements AsyncDisposable {
+  private readonly pending = new Map<number, Pending>();
+  private readonly reader = new LineReader(MAX_LINE_BYTES);
+  private nextId = 1;
+  private readonly done = Promise.withResolvers<void>();
+  /** Resolves when the connection has closed, from either side. */
+  readonly closed: Promise<void> = this.done.promise;
+
+  private constructor(private readonly socket: Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      for (const ev of this.reader.push(chunk)) if (ev.kind === 'line') this.onLine(ev.line);
+    });
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      for (const p of this.pending.values()) p.reject(new BatonError('UNAVAILABLE', `connection to the agent closed before "${p.method}" was answered`));
+      this.pending.clear();
+      this.done.resolve();
+    });
+  }
+
+  static async connect(opts: AgentClientOptions): Promise<AgentClient> {
+    const socket = connect(opts.socketPath);
+    await new Promise<void>((resolve, reject) => {
+      const fail = (err: Error): void => {
+        socket.destroy();
+        reject(new BatonError('UNAVAILABLE', `cannot reach the agent at ${opts.socketPath}: ${err.message}`, { cause: err, details: { socket: opts.socketPath } }));
+      };
+      socket.once('connect', () => {
+        socket.off('error', fail);
+        opts.signal?.removeEventListener('abort', onAbort);
+        resolve();
+      });
+      socket.once('error', fail);
+      const onAbort = (): void => fail(new Error('aborted'));
+      opts.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    return new AgentClient(socket);
+  }
+
+  private onLine(line: string): void {
+    const parsed = ReplyEnvelope.safeParse(JSON.parse(line));
+    if (!parsed.success) return;
+    const reply = parsed.data;
+    // A reply with no id answers no request: the agent refused the connection or a line.
+    const id = typeof reply.id === 'number' ? reply.id : undefined;
+    const waiter = id === undefined ? this.pending.values().next().value : this.pending.get(id);
+    if (!waiter) return;
+    this.pending.delete(id ?? [...this.pending.keys()][0]!);
+    if (reply.ok) waiter.resolve(reply.result);
+    else waiter.reject(new BatonError(reply.error.code as BatonError['code'], reply.error.message, reply.error.details ? { details: reply.error.details } : undefined));
+  }
+
+  /** Send one request; resolves with its validated result or rejects with the agent's error. */
+  async request<M extends AgentMethod>(method: M, params?: AgentParams<M>, opts: { signal?: AbortSignal } = {}): Promise<AgentResult<M>> {
+    const id = this.nextId++;
+    const result = new Promise<unknown>((resolve, reject) => {
+      this.pending.set(id, { method, resolve, reject });
+      opts.signal?.addEventListener('abort', () => {
+        if (this.pending.delete(id)) reject(new BatonError('UNAVAILABLE', `"${method}" aborted`));
+      }, { once: true });
+    });
+    this.socket.write(JSON.stringify({ v: PROTOCOL_VERSION, id, method, params: params ?? {} }) + '\n');
+    return AGENT_METHODS[method].result.parse(await result) as AgentResult<M>;
+  }
+
+  /** Write a raw line (tests of the protocol's error handling use this). */
+  writeRaw(data: string | Buffer): void {
+    this.socket.write(data);
+  }
+
+  close(): Promise<void> {
+    this.socket.end();
+    return this.closed;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

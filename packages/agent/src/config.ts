@@ -1,0 +1,90 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { LOCKSPACE_KINDS } from '@baton/core';
+
+/** Defaults, named in one place. */
+export const AGENT_DEFAULTS = {
+  stateDir: '/var/lib/baton',
+  socketPath: '/run/baton/agent.sock',
+  socketMode: 0o600,
+  httpHost: '127.0.0.1',
+  httpPort: 9471,
+  /** virtlockd: SIGTERM, then SIGKILL 1.6 s later. */
+  ownerTermGraceMs: 1600,
+  /** How often pid-bound owners are checked for exit (a stat of /proc per owner). */
+  pidPollMs: 100,
+  /** Writes to the token counter file are reserved in blocks, so a grant costs no fsync. */
+  tokenBlock: 4096,
+} as const;
+
+const absolutePath = z.string().startsWith('/', 'must be an absolute path');
+
+export const LockspaceConfigSchema = z
+  .strictObject({
+    /** The name clients use (`lockspace` in a request). */
+    name: z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/, 'lowercase letters, digits, - and _'),
+    /**
+     * `indirect`: lock `<dir>/<sha256 of the canonical identity>` (works for any name, and for block
+     * devices whose nodes do not carry locks across hosts); `direct`: lock the image file itself.
+     */
+    kind: z.enum(LOCKSPACE_KINDS),
+    /** The lock file directory (indirect only), typically on storage every host shares. */
+    dir: absolutePath.optional(),
+    /** Resources must resolve inside one of these directories. Empty: any absolute path (indirect only). */
+    roots: z.array(absolutePath).default([]),
+  })
+  .superRefine((ls, ctx) => {
+    if (ls.kind === 'indirect' && ls.dir === undefined) ctx.addIssue({ code: 'custom', path: ['dir'], message: 'an indirect lockspace needs a dir' });
+    if (ls.kind === 'direct' && ls.dir !== undefined) ctx.addIssue({ code: 'custom', path: ['dir'], message: 'a direct lockspace has no dir' });
+    if (ls.kind === 'direct' && ls.roots.length === 0) ctx.addIssue({ code: 'custom', path: ['roots'], message: 'a direct lockspace needs at least one root' });
+  });
+export type LockspaceConfig = z.infer<typeof LockspaceConfigSchema>;
+
+export const AgentConfigSchema = z
+  .strictObject({
+    /** This host's name in the cluster. */
+    hostId: z.string().min(1).max(253).default(hostname()),
+    /** Token counter and the re-exec state file. Local to the host, never shared. */
+    stateDir: absolutePath.default(AGENT_DEFAULTS.stateDir),
+    socket: z
+      .strictObject({
+        path: absolutePath.default(AGENT_DEFAULTS.socketPath),
+        /** File mode of the socket: only its owner (and group, if set) may connect. */
+        mode: z.number().int().min(0).max(0o777).default(AGENT_DEFAULTS.socketMode),
+        /** A group name or gid allowed to connect (mode must grant it access). */
+        group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional(),
+      })
+      .prefault({}),
+    http: z
+      .strictObject({
+        enabled: z.boolean().default(true),
+        host: z.string().default(AGENT_DEFAULTS.httpHost),
+        /** 0 picks a free port; the bound port is logged and returned by `hello`. */
+        port: z.number().int().min(0).max(65535).default(AGENT_DEFAULTS.httpPort),
+      })
+      .prefault({}),
+    lockspaces: z.array(LockspaceConfigSchema).min(1, 'configure at least one lockspace'),
+    /** Lockspace used when a request names none: the first one if unset. */
+    defaultLockspace: z.string().optional(),
+    owners: z
+      .strictObject({
+        termGraceMs: z.number().int().positive().default(AGENT_DEFAULTS.ownerTermGraceMs),
+        pidPollMs: z.number().int().positive().default(AGENT_DEFAULTS.pidPollMs),
+      })
+      .prefault({}),
+    tokenBlock: z.number().int().min(1).default(AGENT_DEFAULTS.tokenBlock),
+    /** Prefer open-file-description locks; the agent falls back to classic POSIX locks if the kernel lacks them. */
+    ofdLocks: z.boolean().default(true),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  })
+  .superRefine((cfg, ctx) => {
+    const names = cfg.lockspaces.map((l) => l.name);
+    names.forEach((n, i) => {
+      if (names.indexOf(n) !== i) ctx.addIssue({ code: 'custom', path: ['lockspaces', i, 'name'], message: `duplicate lockspace "${n}"` });
+    });
+    if (cfg.defaultLockspace !== undefined && !names.includes(cfg.defaultLockspace)) {
+      ctx.addIssue({ code: 'custom', path: ['defaultLockspace'], message: `no lockspace named "${cfg.defaultLockspace}"` });
+    }
+  });
+export type AgentConfig = z.infer<typeof AgentConfigSchema>;
+export type AgentConfigInput = z.input<typeof AgentConfigSchema>;

@@ -1,0 +1,66 @@
+import { realpathSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { BatonError, isPlainName, isWithinRoots, lockFileName, type LockspaceKind } from '@baton/core';
+import type { LockspaceConfig } from '../config.js';
+
+export interface ResolvedResource {
+  /** The resource's canonical identity: its real path, or the plain name as given. */
+  identity: string;
+  /** The file whose byte 0 carries the lock. */
+  lockPath: string;
+}
+
+function fsError(err: unknown, name: string): BatonError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT' || code === 'ENOTDIR') {
+    return new BatonError('RESOURCE_NOT_FOUND', `resource "${name}" does not exist`, { details: { resource: name } });
+  }
+  return new BatonError('IO_ERROR', `cannot resolve "${name}": ${(err as Error).message}`, { details: { resource: name, errno: code }, cause: err });
+}
+
+/** One configured lockspace: turns a client's resource name into the file to lock. */
+export class Lockspace {
+  readonly name: string;
+  readonly kind: LockspaceKind;
+  readonly dir: string | undefined;
+  readonly roots: readonly string[];
+
+  constructor(config: LockspaceConfig) {
+    this.name = config.name;
+    this.kind = config.kind;
+    // Roots are compared against canonical paths, so they must be canonical too.
+    this.dir = config.dir === undefined ? undefined : realpathSync(config.dir);
+    this.roots = config.roots.map((r) => realpathSync(r));
+  }
+
+  resolve(name: string): ResolvedResource {
+    if (!name.startsWith('/')) {
+      if (this.kind === 'direct') {
+        throw new BatonError('INVALID_REQUEST', `lockspace "${this.name}" locks files directly: "${name}" is not an absolute path`, { details: { resource: name } });
+      }
+      if (!isPlainName(name)) {
+        throw new BatonError('INVALID_REQUEST', `resource name "${name}" must be an absolute path or a printable name without "/"`, { details: { resource: name } });
+      }
+      return { identity: name, lockPath: join(this.dir!, lockFileName(name)) };
+    }
+    // realpath resolves "..", "." and every symlink: two spellings of one image are one resource,
+    // and a symlink cannot lead a request outside the roots.
+    let canonical: string;
+    try {
+      canonical = realpathSync(name);
+    } catch (err) {
+      throw fsError(err, name);
+    }
+    if (this.roots.length > 0 && !isWithinRoots(canonical, this.roots)) {
+      throw new BatonError('OUTSIDE_LOCKSPACE', `"${name}" resolves to "${canonical}", outside lockspace "${this.name}"`, {
+        details: { resource: name, resolved: canonical, lockspace: this.name, roots: this.roots },
+      });
+    }
+    if (this.kind === 'indirect') return { identity: canonical, lockPath: join(this.dir!, lockFileName(canonical)) };
+    const st = statSync(canonical);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new BatonError('INVALID_REQUEST', `"${canonical}" is neither a regular file nor a block device`, { details: { resource: name, resolved: canonical } });
+    }
+    return { identity: canonical, lockPath: canonical };
+  }
+}

@@ -1,0 +1,120 @@
+import { z } from 'zod';
+import { BatonError } from './errors.js';
+
+/**
+ * One way every Baton process reads its configuration: the schema's defaults, overlaid by a JSON
+ * file, overlaid by `BATON_*` environment variables. The environment names are derived from the
+ * schema (`http.port` → `BATON_HTTP_PORT`), so documentation and deploy files cannot drift from
+ * it. An invalid configuration names every bad field and where it came from.
+ */
+export const ENV_PREFIX = 'BATON_';
+
+type Plain = Record<string, unknown>;
+
+export interface ConfigSources {
+  /** The parsed file, if one was given. */
+  file?: { path: string; text: string };
+  env: Readonly<Record<string, string | undefined>>;
+}
+
+export interface ConfigIssue {
+  field: string;
+  source: string;
+  message: string;
+}
+
+function unwrap(schema: z.ZodType): z.ZodType {
+  let s: z.ZodType = schema;
+  while (s instanceof z.ZodDefault || s instanceof z.ZodOptional || s instanceof z.ZodNullable || s instanceof z.ZodPrefault) {
+    s = s.unwrap() as z.ZodType;
+  }
+  return s;
+}
+
+/** Leaf fields of an object schema, as dotted paths, with whether their value is text. */
+export function configFields(schema: z.ZodType, prefix: string[] = []): { path: string[]; textual: boolean }[] {
+  const inner = unwrap(schema);
+  if (inner instanceof z.ZodObject) {
+    return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([key, child]) => configFields(child, [...prefix, key]));
+  }
+  const textual = inner instanceof z.ZodString || inner instanceof z.ZodEnum;
+  return [{ path: prefix, textual }];
+}
+
+export function envName(path: readonly string[]): string {
+  return ENV_PREFIX + path.map((p) => p.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase()).join('_');
+}
+
+function isPlain(v: unknown): v is Plain {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function deepMerge(base: Plain, over: Plain): Plain {
+  const out: Plain = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const prev = out[k];
+    out[k] = isPlain(prev) && isPlain(v) ? deepMerge(prev, v) : v;
+  }
+  return out;
+}
+
+function setPath(target: Plain, path: readonly string[], value: unknown): void {
+  let node = target;
+  for (const key of path.slice(0, -1)) {
+    const next = node[key];
+    node[key] = isPlain(next) ? next : {};
+    node = node[key] as Plain;
+  }
+  node[path[path.length - 1]!] = value;
+}
+
+function invalid(issues: ConfigIssue[]): BatonError {
+  const lines = issues.map((i) => `${i.field} (${i.source}): ${i.message}`);
+  return new BatonError('INVALID_CONFIG', `invalid configuration:\n  ${lines.join('\n  ')}`, { details: { issues } });
+}
+
+export function loadConfig<S extends z.ZodType>(schema: S, sources: ConfigSources): z.output<S> {
+  const issues: ConfigIssue[] = [];
+  const origin = new Map<string, string>();
+  let merged: Plain = {};
+
+  if (sources.file) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(sources.file.text);
+    } catch (err) {
+      throw invalid([{ field: '(file)', source: sources.file.path, message: `not valid JSON: ${(err as Error).message}` }]);
+    }
+    if (!isPlain(parsed)) throw invalid([{ field: '(file)', source: sources.file.path, message: 'must hold a JSON object' }]);
+    merged = deepMerge(merged, parsed);
+  }
+
+  for (const field of configFields(schema)) {
+    const name = envName(field.path);
+    const raw = sources.env[name];
+    if (raw === undefined) continue;
+    let value: unknown = raw;
+    if (!field.textual) {
+      try {
+        value = JSON.parse(raw);
+      } catch {
+        issues.push({ field: field.path.join('.'), source: name, message: `not a JSON value: ${JSON.stringify(raw)}` });
+        continue;
+      }
+    }
+    setPath(merged, field.path, value);
+    origin.set(field.path.join('.'), name);
+  }
+  if (issues.length > 0) throw invalid(issues);
+
+  const result = schema.safeParse(merged);
+  if (result.success) return result.data;
+  const fileName = sources.file?.path ?? 'defaults';
+  throw invalid(
+    result.error.issues.map((issue) => {
+      const field = issue.path.join('.') || '(root)';
+      const source = [...origin.entries()].find(([p]) => field === p || field.startsWith(`${p}.`))?.[1] ?? fileName;
+      return { field, source, message: issue.message };
+    }),
+  );
+}
