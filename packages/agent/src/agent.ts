@@ -266,7 +266,7 @@ export class Agent implements AsyncDisposable {
     return {
       host: this.config.hostId,
       lockspaces: this.locks.allLockspaces().map((l) => ({ name: l.name, kind: l.kind, ...(l.dir === undefined ? {} : { dir: l.dir }) })),
-      locks: this.locks.list().map(({ grant, owners }) => ({ ...grant, owners: owners.map(ownerInfo) })),
+      locks: this.locks.list().map(({ grant, owner }) => ({ ...grant, owner: ownerInfo(owner) })),
     };
   }
 

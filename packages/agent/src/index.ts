@@ -3,3 +3,5 @@ export { AgentConfigSchema, AGENT_DEFAULTS, type AgentConfig, type AgentConfigIn
 export { AgentClient, type AgentClientOptions } from './client/agent-client.js';
 export { createLogger, type Logger } from './logger.js';
 export { runAgentProcess } from './main.js';
+export { SIM_VM_ENTRY } from './hypervisor/sim/index.js';
+export { LOCK_PROBE_ENTRY } from './tools/index.js';

@@ -160,10 +160,8 @@ export class LockManager {
     return (this.byOwner.get(owner)?.size ?? 0) > 0;
   }
 
-  list(): { grant: Grant; owners: string[] }[] {
-    return [...this.byKey.values()].flatMap((lock) =>
-      [...lock.holdings.values()].map((h) => ({ grant: grantOf(lock, h), owners: [...lock.holdings.keys()] })),
-    );
+  list(): { grant: Grant; owner: string }[] {
+    return [...this.byKey.values()].flatMap((lock) => [...lock.holdings].map(([owner, h]) => ({ grant: grantOf(lock, h), owner })));
   }
 
   /** Every lock descriptor, for the re-exec that must keep them open. */

@@ -16,8 +16,14 @@ export const OwnerRecordSchema = z.object({
 });
 export type OwnerRecord = z.infer<typeof OwnerRecordSchema>;
 
-function sameIdentity(a: Owner, b: Owner): boolean {
-  return a.uuid.toLowerCase() === b.uuid.toLowerCase() && a.name === b.name && a.id === b.id && a.pid === b.pid;
+/** Attaching to an existing owner: uuid and name must match; id and pid too where given. */
+function sameIdentity(registered: Owner, claimed: Owner): boolean {
+  return (
+    registered.uuid.toLowerCase() === claimed.uuid.toLowerCase() &&
+    registered.name === claimed.name &&
+    (claimed.id === undefined || registered.id === claimed.id) &&
+    (claimed.pid === undefined || registered.pid === claimed.pid)
+  );
 }
 
 /** Who holds locks on this host, and how the agent will learn that they are gone. */

@@ -33,8 +33,9 @@ export const LockStateDocument = z.object({
 });
 export type LockStateDocument = z.infer<typeof LockStateDocument>;
 
+/** One holding of a lock: a shared resource has one per owner, each with its own token. */
 export const LockInfoSchema = GrantSchema.extend({
-  owners: z.array(z.object({ uuid: z.string(), name: z.string(), pid: z.number().optional() })),
+  owner: z.object({ uuid: z.string(), name: z.string(), pid: z.number().optional() }),
 });
 export type LockInfo = z.infer<typeof LockInfoSchema>;
 

@@ -1,0 +1,4 @@
+import { fileURLToPath } from 'node:url';
+
+/** The sim VM's program, for launchers (the demo, tests) to spawn with `node`. */
+export const SIM_VM_ENTRY = fileURLToPath(new URL('./vm-main.js', import.meta.url));

@@ -1,0 +1,148 @@
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentClient, LOCK_PROBE_ENTRY, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
+import { lockFileName } from '@baton/core';
+import { DemoChild } from './child.js';
+
+const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
+const STEP_DEADLINE_MS = 15_000;
+
+function say(text: string): void {
+  process.stdout.write(`${text}\n`);
+}
+
+function step(n: number, text: string): void {
+  say(`\n\x1b[1m${n}. ${text}\x1b[0m`);
+}
+
+async function connectWhenUp(socketPath: string, signal: AbortSignal): Promise<AgentClient> {
+  for (;;) {
+    signal.throwIfAborted();
+    try {
+      return await AgentClient.connect({ socketPath, signal });
+    } catch {
+      // Not listening yet (starting, or mid re-exec): ask again shortly.
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}
+
+function simVm(socket: string, name: string, disk: string): DemoChild {
+  return new DemoChild([SIM_VM_ENTRY, '--socket', socket, '--uuid', randomUUID(), '--name', name, '--host', 'host-a', '--disk', disk]);
+}
+
+/**
+ * The single-host story: one agent, two VMs that want one disk, an upgrade (re-exec) with the
+ * lock held throughout, and a dead VM's lock released.
+ */
+export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'baton-demo-'));
+  const images = join(dir, 'images');
+  const locks = join(dir, 'locks');
+  mkdirSync(images);
+  mkdirSync(locks);
+  const disk = join(images, 'web-01.qcow2');
+  writeFileSync(disk, '');
+  const socket = join(dir, 'agent.sock');
+  const config: AgentConfigInput = {
+    hostId: 'host-a',
+    stateDir: join(dir, 'state'),
+    socket: { path: socket },
+    http: { host: '127.0.0.1', port: 0 },
+    lockspaces: [{ name: 'images', kind: 'indirect', dir: locks, roots: [images] }],
+    owners: { termGraceMs: 1000 },
+    logLevel: 'warn',
+  };
+  writeFileSync(join(dir, 'agent.json'), JSON.stringify(config, null, 2));
+  const deadline = (): AbortSignal => AbortSignal.timeout(STEP_DEADLINE_MS);
+
+  say(`Baton demo: one host. Working directory ${dir}`);
+  await using agent = new DemoChild([CLI_ENTRY, 'agent', '--config', join(dir, 'agent.json')]);
+  let client = await connectWhenUp(socket, deadline());
+  const hello = await client.request('hello');
+  say(`agent on ${hello.host}: pid ${hello.pid}, ${hello.ofdLocks ? 'OFD' : 'POSIX'} locks on byte 0, metrics on 127.0.0.1:${hello.httpPort}`);
+
+  step(1, 'VM "web-01" starts and locks its disk');
+  await using alpha = simVm(socket, 'web-01', disk);
+  const running = await alpha.event((e) => e.event === 'running' || e.event === 'refused', deadline());
+  if (running.event !== 'running') throw new Error(`web-01 did not start: ${JSON.stringify(running)}`);
+  const alphaGrant = (running.grants as { token: number; lockPath: string }[])[0]!;
+  say(`   granted: token ${alphaGrant.token}, lock file ${alphaGrant.lockPath}`);
+
+  step(2, 'VM "web-01-clone" wants the same disk');
+  await using beta = simVm(socket, 'web-01-clone', disk);
+  const refused = await beta.event((e) => e.event === 'refused' || e.event === 'running', deadline());
+  say(`   ${refused.event === 'refused' ? `refused: ${String(refused.code)}: ${String(refused.message)}` : 'UNEXPECTED: it was granted'}`);
+
+  step(3, `The agent is upgraded in place ${opts.reexecs} times (SIGUSR1 → re-exec), while another process probes the lock`);
+  await using probe = new DemoChild([LOCK_PROBE_ENTRY, '--path', join(locks, lockFileName(disk)), '--op', 'probe'], { stdin: 'pipe' });
+  await probe.event((e) => e.event === 'probing', deadline());
+  await client.close();
+  for (let i = 1; i <= opts.reexecs; i++) {
+    agent.proc.kill('SIGUSR1');
+    const signal = deadline();
+    for (;;) {
+      client = await connectWhenUp(socket, signal);
+      const h = await client.request('hello');
+      if (h.generation >= i) {
+        say(`   re-exec ${i}: same pid ${h.pid}, generation ${h.generation}`);
+        break;
+      }
+      await client.close();
+    }
+    await client.close();
+  }
+  probe.proc.stdin!.end();
+  const summary = await probe.event((e) => e.event === 'summary', deadline());
+  say(`   an outside process tried to take the lock ${String(summary.attempts)} times during the upgrades: granted ${String(summary.granted)} times`);
+
+  client = await connectWhenUp(socket, deadline());
+  const { locks: held } = await client.request('locks');
+  for (const l of held) say(`   still held: ${l.resource} (${l.mode}) by ${l.owner.name}, pid ${l.owner.pid}, token ${l.token}`);
+
+  step(4, 'VM "web-01" dies (SIGKILL): its connection closes, the agent releases its disk');
+  await alpha.kill('SIGKILL');
+  const releaseDeadline = deadline();
+  while ((await client.request('locks')).locks.length > 0) {
+    releaseDeadline.throwIfAborted();
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  say('   released');
+
+  step(5, 'VM "web-01-clone" starts again and gets the disk, with a higher token');
+  await using gamma = simVm(socket, 'web-01-clone', disk);
+  const second = await gamma.event((e) => e.event === 'running' || e.event === 'refused', deadline());
+  const gammaToken = second.event === 'running' ? (second.grants as { token: number }[])[0]!.token : undefined;
+  say(`   ${second.event}: token ${gammaToken} (was ${alphaGrant.token})`);
+  await gamma.event((e) => e.event === 'running', deadline());
+  await gamma.kill('SIGKILL');
+
+  const writers = new Map<string, number>();
+  for (const line of readFileSync(disk, 'utf8').split('\n').filter(Boolean)) {
+    const [vm, , token] = line.split(' ');
+    writers.set(`${vm} (token ${token})`, (writers.get(`${vm} (token ${token})`) ?? 0) + 1);
+  }
+  say('\nWho wrote to the disk, in order:');
+  for (const [who, n] of writers) say(`   ${who}: ${n} records`);
+  await client.close();
+
+  const stopDeadline = deadline();
+  let stopped = false;
+  while (!stopped) {
+    stopDeadline.throwIfAborted();
+    await using c = await connectWhenUp(socket, stopDeadline);
+    try {
+      await c.request('shutdown', { releaseAll: false });
+      stopped = true;
+    } catch {
+      // The last VM's lock is released a moment after its process is gone.
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  await agent.exited;
+  rmSync(dir, { recursive: true, force: true });
+  say('\ndemo finished');
+}
