@@ -51,6 +51,7 @@ export class Agent implements AsyncDisposable {
   private readonly registry = new OwnerRegistry();
   private readonly metrics = new AgentMetrics();
   private readonly locks: LockManager;
+  private readonly tokens: TokenSource;
   private readonly clock: MonotonicClock;
   private readonly log: Logger;
   private readonly ofd: boolean;
@@ -71,7 +72,7 @@ export class Agent implements AsyncDisposable {
     this.locks = new LockManager({
       lockspaces: config.lockspaces.map((c) => new Lockspace(c)),
       defaultLockspace: config.defaultLockspace ?? config.lockspaces[0]!.name,
-      tokens: new TokenSource(config.stateDir, config.tokenBlock),
+      tokens: (this.tokens = new TokenSource(config.stateDir, config.tokenBlock)),
       ofd: this.ofd,
     });
   }
@@ -92,6 +93,7 @@ export class Agent implements AsyncDisposable {
       try {
         this.locks.adopt(inherited.state.locks);
         this.registry.restore(inherited.state.owners);
+        this.tokens.resumeAt(inherited.state.nextToken);
         this.generation = inherited.state.generation + 1;
         adopted = inherited.state;
       } catch (err) {
@@ -347,6 +349,7 @@ export class Agent implements AsyncDisposable {
         stateDir: this.config.stateDir,
         generation: this.generation,
         locks: this.locks,
+        nextToken: this.tokens.nextToken,
         owners: this.registry.all(),
         server: this.server,
         log: this.log,

@@ -43,6 +43,17 @@ export class TokenSource {
     return reserved;
   }
 
+  /** The next token this source would issue: carried across a re-exec, so no block is skipped. */
+  get nextToken(): Token {
+    return this.next;
+  }
+
+  /** Continue where the previous image stopped, if that is within the persisted reservation. */
+  resumeAt(next: Token): void {
+    // The previous image issued only tokens below `next`, and reserved past them before issuing.
+    if (next >= 1 && next <= this.reserved) this.next = next;
+  }
+
   /** The next token, at least `floor` (the newest token another host recorded). */
   issue(floor: Token = 0): Token {
     const token = maxToken(this.next, floor);

@@ -11,6 +11,7 @@ export interface ReexecInputs {
   stateDir: string;
   generation: number;
   locks: LockManager;
+  nextToken: number;
   owners: OwnerRecord[];
   server: SocketServer;
   log: Logger;
@@ -34,6 +35,7 @@ export function reexecImage(inputs: ReexecInputs): void {
     writtenAt: wallTimeIso(),
     listenFd: inputs.server.listenFd(),
     nextConnectionId: inputs.server.nextConnectionId,
+    nextToken: inputs.nextToken,
     owners: inputs.owners,
     connections: live.map((c) => ({
       id: c.id,

@@ -29,6 +29,7 @@ export const AgentStateSchema = z.strictObject({
   writtenAt: z.string(),
   listenFd: z.number().int().nonnegative(),
   nextConnectionId: z.number().int().positive(),
+  nextToken: z.number().int().positive(),
   owners: z.array(OwnerRecordSchema),
   connections: z.array(
     z.object({

@@ -15,7 +15,7 @@ function say(text: string): void {
 }
 
 function step(n: number, text: string): void {
-  say(`\n\x1b[1m${n}. ${text}\x1b[0m`);
+  say(process.stdout.isTTY ? `\n\x1b[1m${n}. ${text}\x1b[0m` : `\n${n}. ${text}`);
 }
 
 async function connectWhenUp(socketPath: string, signal: AbortSignal): Promise<AgentClient> {
@@ -117,7 +117,11 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   const second = await gamma.event((e) => e.event === 'running' || e.event === 'refused', deadline());
   const gammaToken = second.event === 'running' ? (second.grants as { token: number }[])[0]!.token : undefined;
   say(`   ${second.event}: token ${gammaToken} (was ${alphaGrant.token})`);
-  await gamma.event((e) => e.event === 'running', deadline());
+  const writeDeadline = deadline();
+  while (!readFileSync(disk, 'utf8').includes('web-01-clone')) {
+    writeDeadline.throwIfAborted();
+    await new Promise((r) => setTimeout(r, 20));
+  }
   await gamma.kill('SIGKILL');
 
   const writers = new Map<string, number>();
