@@ -48,6 +48,7 @@ export {
   ManagedProcess,
   pidAlive,
   processState,
+  threadStates,
   type ExitInfo,
   type ManagedProcessOptions,
 } from './process.js';

@@ -29,7 +29,13 @@ let exitHookInstalled = false;
 
 /** SIGKILLs every live child's process group; synchronous, so it is safe in an 'exit' hook. */
 export function killAllChildrenSync(): void {
-  for (const child of live) child.signal('SIGKILL');
+  for (const child of live) {
+    try {
+      child.signal('SIGKILL');
+    } catch {
+      // Nothing to do about it while exiting; the others still have to die.
+    }
+  }
 }
 
 // The 'exit' hook does not run when the test process itself is killed by a signal; the kernel's

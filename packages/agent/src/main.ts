@@ -22,7 +22,17 @@ export async function runAgentProcess(opts: { configPath?: string | undefined })
     process.exit(exitCodeFor(e.code));
   }
   const logger = createLogger(config.logLevel, { host: config.hostId, pid: process.pid });
-  let agent: Agent;
+  // Handlers go in before the agent boots: Node's default SIGUSR1 action starts the inspector,
+  // and a signal that arrives while booting must not be lost. It is acted on once the agent serves.
+  let agent: Agent | undefined;
+  let pending: 'reexec' | NodeJS.Signals | undefined;
+  const reexec = (): void => {
+    agent?.reexec().catch((err: unknown) => logger.error({ err }, 're-exec failed'));
+  };
+  process.on('SIGUSR1', () => (agent ? reexec() : (pending = 'reexec')));
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => (agent ? agent.requestStop(signal) : (pending = signal)));
+  }
   try {
     agent = await Agent.start({ config, logger });
   } catch (err) {
@@ -31,10 +41,8 @@ export async function runAgentProcess(opts: { configPath?: string | undefined })
     process.stderr.write(`baton agent: ${e.code}: ${e.message}\n`);
     process.exit(exitCodeFor(e.code));
   }
-  process.on('SIGUSR1', () => {
-    agent.reexec().catch((err: unknown) => logger.error({ err }, 're-exec failed'));
-  });
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => agent.requestStop(signal));
+  if (pending === 'reexec') reexec();
+  else if (pending !== undefined) agent.requestStop(pending);
   await agent.closed;
   process.exit(0);
 }

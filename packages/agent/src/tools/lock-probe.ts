@@ -7,8 +7,8 @@ import { setLock, tryLock, unlock, type ByteRange, type LockKind } from '../sys/
  * on byte 0) or QEMU (OFD locks on bytes 100+ and 200+) would see. Reports JSON lines on stdout.
  *
  *   --op try    one attempt; exit 0 if granted (then released), 3 if busy
- *   --op hold   take the locks and keep them until stdin closes or SIGTERM
- *   --op probe  try again and again until stdin closes or SIGTERM; every success is reported
+ *   --op hold   take the locks and keep them until SIGTERM or SIGINT
+ *   --op probe  try again and again until SIGTERM or SIGINT; every success is reported
  */
 function emit(event: Record<string, unknown>): void {
   process.stdout.write(JSON.stringify(event) + '\n');
@@ -39,9 +39,7 @@ const stop = (): void => {
   stopping = true;
 };
 process.on('SIGTERM', stop);
-process.stdin.on('end', stop);
-process.stdin.on('close', stop);
-process.stdin.resume();
+process.on('SIGINT', stop);
 
 function tryAll(): boolean {
   const taken: ByteRange[] = [];

@@ -8,8 +8,8 @@ export class DemoChild implements AsyncDisposable {
   private readonly waiters: (() => void)[] = [];
   readonly exited: Promise<number | null>;
 
-  constructor(args: string[], opts: { stdin?: 'pipe' | 'ignore'; env?: NodeJS.ProcessEnv } = {}) {
-    this.proc = spawn(process.execPath, args, { stdio: [opts.stdin ?? 'ignore', 'pipe', 'inherit'], env: opts.env ?? process.env });
+  constructor(args: string[]) {
+    this.proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     this.exited = new Promise((resolve) => this.proc.once('exit', (code) => resolve(code)));
     createInterface({ input: this.proc.stdout! }).on('line', (line) => {
       try {

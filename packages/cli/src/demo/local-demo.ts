@@ -78,7 +78,7 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   say(`   ${refused.event === 'refused' ? `refused: ${String(refused.code)}: ${String(refused.message)}` : 'UNEXPECTED: it was granted'}`);
 
   step(3, `The agent is upgraded in place ${opts.reexecs} times (SIGUSR1 → re-exec), while another process probes the lock`);
-  await using probe = new DemoChild([LOCK_PROBE_ENTRY, '--path', join(locks, lockFileName(disk)), '--op', 'probe'], { stdin: 'pipe' });
+  await using probe = new DemoChild([LOCK_PROBE_ENTRY, '--path', join(locks, lockFileName(disk)), '--op', 'probe']);
   await probe.event((e) => e.event === 'probing', deadline());
   await client.close();
   for (let i = 1; i <= opts.reexecs; i++) {
@@ -95,7 +95,7 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
     }
     await client.close();
   }
-  probe.proc.stdin!.end();
+  probe.proc.kill('SIGTERM');
   const summary = await probe.event((e) => e.event === 'summary', deadline());
   say(`   an outside process tried to take the lock ${String(summary.attempts)} times during the upgrades: granted ${String(summary.granted)} times`);
 
