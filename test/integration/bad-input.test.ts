@@ -12,8 +12,6 @@ import { AgentProcess, SharedStorage, tryLockFrom } from '../support/index.js';
  * connection, and never lets the bad request touch a lock it already holds for someone else.
  */
 describe('bad input on the agent socket', () => {
-  const DIRECT: Partial<AgentConfigInput> = {};
-
   interface Held {
     holder: AgentClient;
     uuid: string;
@@ -171,7 +169,7 @@ describe('bad input on the agent socket', () => {
 
   describe('in a direct lockspace', () => {
     function directConfig(storage: SharedStorage): Partial<AgentConfigInput> {
-      return { ...DIRECT, lockspaces: [{ name: 'direct', kind: 'direct', roots: [storage.imagesDir] }] };
+      return { lockspaces: [{ name: 'direct', kind: 'direct', roots: [storage.imagesDir] }] };
     }
 
     it('refuses paths that resolve outside the roots (OUTSIDE_LOCKSPACE), missing images, unknown lockspaces and relative names', async () => {
@@ -239,7 +237,7 @@ describe('bad input on the agent socket', () => {
       ['empty name', { resources: [{ name: '' }] }],
       ['129 resources', { resources: Array.from({ length: 129 }, (_, i) => ({ name: `r${i}` })) }],
       // One image named twice (two spellings): refused whole, so the valid-looking first entry is not taken.
-      ['one image twice', { resources: [{ name: free }, { name: join(storage.imagesDir, '.', 'free.img').replace('/free.img', '/./free.img') }] }],
+      ['one image twice', { resources: [{ name: free }, { name: `${storage.imagesDir}/./free.img` }] }],
     ];
     let id = 10;
     for (const [what, params] of bad) {

@@ -1,0 +1,160 @@
+// Round-trip latencies measured side by side in one run: the NDJSON echo floor, the agent's grant
+// (through the product's AgentClient and through a bare line client), and a redlock-style
+// acquire on a local Redis through ioredis, under one CPU placement at a time.
+import { randomBytes, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import type { AgentClient } from '@baton/agent';
+import { PROTOCOL_VERSION } from '@baton/core';
+import { ManagedProcess, RedisServer, waitFor } from '../support/index.js';
+import { BenchAgent } from './agent-host.js';
+import { LineClient } from './line-client.js';
+import { runInterleaved, nowUs, Samples, type Loop, type Summary } from './stats.js';
+import { pin } from './sys.js';
+
+const ECHO_ENTRY = fileURLToPath(new URL('./echo-server.js', import.meta.url));
+
+/** Redlock's release: delete the key only if it still holds our token. */
+const RELEASE_LUA = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`;
+type LockRedis = Redis & { releaseLock(key: string, token: string): Promise<number> };
+
+export interface Placement {
+  name: string;
+  /** What the table says about it. */
+  describe: string;
+  /** CPUs for the bench process (the client side). */
+  client: string;
+  /** CPUs for the servers: echo server, agent, redis-server. */
+  servers: string;
+}
+
+export const SERIES = ['echo', 'grant.acquire', 'grant.cycle', 'raw.acquire', 'raw.cycle', 'redis.acquire', 'redis.cycle'] as const;
+export type Series = (typeof SERIES)[number];
+export type PlacementResults = Record<Series, Summary>;
+
+function ok(reply: Record<string, unknown>, what: string): void {
+  if (reply['ok'] !== true) throw new Error(`${what} failed: ${JSON.stringify(reply)}`);
+}
+
+/** The processes and connections every placement measures; started once, re-pinned per placement. */
+export class LatencyRig implements AsyncDisposable {
+  private constructor(
+    readonly echo: ManagedProcess,
+    readonly echoClient: LineClient,
+    readonly agent: BenchAgent,
+    readonly agentClient: AgentClient,
+    readonly rawClient: LineClient,
+    readonly redisServer: RedisServer,
+    readonly redis: LockRedis,
+  ) {}
+
+  static async start(dir: string, lockDir: string, opts: { nodeFlags?: string[] } = {}): Promise<LatencyRig> {
+    const echoPath = join(dir, 'echo.sock');
+    const echo = await ManagedProcess.spawn({ name: 'echo server', command: process.execPath, args: [ECHO_ENTRY, echoPath] });
+    await waitFor(() => {
+      if (!echo.running) throw new Error(`echo server exited: ${echo.output()}`);
+      return echo.output().includes('ready');
+    }, { what: 'the echo server', deadlineMs: 10_000, intervalMs: 5 });
+    const echoClient = await LineClient.connect(echoPath);
+
+    const agent = await BenchAgent.start({ dir, lockDir, ...(opts.nodeFlags ? { nodeFlags: opts.nodeFlags } : {}) });
+    const agentClient = await agent.client();
+    await agentClient.request('register', { owner: { uuid: randomUUID(), name: 'bench-vm' } });
+    const rawClient = await LineClient.connect(agent.socketPath);
+    ok(await rawClient.call(JSON.stringify({ v: PROTOCOL_VERSION, id: 0, method: 'register', params: { owner: { uuid: randomUUID(), name: 'bench-raw' } } })), 'register');
+
+    const redisServer = await RedisServer.start();
+    const redis = new Redis({ host: '127.0.0.1', port: redisServer.port, lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0 }) as LockRedis;
+    await redis.connect();
+    redis.defineCommand('releaseLock', { numberOfKeys: 1, lua: RELEASE_LUA });
+    return new LatencyRig(echo, echoClient, agent, agentClient, rawClient, redisServer, redis);
+  }
+
+  place(p: Placement): void {
+    pin(process.pid, p.client);
+    for (const pid of [this.echo.pid, this.agent.pid, this.redisServer.pid!]) pin(pid, p.servers);
+  }
+
+  loops(): Loop[] {
+    let id = 1;
+    // The echo line is the raw client's acquire line, byte for byte (~95 bytes).
+    const acquireLine = (name: string): string => JSON.stringify({ v: PROTOCOL_VERSION, id: id++, method: 'acquire', params: { resources: [{ name }] } });
+    const releaseLine = (name: string): string => JSON.stringify({ v: PROTOCOL_VERSION, id: id++, method: 'release', params: { resources: [{ name }] } });
+    const disk = 'disk-bench-00001';
+    const rawDisk = 'disk-bench-00002';
+    const resources = [{ name: disk }];
+    const key = 'lock:disk-bench-00001';
+    return [
+      {
+        name: 'echo',
+        iteration: async (record) => {
+          const t0 = nowUs();
+          const reply = await this.echoClient.call(acquireLine(rawDisk));
+          const t1 = nowUs();
+          if (reply['method'] !== 'acquire') throw new Error('echo mismatch');
+          record('echo', t1 - t0);
+        },
+      },
+      {
+        name: 'grant (AgentClient)',
+        iteration: async (record) => {
+          const t0 = nowUs();
+          await this.agentClient.request('acquire', { resources });
+          const t1 = nowUs();
+          await this.agentClient.request('release', { resources });
+          const t2 = nowUs();
+          record('grant.acquire', t1 - t0);
+          record('grant.cycle', t2 - t0);
+        },
+      },
+      {
+        name: 'grant (line client)',
+        iteration: async (record) => {
+          const t0 = nowUs();
+          const a = await this.rawClient.call(acquireLine(rawDisk));
+          const t1 = nowUs();
+          const r = await this.rawClient.call(releaseLine(rawDisk));
+          const t2 = nowUs();
+          ok(a, 'acquire');
+          ok(r, 'release');
+          record('raw.acquire', t1 - t0);
+          record('raw.cycle', t2 - t0);
+        },
+      },
+      {
+        name: 'redlock (ioredis)',
+        iteration: async (record) => {
+          const t0 = nowUs();
+          // Redlock's value: a random token per acquisition, so only its holder can release.
+          const token = randomBytes(16).toString('hex');
+          const got = await this.redis.set(key, token, 'PX', 30_000, 'NX');
+          const t1 = nowUs();
+          const released = await this.redis.releaseLock(key, token);
+          const t2 = nowUs();
+          if (got !== 'OK' || released !== 1) throw new Error(`redlock: set=${got} release=${released}`);
+          record('redis.acquire', t1 - t0);
+          record('redis.cycle', t2 - t0);
+        },
+      },
+    ];
+  }
+
+  async measure(p: Placement, opts: { n: number; rounds: number; warmup: number }): Promise<PlacementResults> {
+    this.place(p);
+    const samples = new Samples();
+    await runInterleaved(this.loops(), { ...opts, chunkWarmup: 20 }, samples);
+    return Object.fromEntries(SERIES.map((s) => [s, samples.summary(s)])) as PlacementResults;
+  }
+
+  async close(): Promise<void> {
+    this.redis.disconnect();
+    await Promise.allSettled([this.echoClient.close(), this.agentClient.close(), this.rawClient.close()]);
+    await this.agent.shutdown();
+    await Promise.allSettled([this.echo.close(), this.redisServer[Symbol.asyncDispose]()]);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,255 @@
+// Baton's benchmark: `npm run bench` (after the build), or `node test/dist/bench/main.js [flags]`.
+//
+//   --quick      fewer iterations (a smoke run; the 10,000-lock scale bench keeps its size)
+//   --shm        put the agent's state dir and lock dir on /dev/shm instead of the disk
+//   --cpu-prof   run the latency agent under `node --cpu-prof`; the profile lands in the
+//                bench's temp dir, which is then kept (its path is printed)
+//
+// It prints one table and writes the same, with every raw figure, to test/dist/bench/results.json.
+// Benchmarks report; they do not gate: the exit status is 0 even when a target is missed.
+// See docs/benchmarks.md for what each line measures.
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { measureFloors, type FloorResults } from './floors.js';
+import { LatencyRig, type Placement, type PlacementResults } from './latency.js';
+import { measureScale, type MemoryResult, type ReexecResult } from './scale.js';
+import type { Summary } from './stats.js';
+import { affinity, allCpus, machineInfo, pin } from './sys.js';
+import { measureThroughput, type ThroughputResult } from './throughput.js';
+import { formatMarkdown, formatTable, type Row } from './table.js';
+
+const args = new Set(process.argv.slice(2));
+for (const a of args) {
+  if (!['--quick', '--shm', '--cpu-prof'].includes(a)) {
+    process.stderr.write(`unknown flag ${a}; flags: --quick --shm --cpu-prof\n`);
+    process.exit(2);
+  }
+}
+const QUICK = args.has('--quick');
+const SHM = args.has('--shm');
+const PROFILE = args.has('--cpu-prof');
+
+const N = QUICK
+  ? { latency: 2_000, rounds: 4, warmup: 200, sync: 20_000, async: 2_000, tpSeconds: 0.5, reexec: 2 }
+  : { latency: 20_000, rounds: 5, warmup: 1_000, sync: 200_000, async: 20_000, tpSeconds: 2, reexec: 5 };
+const SCALE = { owners: 100, perOwner: 100 };
+const THROUGHPUT = { connections: 8, perConnection: 8 };
+
+const CPUS = allCpus();
+const PLACEMENTS: Placement[] = [
+  { name: 'unpinned', describe: `every process free to run on CPUs ${CPUS}`, client: CPUS, servers: CPUS },
+  { name: 'apart', describe: 'servers (echo, agent, redis) on CPU 0, the bench process (clients) on CPU 1', client: '1', servers: '0' },
+  { name: 'together', describe: 'servers and the bench process all on CPU 1', client: '1', servers: '1' },
+];
+
+const TARGET = { vsEcho: 1.5, vsRedis: 0.6, bytesPerLock: 1024, reexecUs: 1_000_000 };
+
+function log(msg: string): void {
+  process.stderr.write(`[bench] ${msg}\n`);
+}
+
+interface Results {
+  floors?: FloorResults;
+  latency: Record<string, PlacementResults>;
+  throughput?: ThroughputResult;
+  memory?: MemoryResult;
+  reexec?: ReexecResult;
+  errors: string[];
+}
+
+function latencyRow(name: string, s: Summary, extra: Partial<Row> = {}): Row {
+  return { name, n: s.n, p50: s.p50, p99: s.p99, ...extra };
+}
+
+function ratio(a: number, b: number): number {
+  return a / b;
+}
+
+function buildRows(r: Results): Row[] {
+  const rows: Row[] = [];
+  if (r.floors) {
+    const f = r.floors;
+    rows.push(latencyRow('fcntl OFD lock+unlock byte 0 (N-API, in-process)', f.ofd, { ratio: 'floor' }));
+    rows.push(latencyRow('fcntl POSIX lock+unlock byte 0 (N-API)', f.posix, { ratio: `${ratio(f.posix.p50, f.ofd.p50).toFixed(2)}× OFD` }));
+    rows.push(latencyRow('fs-ext async fcntl lock+unlock (whole file)', f.fsExt, { ratio: `${ratio(f.fsExt.p50, f.ofd.p50).toFixed(0)}× OFD` }));
+  }
+  for (const p of PLACEMENTS) {
+    const l = r.latency[p.name];
+    if (!l) continue;
+    const tag = `[${p.name}]`;
+    const echo = l.echo.p50;
+    const vsEcho = ratio(l['grant.acquire'].p50, echo);
+    const vsRedis = ratio(l['grant.acquire'].p50, l['redis.acquire'].p50);
+    const pass = vsEcho <= TARGET.vsEcho && vsRedis <= TARGET.vsRedis;
+    rows.push(latencyRow(`${tag} NDJSON echo round trip (floor)`, l.echo, { ratio: 'floor' }));
+    rows.push(
+      latencyRow(`${tag} grant: acquire (AgentClient)`, l['grant.acquire'], {
+        ratio: `${vsEcho.toFixed(2)}× echo, ${vsRedis.toFixed(2)}× redis`,
+        target: `≤ ${TARGET.vsEcho}× echo, ≤ ${TARGET.vsRedis}× redis`,
+        result: pass ? 'PASS' : 'MISS',
+        checks: [
+          { what: `${tag} grant p50 vs echo p50`, value: vsEcho, limit: TARGET.vsEcho, pass: vsEcho <= TARGET.vsEcho },
+          { what: `${tag} grant p50 vs redis SET NX p50`, value: vsRedis, limit: TARGET.vsRedis, pass: vsRedis <= TARGET.vsRedis },
+        ],
+      }),
+    );
+    rows.push(latencyRow(`${tag} grant: acquire+release (AgentClient)`, l['grant.cycle'], { ratio: `${ratio(l['grant.cycle'].p50, l['redis.cycle'].p50).toFixed(2)}× redlock a+r` }));
+    rows.push(latencyRow(`${tag} grant: acquire (line client)`, l['raw.acquire'], { ratio: `${ratio(l['raw.acquire'].p50, echo).toFixed(2)}× echo` }));
+    rows.push(latencyRow(`${tag} grant: acquire+release (line client)`, l['raw.cycle'], { ratio: `${ratio(l['raw.cycle'].p50, echo).toFixed(2)}× echo` }));
+    rows.push(latencyRow(`${tag} redlock: SET NX PX (ioredis)`, l['redis.acquire'], { ratio: `${ratio(l['redis.acquire'].p50, echo).toFixed(2)}× echo` }));
+    rows.push(latencyRow(`${tag} redlock: SET NX PX + Lua release`, l['redis.cycle'], { ratio: `${ratio(l['redis.cycle'].p50, echo).toFixed(2)}× echo` }));
+  }
+  if (r.throughput) {
+    const t = r.throughput;
+    rows.push({
+      name: `throughput: ${t.inFlight} in flight / ${t.connections} conns, acquire+release`,
+      n: t.grants,
+      value: `${Math.round(t.grantsPerSecond).toLocaleString('en-US')} grants/s`,
+      ratio: `agent ${(t.agentCpu * 100).toFixed(0)}% CPU, clients ${(t.clientCpu * 100).toFixed(0)}%`,
+    });
+  }
+  if (r.memory) {
+    const m = r.memory;
+    rows.push({
+      name: `memory: ${m.locks.toLocaleString('en-US')} locks, ${m.owners} owners (ΔVmRSS)`,
+      n: m.locks,
+      value: `${Math.round(m.bytesPerLock)} B/lock`,
+      ratio: `marginal ${Math.round(m.marginalBytesPerLock)} B/lock`,
+      target: `≤ ${TARGET.bytesPerLock} B/lock`,
+      result: m.bytesPerLock <= TARGET.bytesPerLock ? 'PASS' : 'MISS',
+      checks: [{ what: 'agent memory per lock (ΔVmRSS / locks)', value: m.bytesPerLock, limit: TARGET.bytesPerLock, pass: m.bytesPerLock <= TARGET.bytesPerLock }],
+    });
+  }
+  if (r.reexec) {
+    const x = r.reexec;
+    rows.push({
+      name: `re-exec adopting ${x.locksAfter.toLocaleString('en-US')} locks (SIGUSR1 → hello)`,
+      n: x.runs,
+      p50: x.summary.p50,
+      p99: x.summary.max,
+      value: `max ${(x.summary.max / 1000).toFixed(0)} ms`,
+      ratio: `${x.locksAfter} held, ${x.ofdLocksAfter} OFD in /proc/locks`,
+      target: '≤ 1 s (max)',
+      result: x.summary.max <= TARGET.reexecUs && x.locksAfter === SCALE.owners * SCALE.perOwner ? 'PASS' : 'MISS',
+      checks: [
+        { what: 're-exec with 10,000 locks, slowest run (µs)', value: x.summary.max, limit: TARGET.reexecUs, pass: x.summary.max <= TARGET.reexecUs },
+        { what: 'locks still held after re-exec', value: x.locksAfter, limit: SCALE.owners * SCALE.perOwner, pass: x.locksAfter === SCALE.owners * SCALE.perOwner },
+      ],
+    });
+  }
+  return rows;
+}
+
+async function main(): Promise<void> {
+  const started = new Date();
+  const machine = machineInfo();
+  // On the disk by default: a production agent keeps its state on local disk and its lock files on
+  // shared storage, and an fsync there is not free as it is on tmpfs.
+  const root = mkdtempSync(join(SHM ? '/dev/shm' : tmpdir(), 'baton-bench-'));
+  const results: Results = { latency: {}, errors: [] };
+  log(`${machine.cpus} CPUs (${machine.cpuModel}), Node ${machine.node}, kernel ${machine.kernel}; temp dir ${root}${QUICK ? '; --quick' : ''}`);
+  const initialAffinity = affinity(process.pid);
+  const step = async (what: string, fn: () => Promise<void>): Promise<void> => {
+    log(`${what}…`);
+    const t0 = performance.now();
+    try {
+      await fn();
+      log(`${what}: done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    } catch (err) {
+      const msg = `${what} failed: ${(err as Error).stack ?? String(err)}`;
+      results.errors.push(msg);
+      log(msg);
+    }
+  };
+
+  try {
+    await step('floors (raw fcntl, fs-ext)', async () => {
+      results.floors = await measureFloors(root, { nSync: N.sync, nAsync: N.async });
+    });
+
+    const latDir = join(root, 'latency');
+    mkdirSync(join(latDir, 'locks'), { recursive: true });
+    let rig: LatencyRig | undefined;
+    await step('start echo server, agent, redis-server', async () => {
+      rig = await LatencyRig.start(latDir, join(latDir, 'locks'), PROFILE ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${join(root, 'profile')}`] } : {});
+    });
+    if (rig) {
+      try {
+        for (const p of PLACEMENTS) {
+          await step(`latency, ${p.name} (${p.describe})`, async () => {
+            results.latency[p.name] = await rig!.measure(p, { n: N.latency, rounds: N.rounds, warmup: N.warmup });
+          });
+        }
+        await step('throughput (unpinned)', async () => {
+          rig!.place(PLACEMENTS[0]!);
+          results.throughput = await measureThroughput(rig!.agent, { ...THROUGHPUT, seconds: N.tpSeconds });
+        });
+      } finally {
+        pin(process.pid, CPUS);
+        await rig.close();
+      }
+    }
+
+    const scaleDir = join(root, 'scale');
+    mkdirSync(join(scaleDir, 'locks'), { recursive: true });
+    await step(`memory and re-exec with ${SCALE.owners * SCALE.perOwner} locks`, async () => {
+      const { memory, reexec } = await measureScale(scaleDir, join(scaleDir, 'locks'), { ...SCALE, reexecRuns: N.reexec });
+      results.memory = memory;
+      results.reexec = reexec;
+    });
+  } finally {
+    pin(process.pid, initialAffinity);
+    if (PROFILE) log(`CPU profile of the latency agent kept in ${join(root, 'profile')}`);
+    else await rm(root, { recursive: true, force: true });
+  }
+
+  const rows = buildRows(results);
+  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${SHM ? ' (storage on /dev/shm)' : ' (storage on disk)'}`;
+  process.stdout.write(`\n${title}\n\n${formatTable(rows)}\n`);
+  process.stdout.write(`\nPlacements: ${PLACEMENTS.map((p) => `${p.name} = ${p.describe}`).join('; ')}.\n`);
+  process.stdout.write('Ratios compare p50s measured in this run, within one placement.\n');
+  const misses = rows.flatMap((r) => (r.checks ?? []).filter((c) => !c.pass).map((c) => `MISS  ${c.what}: ${fmt(c.value)} > ${fmt(c.limit)}`));
+  if (misses.length > 0) process.stdout.write(`\n*** ${misses.length} target(s) MISSED ***\n${misses.join('\n')}\n`);
+  else if (results.errors.length === 0) process.stdout.write('\nEvery target met.\n');
+  if (results.errors.length > 0) process.stdout.write(`\n*** ${results.errors.length} bench(es) FAILED to run ***\n${results.errors.map((e) => e.split('\n')[0]).join('\n')}\n`);
+
+  const out = fileURLToPath(new URL('./results.json', import.meta.url));
+  writeFileSync(
+    out,
+    JSON.stringify(
+      {
+        title,
+        date: started.toISOString(),
+        machine,
+        flags: { quick: QUICK, shm: SHM, cpuProf: PROFILE },
+        iterations: N,
+        placements: PLACEMENTS,
+        targets: TARGET,
+        rows,
+        misses,
+        errors: results.errors,
+        raw: results,
+      },
+      null,
+      2,
+    ) + '\n',
+  );
+  // The Markdown form of the same table, for docs/benchmarks.md.
+  writeFileSync(out.replace(/\.json$/, '.md'), `${title}\n\n${formatMarkdown(rows)}\n`);
+  process.stdout.write(`\nresults: ${out} (and results.md)\n`);
+}
+
+function fmt(v: number): string {
+  return Number.isInteger(v) ? v.toLocaleString('en-US') : v.toFixed(2);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    process.stderr.write(`[bench] ${(err as Error).stack ?? String(err)}\n`);
+    process.exit(1);
+  },
+);
