@@ -5,10 +5,17 @@
 // the bench process: the fixture parses and keeps every log line in memory, which at one or two
 // lines per request would put the log consumer's work into the client's timings. Writing the log
 // (pino, synchronous) is still the agent's own cost, as it is in production.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentClient } from '@baton/agent';
-import { CLI_ENTRY, ManagedProcess, waitFor } from '../support/index.js';
+import { fileURLToPath } from 'node:url';
+import { ManagedProcess, waitFor } from '../support/index.js';
+
+/**
+ * The CLI's entry, from test/dist/bench/. (The harness's CLI_ENTRY is relative to the test
+ * sources that vitest runs; from the compiled test/dist/support it points one level short.)
+ */
+const CLI_ENTRY = fileURLToPath(new URL('../../../packages/cli/dist/main.js', import.meta.url));
 
 export interface BenchAgentOptions {
   /** Holds the config, the state dir, the socket and the log. */
@@ -48,13 +55,15 @@ export class BenchAgent implements AsyncDisposable {
     // `exec`: the shell becomes the agent, so the pid we hold is the agent's (taskset, /proc, SIGUSR1).
     const proc = await ManagedProcess.spawn({ name: 'bench agent', command: '/bin/sh', args: ['-c', `exec ${node} >>${shellQuote(logPath)} 2>&1`] });
     const agent = new BenchAgent(proc, socketPath, logPath, stateDir);
+    // An agent that exits aborts the wait at once, with its log in the error.
+    const exited = new AbortController();
+    void proc.exited.then(() => exited.abort(new Error(`the agent exited ${JSON.stringify(proc.exitInfo)} before serving; its log:\n${tail(logPath)}`)));
     await waitFor(
       async () => {
-        if (!proc.running) throw new Error(`agent exited ${JSON.stringify(proc.exitInfo)}; see ${logPath}`);
         await using c = await AgentClient.connect({ socketPath });
         return c.request('hello');
       },
-      { what: 'the bench agent to answer hello', deadlineMs: 15_000, intervalMs: 10 },
+      { what: 'the bench agent to answer hello', deadlineMs: 15_000, intervalMs: 10, signal: exited.signal },
     );
     return agent;
   }
@@ -86,6 +95,14 @@ export class BenchAgent implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+}
+
+function tail(path: string): string {
+  try {
+    return readFileSync(path, 'utf8').slice(-4000);
+  } catch {
+    return '(no log)';
   }
 }
 

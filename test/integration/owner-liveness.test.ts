@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BatonError } from '@baton/core';
-import { httpText, runCli } from '../support/agent-io.js';
+import { exitOf, httpText, runCli } from '../support/agent-io.js';
 import { AgentProcess, JsonProcess, ManagedProcess, pidAlive, SharedStorage, startSimVm, tryLockFrom, waitFor } from '../support/index.js';
 
 /**
@@ -95,7 +95,7 @@ describe('owner liveness', () => {
 
       await waitForReleaseAfterDeath(lockPath, owner.pid, 5_000);
       // Killed by the SIGTERM, not the SIGKILL that follows the grace period.
-      expect(await owner.proc.exited).toEqual({ code: null, signal: 'SIGTERM' });
+      expect(await exitOf(owner.proc)).toEqual({ code: null, signal: 'SIGTERM' });
       expect(agent.json.events().filter((e) => e.signal === 'SIGKILL')).toEqual([]);
       expect(agent.json.events().filter((e) => e.signal === 'SIGTERM')).toHaveLength(1);
       const other = await registeredClient(agent, 'next');
@@ -123,7 +123,7 @@ describe('owner liveness', () => {
       expect(owner.proc.running).toBe(true);
 
       await waitForReleaseAfterDeath(lockPath, owner.pid, GRACE_MS + 5_000);
-      expect(await owner.proc.exited).toEqual({ code: null, signal: 'SIGKILL' });
+      expect(await exitOf(owner.proc)).toEqual({ code: null, signal: 'SIGKILL' });
       // Not killed before the grace period was up (less a margin for the SIGTERM's delivery).
       expect((await diedAt) - (sigterm.at as number)).toBeGreaterThanOrEqual(GRACE_MS - 300);
       expect(agent.json.events().filter((e) => e.signal === 'SIGKILL')).toHaveLength(1);
@@ -141,7 +141,7 @@ describe('owner liveness', () => {
     const uuid = randomUUID();
 
     const cli = await runCli(['lock', 'acquire', '--socket', agent.socketPath, '--owner', uuid, '--name', 'hook-vm', '--pid', String(vmProcess.pid), '--json', disk]);
-    expect(cli.status, cli.stderr).toBe(0);
+    expect(cli.status, cli.stdout + cli.stderr).toBe(0);
     const grant = (JSON.parse(cli.stdout) as { grants: { lockPath: string; token: number }[] }).grants[0]!;
     // The agent has handled the CLI's connection closing once only the observer's is left.
     await waitFor(async () => (await httpText(`http://127.0.0.1:${httpPort}/metrics`)).body.includes('\nbaton_agent_connections 1\n'), {

@@ -3,7 +3,9 @@ import { request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { CLI_ENTRY } from './agent-process.js';
 import { assertLoopback } from './ports.js';
+import type { ExitInfo, ManagedProcess } from './process.js';
 import { makeTempDir, removeDir } from './temp-dir.js';
+import { waitFor } from './wait-for.js';
 
 /**
  * Ways an integration test talks to an agent besides AgentClient: a raw socket that shows every
@@ -112,13 +114,15 @@ export interface CliResult {
 }
 
 /**
- * `baton <args>` as a user runs it: a node process, stdout and stderr kept apart. It is killed
- * (and the call fails) if it has not exited within the deadline.
+ * `baton <args>` as a user runs it: a node process, stdout and stderr kept apart. The runner's own
+ * `BATON_*` variables are left out (they would reconfigure the CLI); `env` adds variables. It is
+ * killed (and the call fails) if it has not exited within the deadline.
  */
-export function runCli(args: readonly string[], opts: { env?: NodeJS.ProcessEnv; deadlineMs?: number } = {}): Promise<CliResult> {
+export function runCli(args: readonly string[], opts: { env?: Record<string, string>; deadlineMs?: number } = {}): Promise<CliResult> {
   const deadlineMs = opts.deadlineMs ?? 15_000;
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BATON_')));
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
+    const child = spawn(process.execPath, [CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, ...opts.env } });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (t: string) => (stdout += t));
@@ -166,4 +170,9 @@ export class ScratchDir implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await removeDir(this.path);
   }
+}
+
+/** How `proc` exited, waiting at most `deadlineMs` for it to do so. */
+export function exitOf(proc: ManagedProcess, deadlineMs = 5_000): Promise<ExitInfo> {
+  return waitFor(() => proc.exitInfo ?? false, { what: `${proc.name} to exit`, deadlineMs, intervalMs: 5 });
 }

@@ -1,7 +1,7 @@
 import { readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { BatonError, describeIssues } from '@baton/core';
+import { BatonError, describeIssues, wallTimeIso } from '@baton/core';
 import { LockSnapshotSchema } from '../locks/lock-manager.js';
 import { OwnerRecordSchema } from '../owners/owner-registry.js';
 import { bootId, processStartTime } from '../sys/index.js';
@@ -101,7 +101,7 @@ export function takeInheritedState(stateDir: string, expectReexec: boolean): Inh
     renameSync(path, `${path}.loaded`);
     return { kind: 'adopt', state };
   } catch (err) {
-    const aside = `${path}.rejected-${Date.now()}`;
+    const aside = `${path}.rejected-${wallTimeIso().replace(/[:.]/g, '-')}`;
     renameSync(path, aside);
     const error = err instanceof BatonError ? err : new BatonError('STATE_INVALID', (err as Error).message, { cause: err });
     return { kind: 'refused', reexec: expectReexec, error: new BatonError(error.code, `${error.message} (kept as ${aside})`, { details: { ...error.details, file: aside } }) };

@@ -1,0 +1,158 @@
+import { randomUUID } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import type { AgentClient } from '@baton/agent';
+import type { Grant } from '@baton/core';
+import { exitOf, runCli, ScratchDir, type CliResult } from '../support/agent-io.js';
+import { AgentProcess, ManagedProcess, SharedStorage, tryLockFrom } from '../support/index.js';
+
+/** `baton` as operators and hooks run it: exit statuses, stable error codes, and parseable output. */
+describe('baton CLI', () => {
+  /** A pid-bound owner (as a libvirt hook registers one) holding `disk` for a sleeping process. */
+  async function holdFor(agent: AgentProcess, vmProcess: ManagedProcess, disk: string): Promise<{ client: AgentClient; uuid: string; grant: Grant }> {
+    const client = await agent.client();
+    const uuid = randomUUID();
+    await client.request('register', { owner: { uuid, name: 'vm-held', pid: vmProcess.pid }, liveness: 'pid' });
+    const { grants } = await client.request('acquire', { resources: [{ name: disk }] });
+    return { client, uuid, grant: grants[0]! };
+  }
+
+  const why = (r: CliResult): string => `status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
+
+  describe('baton agent with an invalid configuration', () => {
+    const BAD_FILE = '{"lockspaces":[{"name":"BAD","kind":"indirect"}],"http":{"port":"x"}}';
+    const FILE_FIELDS = ['lockspaces.0.name', 'lockspaces.0.dir', 'http.port'];
+
+    it('exits with INVALID_CONFIG (status 2), naming every bad field of the file', async () => {
+      await using scratch = await ScratchDir.create('cli-config');
+      const configPath = join(scratch.path, 'bad.json');
+      writeFileSync(configPath, BAD_FILE);
+      const r = await runCli(['agent', '--config', configPath]);
+      expect(r.status, why(r)).toBe(2);
+      expect(r.stderr).toContain('INVALID_CONFIG');
+      for (const field of FILE_FIELDS) expect(r.stderr, field).toMatch(new RegExp(`^\\s+${field.replaceAll('.', '\\.')} \\(bad\\.json\\): `, 'm'));
+    });
+
+    it('names a bad environment override too, beside every bad field of the file', async () => {
+      await using scratch = await ScratchDir.create('cli-config');
+      const configPath = join(scratch.path, 'bad.json');
+      writeFileSync(configPath, BAD_FILE);
+      const r = await runCli(['agent', '--config', configPath], { env: { BATON_HTTP_PORT: 'notjson' } });
+      expect(r.status, why(r)).toBe(2);
+      expect(r.stderr).toContain('INVALID_CONFIG');
+      expect(r.stderr).toMatch(/^\s+http\.port \(BATON_HTTP_PORT\): .*notjson/m);
+      // The operator fixes everything in one pass only if every bad field is named at once.
+      for (const field of ['lockspaces.0.name', 'lockspaces.0.dir']) expect(r.stderr, field).toMatch(new RegExp(`^\\s+${field.replaceAll('.', '\\.')} \\(bad\\.json\\): `, 'm'));
+    });
+  });
+
+  it('lists held locks as a table and as JSON (baton locks)', async () => {
+    await using storage = await SharedStorage.create();
+    await using agent = await AgentProcess.start({ storage });
+    await using vmProcess = await ManagedProcess.spawn({ name: 'vm process', command: 'sleep', args: ['60'] });
+    const disk = storage.image('vm.img');
+    const { uuid, grant } = await holdFor(agent, vmProcess, disk);
+
+    const table = await runCli(['locks', '--socket', agent.socketPath]);
+    expect(table.status, why(table)).toBe(0);
+    const [header, ...rows] = table.stdout.trimEnd().split('\n').map((l) => l.trim().split(/\s{2,}/));
+    expect(header).toEqual(['RESOURCE', 'LOCKSPACE', 'MODE', 'OWNER', 'PID', 'TOKEN', 'SINCE', 'PATH']);
+    expect(rows).toEqual([[disk, 'images', 'exclusive', 'vm-held', String(vmProcess.pid), String(grant.token), grant.since, grant.lockPath]]);
+
+    const json = await runCli(['locks', '--socket', agent.socketPath, '--json']);
+    expect(json.status, why(json)).toBe(0);
+    const doc = JSON.parse(json.stdout) as { host: string; locks: unknown[] };
+    expect(doc.host).toBe('host-a');
+    expect(doc.locks).toEqual([{ ...grant, owner: { uuid, name: 'vm-held', pid: vmProcess.pid } }]);
+  });
+
+  it('exits 3 with RESOURCE_BUSY when `baton lock acquire` meets a held disk, in text and JSON mode', async () => {
+    await using storage = await SharedStorage.create();
+    await using agent = await AgentProcess.start({ storage });
+    await using holderProcess = await ManagedProcess.spawn({ name: 'holder vm', command: 'sleep', args: ['60'] });
+    await using otherProcess = await ManagedProcess.spawn({ name: 'other vm', command: 'sleep', args: ['60'] });
+    const disk = storage.image('vm.img');
+    const held = await holdFor(agent, holderProcess, disk);
+    const acquire = ['lock', 'acquire', '--socket', agent.socketPath, '--owner', randomUUID(), '--name', 'other', '--pid', String(otherProcess.pid), disk];
+
+    const text = await runCli(acquire);
+    expect(text.status, why(text)).toBe(3);
+    expect(text.stderr).toMatch(/^error RESOURCE_BUSY: /m);
+    expect(text.stdout).toBe('');
+
+    const json = await runCli([...acquire, '--json']);
+    expect(json.status, why(json)).toBe(3);
+    expect(JSON.parse(json.stdout)).toEqual({ error: expect.objectContaining({ code: 'RESOURCE_BUSY', message: expect.any(String) }) });
+
+    // The refused attempts took nothing from the holder.
+    expect(await tryLockFrom(held.grant.lockPath)).toBe('busy');
+    expect((await held.client.request('inquire')).locks).toEqual([held.grant]);
+  });
+
+  it('prints an owner’s lock state document (baton lock inquire --json)', async () => {
+    await using storage = await SharedStorage.create();
+    await using agent = await AgentProcess.start({ storage });
+    await using vmProcess = await ManagedProcess.spawn({ name: 'vm process', command: 'sleep', args: ['60'] });
+    const { uuid, grant } = await holdFor(agent, vmProcess, storage.image('vm.img'));
+
+    const r = await runCli(['lock', 'inquire', '--socket', agent.socketPath, '--owner', uuid, '--json']);
+    expect(r.status, why(r)).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({
+      kind: 'baton.lock-state',
+      version: 1,
+      host: 'host-a',
+      owner: { uuid, name: 'vm-held', pid: vmProcess.pid },
+      liveness: 'pid',
+      locks: [grant],
+    });
+  });
+
+  it('refuses SIGTERM and `agent stop` while locks are held (LOCKS_HELD), and stops with --release-all', async () => {
+    await using storage = await SharedStorage.create();
+    // A direct lockspace locks the image itself, so "free again" is a lock on the image.
+    await using agent = await AgentProcess.start({ storage, config: { lockspaces: [{ name: 'direct', kind: 'direct', roots: [storage.imagesDir] }] } });
+    await using vmProcess = await ManagedProcess.spawn({ name: 'vm process', command: 'sleep', args: ['60'] });
+    const disk = storage.image('vm.img');
+    const held = await holdFor(agent, vmProcess, disk);
+
+    process.kill(agent.pid, 'SIGTERM');
+    const refusal = await agent.json.event((e) => e.code === 'LOCKS_HELD', 'SIGTERM refused');
+    expect(refusal).toMatchObject({ signal: 'SIGTERM', held: 1 });
+    // Still running and serving, the lock still held.
+    const after = await agent.client();
+    expect((await after.request('hello')).pid).toBe(agent.pid);
+    expect((await after.request('locks')).locks).toHaveLength(1);
+    expect(agent.json.proc.running).toBe(true);
+
+    const stop = await runCli(['agent', 'stop', '--socket', agent.socketPath]);
+    expect(stop.status, why(stop)).toBe(7);
+    expect(stop.stderr).toMatch(/^error LOCKS_HELD: /m);
+    const stopJson = await runCli(['agent', 'stop', '--socket', agent.socketPath, '--json']);
+    expect(stopJson.status, why(stopJson)).toBe(7);
+    expect(JSON.parse(stopJson.stdout)).toMatchObject({ error: { code: 'LOCKS_HELD' } });
+    expect(await tryLockFrom(disk)).toBe('busy');
+    expect((await after.request('inquire', { owner: held.uuid })).locks).toEqual([held.grant]);
+
+    const releaseAll = await runCli(['agent', 'stop', '--socket', agent.socketPath, '--release-all']);
+    expect(releaseAll.status, why(releaseAll)).toBe(0);
+    expect(releaseAll.stdout).toContain('1 lock(s) released');
+    expect(await exitOf(agent.json.proc)).toEqual({ code: 0, signal: null });
+    expect(await tryLockFrom(disk)).toBe('granted');
+    expect(existsSync(agent.socketPath)).toBe(false);
+  });
+
+  it('stops on SIGTERM when no lock is held: exit 0, socket file removed', async () => {
+    await using storage = await SharedStorage.create();
+    await using agent = await AgentProcess.start({ storage });
+    const c = await agent.client();
+    // An owner that holds nothing does not keep the agent up.
+    await c.request('register', { owner: { uuid: randomUUID(), name: 'idle' } });
+    expect(existsSync(agent.socketPath)).toBe(true);
+
+    process.kill(agent.pid, 'SIGTERM');
+    expect(await exitOf(agent.json.proc)).toEqual({ code: 0, signal: null });
+    expect(existsSync(agent.socketPath)).toBe(false);
+    expect(agent.logsWithCode('LOCKS_HELD')).toEqual([]);
+  });
+});
