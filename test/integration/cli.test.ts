@@ -23,6 +23,9 @@ describe('baton CLI', () => {
   describe('baton agent with an invalid configuration', () => {
     const BAD_FILE = '{"lockspaces":[{"name":"BAD","kind":"indirect"}],"http":{"port":"x"}}';
     const FILE_FIELDS = ['lockspaces.0.name', 'lockspaces.0.dir', 'http.port'];
+    /** A line of the report: the field, then where its value came from. */
+    const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+    const named = (field: string, source: string): RegExp => new RegExp(`^\\s+${escape(field)} \\(${escape(source)}\\): `, 'm');
 
     it('exits with INVALID_CONFIG (status 2), naming every bad field of the file', async () => {
       await using scratch = await ScratchDir.create('cli-config');
@@ -31,7 +34,7 @@ describe('baton CLI', () => {
       const r = await runCli(['agent', '--config', configPath]);
       expect(r.status, why(r)).toBe(2);
       expect(r.stderr).toContain('INVALID_CONFIG');
-      for (const field of FILE_FIELDS) expect(r.stderr, field).toMatch(new RegExp(`^\\s+${field.replaceAll('.', '\\.')} \\(bad\\.json\\): `, 'm'));
+      for (const field of FILE_FIELDS) expect(r.stderr, field).toMatch(named(field, configPath));
     });
 
     it('names a bad environment override too, beside every bad field of the file', async () => {
@@ -41,9 +44,10 @@ describe('baton CLI', () => {
       const r = await runCli(['agent', '--config', configPath], { env: { BATON_HTTP_PORT: 'notjson' } });
       expect(r.status, why(r)).toBe(2);
       expect(r.stderr).toContain('INVALID_CONFIG');
-      expect(r.stderr).toMatch(/^\s+http\.port \(BATON_HTTP_PORT\): .*notjson/m);
+      expect(r.stderr).toMatch(named('http.port', 'BATON_HTTP_PORT'));
+      expect(r.stderr).toContain('notjson');
       // The operator fixes everything in one pass only if every bad field is named at once.
-      for (const field of ['lockspaces.0.name', 'lockspaces.0.dir']) expect(r.stderr, field).toMatch(new RegExp(`^\\s+${field.replaceAll('.', '\\.')} \\(bad\\.json\\): `, 'm'));
+      for (const field of ['lockspaces.0.name', 'lockspaces.0.dir']) expect(r.stderr, field).toMatch(named(field, configPath));
     });
   });
 
@@ -106,6 +110,11 @@ describe('baton CLI', () => {
       liveness: 'pid',
       locks: [grant],
     });
+
+    // An owner this host does not know: its stable code and exit status, not a crash.
+    const unknown = await runCli(['lock', 'inquire', '--socket', agent.socketPath, '--owner', randomUUID(), '--json']);
+    expect(unknown.status, why(unknown)).toBe(2);
+    expect(JSON.parse(unknown.stdout)).toMatchObject({ error: { code: 'NOT_REGISTERED' } });
   });
 
   it('refuses SIGTERM and `agent stop` while locks are held (LOCKS_HELD), and stops with --release-all', async () => {

@@ -31,14 +31,26 @@ function unwrap(schema: z.ZodType): z.ZodType {
   return s;
 }
 
-/** Leaf fields of an object schema, as dotted paths, with whether their value is text. */
-export function configFields(schema: z.ZodType, prefix: string[] = []): { path: string[]; textual: boolean }[] {
+/**
+ * How an environment value becomes a field's value: `text` as it is, `json` parsed, `either`
+ * (a union that accepts text) parsed when it is JSON and taken as text otherwise.
+ */
+export type EnvEncoding = 'text' | 'json' | 'either';
+
+function encodingOf(schema: z.ZodType): EnvEncoding {
+  const inner = unwrap(schema);
+  if (inner instanceof z.ZodString || inner instanceof z.ZodEnum) return 'text';
+  if (inner instanceof z.ZodUnion) return (inner.options as z.ZodType[]).some((o) => encodingOf(o) !== 'json') ? 'either' : 'json';
+  return 'json';
+}
+
+/** Leaf fields of an object schema, as dotted paths, with how their environment value is read. */
+export function configFields(schema: z.ZodType, prefix: string[] = []): { path: string[]; encoding: EnvEncoding }[] {
   const inner = unwrap(schema);
   if (inner instanceof z.ZodObject) {
     return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([key, child]) => configFields(child, [...prefix, key]));
   }
-  const textual = inner instanceof z.ZodString || inner instanceof z.ZodEnum;
-  return [{ path: prefix, textual }];
+  return [{ path: prefix, encoding: encodingOf(inner) }];
 }
 
 export function envName(path: readonly string[]): string {
@@ -94,12 +106,14 @@ export function loadConfig<S extends z.ZodType>(schema: S, sources: ConfigSource
     const raw = sources.env[name];
     if (raw === undefined) continue;
     let value: unknown = raw;
-    if (!field.textual) {
+    if (field.encoding !== 'text') {
       try {
         value = JSON.parse(raw);
       } catch {
-        issues.push({ field: field.path.join('.'), source: name, message: `not a JSON value: ${JSON.stringify(raw)}` });
-        continue;
+        if (field.encoding === 'json') {
+          issues.push({ field: field.path.join('.'), source: name, message: `not a JSON value: ${JSON.stringify(raw)}` });
+          continue;
+        }
       }
     }
     setPath(merged, field.path, value);

@@ -6,6 +6,7 @@ const Schema = z.strictObject({
   stateDir: z.string().default('/var/lib/x'),
   http: z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().default(9000) }).prefault({}),
   roots: z.array(z.string()).default([]),
+  group: z.union([z.string(), z.number().int()]).optional(),
 });
 
 function invalid(fn: () => unknown): BatonError {
@@ -34,6 +35,11 @@ describe('loadConfig', () => {
 
   it('takes text fields from the environment as they are, without JSON parsing', () => {
     expect(loadConfig(Schema, { env: { BATON_STATE_DIR: '123' } }).stateDir).toBe('123');
+  });
+
+  it('reads a text-or-number field as a number when it is one, as text otherwise', () => {
+    expect(loadConfig(Schema, { env: { BATON_GROUP: 'kvm' } }).group).toBe('kvm');
+    expect(loadConfig(Schema, { env: { BATON_GROUP: '107' } }).group).toBe(107);
   });
 
   it('names every bad field and where it came from', () => {
