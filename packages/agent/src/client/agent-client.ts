@@ -66,7 +66,14 @@ export class AgentClient implements AsyncDisposable {
   }
 
   private onLine(line: string): void {
-    const parsed = ReplyEnvelope.safeParse(JSON.parse(line));
+    let raw: unknown;
+    try {
+      raw = JSON.parse(line);
+    } catch {
+      // Not a reply: an agent that is not speaking this protocol. Nothing to resolve with it.
+      return;
+    }
+    const parsed = ReplyEnvelope.safeParse(raw);
     if (!parsed.success) return;
     const reply = parsed.data;
     // A reply with no id answers no request: the agent refused the connection or a line.
