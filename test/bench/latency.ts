@@ -29,7 +29,7 @@ export interface Placement {
   servers: string;
 }
 
-export const SERIES = ['echo', 'grant.acquire', 'grant.cycle', 'raw.acquire', 'raw.cycle', 'redis.acquire', 'redis.cycle'] as const;
+export const SERIES = ['echo', 'raw.hello', 'grant.acquire', 'grant.cycle', 'raw.acquire', 'raw.cycle', 'redis.acquire', 'redis.cycle'] as const;
 export type Series = (typeof SERIES)[number];
 export type PlacementResults = Record<Series, Summary>;
 
@@ -94,6 +94,17 @@ export class LatencyRig implements AsyncDisposable {
           const t1 = nowUs();
           if (reply['method'] !== 'acquire') throw new Error('echo mismatch');
           record('echo', t1 - t0);
+        },
+      },
+      {
+        // The agent's protocol path alone (read, parse, validate, dispatch, reply), no lock work.
+        name: 'hello (line client)',
+        iteration: async (record) => {
+          const t0 = nowUs();
+          const reply = await this.rawClient.call(JSON.stringify({ v: PROTOCOL_VERSION, id: id++, method: 'hello', params: {} }));
+          const t1 = nowUs();
+          ok(reply, 'hello');
+          record('raw.hello', t1 - t0);
         },
       },
       {

@@ -41,6 +41,32 @@ export interface ReexecResult {
   bytesPerLockAfterReexec: number;
   /** Size of the `locks` reply line: what a client must accept to list 10,000 locks. */
   locksReplyBytes: number;
+  /**
+   * Per run, from the agent's log (ms resolution): SIGUSR1 → "re-executing" (flush, snapshot, state
+   * file written and fsynced), → "agent re-executed" (execve, Node start, modules, state parsed,
+   * descriptors verified and adopted), → `hello` answered.
+   */
+  phasesMs: { snapshot: number; boot: number; firstReply: number }[];
+}
+
+function reexecPhases(logPath: string, kills: readonly number[], replies: readonly number[]): ReexecResult['phasesMs'] {
+  const events = readFileSync(logPath, 'utf8')
+    .split('\n')
+    .flatMap((l) => {
+      try {
+        return l.startsWith('{') ? [JSON.parse(l) as { msg?: string; time?: string }] : [];
+      } catch {
+        return [];
+      }
+    });
+  const at = (prefix: string): number[] => events.filter((e) => e.msg?.startsWith(prefix) && e.time).map((e) => Date.parse(e.time!));
+  const leaving = at('re-executing');
+  const arrived = at('agent re-executed');
+  return kills.map((k, i) => ({
+    snapshot: (leaving[i] ?? Number.NaN) - k,
+    boot: (arrived[i] ?? Number.NaN) - (leaving[i] ?? Number.NaN),
+    firstReply: replies[i]! - (arrived[i] ?? Number.NaN),
+  }));
 }
 
 function maxOpenFiles(): number {
@@ -125,15 +151,19 @@ export async function measureScale(
     // sent while the old image is pausing waits in the socket and is answered by the new one.
     const samplesUs: number[] = [];
     const generations: number[] = [];
+    const kills: number[] = [];
+    const replies: number[] = [];
     for (let r = 0; r < opts.reexecRuns; r++) {
       const { generation: prev } = await helloClient.request('hello');
       const deadline = AbortSignal.timeout(30_000);
+      kills.push(Date.now());
       const t = nowUs();
       process.kill(agent.pid, 'SIGUSR1');
       for (;;) {
         const h = await helloClient.request('hello', {}, { signal: deadline });
         if (h.generation > prev) {
           samplesUs.push(nowUs() - t);
+          replies.push(Date.now());
           generations.push(h.generation);
           if (h.pid !== agent.pid) throw new Error(`the agent's pid changed across re-exec: ${agent.pid} → ${h.pid}`);
           break;
@@ -153,6 +183,7 @@ export async function measureScale(
       samePid: true,
       bytesPerLockAfterReexec: (rssReexec - rssIdle) / total,
       locksReplyBytes: afterReexec.bytes,
+      phasesMs: reexecPhases(agent.logPath, kills, replies),
     };
     return { memory, reexec };
   } finally {

@@ -93,3 +93,18 @@ export function machineInfo(): { cpus: number; cpuModel: string; kernel: string;
     memGiB: Math.round(memKb / 1024 / 1024),
   };
 }
+
+/**
+ * CPU seconds: the whole machine's busy time (/proc/stat) and this process's plus its reaped
+ * children's (/proc/self/stat). The difference over a run is what other processes used.
+ */
+export function cpuTimes(): { machineBusy: number; selfAndChildren: number } {
+  const cpuLine = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal guest guest_nice: busy excludes idle, iowait and guests.
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = cpuLine;
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+  // utime 14, stime 15, cutime 16, cstime 17 (1-based); f[0] is field 3.
+  const mine = f[11]! + f[12]! + f[13]! + f[14]!;
+  return { machineBusy: (user + nice + system + irq + softirq + steal) / 100, selfAndChildren: mine / 100 };
+}

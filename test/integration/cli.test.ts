@@ -94,6 +94,27 @@ describe('baton CLI', () => {
     expect((await held.client.request('inquire')).locks).toEqual([held.grant]);
   });
 
+  it('releases, from a later invocation, what `baton lock acquire` took for a process (a hook’s start and stop)', async () => {
+    await using storage = await SharedStorage.create();
+    await using agent = await AgentProcess.start({ storage });
+    await using vmProcess = await ManagedProcess.spawn({ name: 'vm process', command: 'sleep', args: ['60'] });
+    const disk = storage.image('vm.img');
+    const owner = ['--socket', agent.socketPath, '--owner', randomUUID(), '--name', 'hooked', '--json'];
+
+    const acquired = await runCli(['lock', 'acquire', ...owner, '--pid', String(vmProcess.pid), disk]);
+    expect(acquired.status, why(acquired)).toBe(0);
+    const grant = (JSON.parse(acquired.stdout) as { grants: Grant[] }).grants[0]!;
+    expect(grant).toMatchObject({ resource: disk, mode: 'exclusive' });
+    expect(await tryLockFrom(grant.lockPath)).toBe('busy');
+
+    // The second invocation attaches to the pid-bound owner by uuid and name.
+    const released = await runCli(['lock', 'release', ...owner, disk]);
+    expect(released.status, why(released)).toBe(0);
+    expect(JSON.parse(released.stdout)).toEqual({ grants: [grant] });
+    expect(existsSync(grant.lockPath)).toBe(false);
+    expect(vmProcess.running).toBe(true);
+  });
+
   it('prints an owner’s lock state document (baton lock inquire --json)', async () => {
     await using storage = await SharedStorage.create();
     await using agent = await AgentProcess.start({ storage });
@@ -162,6 +183,8 @@ describe('baton CLI', () => {
     process.kill(agent.pid, 'SIGTERM');
     expect(await exitOf(agent.json.proc)).toEqual({ code: 0, signal: null });
     expect(existsSync(agent.socketPath)).toBe(false);
+    // Any refusal would have been logged before the stop.
+    await agent.json.event((e) => e.msg === 'agent stopped', 'agent stopped');
     expect(agent.logsWithCode('LOCKS_HELD')).toEqual([]);
   });
 });

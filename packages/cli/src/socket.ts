@@ -7,5 +7,7 @@ export function socketPathOf(opts: { socket?: string }): string {
 
 export async function withAgent<T>(opts: { socket?: string }, fn: (client: AgentClient) => Promise<T>): Promise<T> {
   await using client = await AgentClient.connect({ socketPath: socketPathOf(opts) });
-  return fn(client);
+  // Awaited here, inside the `using` scope: returning the bare promise would close the
+  // connection before the command's requests are answered.
+  return await fn(client);
 }

@@ -119,16 +119,16 @@ export function loadConfig<S extends z.ZodType>(schema: S, sources: ConfigSource
     setPath(merged, field.path, value);
     origin.set(field.path.join('.'), name);
   }
-  if (issues.length > 0) throw invalid(issues);
-
+  // Validate even when some variables were unreadable: every bad field is named at once.
   const result = schema.safeParse(merged);
-  if (result.success) return result.data;
+  if (result.success && issues.length === 0) return result.data as z.output<S>;
   const fileName = sources.file?.path ?? 'defaults';
-  throw invalid(
-    result.error.issues.map((issue) => {
-      const field = issue.path.join('.') || '(root)';
-      const source = [...origin.entries()].find(([p]) => field === p || field.startsWith(`${p}.`))?.[1] ?? fileName;
-      return { field, source, message: issue.message };
-    }),
-  );
+  const reported = new Set(issues.map((i) => i.field));
+  for (const issue of result.success ? [] : result.error.issues) {
+    const field = issue.path.join('.') || '(root)';
+    if (reported.has(field)) continue;
+    const source = [...origin.entries()].find(([p]) => field === p || field.startsWith(`${p}.`))?.[1] ?? fileName;
+    issues.push({ field, source, message: issue.message });
+  }
+  throw invalid(issues);
 }

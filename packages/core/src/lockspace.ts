@@ -17,7 +17,8 @@ export function lockFileName(identity: string): string {
 export function isWithinRoots(canonicalPath: string, roots: readonly string[]): boolean {
   return roots.some((root) => {
     const rel = posix.relative(root, canonicalPath);
-    return rel === '' || (!rel.startsWith('..') && !posix.isAbsolute(rel));
+    // `..hidden.img` is a file inside the root; only `..` itself or `../…` leaves it.
+    return rel === '' || (rel !== '..' && !rel.startsWith('../') && !posix.isAbsolute(rel));
   });
 }
 

@@ -58,6 +58,12 @@ describe('loadConfig', () => {
     expect(err.message).toContain('bogus');
   });
 
+  it('names bad file fields even when an environment value is unreadable too', () => {
+    const err = invalid(() => loadConfig(Schema, { file: { path: 'f.json', text: '{"stateDir":5}' }, env: { BATON_HTTP_PORT: 'eighty' } }));
+    const fields = (err.details!.issues as { field: string }[]).map((i) => i.field).sort();
+    expect(fields).toEqual(['http.port', 'stateDir']);
+  });
+
   it('refuses an environment value that is not JSON for a non-text field', () => {
     const err = invalid(() => loadConfig(Schema, { env: { BATON_HTTP_PORT: 'eighty' } }));
     expect(err.message).toContain('BATON_HTTP_PORT');

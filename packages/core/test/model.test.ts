@@ -35,6 +35,8 @@ describe('lockspace naming', () => {
     expect(isWithinRoots('/images', ['/images'])).toBe(true);
     expect(isWithinRoots('/images2/a.img', ['/images'])).toBe(false);
     expect(isWithinRoots('/etc/passwd', ['/images'])).toBe(false);
+    expect(isWithinRoots('/images/..hidden.img', ['/images'])).toBe(true);
+    expect(isWithinRoots('/', ['/images'])).toBe(false);
   });
   it('accepts printable names without slashes as plain names', () => {
     expect(isPlainName('lv-3f2a')).toBe(true);
