@@ -88,19 +88,24 @@ export class Agent implements AsyncDisposable {
     // Children (sim VMs, killpaths) must not believe they were re-executed.
     delete process.env[REEXEC_ENV];
     const inherited = takeInheritedState(this.config.stateDir, fromPid === String(process.pid));
+    // The socket and the connections are adopted whenever the file is ours, even if its locks
+    // cannot be: clients keep their connections and learn why nothing is granted.
     let adopted: AgentState | undefined;
+    let replaceSocket = false;
     if (inherited.kind === 'adopt') {
+      adopted = inherited.state;
+      this.generation = adopted.generation + 1;
       try {
-        this.locks.adopt(inherited.state.locks);
-        this.registry.restore(inherited.state.owners);
-        this.tokens.resumeAt(inherited.state.nextToken);
-        this.generation = inherited.state.generation + 1;
-        adopted = inherited.state;
+        this.locks.adopt(adopted.locks);
+        this.registry.restore(adopted.owners);
+        this.tokens.resumeAt(adopted.nextToken);
       } catch (err) {
         this.degrade(err instanceof BatonError ? err : new BatonError('STATE_INVALID', (err as Error).message, { cause: err }));
       }
     } else if (inherited.kind === 'refused') {
       if (inherited.reexec) {
+        // Unreadable after our own exec: the inherited listener still holds the path, unknown to us.
+        replaceSocket = true;
         this.degrade(inherited.error);
       } else {
         // A leftover from another process: nothing of it is held by us, so start clean.
@@ -116,6 +121,7 @@ export class Agent implements AsyncDisposable {
       allowPeer: (peer) => this.allowPeer(peer),
       onConnectionClosed: (conn) => this.connectionClosed(conn),
       inheritedFd: adopted?.listenFd,
+      replaceExisting: replaceSocket,
       firstConnectionId: adopted?.nextConnectionId ?? 1,
     });
     this.monitor = new LivenessMonitor(this.registry, {
@@ -143,11 +149,11 @@ export class Agent implements AsyncDisposable {
         httpPort: this.httpServer?.port ?? null,
         generation: this.generation,
         ofdLocks: this.ofd,
-        adoptedLocks: adopted?.locks.length ?? 0,
+        adoptedLocks: this.locks.size,
         adoptedConnections: adopted?.connections.length ?? 0,
         lockspaces: this.config.lockspaces,
       },
-      adopted ? `agent re-executed (generation ${this.generation}), ${adopted.locks.length} locks adopted` : 'agent started',
+      adopted ? `agent re-executed (generation ${this.generation}), ${this.locks.size} locks adopted` : 'agent started',
     );
   }
 
@@ -221,9 +227,14 @@ export class Agent implements AsyncDisposable {
     return record;
   }
 
-  private acquire(ctx: ConnectionContext, p: AgentParsedParams<'acquire'>): AgentResult<'acquire'> {
+  /** Lock changes need a table the agent can trust and an agent that is not going away. */
+  private assertServing(): void {
     if (this.state === 'degraded') throw this.degradedBy!;
     if (this.state !== 'serving') throw new BatonError('SHUTTING_DOWN', `agent is ${this.state}`);
+  }
+
+  private acquire(ctx: ConnectionContext, p: AgentParsedParams<'acquire'>): AgentResult<'acquire'> {
+    this.assertServing();
     const record = this.ownerOf(ctx);
     if (record.state !== 'live') throw new BatonError('DENIED', `owner ${record.owner.uuid} is being terminated`);
     const started = this.clock.now();
@@ -242,6 +253,7 @@ export class Agent implements AsyncDisposable {
   }
 
   private release(ctx: ConnectionContext, p: AgentParsedParams<'release'>): AgentResult<'release'> {
+    this.assertServing();
     const record = this.ownerOf(ctx);
     const released = this.locks.release(record.owner.uuid, p.resources);
     this.metrics.releases.inc({ reason: 'requested' }, released.length);

@@ -25,6 +25,8 @@ export interface SocketServerOptions {
   onConnectionClosed(conn: ClientConnection): void;
   /** The listening descriptor inherited across a re-exec. */
   inheritedFd?: number | undefined;
+  /** Bind anew even though the path answers: it is this process's own inherited, unknown listener. */
+  replaceExisting?: boolean;
   firstConnectionId?: number;
 }
 
@@ -62,7 +64,7 @@ export class SocketServer {
       return new SocketServer(server, opts);
     }
     mkdirSync(dirname(opts.path), { recursive: true, mode: 0o755 });
-    if (await answers(opts.path)) {
+    if (!opts.replaceExisting && (await answers(opts.path))) {
       throw new BatonError('UNAVAILABLE', `another agent is serving ${opts.path}; refusing to replace its socket`, { details: { socket: opts.path } });
     }
     try {
