@@ -49,7 +49,7 @@ export class LatencyRig implements AsyncDisposable {
     readonly redis: LockRedis,
   ) {}
 
-  static async start(dir: string, lockDir: string, opts: { nodeFlags?: string[] } = {}): Promise<LatencyRig> {
+  static async start(dir: string, lockDir: string, opts: { nodeFlags?: string[]; logLevel?: string } = {}): Promise<LatencyRig> {
     const echoPath = join(dir, 'echo.sock');
     const echo = await ManagedProcess.spawn({ name: 'echo server', command: process.execPath, args: [ECHO_ENTRY, echoPath] });
     await waitFor(() => {
@@ -58,7 +58,7 @@ export class LatencyRig implements AsyncDisposable {
     }, { what: 'the echo server', deadlineMs: 10_000, intervalMs: 5 });
     const echoClient = await LineClient.connect(echoPath);
 
-    const agent = await BenchAgent.start({ dir, lockDir, ...(opts.nodeFlags ? { nodeFlags: opts.nodeFlags } : {}) });
+    const agent = await BenchAgent.start({ dir, lockDir, ...(opts.nodeFlags ? { nodeFlags: opts.nodeFlags } : {}), ...(opts.logLevel ? { logLevel: opts.logLevel } : {}) });
     const agentClient = await agent.client();
     await agentClient.request('register', { owner: { uuid: randomUUID(), name: 'bench-vm' } });
     const rawClient = await LineClient.connect(agent.socketPath);

@@ -4,6 +4,8 @@
 //   --shm        put the agent's state dir and lock dir on /dev/shm instead of the disk
 //   --cpu-prof   run the latency agent under `node --cpu-prof`; the profile lands in the
 //                bench's temp dir, which is then kept (its path is printed)
+//   --agent-log-level=<level>   the agents' log level (default info, as the agent's default
+//                config); `warn` shows what the per-grant log lines cost
 //
 // It prints one table and writes the same, with every raw figure, to test/dist/bench/results.json.
 // Benchmarks report; they do not gate: the exit status is 0 even when a target is missed.
@@ -23,15 +25,18 @@ import { measureThroughput, type ThroughputResult } from './throughput.js';
 import { formatMarkdown, formatTable, type Row } from './table.js';
 
 const args = new Set(process.argv.slice(2));
+const LOG_LEVEL_FLAG = '--agent-log-level=';
 for (const a of args) {
-  if (!['--quick', '--shm', '--cpu-prof'].includes(a)) {
-    process.stderr.write(`unknown flag ${a}; flags: --quick --shm --cpu-prof\n`);
+  if (!['--quick', '--shm', '--cpu-prof'].includes(a) && !a.startsWith(LOG_LEVEL_FLAG)) {
+    process.stderr.write(`unknown flag ${a}; flags: --quick --shm --cpu-prof --agent-log-level=<level>\n`);
     process.exit(2);
   }
 }
 const QUICK = args.has('--quick');
 const SHM = args.has('--shm');
 const PROFILE = args.has('--cpu-prof');
+/** The agents' log level: `info` (the default config) unless a diagnostic run asks otherwise. */
+const AGENT_LOG_LEVEL = [...args].find((a) => a.startsWith(LOG_LEVEL_FLAG))?.slice(LOG_LEVEL_FLAG.length) ?? 'info';
 
 const N = QUICK
   ? { latency: 2_000, rounds: 4, warmup: 200, sync: 20_000, async: 2_000, tpSeconds: 0.5, reexec: 2, straceCycles: 500 }
@@ -74,7 +79,7 @@ function ratio(a: number, b: number): number {
 function phases(x: ReexecResult): string {
   const i = x.samplesMs.indexOf(Math.max(...x.samplesMs));
   const p = x.phasesMs[i];
-  return p ? `${p.snapshot}+${p.boot}+${p.firstReply} ms` : '';
+  return p && [p.snapshot, p.boot, p.firstReply].every(Number.isFinite) ? `${p.snapshot}+${p.boot}+${p.firstReply} ms` : '';
 }
 
 function buildRows(r: Results): Row[] {
@@ -123,8 +128,10 @@ function buildRows(r: Results): Row[] {
   }
   if (r.syscalls) {
     const sc = r.syscalls;
+    // The event loop's own waits (epoll, futex) are not the grant's work.
     const top = Object.entries(sc.perCycle)
-      .slice(0, 6)
+      .filter(([name]) => !/^(epoll_|futex)/.test(name))
+      .slice(0, 5)
       .map(([name, n]) => `${name} ${n}`)
       .join(', ');
     rows.push({
@@ -201,7 +208,10 @@ async function main(): Promise<void> {
     mkdirSync(join(latDir, 'locks'), { recursive: true });
     let rig: LatencyRig | undefined;
     await step('start echo server, agent, redis-server', async () => {
-      rig = await LatencyRig.start(latDir, join(latDir, 'locks'), PROFILE ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${join(root, 'profile')}`] } : {});
+      rig = await LatencyRig.start(latDir, join(latDir, 'locks'), {
+        logLevel: AGENT_LOG_LEVEL,
+        ...(PROFILE ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${join(root, 'profile')}`] } : {}),
+      });
     });
     if (rig) {
       try {
@@ -230,7 +240,7 @@ async function main(): Promise<void> {
     const scaleDir = join(root, 'scale');
     mkdirSync(join(scaleDir, 'locks'), { recursive: true });
     await step(`memory and re-exec with ${SCALE.owners * SCALE.perOwner} locks`, async () => {
-      const { memory, reexec } = await measureScale(scaleDir, join(scaleDir, 'locks'), { ...SCALE, reexecRuns: N.reexec });
+      const { memory, reexec } = await measureScale(scaleDir, join(scaleDir, 'locks'), { ...SCALE, reexecRuns: N.reexec, logLevel: AGENT_LOG_LEVEL });
       results.memory = memory;
       results.reexec = reexec;
     });
@@ -245,7 +255,7 @@ async function main(): Promise<void> {
   const wall = (Date.now() - started.getTime()) / 1000;
   const foreignCpu = Math.max(0, cpu1.machineBusy - cpu0.machineBusy - (cpu1.selfAndChildren - cpu0.selfAndChildren)) / wall;
   const rows = buildRows(results);
-  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${SHM ? ' (storage on /dev/shm)' : ' (storage on disk)'}`;
+  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${SHM ? ' (storage on /dev/shm)' : ' (storage on disk)'}${AGENT_LOG_LEVEL === 'info' ? '' : ` (agent log level ${AGENT_LOG_LEVEL})`}`;
   process.stdout.write(`\n${title}\n\n${formatTable(rows)}\n`);
   process.stdout.write(`\nPlacements: ${PLACEMENTS.map((p) => `${p.name} = ${p.describe}`).join('; ')}.\n`);
   process.stdout.write('Ratios compare p50s measured in this run, within one placement.\n');
@@ -263,7 +273,7 @@ async function main(): Promise<void> {
         title,
         date: started.toISOString(),
         machine,
-        flags: { quick: QUICK, shm: SHM, cpuProf: PROFILE },
+        flags: { quick: QUICK, shm: SHM, cpuProf: PROFILE, agentLogLevel: AGENT_LOG_LEVEL },
         iterations: N,
         placements: PLACEMENTS,
         targets: TARGET,

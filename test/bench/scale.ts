@@ -84,13 +84,13 @@ async function locksHeld(control: LineClient): Promise<{ count: number; bytes: n
 export async function measureScale(
   dir: string,
   lockDir: string,
-  opts: { owners: number; perOwner: number; reexecRuns: number },
+  opts: { owners: number; perOwner: number; reexecRuns: number; logLevel?: string },
 ): Promise<{ memory: MemoryResult; reexec: ReexecResult }> {
   const total = opts.owners * opts.perOwner;
   if (maxOpenFiles() < total + opts.owners + 200) {
     throw new Error(`ulimit -n is ${maxOpenFiles()}: ${total} locks need one descriptor each (raise it to ${total + opts.owners + 200})`);
   }
-  await using agent = await BenchAgent.start({ dir, lockDir });
+  await using agent = await BenchAgent.start({ dir, lockDir, ...(opts.logLevel ? { logLevel: opts.logLevel } : {}) });
   const rssIdle = (await settledRss(agent.pid)).rss;
 
   const owners: AgentClient[] = [];

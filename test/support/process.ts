@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, constants, readdirSync, readFileSync } from 'node:fs';
+import { accessSync, constants, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { setTimeout as delay } from 'node:timers/promises';
 import { waitFor } from './wait-for.js';
 
@@ -50,6 +50,25 @@ const SETPRIV = ((): string | undefined => {
     return undefined;
   }
 })();
+
+/**
+ * setpriv arms the parent-death signal with prctl() and then execs the command; until it has, a
+ * parent that dies leaves the child unarmed (seen under load). Waiting for the exec makes the
+ * guarantee hold from the moment spawn() returns.
+ */
+async function pastSetpriv(child: ManagedProcess): Promise<void> {
+  await waitFor(
+    () => {
+      if (!child.running) return true;
+      try {
+        return readlinkSync(`/proc/${child.pid}/exe`) !== SETPRIV;
+      } catch {
+        return true;
+      }
+    },
+    { what: `${child.name} to exec past setpriv`, deadlineMs: 10_000, intervalMs: 1 },
+  );
+}
 
 /**
  * A child process in its own process group: signals go to the whole group, its output is kept
@@ -120,6 +139,7 @@ export class ManagedProcess implements AsyncDisposable {
     if (child.pid === undefined) throw new Error(`${options.name} started without a pid`);
     const managed = new ManagedProcess(child, child.pid, options);
     live.add(managed);
+    if (SETPRIV !== undefined) await pastSetpriv(managed);
     return managed;
   }
 
