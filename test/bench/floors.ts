@@ -54,8 +54,8 @@ export async function measureFloors(dir: string, opts: { nSync: number; nAsync: 
     syncLoop('ofd', true, 20_000, false);
     syncLoop('posix', false, 20_000, false);
     for (let r = 0; r < 5; r++) {
-      syncLoop('ofd', true, opts.nSync / 5, true);
-      syncLoop('posix', false, opts.nSync / 5, true);
+      syncLoop('ofd', true, Math.ceil(opts.nSync / 5), true);
+      syncLoop('posix', false, Math.ceil(opts.nSync / 5), true);
     }
     // fs-ext: whole file (it cannot do a byte range), classic POSIX lock, through libuv's pool.
     for (let i = 0; i < Math.min(500, opts.nAsync); i++) {

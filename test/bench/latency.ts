@@ -2,6 +2,7 @@
 // (through the product's AgentClient and through a bare line client), and a redlock-style
 // acquire on a local Redis through ioredis, under one CPU placement at a time.
 import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -25,16 +26,49 @@ export interface Placement {
   describe: string;
   /** CPUs for the bench process (the client side). */
   client: string;
-  /** CPUs for the servers: echo server, agent, redis-server. */
+  /** CPUs for the servers: echo server, agents, redis-server. */
   servers: string;
 }
 
 export const SERIES = ['echo', 'raw.hello', 'grant.acquire', 'grant.cycle', 'raw.acquire', 'raw.cycle', 'redis.acquire', 'redis.cycle'] as const;
 export type Series = (typeof SERIES)[number];
-export type PlacementResults = Record<Series, Summary>;
+
+/**
+ * Diagnostic agents, measured in the same run so their difference from the main agent is the
+ * cost of what they change: no per-grant log lines (level warn), or the lock and state dirs on
+ * the other storage (disk when the main agent is on tmpfs, tmpfs when it is on disk).
+ */
+export const DIAGNOSTIC_KEYS = ['diag.quietlog', 'diag.otherfs'] as const;
+export type DiagnosticKey = (typeof DIAGNOSTIC_KEYS)[number];
+export type PlacementResults = Record<Series, Summary> & Partial<Record<`${DiagnosticKey}.acquire`, Summary>>;
+
+export function diagnosticLabel(key: DiagnosticKey, mainOnDisk: boolean): string {
+  if (key === 'diag.quietlog') return 'agent log level warn';
+  return mainOnDisk ? 'lock+state dirs on tmpfs' : 'lock+state dirs on disk';
+}
 
 function ok(reply: Record<string, unknown>, what: string): void {
   if (reply['ok'] !== true) throw new Error(`${what} failed: ${JSON.stringify(reply)}`);
+}
+
+async function registeredLineClient(socketPath: string, name: string): Promise<LineClient> {
+  const c = await LineClient.connect(socketPath);
+  ok(await c.call(JSON.stringify({ v: PROTOCOL_VERSION, id: 0, method: 'register', params: { owner: { uuid: randomUUID(), name } } })), 'register');
+  return c;
+}
+
+interface DiagAgent {
+  key: DiagnosticKey;
+  agent: BenchAgent;
+  client: LineClient;
+  dir: string;
+}
+
+export interface LatencyRigOptions {
+  nodeFlags?: string[];
+  logLevel?: string;
+  /** Where the "other storage" diagnostic agent keeps its dirs (a fresh temp dir is made there). */
+  otherStorageRoot: string;
 }
 
 /** The processes and connections every placement measures; started once, re-pinned per placement. */
@@ -45,11 +79,12 @@ export class LatencyRig implements AsyncDisposable {
     readonly agent: BenchAgent,
     readonly agentClient: AgentClient,
     readonly rawClient: LineClient,
+    readonly diagnostics: DiagAgent[],
     readonly redisServer: RedisServer,
     readonly redis: LockRedis,
   ) {}
 
-  static async start(dir: string, lockDir: string, opts: { nodeFlags?: string[]; logLevel?: string } = {}): Promise<LatencyRig> {
+  static async start(dir: string, lockDir: string, opts: LatencyRigOptions): Promise<LatencyRig> {
     const echoPath = join(dir, 'echo.sock');
     const echo = await ManagedProcess.spawn({ name: 'echo server', command: process.execPath, args: [ECHO_ENTRY, echoPath] });
     await waitFor(() => {
@@ -61,24 +96,31 @@ export class LatencyRig implements AsyncDisposable {
     const agent = await BenchAgent.start({ dir, lockDir, ...(opts.nodeFlags ? { nodeFlags: opts.nodeFlags } : {}), ...(opts.logLevel ? { logLevel: opts.logLevel } : {}) });
     const agentClient = await agent.client();
     await agentClient.request('register', { owner: { uuid: randomUUID(), name: 'bench-vm' } });
-    const rawClient = await LineClient.connect(agent.socketPath);
-    ok(await rawClient.call(JSON.stringify({ v: PROTOCOL_VERSION, id: 0, method: 'register', params: { owner: { uuid: randomUUID(), name: 'bench-raw' } } })), 'register');
+    const rawClient = await registeredLineClient(agent.socketPath, 'bench-raw');
+
+    const diagnostics: DiagAgent[] = [];
+    for (const key of DIAGNOSTIC_KEYS) {
+      const ddir = key === 'diag.otherfs' ? mkdtempSync(join(opts.otherStorageRoot, 'baton-bench-diag-')) : join(dir, key);
+      mkdirSync(join(ddir, 'locks'), { recursive: true });
+      const a = await BenchAgent.start({ dir: ddir, lockDir: join(ddir, 'locks'), logLevel: key === 'diag.quietlog' ? 'warn' : (opts.logLevel ?? 'info') });
+      diagnostics.push({ key, agent: a, client: await registeredLineClient(a.socketPath, key), dir: ddir });
+    }
 
     const redisServer = await RedisServer.start();
     const redis = new Redis({ host: '127.0.0.1', port: redisServer.port, lazyConnect: true, enableOfflineQueue: false, maxRetriesPerRequest: 0 }) as LockRedis;
     await redis.connect();
     redis.defineCommand('releaseLock', { numberOfKeys: 1, lua: RELEASE_LUA });
-    return new LatencyRig(echo, echoClient, agent, agentClient, rawClient, redisServer, redis);
+    return new LatencyRig(echo, echoClient, agent, agentClient, rawClient, diagnostics, redisServer, redis);
   }
 
   place(p: Placement): void {
     pin(process.pid, p.client);
-    for (const pid of [this.echo.pid, this.agent.pid, this.redisServer.pid!]) pin(pid, p.servers);
+    for (const pid of [this.echo.pid, this.agent.pid, this.redisServer.pid!, ...this.diagnostics.map((d) => d.agent.pid)]) pin(pid, p.servers);
   }
 
   loops(): Loop[] {
     let id = 1;
-    // The echo line is the raw client's acquire line, byte for byte (~95 bytes).
+    // The echo line is the raw client's acquire line, byte for byte (~90 bytes).
     const acquireLine = (name: string): string => JSON.stringify({ v: PROTOCOL_VERSION, id: id++, method: 'acquire', params: { resources: [{ name }] } });
     const releaseLine = (name: string): string => JSON.stringify({ v: PROTOCOL_VERSION, id: id++, method: 'release', params: { resources: [{ name }] } });
     const disk = 'disk-bench-00001';
@@ -148,6 +190,19 @@ export class LatencyRig implements AsyncDisposable {
           record('redis.cycle', t2 - t0);
         },
       },
+      ...this.diagnostics.map(
+        (d): Loop => ({
+          name: d.key,
+          iteration: async (record) => {
+            const t0 = nowUs();
+            const a = await d.client.call(acquireLine(rawDisk));
+            const t1 = nowUs();
+            ok(a, `${d.key} acquire`);
+            ok(await d.client.call(releaseLine(rawDisk)), `${d.key} release`);
+            record(`${d.key}.acquire`, t1 - t0);
+          },
+        }),
+      ),
     ];
   }
 
@@ -155,13 +210,15 @@ export class LatencyRig implements AsyncDisposable {
     this.place(p);
     const samples = new Samples();
     await runInterleaved(this.loops(), { ...opts, chunkWarmup: 20 }, samples);
-    return Object.fromEntries(SERIES.map((s) => [s, samples.summary(s)])) as PlacementResults;
+    const series = [...SERIES, ...this.diagnostics.map((d) => `${d.key}.acquire`)];
+    return Object.fromEntries(series.map((s) => [s, samples.summary(s)])) as PlacementResults;
   }
 
   async close(): Promise<void> {
     this.redis.disconnect();
-    await Promise.allSettled([this.echoClient.close(), this.agentClient.close(), this.rawClient.close()]);
-    await this.agent.shutdown();
+    await Promise.allSettled([this.echoClient.close(), this.agentClient.close(), this.rawClient.close(), ...this.diagnostics.map((d) => d.client.close())]);
+    await Promise.allSettled([this.agent.shutdown(), ...this.diagnostics.map((d) => d.agent.shutdown())]);
+    for (const d of this.diagnostics) if (d.key === 'diag.otherfs') rmSync(d.dir, { recursive: true, force: true });
     await Promise.allSettled([this.echo.close(), this.redisServer[Symbol.asyncDispose]()]);
   }
 

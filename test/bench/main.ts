@@ -1,7 +1,8 @@
 // Baton's benchmark: `npm run bench` (after the build), or `node test/dist/bench/main.js [flags]`.
 //
 //   --quick      fewer iterations (a smoke run; the 10,000-lock scale bench keeps its size)
-//   --shm        put the agent's state dir and lock dir on /dev/shm instead of the disk
+//   --disk       put the agents' state and lock dirs on the disk (os.tmpdir()) instead of
+//                /dev/shm; the "other storage" diagnostic row then shows tmpfs
 //   --cpu-prof   run the latency agent under `node --cpu-prof`; the profile lands in the
 //                bench's temp dir, which is then kept (its path is printed)
 //   --agent-log-level=<level>   the agents' log level (default info, as the agent's default
@@ -16,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { measureFloors, type FloorResults } from './floors.js';
-import { LatencyRig, type Placement, type PlacementResults } from './latency.js';
+import { DIAGNOSTIC_KEYS, diagnosticLabel, LatencyRig, type Placement, type PlacementResults } from './latency.js';
 import { measureScale, type MemoryResult, type ReexecResult } from './scale.js';
 import type { Summary } from './stats.js';
 import { affinity, allCpus, cpuTimes, machineInfo, pin } from './sys.js';
@@ -27,13 +28,13 @@ import { formatMarkdown, formatTable, type Row } from './table.js';
 const args = new Set(process.argv.slice(2));
 const LOG_LEVEL_FLAG = '--agent-log-level=';
 for (const a of args) {
-  if (!['--quick', '--shm', '--cpu-prof'].includes(a) && !a.startsWith(LOG_LEVEL_FLAG)) {
-    process.stderr.write(`unknown flag ${a}; flags: --quick --shm --cpu-prof --agent-log-level=<level>\n`);
+  if (!['--quick', '--disk', '--cpu-prof'].includes(a) && !a.startsWith(LOG_LEVEL_FLAG)) {
+    process.stderr.write(`unknown flag ${a}; flags: --quick --disk --cpu-prof --agent-log-level=<level>\n`);
     process.exit(2);
   }
 }
 const QUICK = args.has('--quick');
-const SHM = args.has('--shm');
+const DISK = args.has('--disk');
 const PROFILE = args.has('--cpu-prof');
 /** The agents' log level: `info` (the default config) unless a diagnostic run asks otherwise. */
 const AGENT_LOG_LEVEL = [...args].find((a) => a.startsWith(LOG_LEVEL_FLAG))?.slice(LOG_LEVEL_FLAG.length) ?? 'info';
@@ -47,8 +48,13 @@ const THROUGHPUT = { connections: 8, perConnection: 8 };
 const CPUS = allCpus();
 const PLACEMENTS: Placement[] = [
   { name: 'unpinned', describe: `every process free to run on CPUs ${CPUS}`, client: CPUS, servers: CPUS },
-  { name: 'apart', describe: 'servers (echo, agent, redis) on CPU 0, the bench process (clients) on CPU 1', client: '1', servers: '0' },
-  { name: 'together', describe: 'servers and the bench process all on CPU 1', client: '1', servers: '1' },
+  // Pinning apart needs two CPUs; on a one-CPU machine only the unpinned placement runs.
+  ...(CPUS.includes(',')
+    ? [
+        { name: 'apart', describe: 'servers (echo, agents, redis) on CPU 0, the bench process (clients) on CPU 1', client: '1', servers: '0' },
+        { name: 'together', describe: 'servers and the bench process all on CPU 1', client: '1', servers: '1' },
+      ]
+    : []),
 ];
 
 const TARGET = { vsEcho: 1.5, vsRedis: 0.6, bytesPerLock: 1024, reexecUs: 1_000_000 };
@@ -114,6 +120,10 @@ function buildRows(r: Results): Row[] {
     rows.push(latencyRow(`${tag} grant: acquire+release (AgentClient)`, l['grant.cycle'], { ratio: `${ratio(l['grant.cycle'].p50, l['redis.cycle'].p50).toFixed(2)}× redlock a+r` }));
     rows.push(latencyRow(`${tag} grant: acquire (line client)`, l['raw.acquire'], { ratio: `${ratio(l['raw.acquire'].p50, echo).toFixed(2)}× echo` }));
     rows.push(latencyRow(`${tag} grant: acquire+release (line client)`, l['raw.cycle'], { ratio: `${ratio(l['raw.cycle'].p50, echo).toFixed(2)}× echo` }));
+    for (const key of DIAGNOSTIC_KEYS) {
+      const s = l[`${key}.acquire`];
+      if (s) rows.push(latencyRow(`${tag} grant: acquire (line client; ${diagnosticLabel(key, DISK)})`, s, { ratio: `${ratio(s.p50, echo).toFixed(2)}× echo` }));
+    }
     rows.push(latencyRow(`${tag} redlock: SET NX PX (ioredis)`, l['redis.acquire'], { ratio: `${ratio(l['redis.acquire'].p50, echo).toFixed(2)}× echo` }));
     rows.push(latencyRow(`${tag} redlock: SET NX PX + Lua release`, l['redis.cycle'], { ratio: `${ratio(l['redis.cycle'].p50, echo).toFixed(2)}× echo` }));
   }
@@ -179,9 +189,12 @@ function buildRows(r: Results): Row[] {
 async function main(): Promise<void> {
   const started = new Date();
   const machine = machineInfo();
-  // On the disk by default: a production agent keeps its state on local disk and its lock files on
-  // shared storage, and an fsync there is not free as it is on tmpfs.
-  const root = mkdtempSync(join(SHM ? '/dev/shm' : tmpdir(), 'baton-bench-'));
+  // On tmpfs by default, as the test harness: what a grant costs in the agent itself, the same from
+  // run to run. On this machine's disk (ext4 without a journal) creating a file gets slower with
+  // every file deleted in the last 30 s, so a disk run depends on the disk's recent history; the
+  // "other storage" diagnostic row shows the disk in the same run, and --disk moves everything.
+  // (No fsync hides in tmpfs: the strace row counts fsync calls whatever the storage.)
+  const root = mkdtempSync(join(DISK ? tmpdir() : '/dev/shm', 'baton-bench-'));
   const results: Results = { latency: {}, errors: [] };
   log(`${machine.cpus} CPUs (${machine.cpuModel}), Node ${machine.node}, kernel ${machine.kernel}; temp dir ${root}${QUICK ? '; --quick' : ''}`);
   const initialAffinity = affinity(process.pid);
@@ -207,9 +220,10 @@ async function main(): Promise<void> {
     const latDir = join(root, 'latency');
     mkdirSync(join(latDir, 'locks'), { recursive: true });
     let rig: LatencyRig | undefined;
-    await step('start echo server, agent, redis-server', async () => {
+    await step('start the echo server, the agents, redis-server', async () => {
       rig = await LatencyRig.start(latDir, join(latDir, 'locks'), {
         logLevel: AGENT_LOG_LEVEL,
+        otherStorageRoot: DISK ? '/dev/shm' : tmpdir(),
         ...(PROFILE ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${join(root, 'profile')}`] } : {}),
       });
     });
@@ -255,7 +269,7 @@ async function main(): Promise<void> {
   const wall = (Date.now() - started.getTime()) / 1000;
   const foreignCpu = Math.max(0, cpu1.machineBusy - cpu0.machineBusy - (cpu1.selfAndChildren - cpu0.selfAndChildren)) / wall;
   const rows = buildRows(results);
-  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${SHM ? ' (storage on /dev/shm)' : ' (storage on disk)'}${AGENT_LOG_LEVEL === 'info' ? '' : ` (agent log level ${AGENT_LOG_LEVEL})`}`;
+  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${DISK ? ' (agent dirs on disk)' : ' (agent dirs on /dev/shm)'}${AGENT_LOG_LEVEL === 'info' ? '' : ` (agent log level ${AGENT_LOG_LEVEL})`}`;
   process.stdout.write(`\n${title}\n\n${formatTable(rows)}\n`);
   process.stdout.write(`\nPlacements: ${PLACEMENTS.map((p) => `${p.name} = ${p.describe}`).join('; ')}.\n`);
   process.stdout.write('Ratios compare p50s measured in this run, within one placement.\n');
@@ -273,7 +287,7 @@ async function main(): Promise<void> {
         title,
         date: started.toISOString(),
         machine,
-        flags: { quick: QUICK, shm: SHM, cpuProf: PROFILE, agentLogLevel: AGENT_LOG_LEVEL },
+        flags: { quick: QUICK, disk: DISK, cpuProf: PROFILE, agentLogLevel: AGENT_LOG_LEVEL },
         iterations: N,
         placements: PLACEMENTS,
         targets: TARGET,
