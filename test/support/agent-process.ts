@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, LOCK_PROBE_ENTRY, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
@@ -6,7 +6,14 @@ import { JsonProcess } from './json-process.js';
 import { makeTempDir, removeDir } from './temp-dir.js';
 import { waitFor } from './wait-for.js';
 
-export const CLI_ENTRY = fileURLToPath(new URL('../../packages/cli/dist/main.js', import.meta.url));
+/** The built CLI, found from test/support (sources) or test/dist/support (the compiled bench). */
+export const CLI_ENTRY = ((): string => {
+  for (const up of ['../../', '../../../']) {
+    const candidate = fileURLToPath(new URL(`${up}packages/cli/dist/main.js`, import.meta.url));
+    if (existsSync(candidate)) return candidate;
+  }
+  throw new Error('packages/cli/dist/main.js not found: build first (npm run build)');
+})();
 
 /** Storage several simulated hosts share, as hosts share NFS: a lock directory and an images directory. */
 export class SharedStorage implements AsyncDisposable {

@@ -241,7 +241,7 @@ export class Agent implements AsyncDisposable {
     try {
       const grants = this.locks.acquire(record.owner.uuid, p.resources);
       this.metrics.grants.inc({ result: 'granted' });
-      this.log.info({ owner: record.owner.uuid, grants }, `granted ${grants.length} lock(s) to ${record.owner.name}`);
+      this.log.debug({ owner: record.owner.uuid, grants }, `granted ${grants.length} lock(s) to ${record.owner.name}`);
       return { grants };
     } catch (err) {
       this.metrics.grants.inc({ result: err instanceof BatonError && err.code === 'RESOURCE_BUSY' ? 'busy' : 'error' });
@@ -258,7 +258,7 @@ export class Agent implements AsyncDisposable {
     const released = this.locks.release(record.owner.uuid, p.resources);
     this.metrics.releases.inc({ reason: 'requested' }, released.length);
     this.updateGauges();
-    this.log.info({ owner: record.owner.uuid, released }, `released ${released.length} lock(s) of ${record.owner.name}`);
+    this.log.debug({ owner: record.owner.uuid, released }, `released ${released.length} lock(s) of ${record.owner.name}`);
     return { released };
   }
 

@@ -2,7 +2,6 @@ import { connect, type Socket } from 'node:net';
 import {
   AGENT_METHODS,
   BatonError,
-  MAX_LINE_BYTES,
   PROTOCOL_VERSION,
   ReplyEnvelope,
   type AgentMethod,
@@ -10,6 +9,8 @@ import {
   type AgentResult,
 } from '@baton/core';
 import { LineReader } from '../api/line-reader.js';
+
+export const MAX_REPLY_BYTES = 256 * 1024 * 1024;
 
 export interface AgentClientOptions {
   socketPath: string;
@@ -28,7 +29,8 @@ interface Pending {
  */
 export class AgentClient implements AsyncDisposable {
   private readonly pending = new Map<number, Pending>();
-  private readonly reader = new LineReader(MAX_LINE_BYTES);
+  /** Replies can be far larger than requests: `locks` on a host with 10,000 locks is about 3 MB. */
+  private readonly reader = new LineReader(MAX_REPLY_BYTES);
   private nextId = 1;
   private readonly done = Promise.withResolvers<void>();
   /** Resolves when the connection has closed, from either side. */
@@ -36,7 +38,10 @@ export class AgentClient implements AsyncDisposable {
 
   private constructor(private readonly socket: Socket) {
     socket.on('data', (chunk: Buffer) => {
-      for (const ev of this.reader.push(chunk)) if (ev.kind === 'line') this.onLine(ev.line);
+      for (const ev of this.reader.push(chunk)) {
+        if (ev.kind === 'line') this.onLine(ev.line);
+        else this.failOldest(new BatonError('LINE_TOO_LONG', `a reply exceeded ${MAX_REPLY_BYTES} bytes; it was discarded`, { details: { limit: MAX_REPLY_BYTES } }));
+      }
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
@@ -63,6 +68,13 @@ export class AgentClient implements AsyncDisposable {
       opts.signal?.addEventListener('abort', onAbort, { once: true });
     });
     return new AgentClient(socket);
+  }
+
+  private failOldest(err: BatonError): void {
+    const first = this.pending.entries().next().value;
+    if (!first) return;
+    this.pending.delete(first[0]);
+    first[1].reject(err);
   }
 
   private onLine(line: string): void {
