@@ -9,8 +9,11 @@ import { SharedTokenRecord, type TokenSource } from './token-source.js';
 interface Holding {
   token: Token;
   since: string;
-  /** The names the owner used for it, so it can release by name even if the path is gone. */
-  requestedAs: Set<string>;
+  /**
+   * The name the owner used for it, so it can release by that name even if the path is gone.
+   * One name: an owner can never hold a resource twice (a second acquire is refused).
+   */
+  requestedAs: string;
 }
 
 interface HeldLock {
@@ -32,7 +35,7 @@ export const LockSnapshotSchema = z.object({
   fd: z.number().int().nonnegative(),
   dev: z.string(),
   ino: z.string(),
-  holdings: z.array(z.object({ owner: z.string(), token: z.number().int().positive(), since: z.string(), requestedAs: z.array(z.string()) })).min(1),
+  holdings: z.array(z.object({ owner: z.string(), token: z.number().int().positive(), since: z.string(), requestedAs: z.string() })).min(1),
 });
 export type LockSnapshot = z.infer<typeof LockSnapshotSchema>;
 
@@ -126,7 +129,7 @@ export class LockManager {
       }
       // Tokens last: a request that fails above consumes none.
       const targets = plan.map((p) => this.byKey.get(p.key) ?? locked.find((l) => l.key === p.key)!);
-      const holdings = targets.map((lock, i) => ({ lock, holding: { token: this.issueToken(lock.lockspace), since, requestedAs: new Set([plan[i]!.ref.name]) } }));
+      const holdings = targets.map((lock, i) => ({ lock, holding: { token: this.issueToken(lock.lockspace), since, requestedAs: plan[i]!.ref.name } }));
       for (const lock of locked) this.index(lock);
       for (const { lock, holding } of holdings) this.hold(lock, owner, holding);
       return holdings.map(({ lock, holding }) => grantOf(lock, holding));
@@ -178,7 +181,7 @@ export class LockManager {
       fd: l.file.fd,
       dev: String(l.file.dev),
       ino: String(l.file.ino),
-      holdings: [...l.holdings].map(([owner, h]) => ({ owner, token: h.token, since: h.since, requestedAs: [...h.requestedAs] })),
+      holdings: [...l.holdings].map(([owner, h]) => ({ owner, token: h.token, since: h.since, requestedAs: h.requestedAs })),
     }));
   }
 
@@ -214,7 +217,7 @@ export class LockManager {
     for (const { lock, holdings } of locks) {
       setCloexec(lock.file.fd, true);
       this.index(lock);
-      for (const h of holdings) this.hold(lock, h.owner, { token: h.token, since: h.since, requestedAs: new Set(h.requestedAs) });
+      for (const h of holdings) this.hold(lock, h.owner, { token: h.token, since: h.since, requestedAs: h.requestedAs });
     }
   }
 
@@ -240,7 +243,7 @@ export class LockManager {
     } catch (err) {
       if (!(err instanceof BatonError && err.code === 'RESOURCE_NOT_FOUND')) throw err;
     }
-    const lock = key !== undefined ? this.byKey.get(key) : [...mine].find((l) => l.lockspace === lockspace && l.holdings.get(owner)!.requestedAs.has(ref.name));
+    const lock = key !== undefined ? this.byKey.get(key) : [...mine].find((l) => l.lockspace === lockspace && l.holdings.get(owner)!.requestedAs === ref.name);
     if (!lock || !mine.has(lock)) {
       throw new BatonError('NOT_HELD', `owner ${owner} does not hold "${ref.name}"`, { details: { resource: ref.name, lockspace: lockspace.name, owner } });
     }
