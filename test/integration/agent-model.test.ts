@@ -12,6 +12,8 @@ import { AgentProcess, SharedStorage, waitFor } from '../support/index.js';
 const SLOTS = 3;
 const OWNERS = ['11111111-1111-4111-8111-111111111111', '22222222-2222-4222-8222-222222222222', '33333333-3333-4333-8333-333333333333', '44444444-4444-4444-8444-444444444444'];
 const RESOURCES = ['r0', 'r1', 'r2', 'r3'];
+/** 25 in `npm test`; `npm run soak` raises it. */
+const RUNS = Number(process.env.BATON_SOAK_MODEL_RUNS ?? 25);
 
 interface Model {
   /** Per connection slot: closed (null), or open with the owner it registered. */
@@ -213,7 +215,7 @@ describe('agent against a model', () => {
         const model: Model = { conns: clients.map(() => ({ owner: null })), owners: new Map(), lastToken: new Map() };
         await fc.asyncModelRun(() => ({ model, real: { agent, clients, admin } }), cmds);
       }),
-      { numRuns: 25, endOnFailure: true },
+      { numRuns: RUNS, endOnFailure: true },
     );
-  }, 180_000);
+  }, 60_000 + RUNS * 10_000);
 });
