@@ -75,29 +75,6 @@ static napi_value setlk(napi_env env, napi_callback_info info) {
   return make_int(env, rc == 0 ? 0 : -errno);
 }
 
-/* getlk(fd, kind, start, len, ofd) -> [type, pid] of a conflicting lock (type F_UNLCK if none), or -errno */
-static napi_value getlk(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  int64_t fd, kind, start, len;
-  bool ofd;
-  if (get_args(env, info, 5, argv) || get_i64(env, argv[0], &fd) || get_i64(env, argv[1], &kind) ||
-      get_i64(env, argv[2], &start) || get_i64(env, argv[3], &len))
-    return NULL;
-  CHECK(napi_get_value_bool(env, argv[4], &ofd));
-  struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_type = lock_type(kind);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = (off_t)start;
-  fl.l_len = (off_t)len;
-  if (fcntl((int)fd, ofd ? F_OFD_GETLK : F_GETLK, &fl) != 0) return make_int(env, -errno);
-  napi_value out;
-  CHECK(napi_create_array_with_length(env, 2, &out));
-  CHECK(napi_set_element(env, out, 0, make_int(env, fl.l_type == F_UNLCK ? 0 : fl.l_type == F_RDLCK ? 1 : 2)));
-  CHECK(napi_set_element(env, out, 1, make_int(env, fl.l_pid)));
-  return out;
-}
-
 /* setCloexec(fd, on) -> 0 or -errno */
 static napi_value set_cloexec(napi_env env, napi_callback_info info) {
   napi_value argv[2];
@@ -109,15 +86,6 @@ static napi_value set_cloexec(napi_env env, napi_callback_info info) {
   if (flags < 0) return make_int(env, -errno);
   flags = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
   return make_int(env, fcntl((int)fd, F_SETFD, flags) == 0 ? 0 : -errno);
-}
-
-/* getCloexec(fd) -> 1, 0 or -errno */
-static napi_value get_cloexec(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  int64_t fd;
-  if (get_args(env, info, 1, argv) || get_i64(env, argv[0], &fd)) return NULL;
-  int flags = fcntl((int)fd, F_GETFD);
-  return make_int(env, flags < 0 ? -errno : (flags & FD_CLOEXEC) ? 1 : 0);
 }
 
 /* peerCred(fd) -> [pid, uid, gid] or -errno */
@@ -139,9 +107,7 @@ static napi_value peer_cred(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"setlk", NULL, setlk, NULL, NULL, NULL, napi_default, NULL},
-      {"getlk", NULL, getlk, NULL, NULL, NULL, napi_default, NULL},
       {"setCloexec", NULL, set_cloexec, NULL, NULL, NULL, napi_default, NULL},
-      {"getCloexec", NULL, get_cloexec, NULL, NULL, NULL, napi_default, NULL},
       {"peerCred", NULL, peer_cred, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));

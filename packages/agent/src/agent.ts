@@ -1,5 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import {
+  asBatonError,
   BatonError,
   PROTOCOL_VERSION,
   systemClock,
@@ -32,8 +33,7 @@ export interface AgentOptions {
   clock?: MonotonicClock;
 }
 
-export const AGENT_STATES = ['serving', 'degraded', 're-executing', 'stopping', 'closed'] as const;
-export type AgentLifecycle = (typeof AGENT_STATES)[number];
+type AgentLifecycle = 'serving' | 'degraded' | 're-executing' | 'stopping' | 'closed';
 
 /**
  * One host's lock daemon (virtlockd's role): holds fcntl locks for the VMs on this host, serves
@@ -49,7 +49,13 @@ export class Agent implements AsyncDisposable {
   private server!: SocketServer;
   private closing: Promise<void> | undefined;
   private readonly registry = new OwnerRegistry();
-  private readonly metrics = new AgentMetrics();
+  private readonly metrics = new AgentMetrics({
+    locksHeld: () => this.locks.size,
+    owners: () => this.registry.size,
+    connections: () => this.server?.connections().length ?? 0,
+    generation: () => this.generation,
+    degraded: () => this.state === 'degraded',
+  });
   private readonly locks: LockManager;
   private readonly tokens: TokenSource;
   private readonly clock: MonotonicClock;
@@ -100,7 +106,7 @@ export class Agent implements AsyncDisposable {
         this.registry.restore(adopted.owners);
         this.tokens.resumeAt(adopted.nextToken);
       } catch (err) {
-        this.degrade(err instanceof BatonError ? err : new BatonError('STATE_INVALID', (err as Error).message, { cause: err }));
+        this.degrade(asBatonError(err, 'STATE_INVALID'));
       }
     } else if (inherited.kind === 'refused') {
       if (inherited.reexec) {
@@ -142,7 +148,6 @@ export class Agent implements AsyncDisposable {
     if (this.config.http.enabled) {
       this.httpServer = await HttpServer.start({ host: this.config.http.host, port: this.config.http.port, registry: this.metrics.registry, health: this });
     }
-    this.updateGauges();
     this.log.info(
       {
         socket: this.config.socket.path,
@@ -160,7 +165,6 @@ export class Agent implements AsyncDisposable {
   private degrade(err: BatonError): void {
     this.state = 'degraded';
     this.degradedBy = err;
-    this.metrics.degraded.set(1);
     this.log.fatal(
       { code: err.code, details: err.details },
       `inherited state refused: ${err.message}. Every inherited descriptor stays open (no lock is dropped); no new lock is granted until an operator restarts the agent with the VMs stopped`,
@@ -170,14 +174,6 @@ export class Agent implements AsyncDisposable {
   notReadyReason(): string | undefined {
     if (this.state === 'serving') return undefined;
     return this.state === 'degraded' ? `degraded: ${this.degradedBy?.message}` : this.state;
-  }
-
-  get lifecycle(): AgentLifecycle {
-    return this.state;
-  }
-
-  get httpPort(): number | undefined {
-    return this.httpServer?.port;
   }
 
   private allowPeer(peer: PeerCred | undefined): boolean {
@@ -216,7 +212,6 @@ export class Agent implements AsyncDisposable {
     const record = this.registry.register(p.owner, p.liveness, ctx.id);
     ctx.ownerUuid = record.owner.uuid;
     ctx.restricted = p.restricted;
-    this.updateGauges();
     this.log.info({ owner: record.owner, liveness: record.liveness, restricted: p.restricted, peer: ctx.peer }, `owner ${record.owner.name} registered`);
     return { owner: record.owner, liveness: record.liveness, restricted: p.restricted };
   }
@@ -248,7 +243,6 @@ export class Agent implements AsyncDisposable {
       throw err;
     } finally {
       this.metrics.grantSeconds.observe((this.clock.now() - started) / 1000);
-      this.updateGauges();
     }
   }
 
@@ -257,7 +251,6 @@ export class Agent implements AsyncDisposable {
     const record = this.ownerOf(ctx);
     const released = this.locks.release(record.owner.uuid, p.resources);
     this.metrics.releases.inc({ reason: 'requested' }, released.length);
-    this.updateGauges();
     this.log.debug({ owner: record.owner.uuid, released }, `released ${released.length} lock(s) of ${record.owner.name}`);
     return { released };
   }
@@ -315,7 +308,6 @@ export class Agent implements AsyncDisposable {
   }
 
   private connectionClosed(conn: ClientConnection): void {
-    this.updateGauges();
     if (this.state === 'closed' || conn.ownerUuid === undefined) return;
     const record = this.registry.get(conn.ownerUuid);
     if (!record || record.liveness !== 'connection' || record.connection !== conn.id) return;
@@ -323,7 +315,6 @@ export class Agent implements AsyncDisposable {
       this.monitor.terminate(record, 'connection closed');
     } else {
       this.registry.remove(record.owner.uuid);
-      this.updateGauges();
     }
   }
 
@@ -331,15 +322,7 @@ export class Agent implements AsyncDisposable {
     const released = this.locks.release(record.owner.uuid);
     this.registry.remove(record.owner.uuid);
     this.metrics.releases.inc({ reason: 'owner-gone' }, released.length);
-    this.updateGauges();
     this.log.info({ owner: record.owner, released, why }, `owner ${record.owner.name} is gone (${why}); released ${released.length} lock(s)`);
-  }
-
-  private updateGauges(): void {
-    this.metrics.locksHeld.set(this.locks.size);
-    this.metrics.owners.set(this.registry.size);
-    this.metrics.generation.set(this.generation);
-    this.metrics.connections.set(this.server?.connections().length ?? 0);
   }
 
   /**

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { BatonError, exitCodeFor, loadConfig } from '@baton/core';
+import { asBatonError, exitCodeFor, loadConfig } from '@baton/core';
 import { Agent } from './agent.js';
 import { AgentConfigSchema } from './config.js';
 import { createLogger } from './logger.js';
@@ -17,7 +17,7 @@ export async function runAgentProcess(opts: { configPath?: string | undefined })
       ...(opts.configPath === undefined ? {} : { file: { path: opts.configPath, text: readFileSync(opts.configPath, 'utf8') } }),
     });
   } catch (err) {
-    const e = err instanceof BatonError ? err : new BatonError('INVALID_CONFIG', (err as Error).message);
+    const e = asBatonError(err, 'INVALID_CONFIG');
     process.stderr.write(`baton agent: ${e.code}: ${e.message}\n`);
     process.exit(exitCodeFor(e.code));
   }
@@ -36,7 +36,7 @@ export async function runAgentProcess(opts: { configPath?: string | undefined })
   try {
     agent = await Agent.start({ config, logger });
   } catch (err) {
-    const e = err instanceof BatonError ? err : new BatonError('INTERNAL', (err as Error).message, { cause: err });
+    const e = asBatonError(err);
     logger.fatal({ code: e.code, details: e.details, err }, `agent failed to start: ${e.message}`);
     process.stderr.write(`baton agent: ${e.code}: ${e.message}\n`);
     process.exit(exitCodeFor(e.code));

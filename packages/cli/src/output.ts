@@ -1,4 +1,4 @@
-import { BatonError, exitCodeFor, type ErrorBody } from '@baton/core';
+import { exitCodeFor, toErrorBody } from '@baton/core';
 
 /** Output for people (tables) or machines (`--json`); errors always carry their stable code. */
 export interface OutputOptions {
@@ -17,9 +17,18 @@ export function printTable(rows: readonly Record<string, unknown>[], columns: re
   process.stdout.write([line(header), ...cells.map(line)].join('\n') + '\n');
 }
 
+/** Runs a command's body; a failure is printed with its code and sets its exit status, never thrown. */
+export async function reporting(opts: OutputOptions, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    reportError(err, opts);
+  }
+}
+
 /** Print an error the documented way and set the exit status its code maps to. */
-export function reportError(err: unknown, opts: OutputOptions): void {
-  const body: ErrorBody = err instanceof BatonError ? err.toBody() : { code: 'INTERNAL', message: err instanceof Error ? err.message : String(err) };
+function reportError(err: unknown, opts: OutputOptions): void {
+  const body = toErrorBody(err);
   if (opts.json) printJson({ error: body });
   else process.stderr.write(`error ${body.code}: ${body.message}\n`);
   process.exitCode = exitCodeFor(body.code);

@@ -31,10 +31,6 @@ export const ERROR_CATALOGUE = {
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;
 export const ERROR_CODES = Object.keys(ERROR_CATALOGUE) as ErrorCode[];
 
-export function isErrorCode(value: unknown): value is ErrorCode {
-  return typeof value === 'string' && Object.hasOwn(ERROR_CATALOGUE, value);
-}
-
 export type ErrorDetails = Record<string, unknown>;
 
 /** The shape an error takes on every wire. */
@@ -66,11 +62,15 @@ export class BatonError extends Error {
   }
 }
 
+/** Any thrown value as a BatonError: BatonErrors stay as they are, anything else gets `code`. */
+export function asBatonError(err: unknown, code: ErrorCode = 'INTERNAL'): BatonError {
+  if (err instanceof BatonError) return err;
+  return new BatonError(code, err instanceof Error ? err.message : String(err), { cause: err });
+}
+
 /** Any thrown value as a wire error: BatonErrors keep their code, anything else is INTERNAL. */
 export function toErrorBody(err: unknown): ErrorBody {
-  if (err instanceof BatonError) return err.toBody();
-  const message = err instanceof Error ? err.message : String(err);
-  return { code: 'INTERNAL', message };
+  return asBatonError(err).toBody();
 }
 
 export function exitCodeFor(code: ErrorCode): number {

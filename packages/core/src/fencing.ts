@@ -5,10 +5,6 @@
  */
 export type Token = number;
 
-export function isToken(value: unknown): value is Token {
-  return typeof value === 'number' && Number.isSafeInteger(value) && value > 0;
-}
-
 /** Negative when a is older than b, zero when equal, positive when a is newer. */
 export function compareTokens(a: Token, b: Token): number {
   return a === b ? 0 : a < b ? -1 : 1;

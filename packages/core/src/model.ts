@@ -40,10 +40,10 @@ export const ResourceRefSchema = z.strictObject({
 });
 export type ResourceRef = z.infer<typeof ResourceRefSchema>;
 
-/** What a lock table knows of a resource that is held. */
+/** What a lock table knows of a resource that is held (any keyed collection of owners will do). */
 export interface HeldState {
   mode: LockMode;
-  owners: ReadonlySet<string>;
+  owners: { has(owner: string): boolean };
 }
 
 export type AcquireDecision =

@@ -7,6 +7,7 @@ import {
   type AgentMethod,
   type AgentParams,
   type AgentResult,
+  type ErrorBody,
 } from '@baton/core';
 import { LineReader } from '../api/line-reader.js';
 
@@ -40,7 +41,7 @@ export class AgentClient implements AsyncDisposable {
     socket.on('data', (chunk: Buffer) => {
       for (const ev of this.reader.push(chunk)) {
         if (ev.kind === 'line') this.onLine(ev.line);
-        else this.failOldest(new BatonError('LINE_TOO_LONG', `a reply exceeded ${MAX_REPLY_BYTES} bytes; it was discarded`, { details: { limit: MAX_REPLY_BYTES } }));
+        else this.takeWaiter(undefined)?.reject(new BatonError('LINE_TOO_LONG', `a reply exceeded ${MAX_REPLY_BYTES} bytes; it was discarded`, { details: { limit: MAX_REPLY_BYTES } }));
       }
     });
     socket.on('error', () => socket.destroy());
@@ -70,11 +71,15 @@ export class AgentClient implements AsyncDisposable {
     return new AgentClient(socket);
   }
 
-  private failOldest(err: BatonError): void {
-    const first = this.pending.entries().next().value;
-    if (!first) return;
-    this.pending.delete(first[0]);
-    first[1].reject(err);
+  /**
+   * The request a reply answers: the one with its id, or, for a reply with no id (the agent
+   * refused the connection, or a line it could not read), the oldest one waiting.
+   */
+  private takeWaiter(id: number | undefined): Pending | undefined {
+    const key = id ?? this.pending.keys().next().value;
+    const waiter = key === undefined ? undefined : this.pending.get(key);
+    if (waiter) this.pending.delete(key!);
+    return waiter;
   }
 
   private onLine(line: string): void {
@@ -88,13 +93,10 @@ export class AgentClient implements AsyncDisposable {
     const parsed = ReplyEnvelope.safeParse(raw);
     if (!parsed.success) return;
     const reply = parsed.data;
-    // A reply with no id answers no request: the agent refused the connection or a line.
-    const id = typeof reply.id === 'number' ? reply.id : undefined;
-    const waiter = id === undefined ? this.pending.values().next().value : this.pending.get(id);
+    const waiter = this.takeWaiter(typeof reply.id === 'number' ? reply.id : undefined);
     if (!waiter) return;
-    this.pending.delete(id ?? [...this.pending.keys()][0]!);
     if (reply.ok) waiter.resolve(reply.result);
-    else waiter.reject(new BatonError(reply.error.code as BatonError['code'], reply.error.message, reply.error.details ? { details: reply.error.details } : undefined));
+    else waiter.reject(BatonError.fromBody(reply.error as ErrorBody));
   }
 
   /** Send one request; resolves with its validated result or rejects with the agent's error. */

@@ -1,5 +1,14 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/** What the gauges report, read when /metrics is scraped rather than kept up to date on every request. */
+export interface AgentGaugeSource {
+  locksHeld(): number;
+  owners(): number;
+  connections(): number;
+  generation(): number;
+  degraded(): boolean;
+}
+
 /** The agent's Prometheus metrics, on a registry of its own (never the global one). */
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -12,13 +21,25 @@ export class AgentMetrics {
   });
   readonly releases = new Counter({ name: 'baton_agent_releases_total', help: 'Locks released, by reason.', labelNames: ['reason'] as const, registers: [this.registry] });
   readonly ownerSignals = new Counter({ name: 'baton_agent_owner_signals_total', help: 'Signals sent to owner processes whose connection dropped.', labelNames: ['signal'] as const, registers: [this.registry] });
-  readonly locksHeld = new Gauge({ name: 'baton_agent_locks_held', help: 'Lock files held by this agent.', registers: [this.registry] });
-  readonly owners = new Gauge({ name: 'baton_agent_owners', help: 'Registered owners.', registers: [this.registry] });
-  readonly connections = new Gauge({ name: 'baton_agent_connections', help: 'Open client connections.', registers: [this.registry] });
-  readonly generation = new Gauge({ name: 'baton_agent_generation', help: 'Re-execs since the agent process started.', registers: [this.registry] });
-  readonly degraded = new Gauge({ name: 'baton_agent_degraded', help: '1 when inherited state was refused and the agent grants nothing.', registers: [this.registry] });
 
-  constructor() {
+  constructor(source: AgentGaugeSource) {
+    const gauges: [string, string, () => number][] = [
+      ['baton_agent_locks_held', 'Lock files held by this agent.', () => source.locksHeld()],
+      ['baton_agent_owners', 'Registered owners.', () => source.owners()],
+      ['baton_agent_connections', 'Open client connections.', () => source.connections()],
+      ['baton_agent_generation', 'Re-execs since the agent process started.', () => source.generation()],
+      ['baton_agent_degraded', '1 when inherited state was refused and the agent grants nothing.', () => (source.degraded() ? 1 : 0)],
+    ];
+    for (const [name, help, read] of gauges) {
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        collect() {
+          this.set(read());
+        },
+      });
+    }
     collectDefaultMetrics({ register: this.registry, prefix: 'baton_agent_' });
   }
 }

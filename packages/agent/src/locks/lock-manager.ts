@@ -1,8 +1,8 @@
 import { fstatSync, statSync } from 'node:fs';
 import { z } from 'zod';
-import { BatonError, decideAcquire, LOCK_MODES, wallTimeIso, type Grant, type LockMode, type ResourceRef, type Token } from '@baton/core';
+import { asBatonError, BatonError, decideAcquire, LOCK_MODES, wallTimeIso, type Grant, type LockMode, type ResourceRef, type Token } from '@baton/core';
 import { setCloexec } from '../sys/index.js';
-import { lockFile, unlockFile, type LockedFile } from './lock-file.js';
+import { lockFile, unlockFile, type LockedFile, type LockFileOptions } from './lock-file.js';
 import type { Lockspace } from './lockspace.js';
 import { SharedTokenRecord, type TokenSource } from './token-source.js';
 
@@ -54,6 +54,15 @@ function inodeKey(dev: bigint, ino: bigint): string {
   return `${dev}:${ino}`;
 }
 
+function lockKey(lockspace: Lockspace, identity: string): string {
+  return `${lockspace.name}\0${identity}`;
+}
+
+/** Indirect lock files are created on demand and removed when unused; direct ones are the images. */
+function fileOptions(lockspace: Lockspace, ofd: boolean): LockFileOptions {
+  return { create: lockspace.kind === 'indirect', ofd };
+}
+
 /**
  * The agent's lock table (libvirt's virLockSpace, seed 000): one open descriptor per locked file,
  * never a second. A request for a held resource is answered from the table without touching the
@@ -99,14 +108,14 @@ export class LockManager {
     const plan = refs.map((ref) => {
       const lockspace = this.lockspace(ref.lockspace);
       const resolved = lockspace.resolve(ref.name);
-      return { ref, lockspace, ...resolved, key: `${lockspace.name}\0${resolved.identity}` };
+      return { ref, lockspace, ...resolved, key: lockKey(lockspace, resolved.identity) };
     });
     const seen = new Set<string>();
     for (const p of plan) {
       if (seen.has(p.key)) throw new BatonError('INVALID_REQUEST', `"${p.ref.name}" is named twice in one request`, { details: { resource: p.identity } });
       seen.add(p.key);
       const held = this.byKey.get(p.key) ?? this.heldAtPath(p.lockPath);
-      const decision = decideAcquire(held && { mode: held.mode, owners: new Set(held.holdings.keys()) }, p.ref.mode, owner);
+      const decision = decideAcquire(held && { mode: held.mode, owners: held.holdings }, p.ref.mode, owner);
       if (decision.kind === 'busy') {
         throw new BatonError('RESOURCE_BUSY', `"${p.identity}" is held ${held!.mode} on this host${decision.reason === 'already-owner' ? ' by this owner already' : ''}`, {
           details: { resource: p.identity, lockspace: p.lockspace.name, heldMode: held!.mode, holders: [...held!.holdings.keys()] },
@@ -117,25 +126,28 @@ export class LockManager {
     const locked: HeldLock[] = [];
     try {
       const since = wallTimeIso();
-      for (const p of plan) {
-        if (this.byKey.has(p.key)) continue;
-        const file = lockFile(p.lockPath, p.ref.mode, { create: p.lockspace.kind === 'indirect', ofd: this.ofd });
+      const targets = plan.map((p) => {
+        const existing = this.byKey.get(p.key);
+        if (existing) return existing;
+        const file = lockFile(p.lockPath, p.ref.mode, fileOptions(p.lockspace, this.ofd));
         if (!file) {
           throw new BatonError('RESOURCE_BUSY', `"${p.identity}" is locked by another process or host`, {
             details: { resource: p.identity, lockspace: p.lockspace.name, lockPath: p.lockPath },
           });
         }
-        locked.push({ key: p.key, lockspace: p.lockspace, identity: p.identity, lockPath: p.lockPath, mode: p.ref.mode, file, holdings: new Map() });
-      }
+        const lock: HeldLock = { key: p.key, lockspace: p.lockspace, identity: p.identity, lockPath: p.lockPath, mode: p.ref.mode, file, holdings: new Map() };
+        locked.push(lock);
+        return lock;
+      });
       // Tokens last: a request that fails above consumes none.
-      const targets = plan.map((p) => this.byKey.get(p.key) ?? locked.find((l) => l.key === p.key)!);
       const holdings = targets.map((lock, i) => ({ lock, holding: { token: this.issueToken(lock.lockspace), since, requestedAs: plan[i]!.ref.name } }));
       for (const lock of locked) this.index(lock);
       for (const { lock, holding } of holdings) this.hold(lock, owner, holding);
       return holdings.map(({ lock, holding }) => grantOf(lock, holding));
     } catch (err) {
-      for (const lock of locked) if (!this.byKey.has(lock.key)) this.closeLock(lock);
-      throw err instanceof BatonError ? err : new BatonError('IO_ERROR', `acquire failed: ${(err as Error).message}`, { cause: err });
+      // Only this request's new locks are undone; nothing is indexed before every step succeeded.
+      for (const lock of locked) this.closeLock(lock);
+      throw asBatonError(err, 'IO_ERROR');
     }
   }
 
@@ -165,11 +177,6 @@ export class LockManager {
 
   list(): { grant: Grant; owner: string }[] {
     return [...this.byKey.values()].flatMap((lock) => [...lock.holdings].map(([owner, h]) => ({ grant: grantOf(lock, h), owner })));
-  }
-
-  /** Every lock descriptor, for the re-exec that must keep them open. */
-  descriptors(): number[] {
-    return [...this.byKey.values()].map((l) => l.file.fd);
   }
 
   snapshot(): LockSnapshot[] {
@@ -204,7 +211,7 @@ export class LockManager {
         throw new BatonError('STATE_INVALID', `inherited descriptor ${s.fd} no longer matches ${s.lockPath}`, { details: { fd: s.fd, lockPath: s.lockPath } });
       }
       const lock: HeldLock = {
-        key: `${lockspace.name}\0${s.identity}`,
+        key: lockKey(lockspace, s.identity),
         lockspace,
         identity: s.identity,
         lockPath: s.lockPath,
@@ -239,7 +246,7 @@ export class LockManager {
     const lockspace = this.lockspace(ref.lockspace);
     let key: string | undefined;
     try {
-      key = `${lockspace.name}\0${lockspace.resolve(ref.name).identity}`;
+      key = lockKey(lockspace, lockspace.resolve(ref.name).identity);
     } catch (err) {
       if (!(err instanceof BatonError && err.code === 'RESOURCE_NOT_FOUND')) throw err;
     }
@@ -269,6 +276,6 @@ export class LockManager {
   }
 
   private closeLock(lock: HeldLock): void {
-    unlockFile(lock.file, lock.lockPath, lock.mode, { create: lock.lockspace.kind === 'indirect', ofd: this.ofd });
+    unlockFile(lock.file, lock.lockPath, lock.mode, fileOptions(lock.lockspace, this.ofd));
   }
 }

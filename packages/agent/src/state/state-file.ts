@@ -1,7 +1,7 @@
 import { readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { BatonError, describeIssues, wallTimeIso } from '@baton/core';
+import { asBatonError, BatonError, describeIssues, wallTimeIso } from '@baton/core';
 import { LockSnapshotSchema } from '../locks/lock-manager.js';
 import { OwnerRecordSchema } from '../owners/owner-registry.js';
 import { bootId, processStartTime } from '../sys/index.js';
@@ -103,7 +103,7 @@ export function takeInheritedState(stateDir: string, expectReexec: boolean): Inh
   } catch (err) {
     const aside = `${path}.rejected-${wallTimeIso().replace(/[:.]/g, '-')}`;
     renameSync(path, aside);
-    const error = err instanceof BatonError ? err : new BatonError('STATE_INVALID', (err as Error).message, { cause: err });
+    const error = asBatonError(err, 'STATE_INVALID');
     return { kind: 'refused', reexec: expectReexec, error: new BatonError(error.code, `${error.message} (kept as ${aside})`, { details: { ...error.details, file: aside } }) };
   }
 }

@@ -8,9 +8,7 @@ import { constants } from 'node:os';
  */
 interface NativeBinding {
   setlk(fd: number, kind: 0 | 1 | 2, start: number, len: number, ofd: boolean): number;
-  getlk(fd: number, kind: 1 | 2, start: number, len: number, ofd: boolean): [number, number] | number;
   setCloexec(fd: number, on: boolean): number;
-  getCloexec(fd: number): number;
   peerCred(fd: number): [number, number, number] | number;
 }
 
@@ -63,22 +61,8 @@ export function unlock(fd: number, range: ByteRange, ofd: boolean): void {
   check('fcntl(F_UNLCK)', native.setlk(fd, 0, range.start, range.len, ofd));
 }
 
-/** The first lock that would conflict with `kind` on the range, or undefined. pid is -1 for OFD holders. */
-export function conflictingLock(fd: number, kind: LockKind, range: ByteRange, ofd: boolean): { kind: LockKind; pid: number } | undefined {
-  const r = native.getlk(fd, KIND[kind], range.start, range.len, ofd);
-  if (typeof r === 'number') throw new SysError('fcntl(F_GETLK)', -r);
-  const [type, pid] = r;
-  return type === 0 ? undefined : { kind: type === 1 ? 'shared' : 'exclusive', pid };
-}
-
 export function setCloexec(fd: number, on: boolean): void {
   check('fcntl(F_SETFD)', native.setCloexec(fd, on));
-}
-
-export function getCloexec(fd: number): boolean {
-  const rc = native.getCloexec(fd);
-  check('fcntl(F_GETFD)', rc);
-  return rc === 1;
 }
 
 export interface PeerCred {

@@ -35,8 +35,10 @@ const ranges: ByteRange[] = values.range.map((r) => {
 const fd = openSync(path, mode === 'exclusive' ? constants.O_RDWR : constants.O_RDONLY);
 
 let stopping = false;
+const stopped = Promise.withResolvers<void>();
 const stop = (): void => {
   stopping = true;
+  stopped.resolve();
 };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
@@ -66,7 +68,10 @@ async function main(): Promise<void> {
   if (values.op === 'hold') {
     for (const r of ranges) setLock(fd, mode, r, ofd);
     emit({ event: 'holding', ranges });
-    while (!stopping) await new Promise((r) => setTimeout(r, 20));
+    // A pending promise alone does not keep Node running; this timer does, until the signal.
+    const keepAlive = setInterval(() => undefined, 1 << 30);
+    await stopped.promise;
+    clearInterval(keepAlive);
     process.exit(0);
   }
   let attempts = 0;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { runAgentProcess } from '@baton/agent';
-import { printJson, reportError } from '../output.js';
+import { printJson, reporting } from '../output.js';
 import { withAgent } from '../socket.js';
 
 export function registerAgentCommands(program: Command): void {
@@ -19,12 +19,10 @@ export function registerAgentCommands(program: Command): void {
     .option('--socket <path>', 'agent socket')
     .option('--json', 'machine-readable output')
     .action(async (opts: { releaseAll?: boolean; socket?: string; json?: boolean }) => {
-      try {
+      await reporting(opts, async () => {
         const result = await withAgent(opts, (c) => c.request('shutdown', { releaseAll: opts.releaseAll ?? false }));
         if (opts.json) printJson(result);
         else process.stdout.write(`agent stopping; ${result.released} lock(s) released\n`);
-      } catch (err) {
-        reportError(err, opts);
-      }
+      });
     });
 }

@@ -1,7 +1,9 @@
 import type { Command } from 'commander';
 import type { AgentClient } from '@baton/agent';
-import type { Grant, LockMode } from '@baton/core';
-import { printJson, printTable, reportError } from '../output.js';
+import type { AgentParams, Grant, LockMode } from '@baton/core';
+
+type RefInput = AgentParams<'acquire'>['resources'][number];
+import { printJson, printTable, reporting } from '../output.js';
 import { withAgent } from '../socket.js';
 
 interface OwnerOpts {
@@ -15,6 +17,11 @@ interface OwnerOpts {
 }
 
 const GRANT_COLUMNS = ['resource', 'lockspace', 'mode', 'token', 'since'] as const;
+
+/** The command line's resource names as refs in the chosen lockspace (the agent's default if none). */
+function refsOf(names: string[], opts: OwnerOpts, mode?: LockMode): RefInput[] {
+  return names.map((name) => ({ name, ...(mode ? { mode } : {}), ...(opts.lockspace ? { lockspace: opts.lockspace } : {}) }));
+}
 
 function printGrants(grants: Grant[], opts: OwnerOpts): void {
   if (opts.json) printJson({ grants });
@@ -44,31 +51,27 @@ export function registerLockCommands(program: Command): void {
     .option('--pid <pid>', 'the owner’s process; its exit releases the locks (default: the calling shell)')
     .option('--shared', 'shared mode (shareable disks) instead of exclusive')
     .action(async (resources: string[], opts: OwnerOpts) => {
-      try {
+      await reporting(opts, async () => {
         const mode: LockMode = opts.shared ? 'shared' : 'exclusive';
         const { grants } = await withAgent(opts, async (c) => {
           await registerOwner(c, opts, true);
-          return c.request('acquire', { resources: resources.map((name) => ({ name, mode, ...(opts.lockspace ? { lockspace: opts.lockspace } : {}) })) });
+          return c.request('acquire', { resources: refsOf(resources, opts, mode) });
         });
         printGrants(grants, opts);
-      } catch (err) {
-        reportError(err, opts);
-      }
+      });
     });
 
   ownerOptions(lock.command('release [resources...]'))
     .description('release resources (all the owner holds if none are named)')
     .option('--pid <pid>', 'the owner’s process, if it was registered with one')
     .action(async (resources: string[], opts: OwnerOpts) => {
-      try {
+      await reporting(opts, async () => {
         const { released } = await withAgent(opts, async (c) => {
           await registerOwner(c, opts, false);
-          return c.request('release', resources.length === 0 ? {} : { resources: resources.map((name) => ({ name, ...(opts.lockspace ? { lockspace: opts.lockspace } : {}) })) });
+          return c.request('release', resources.length === 0 ? {} : { resources: refsOf(resources, opts) });
         });
         printGrants(released, opts);
-      } catch (err) {
-        reportError(err, opts);
-      }
+      });
     });
 
   lock
@@ -78,15 +81,13 @@ export function registerLockCommands(program: Command): void {
     .option('--socket <path>', 'agent socket')
     .option('--json', 'machine-readable output')
     .action(async (opts: { owner: string; socket?: string; json?: boolean }) => {
-      try {
+      await reporting(opts, async () => {
         const doc = await withAgent(opts, (c) => c.request('inquire', { owner: opts.owner }));
         if (opts.json) printJson(doc);
         else {
           process.stdout.write(`owner ${doc.owner.name} (${doc.owner.uuid}) on ${doc.host}, ${doc.liveness}-bound\n`);
           printTable(doc.locks, GRANT_COLUMNS);
         }
-      } catch (err) {
-        reportError(err, opts);
-      }
+      });
     });
 }

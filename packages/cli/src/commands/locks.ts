@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { printJson, printTable, reportError } from '../output.js';
+import { printJson, printTable, reporting } from '../output.js';
 import { withAgent } from '../socket.js';
 
 export function registerLocksCommand(program: Command): void {
@@ -9,7 +9,7 @@ export function registerLocksCommand(program: Command): void {
     .option('--socket <path>', 'agent socket')
     .option('--json', 'machine-readable output')
     .action(async (opts: { socket?: string; json?: boolean }) => {
-      try {
+      await reporting(opts, async () => {
         const result = await withAgent(opts, (c) => c.request('locks'));
         if (opts.json) {
           printJson(result);
@@ -26,8 +26,6 @@ export function registerLocksCommand(program: Command): void {
           path: l.lockPath,
         }));
         printTable(rows, ['resource', 'lockspace', 'mode', 'owner', 'pid', 'token', 'since', 'path']);
-      } catch (err) {
-        reportError(err, opts);
-      }
+      });
     });
 }

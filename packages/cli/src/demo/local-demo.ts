@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, LOCK_PROBE_ENTRY, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
 import { lockFileName } from '@baton/core';
@@ -18,16 +19,26 @@ function step(n: number, text: string): void {
   say(process.stdout.isTTY ? `\n\x1b[1m${n}. ${text}\x1b[0m` : `\n${n}. ${text}`);
 }
 
-async function connectWhenUp(socketPath: string, signal: AbortSignal): Promise<AgentClient> {
+/**
+ * Ask `probe` every 20 ms until it answers something other than false, or the signal aborts.
+ * A probe that throws is asked again: the thing it asks about is not there yet.
+ */
+async function until<T>(probe: () => Promise<T | false>, signal: AbortSignal): Promise<T> {
   for (;;) {
     signal.throwIfAborted();
     try {
-      return await AgentClient.connect({ socketPath, signal });
+      const answer = await probe();
+      if (answer !== false) return answer;
     } catch {
-      // Not listening yet (starting, or mid re-exec): ask again shortly.
-      await new Promise((r) => setTimeout(r, 20));
+      // not yet
     }
+    await sleep(20, undefined, { signal });
   }
+}
+
+/** The agent is not listening while it starts, nor for a few milliseconds of each re-exec. */
+function connectWhenUp(socketPath: string, signal: AbortSignal): Promise<AgentClient> {
+  return until(() => AgentClient.connect({ socketPath, signal }), signal);
 }
 
 function simVm(socket: string, name: string, disk: string): DemoChild {
@@ -84,16 +95,12 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   for (let i = 1; i <= opts.reexecs; i++) {
     agent.proc.kill('SIGUSR1');
     const signal = deadline();
-    for (;;) {
-      client = await connectWhenUp(socket, signal);
-      const h = await client.request('hello');
-      if (h.generation >= i) {
-        say(`   re-exec ${i}: same pid ${h.pid}, generation ${h.generation}`);
-        break;
-      }
-      await client.close();
-    }
-    await client.close();
+    const h = await until(async () => {
+      await using c = await AgentClient.connect({ socketPath: socket, signal });
+      const answer = await c.request('hello');
+      return answer.generation >= i && answer;
+    }, signal);
+    say(`   re-exec ${i}: same pid ${h.pid}, generation ${h.generation}`);
   }
   probe.proc.kill('SIGTERM');
   const summary = await probe.event((e) => e.event === 'summary', deadline());
@@ -105,11 +112,7 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
 
   step(4, 'VM "web-01" dies (SIGKILL): its connection closes, the agent releases its disk');
   await alpha.kill('SIGKILL');
-  const releaseDeadline = deadline();
-  while ((await client.request('locks')).locks.length > 0) {
-    releaseDeadline.throwIfAborted();
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await until(async () => (await client.request('locks')).locks.length === 0, deadline());
   say('   released');
 
   step(5, 'VM "web-01-clone" starts again and gets the disk, with a higher token');
@@ -117,11 +120,7 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   const second = await gamma.event((e) => e.event === 'running' || e.event === 'refused', deadline());
   const gammaToken = second.event === 'running' ? (second.grants as { token: number }[])[0]!.token : undefined;
   say(`   ${second.event}: token ${gammaToken} (was ${alphaGrant.token})`);
-  const writeDeadline = deadline();
-  while (!readFileSync(disk, 'utf8').includes('web-01-clone')) {
-    writeDeadline.throwIfAborted();
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await until(async () => readFileSync(disk, 'utf8').includes('web-01-clone'), deadline());
   await gamma.kill('SIGKILL');
 
   const writers = new Map<string, number>();
@@ -133,19 +132,11 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   for (const [who, n] of writers) say(`   ${who}: ${n} records`);
   await client.close();
 
-  const stopDeadline = deadline();
-  let stopped = false;
-  while (!stopped) {
-    stopDeadline.throwIfAborted();
-    await using c = await connectWhenUp(socket, stopDeadline);
-    try {
-      await c.request('shutdown', { releaseAll: false });
-      stopped = true;
-    } catch {
-      // The last VM's lock is released a moment after its process is gone.
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
+  // Refused (LOCKS_HELD) until the last VM's lock is released, a moment after its process is gone.
+  await until(async () => {
+    await using c = await AgentClient.connect({ socketPath: socket });
+    return c.request('shutdown', { releaseAll: false });
+  }, deadline());
   await agent.exited;
   rmSync(dir, { recursive: true, force: true });
   say('\ndemo finished');

@@ -1,6 +1,6 @@
 import { appendFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { BatonError, type Grant } from '@baton/core';
+import { asBatonError, BatonError, type Grant } from '@baton/core';
 import { AgentClient } from '../../client/agent-client.js';
 
 /**
@@ -34,7 +34,7 @@ async function main(): Promise<void> {
       resources: [...values.disk.map((name) => ({ name, mode: 'exclusive' as const })), ...values.shared.map((name) => ({ name, mode: 'shared' as const }))],
     }));
   } catch (err) {
-    const e = err instanceof BatonError ? err : new BatonError('INTERNAL', String(err));
+    const e = asBatonError(err);
     emit({ event: 'refused', vm: values.name, code: e.code, message: e.message });
     process.exitCode = 3;
     await client.close();
@@ -58,6 +58,7 @@ process.on('SIGTERM', () => {
 });
 
 main().catch((err: unknown) => {
-  emit({ event: 'error', message: (err as Error).message, code: err instanceof BatonError ? err.code : 'INTERNAL' });
+  const e = asBatonError(err);
+  emit({ event: 'error', message: e.message, code: e.code });
   process.exit(1);
 });
