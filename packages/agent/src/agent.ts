@@ -4,6 +4,7 @@ import {
   BatonError,
   PROTOCOL_VERSION,
   systemClock,
+  wallTimeIso,
   type AgentParsedParams,
   type AgentResult,
   type MonotonicClock,
@@ -22,6 +23,9 @@ import { probeOfdLocks } from './locks/ofd-probe.js';
 import { LivenessMonitor } from './owners/liveness-monitor.js';
 import { OwnerRegistry, type OwnerRecord } from './owners/owner-registry.js';
 import { reexecImage } from './state/reexec.js';
+import { ClusterLocks } from './cluster/cluster-locks.js';
+import { ClusterMember } from './cluster/cluster-member.js';
+import { Fencer } from './cluster/fencer.js';
 import { REEXEC_ENV, takeInheritedState, type AgentState } from './state/state-file.js';
 import { resolveGroup } from './sys/groups.js';
 import type { PeerCred } from './sys/index.js';
@@ -45,6 +49,9 @@ export class Agent implements AsyncDisposable {
   private degradedBy: BatonError | undefined;
   private generation = 0;
   private httpServer: HttpServer | undefined;
+  private member: ClusterMember | undefined;
+  private cluster: ClusterLocks | undefined;
+  private fencer: Fencer | undefined;
   private monitor!: LivenessMonitor;
   private server!: SocketServer;
   private closing: Promise<void> | undefined;
@@ -55,6 +62,7 @@ export class Agent implements AsyncDisposable {
     connections: () => this.server?.connections().length ?? 0,
     generation: () => this.generation,
     degraded: () => this.state === 'degraded',
+    sessionLeftMs: () => this.member && Math.max(0, this.member.validUntil - this.clock.now()),
   });
   private readonly locks: LockManager;
   private readonly tokens: TokenSource;
@@ -148,6 +156,7 @@ export class Agent implements AsyncDisposable {
     if (this.config.http.enabled) {
       this.httpServer = await HttpServer.start({ host: this.config.http.host, port: this.config.http.port, registry: this.metrics.registry, health: this });
     }
+    if (this.config.etcd) await this.joinCluster(adopted);
     this.log.info(
       {
         socket: this.config.socket.path,
@@ -162,6 +171,38 @@ export class Agent implements AsyncDisposable {
     );
   }
 
+  /**
+   * Join the cluster before taking any request: adopt the session of the previous image (re-exec),
+   * or the one a crashed process left (restart), re-taking its running owners' local locks.
+   */
+  private async joinCluster(adopted: AgentState | undefined): Promise<void> {
+    const etcd = this.config.etcd!;
+    const member = await ClusterMember.join({
+      config: etcd,
+      stateDir: this.config.stateDir,
+      clock: this.clock,
+      log: this.log,
+      record: {
+        host: this.config.hostId,
+        address: this.httpServer ? `${this.config.http.host}:${this.httpServer.port}` : '',
+        version: VERSION,
+        pid: process.pid,
+        lockspaces: this.config.lockspaces.map((l) => l.name),
+        startedAt: wallTimeIso(),
+      },
+      resume: adopted?.cluster,
+      onExpired: () => {
+        this.metrics.fences.inc();
+        this.cluster!.fenceAll();
+      },
+      onRecovered: (session) => this.cluster!.recover(session),
+    });
+    this.member = member;
+    this.fencer = new Fencer({ log: this.log, killGraceMs: member.timing.fenceKillGraceMs });
+    this.cluster = new ClusterLocks({ member, locks: this.locks, registry: this.registry, fencer: this.fencer, log: this.log, host: this.config.hostId });
+    if (!adopted && member.session.adopted) await this.cluster.adopt(member.session);
+  }
+
   private degrade(err: BatonError): void {
     this.state = 'degraded';
     this.degradedBy = err;
@@ -172,7 +213,10 @@ export class Agent implements AsyncDisposable {
   }
 
   notReadyReason(): string | undefined {
-    if (this.state === 'serving') return undefined;
+    if (this.state === 'serving') {
+      const cluster = this.member?.state;
+      return cluster === 'fenced' || cluster === 'recovering' ? `cluster session ${cluster}: granting nothing` : undefined;
+    }
     return this.state === 'degraded' ? `degraded: ${this.degradedBy?.message}` : this.state;
   }
 
@@ -190,6 +234,10 @@ export class Agent implements AsyncDisposable {
       release: (ctx, p) => this.release(ctx, p),
       inquire: (ctx, p) => this.inquire(ctx, p),
       locks: (ctx) => this.listLocks(ctx),
+      watchdog: (ctx) => this.watchdog(ctx),
+      clusterLocks: async (ctx) => ({ leases: await this.clusterMember(ctx).view.leases() }),
+      hosts: async (ctx) => ({ hosts: await this.clusterMember(ctx).view.hosts() }),
+      fenceHost: (ctx, p) => this.fenceHost(ctx, p),
       shutdown: (ctx, p) => this.shutdown(ctx, p),
     };
   }
@@ -209,11 +257,11 @@ export class Agent implements AsyncDisposable {
   private register(ctx: ConnectionContext, p: AgentParsedParams<'register'>): AgentResult<'register'> {
     if (ctx.restricted) throw new BatonError('DENIED', 'this connection is restricted to its owner');
     if (ctx.ownerUuid !== undefined) throw new BatonError('ALREADY_REGISTERED', `this connection already registered owner ${ctx.ownerUuid}`, { details: { owner: ctx.ownerUuid } });
-    const record = this.registry.register(p.owner, p.liveness, ctx.id);
+    const record = this.registry.register(p.owner, p.liveness, ctx.id, p.onLeaseLoss);
     ctx.ownerUuid = record.owner.uuid;
     ctx.restricted = p.restricted;
     this.log.info({ owner: record.owner, liveness: record.liveness, restricted: p.restricted, peer: ctx.peer }, `owner ${record.owner.name} registered`);
-    return { owner: record.owner, liveness: record.liveness, restricted: p.restricted };
+    return { owner: record.owner, liveness: record.liveness, restricted: p.restricted, onLeaseLoss: record.onLeaseLoss };
   }
 
   private ownerOf(ctx: ConnectionContext): OwnerRecord {
@@ -228,31 +276,63 @@ export class Agent implements AsyncDisposable {
     if (this.state !== 'serving') throw new BatonError('SHUTTING_DOWN', `agent is ${this.state}`);
   }
 
-  private acquire(ctx: ConnectionContext, p: AgentParsedParams<'acquire'>): AgentResult<'acquire'> {
+  private acquire(ctx: ConnectionContext, p: AgentParsedParams<'acquire'>): AgentResult<'acquire'> | Promise<AgentResult<'acquire'>> {
     this.assertServing();
     const record = this.ownerOf(ctx);
-    if (record.state !== 'live') throw new BatonError('DENIED', `owner ${record.owner.uuid} is being terminated`);
+    if (record.state !== 'live') throw new BatonError('DENIED', `owner ${record.owner.uuid} is ${record.state}`);
     const started = this.clock.now();
-    try {
-      const grants = this.locks.acquire(record.owner.uuid, p.resources);
+    const done = (grants: AgentResult<'acquire'>['grants']): AgentResult<'acquire'> => {
       this.metrics.grants.inc({ result: 'granted' });
+      this.metrics.grantSeconds.observe((this.clock.now() - started) / 1000);
       this.log.debug({ owner: record.owner.uuid, grants }, `granted ${grants.length} lock(s) to ${record.owner.name}`);
       return { grants };
-    } catch (err) {
+    };
+    const failed = (err: unknown): never => {
       this.metrics.grants.inc({ result: err instanceof BatonError && err.code === 'RESOURCE_BUSY' ? 'busy' : 'error' });
-      throw err;
-    } finally {
       this.metrics.grantSeconds.observe((this.clock.now() - started) / 1000);
+      throw err;
+    };
+    if (this.cluster) return this.cluster.acquire(record, p.resources).then(done, failed);
+    try {
+      return done(this.locks.acquire(record.owner.uuid, p.resources));
+    } catch (err) {
+      return failed(err);
     }
   }
 
-  private release(ctx: ConnectionContext, p: AgentParsedParams<'release'>): AgentResult<'release'> {
+  private async release(ctx: ConnectionContext, p: AgentParsedParams<'release'>): Promise<AgentResult<'release'>> {
     this.assertServing();
     const record = this.ownerOf(ctx);
     const released = this.locks.release(record.owner.uuid, p.resources);
     this.metrics.releases.inc({ reason: 'requested' }, released.length);
     this.log.debug({ owner: record.owner.uuid, released }, `released ${released.length} lock(s) of ${record.owner.name}`);
+    await this.cluster?.release(record.owner.uuid, released);
     return { released };
+  }
+
+  private watchdog(ctx: ConnectionContext): AgentResult<'watchdog'> {
+    const record = this.ownerOf(ctx);
+    const locks = this.locks.grantsOf(record.owner.uuid);
+    if (!this.member) return { state: 'local', validUntil: null, locks };
+    // A fenced owner is told so even if the host has a new session: its tokens are old.
+    const state = record.state === 'fenced' ? 'fenced' : this.member.state;
+    return { state, validUntil: record.state === 'live' && state !== 'fenced' ? this.member.validUntil : 0, locks };
+  }
+
+  private clusterMember(ctx: ConnectionContext): ClusterMember {
+    if (ctx.restricted) throw new BatonError('DENIED', 'a restricted connection may not read or change the cluster');
+    if (!this.member) throw new BatonError('INVALID_REQUEST', 'this agent has no cluster configured (no etcd section)');
+    return this.member;
+  }
+
+  private async fenceHost(ctx: ConnectionContext, p: AgentParsedParams<'fenceHost'>): Promise<AgentResult<'fenceHost'>> {
+    const member = this.clusterMember(ctx);
+    if (p.host === this.config.hostId) throw new BatonError('INVALID_REQUEST', 'a host cannot declare itself fenced; run this on another host');
+    const by = { host: this.config.hostId, ...(ctx.peer ? { uid: ctx.peer.uid, pid: ctx.peer.pid } : {}) };
+    this.log.warn({ audit: 'fence-host', host: p.host, by, reason: p.reason }, `operator declares host ${p.host} dead and fenced: ${p.reason}`);
+    const result = await member.view.fenceHost(p.host, by, p.reason);
+    this.log.warn({ audit: 'fence-host', host: p.host, released: result.released, record: result.audit }, `released ${result.released} lease(s) of host ${p.host}`);
+    return { host: p.host, ...result };
   }
 
   private inquire(ctx: ConnectionContext, p: AgentParsedParams<'inquire'>): AgentResult<'inquire'> {
@@ -320,6 +400,7 @@ export class Agent implements AsyncDisposable {
 
   private ownerGone(record: OwnerRecord, why: string): void {
     const released = this.locks.release(record.owner.uuid);
+    this.cluster?.releaseLater(record.owner.uuid, released);
     this.registry.remove(record.owner.uuid);
     this.metrics.releases.inc({ reason: 'owner-gone' }, released.length);
     this.log.info({ owner: record.owner, released, why }, `owner ${record.owner.name} is gone (${why}); released ${released.length} lock(s)`);
@@ -348,6 +429,7 @@ export class Agent implements AsyncDisposable {
         owners: this.registry.all(),
         server: this.server,
         log: this.log,
+        cluster: this.member && { session: this.member.session.id, validUntil: this.member.validUntil },
       });
     } catch (err) {
       this.log.error({ err }, 're-exec failed; still running the old image with every lock held');
@@ -366,7 +448,14 @@ export class Agent implements AsyncDisposable {
       this.monitor.close();
       await this.server.close();
       const held = this.locks.size;
-      for (const r of this.registry.all()) this.locks.release(r.owner.uuid);
+      for (const r of this.registry.all()) {
+        const released = this.locks.release(r.owner.uuid);
+        await this.cluster?.release(r.owner.uuid, released);
+      }
+      this.fencer?.close();
+      await this.cluster?.close();
+      // Nothing is held any more: the session goes at once, the host leaves the cluster cleanly.
+      await this.member?.close({ revoke: true }).catch((err: unknown) => this.log.warn({ err: (err as Error).message }, 'could not revoke the cluster session; it expires by itself'));
       await this.httpServer?.close();
       this.locks.close();
       this.state = 'closed';

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { LOCKSPACE_KINDS } from '@baton/core';
+import { EtcdConfigSchema } from '@baton/etcd';
 
 /** Defaults, named in one place. */
 export const AGENT_DEFAULTS = {
@@ -73,6 +74,11 @@ export const AgentConfigSchema = z
       })
       .prefault({}),
     tokenBlock: z.number().int().min(1).default(AGENT_DEFAULTS.tokenBlock),
+    /**
+     * The cluster. Without it the agent is a one-host lock daemon (tokens from its own counter);
+     * with it every grant is also an etcd lease and its token an etcd revision.
+     */
+    etcd: EtcdConfigSchema.optional(),
     /** Prefer open-file-description locks; the agent falls back to classic POSIX locks if the kernel lacks them. */
     ofdLocks: z.boolean().default(true),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

@@ -21,6 +21,7 @@ export const ERROR_CATALOGUE = {
   LOCKS_HELD: { http: 409, exit: 7, summary: 'Refused to stop: locks are still held and dropping them was not asked for explicitly.' },
   SHUTTING_DOWN: { http: 503, exit: 4, summary: 'The process is stopping or re-executing and takes no new work.' },
   INVALID_CONFIG: { http: 500, exit: 2, summary: 'The configuration failed validation; every bad field is named.' },
+  HOST_ALIVE: { http: 409, exit: 3, summary: 'The host named in a fence declaration still renews its session; it is not dead.' },
   NOT_LEADER: { http: 421, exit: 4, summary: 'This coordinator replica is not the leader; the leader’s address is in details.' },
   MIGRATION_CONFLICT: { http: 409, exit: 3, summary: 'The VM already has a migration in flight.' },
   UNAVAILABLE: { http: 503, exit: 4, summary: 'A peer (agent, etcd, NATS) did not answer in time.' },

@@ -6,3 +6,6 @@ export * from './clock.js';
 export * from './config.js';
 export * from './wire/envelope.js';
 export * from './wire/agent-api.js';
+export * from './timing.js';
+export * from './fence-guard.js';
+export * from './wire/cluster.js';

@@ -23,7 +23,13 @@ export interface ConnectionOptions {
   restricted?: boolean;
 }
 
-/** One client on the agent socket: lines in, replies out, in order. */
+type Received = { kind: 'line'; line: string } | { kind: 'too-long' };
+
+/**
+ * One client on the agent socket: lines in, replies out, in order. A request that waits on the
+ * cluster holds back the requests behind it on the same connection, so a client's requests take
+ * effect in the order it sent them.
+ */
 export class ClientConnection implements ConnectionContext {
   readonly id: number;
   readonly peer: PeerCred | undefined;
@@ -31,6 +37,9 @@ export class ClientConnection implements ConnectionContext {
   restricted: boolean;
   private readonly reader: LineReader;
   private closed = false;
+  private paused = false;
+  private readonly queue: Received[] = [];
+  private inFlight: Promise<void> | undefined;
 
   constructor(
     readonly socket: Socket,
@@ -51,12 +60,26 @@ export class ClientConnection implements ConnectionContext {
   }
 
   private receive(chunk: Buffer): void {
-    for (const event of this.reader.push(chunk)) {
+    for (const event of this.reader.push(chunk)) this.queue.push(event.kind === 'line' ? { kind: 'line', line: event.line } : { kind: 'too-long' });
+    this.drain();
+  }
+
+  private drain(): void {
+    while (!this.paused && this.inFlight === undefined && this.queue.length > 0) {
+      const event = this.queue.shift()!;
       const reply =
         event.kind === 'line'
           ? dispatch(this.opts.handlers, this, event.line)
           : errorReply(null, new BatonError('LINE_TOO_LONG', `request line exceeds ${this.opts.maxLineBytes} bytes; discarded`, { details: { limit: this.opts.maxLineBytes } }));
-      this.send(reply);
+      if (reply instanceof Promise) {
+        this.inFlight = reply.then((r) => {
+          this.send(r);
+          this.inFlight = undefined;
+          this.drain();
+        });
+      } else {
+        this.send(reply);
+      }
     }
   }
 
@@ -79,11 +102,14 @@ export class ClientConnection implements ConnectionContext {
 
   /** Stop handling requests; whatever arrives stays unread for the next image. */
   pause(): void {
+    this.paused = true;
     this.socket.pause();
   }
 
   resume(): void {
+    this.paused = false;
     this.socket.resume();
+    this.drain();
   }
 
   /**
@@ -95,11 +121,13 @@ export class ClientConnection implements ConnectionContext {
     for (let c = this.socket.read() as Buffer | null; c !== null; c = this.socket.read() as Buffer | null) unread.push(c);
     const rest = Buffer.concat(unread);
     if (rest.length > 0) this.socket.unshift(rest);
-    return Buffer.concat([this.reader.pending(), rest]);
+    const queued = this.queue.flatMap((e) => (e.kind === 'line' ? [Buffer.from(e.line + '\n')] : []));
+    return Buffer.concat([...queued, this.reader.pending(), rest]);
   }
 
   /** Resolves when every reply written so far has reached the kernel. */
   async flushed(signal: AbortSignal): Promise<void> {
+    await this.inFlight;
     while (!this.closed && this.socket.writableLength > 0) {
       signal.throwIfAborted();
       await new Promise<void>((resolve) => {

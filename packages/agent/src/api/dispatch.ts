@@ -22,8 +22,9 @@ export interface ConnectionContext {
   restricted: boolean;
 }
 
+/** A handler answers at once, or (when it must ask the cluster) later; a connection waits for it in order. */
 export type Handlers = {
-  [M in AgentMethod]: (ctx: ConnectionContext, params: AgentParsedParams<M>) => AgentResult<M>;
+  [M in AgentMethod]: (ctx: ConnectionContext, params: AgentParsedParams<M>) => AgentResult<M> | Promise<AgentResult<M>>;
 };
 
 function reply(id: RequestId | null, result: unknown): ReplyEnvelope {
@@ -35,7 +36,7 @@ export function errorReply(id: RequestId | null, err: unknown): ReplyEnvelope {
 }
 
 /** One request line in, one reply out. Nothing the line holds can throw past this function. */
-export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: string): ReplyEnvelope {
+export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: string): ReplyEnvelope | Promise<ReplyEnvelope> {
   let raw: unknown;
   try {
     raw = JSON.parse(line);
@@ -54,7 +55,8 @@ export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: strin
     const params = AGENT_METHODS[method].params.safeParse(env.data.params);
     if (!params.success) throw new BatonError('INVALID_REQUEST', `${method}: ${describeIssues(params.error)}`);
     const handler = handlers[method] as (c: ConnectionContext, p: unknown) => unknown;
-    return reply(id, handler(ctx, params.data));
+    const result = handler(ctx, params.data);
+    return result instanceof Promise ? result.then((r) => reply(id, r), (err: unknown) => errorReply(id, err)) : reply(id, result);
   } catch (err) {
     return errorReply(id, err);
   }

@@ -7,6 +7,8 @@ export interface AgentGaugeSource {
   connections(): number;
   generation(): number;
   degraded(): boolean;
+  /** Milliseconds left before the cluster session's fence deadline; absent without a cluster. */
+  sessionLeftMs(): number | undefined;
 }
 
 /** The agent's Prometheus metrics, on a registry of its own (never the global one). */
@@ -20,6 +22,7 @@ export class AgentMetrics {
     registers: [this.registry],
   });
   readonly releases = new Counter({ name: 'baton_agent_releases_total', help: 'Locks released, by reason.', labelNames: ['reason'] as const, registers: [this.registry] });
+  readonly fences = new Counter({ name: 'baton_agent_fences_total', help: 'Times the cluster session was lost on this host and its owners fenced.', registers: [this.registry] });
   readonly ownerSignals = new Counter({ name: 'baton_agent_owner_signals_total', help: 'Signals sent to owner processes whose connection dropped.', labelNames: ['signal'] as const, registers: [this.registry] });
 
   constructor(source: AgentGaugeSource) {
@@ -29,6 +32,7 @@ export class AgentMetrics {
       ['baton_agent_connections', 'Open client connections.', () => source.connections()],
       ['baton_agent_generation', 'Re-execs since the agent process started.', () => source.generation()],
       ['baton_agent_degraded', '1 when inherited state was refused and the agent grants nothing.', () => (source.degraded() ? 1 : 0)],
+      ['baton_agent_session_left_seconds', 'Seconds before the cluster session would be fenced without another keepalive (-1: no cluster).', () => (source.sessionLeftMs() ?? -1000) / 1000],
     ];
     for (const [name, help, read] of gauges) {
       new Gauge({

@@ -16,6 +16,16 @@ interface Holding {
   requestedAs: string;
 }
 
+export type AcquirePlan = PlannedLock[];
+
+interface PlannedLock {
+  ref: ResourceRef;
+  lockspace: Lockspace;
+  identity: string;
+  lockPath: string;
+  key: string;
+}
+
 interface HeldLock {
   key: string;
   lockspace: Lockspace;
@@ -105,6 +115,14 @@ export class LockManager {
 
   /** All of `refs` for `owner`, or none: the first conflict undoes what this request locked. */
   acquire(owner: string, refs: readonly ResourceRef[]): Grant[] {
+    return this.commit(owner, this.plan(owner, refs));
+  }
+
+  /**
+   * Resolve every resource and check the table: a resource held on this host is refused here,
+   * before anything is asked of the cluster. Changes nothing.
+   */
+  plan(owner: string, refs: readonly ResourceRef[]): AcquirePlan {
     const plan = refs.map((ref) => {
       const lockspace = this.lockspace(ref.lockspace);
       const resolved = lockspace.resolve(ref.name);
@@ -114,15 +132,28 @@ export class LockManager {
     for (const p of plan) {
       if (seen.has(p.key)) throw new BatonError('INVALID_REQUEST', `"${p.ref.name}" is named twice in one request`, { details: { resource: p.identity } });
       seen.add(p.key);
-      const held = this.byKey.get(p.key) ?? this.heldAtPath(p.lockPath);
-      const decision = decideAcquire(held && { mode: held.mode, owners: held.holdings }, p.ref.mode, owner);
-      if (decision.kind === 'busy') {
-        throw new BatonError('RESOURCE_BUSY', `"${p.identity}" is held ${held!.mode} on this host${decision.reason === 'already-owner' ? ' by this owner already' : ''}`, {
-          details: { resource: p.identity, lockspace: p.lockspace.name, heldMode: held!.mode, holders: [...held!.holdings.keys()] },
-        });
-      }
+      this.assertFree(owner, p);
     }
+    return plan;
+  }
 
+  private assertFree(owner: string, p: PlannedLock): void {
+    const held = this.byKey.get(p.key) ?? this.heldAtPath(p.lockPath);
+    const decision = decideAcquire(held && { mode: held.mode, owners: held.holdings }, p.ref.mode, owner);
+    if (decision.kind === 'busy') {
+      throw new BatonError('RESOURCE_BUSY', `"${p.identity}" is held ${held!.mode} on this host${decision.reason === 'already-owner' ? ' by this owner already' : ''}`, {
+        details: { resource: p.identity, lockspace: p.lockspace.name, heldMode: held!.mode, holders: [...held!.holdings.keys()] },
+      });
+    }
+  }
+
+  /**
+   * Take the local locks of a plan. `tokens` come from the cluster (one per resource, in order);
+   * without them the host's own token source issues them. The table is checked again: it may have
+   * changed while the cluster was asked.
+   */
+  commit(owner: string, plan: AcquirePlan, tokens?: readonly Token[]): Grant[] {
+    if (tokens !== undefined) for (const p of plan) this.assertFree(owner, p);
     const locked: HeldLock[] = [];
     try {
       const since = wallTimeIso();
@@ -140,7 +171,7 @@ export class LockManager {
         return lock;
       });
       // Tokens last: a request that fails above consumes none.
-      const holdings = targets.map((lock, i) => ({ lock, holding: { token: this.issueToken(lock.lockspace), since, requestedAs: plan[i]!.ref.name } }));
+      const holdings = targets.map((lock, i) => ({ lock, holding: { token: tokens?.[i] ?? this.issueToken(lock.lockspace), since, requestedAs: plan[i]!.ref.name } }));
       for (const lock of locked) this.index(lock);
       for (const { lock, holding } of holdings) this.hold(lock, owner, holding);
       return holdings.map(({ lock, holding }) => grantOf(lock, holding));
@@ -148,6 +179,19 @@ export class LockManager {
       // Only this request's new locks are undone; nothing is indexed before every step succeeded.
       for (const lock of locked) this.closeLock(lock);
       throw asBatonError(err, 'IO_ERROR');
+    }
+  }
+
+  /** The table key of a grant (what `retoken` is keyed by). */
+  keyOf(grant: Grant): string {
+    return lockKey(this.lockspace(grant.lockspace), grant.resource);
+  }
+
+  /** The cluster moved an owner's leases to new tokens (a new session after recovery). */
+  retoken(owner: string, tokens: ReadonlyMap<string, Token>): void {
+    for (const lock of this.byOwner.get(owner) ?? []) {
+      const token = tokens.get(lock.key);
+      if (token !== undefined) lock.holdings.get(owner)!.token = token;
     }
   }
 

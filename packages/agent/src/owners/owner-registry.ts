@@ -1,8 +1,9 @@
 import { z } from 'zod';
-import { BatonError, LIVENESS, OwnerSchema, type Liveness, type Owner } from '@baton/core';
+import { BatonError, LeaseLossSchema, LIVENESS, OwnerSchema, type LeaseLoss, type Liveness, type Owner } from '@baton/core';
 import { processStartTime } from '../sys/index.js';
 
-export const OWNER_STATES = ['live', 'terminating'] as const;
+/** `fenced`: paused by the lease-loss policy, waiting for its leases to come back with new tokens. */
+export const OWNER_STATES = ['live', 'terminating', 'fenced'] as const;
 export type OwnerState = (typeof OWNER_STATES)[number];
 
 export const OwnerRecordSchema = z.object({
@@ -13,6 +14,12 @@ export const OwnerRecordSchema = z.object({
   /** The connection a connection-bound owner lives and dies with. */
   connection: z.number().int().optional(),
   state: z.enum(OWNER_STATES),
+  onLeaseLoss: LeaseLossSchema.prefault({}),
+  /**
+   * Re-adopted from the cluster by a restarted agent: the VM runs, its process is watched by pid,
+   * and the VM's own reconnection binds it to a connection again.
+   */
+  adopted: z.boolean().optional(),
 });
 export type OwnerRecord = z.infer<typeof OwnerRecordSchema>;
 
@@ -46,9 +53,16 @@ export class OwnerRegistry {
    * Register, or attach another connection to a pid-bound owner that exists with the same
    * identity. A connection-bound owner belongs to one connection for its whole life.
    */
-  register(owner: Owner, liveness: Liveness, connection: number): OwnerRecord {
+  register(owner: Owner, liveness: Liveness, connection: number, onLeaseLoss: LeaseLoss = { policy: 'kill' }): OwnerRecord {
     const key = owner.uuid.toLowerCase();
     const existing = this.owners.get(key);
+    if (existing?.adopted && sameIdentity(existing.owner, owner)) {
+      existing.adopted = false;
+      existing.liveness = liveness;
+      existing.onLeaseLoss = onLeaseLoss;
+      if (liveness === 'connection') existing.connection = connection;
+      return existing;
+    }
     if (existing) {
       if (!sameIdentity(existing.owner, owner) || existing.liveness !== liveness) {
         throw new BatonError('ALREADY_REGISTERED', `owner ${owner.uuid} is registered with another identity`, {
@@ -72,10 +86,18 @@ export class OwnerRegistry {
       owner: { ...owner, uuid: key },
       liveness,
       state: 'live',
+      onLeaseLoss,
       ...(startTime === undefined ? {} : { startTime }),
       ...(liveness === 'connection' ? { connection } : {}),
     };
     this.owners.set(key, record);
+    return record;
+  }
+
+  /** An owner found in the cluster after an agent restart, its process still running. */
+  adopt(owner: Owner, startTime: number, onLeaseLoss: LeaseLoss): OwnerRecord {
+    const record: OwnerRecord = { owner: { ...owner, uuid: owner.uuid.toLowerCase() }, liveness: 'pid', startTime, state: 'live', onLeaseLoss, adopted: true };
+    this.owners.set(record.owner.uuid, record);
     return record;
   }
 

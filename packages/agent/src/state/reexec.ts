@@ -15,6 +15,7 @@ export interface ReexecInputs {
   owners: OwnerRecord[];
   server: SocketServer;
   log: Logger;
+  cluster: AgentState['cluster'];
 }
 
 /**
@@ -46,6 +47,7 @@ export function reexecImage(inputs: ReexecInputs): void {
       pending: c.pendingBytes().toString('base64'),
     })),
     locks: inputs.locks.snapshot(),
+    ...(inputs.cluster === undefined ? {} : { cluster: inputs.cluster }),
   };
   const fds = [state.listenFd, ...state.connections.map((c) => c.fd), ...state.locks.map((l) => l.fd)];
   writeState(inputs.stateDir, state);

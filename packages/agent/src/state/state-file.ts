@@ -42,6 +42,8 @@ export const AgentStateSchema = z.strictObject({
     }),
   ),
   locks: z.array(LockSnapshotSchema),
+  /** The cluster session and the deadline the previous image computed for it. */
+  cluster: z.object({ session: z.string(), validUntil: z.number() }).optional(),
 });
 export type AgentState = z.infer<typeof AgentStateSchema>;
 

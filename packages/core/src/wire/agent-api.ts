@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { LIVENESS, LOCK_MODES, OwnerSchema, ResourceRefSchema, UUID } from '../model.js';
 import { LOCKSPACE_KINDS } from '../lockspace.js';
+import { ClusterLeaseSchema, HostViewSchema, LeaseLossSchema, SESSION_STATES } from './cluster.js';
 
 /**
  * The agent's local API (UNIX socket, one JSON envelope per line). Each method names the schema
@@ -58,8 +59,10 @@ export const AGENT_METHODS = {
       owner: OwnerSchema,
       liveness: z.enum(LIVENESS).default('connection'),
       restricted: z.boolean().default(false),
+      /** What the agent does to this owner if the host loses its cluster session. */
+      onLeaseLoss: LeaseLossSchema.prefault({}),
     }),
-    result: z.object({ owner: OwnerSchema, liveness: z.enum(LIVENESS), restricted: z.boolean() }),
+    result: z.object({ owner: OwnerSchema, liveness: z.enum(LIVENESS), restricted: z.boolean(), onLeaseLoss: LeaseLossSchema }),
   },
   acquire: {
     params: z.strictObject({ resources: Resources }),
@@ -81,6 +84,37 @@ export const AGENT_METHODS = {
       lockspaces: z.array(z.object({ name: z.string(), kind: z.enum(LOCKSPACE_KINDS), dir: z.string().optional() })),
       locks: z.array(LockInfoSchema),
     }),
+  },
+  /**
+   * The owner's watchdog (sanlock's wdmd role, in the VM process): until when the host can prove it
+   * holds the owner's leases, on the host's monotonic clock (`process.hrtime`, ms). A VM that cannot
+   * renew this before `validUntil` stops writing on its own, even if the agent is dead.
+   */
+  watchdog: {
+    params: z.strictObject({}).default({}),
+    result: z.object({
+      state: z.enum(SESSION_STATES),
+      /** null: no cluster configured, local locks only, no deadline. */
+      validUntil: z.number().nullable(),
+      locks: z.array(GrantSchema),
+    }),
+  },
+  /** The cluster view from etcd: every lease of every host. */
+  clusterLocks: {
+    params: z.strictObject({}).default({}),
+    result: z.object({ leases: z.array(ClusterLeaseSchema) }),
+  },
+  hosts: {
+    params: z.strictObject({}).default({}),
+    result: z.object({ hosts: z.array(HostViewSchema) }),
+  },
+  /**
+   * An operator declares a dead host fenced (powered off, VMs gone) and frees its leases before its
+   * session expires. Refused while that host's session is alive; audited in etcd and the log.
+   */
+  fenceHost: {
+    params: z.strictObject({ host: z.string().min(1), iHaveFenced: z.literal(true), reason: z.string().min(1).max(1024) }),
+    result: z.object({ host: z.string(), released: z.number(), audit: z.string() }),
   },
   shutdown: {
     params: z.strictObject({ releaseAll: z.boolean().default(false) }).default({ releaseAll: false }),

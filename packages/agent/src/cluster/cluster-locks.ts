@@ -1,0 +1,156 @@
+import { BatonError, type Grant, type LockMode, type ResourceRef } from '@baton/core';
+import type { HeldLease, HostSession, LeaseClaim } from '@baton/etcd';
+import type { LockManager } from '../locks/lock-manager.js';
+import type { Logger } from '../logger.js';
+import type { OwnerRecord, OwnerRegistry } from '../owners/owner-registry.js';
+import { isProcessAlive } from '../sys/index.js';
+import type { ClusterMember } from './cluster-member.js';
+import type { Fencer } from './fencer.js';
+
+export interface ClusterLocksOptions {
+  member: ClusterMember;
+  locks: LockManager;
+  registry: OwnerRegistry;
+  fencer: Fencer;
+  log: Logger;
+  host: string;
+}
+
+/**
+ * The host's locks when a cluster is configured. Order of an acquire: the cluster lease first (its
+ * token is the grant's token), then the local lock; if the local lock fails, the lease is given
+ * back. A release drops the local lock, then the lease. The rule after a lost session is here too.
+ */
+export class ClusterLocks {
+  /** owner + resource pairs being acquired, so one owner cannot race itself for one resource. */
+  private readonly inFlight = new Set<string>();
+  private readonly background = new Set<Promise<void>>();
+
+  constructor(private readonly opts: ClusterLocksOptions) {}
+
+  private claim(record: OwnerRecord, lockspace: string, identity: string, mode: LockMode): LeaseClaim {
+    const { owner, startTime, onLeaseLoss } = record;
+    return {
+      lockspace,
+      identity,
+      mode,
+      owner: { uuid: owner.uuid, name: owner.name, ...(owner.pid === undefined ? {} : { pid: owner.pid }), ...(startTime === undefined ? {} : { startTime }), onLeaseLoss },
+    };
+  }
+
+  async acquire(record: OwnerRecord, refs: readonly ResourceRef[]): Promise<Grant[]> {
+    const { locks, member } = this.opts;
+    const owner = record.owner.uuid;
+    const plan = locks.plan(owner, refs);
+    const pairs = plan.map((p) => `${owner}\0${p.key}`);
+    const racing = plan.find((_, i) => this.inFlight.has(pairs[i]!));
+    if (racing) throw new BatonError('RESOURCE_BUSY', `"${racing.identity}" is being acquired by this owner already`, { details: { resource: racing.identity } });
+    for (const k of pairs) this.inFlight.add(k);
+    try {
+      const leases = await member.grant(plan.map((p) => this.claim(record, p.lockspace.name, p.identity, p.ref.mode)));
+      try {
+        if (record.state !== 'live' || this.opts.registry.get(owner) !== record) throw new BatonError('DENIED', `owner ${owner} went away while its leases were granted`);
+        return locks.commit(owner, plan, leases.map((l) => l.token));
+      } catch (err) {
+        await member.release(leases);
+        throw err;
+      }
+    } finally {
+      for (const k of pairs) this.inFlight.delete(k);
+    }
+  }
+
+  private leasesOf(owner: string, grants: readonly Grant[]): HeldLease[] {
+    return grants.map((g) => ({ key: this.opts.member.keyOf({ lockspace: g.lockspace, identity: g.resource, mode: g.mode, owner: { uuid: owner, name: '' } }), token: g.token }));
+  }
+
+  /** Give back the leases of grants already released locally. */
+  release(owner: string, grants: readonly Grant[]): Promise<void> {
+    return this.opts.member.release(this.leasesOf(owner, grants));
+  }
+
+  /** The same, when nobody waits for the answer (an owner that died). */
+  releaseLater(owner: string, grants: readonly Grant[]): void {
+    const p = this.release(owner, grants).finally(() => this.background.delete(p));
+    this.background.add(p);
+  }
+
+  /**
+   * The session is lost on this host's clock: every owner holding locks is stopped by its own
+   * policy. Killed owners release their local locks once their process is gone; paused ones (and
+   * owners with no process to stop) keep them, `fenced`, until the leases come back or they die.
+   */
+  fenceAll(): void {
+    const { registry, locks, fencer } = this.opts;
+    for (const record of registry.all()) {
+      if (!locks.holdsAny(record.owner.uuid) || record.state !== 'live') continue;
+      record.state = record.onLeaseLoss.policy === 'pause' || record.owner.pid === undefined ? 'fenced' : 'terminating';
+      fencer.fence(record);
+    }
+  }
+
+  /**
+   * The documented rule after a lost session: a fenced owner that is still there gets all of its
+   * leases back in the new session, with new tokens, in one transaction, if each is still its old
+   * grant or free; then it is resumed. Otherwise it stays fenced (paused, locks held locally) and
+   * the operator decides.
+   */
+  async recover(session: HostSession): Promise<void> {
+    const { registry, locks, member, fencer, log } = this.opts;
+    for (const record of registry.all()) {
+      if (record.state !== 'fenced') continue;
+      const owner = record.owner.uuid;
+      const grants = locks.grantsOf(owner);
+      const previous = this.leasesOf(owner, grants);
+      try {
+        const leases = await member.regrant(
+          session,
+          grants.map((g, i) => ({ claim: this.claim(record, g.lockspace, g.resource, g.mode), previous: previous[i]! })),
+        );
+        locks.retoken(owner, new Map(grants.map((g, i) => [locks.keyOf(g), leases[i]!.token])));
+        record.state = 'live';
+        fencer.resume(record);
+        log.warn({ owner: record.owner, tokens: leases.map((l) => l.token) }, `${record.owner.name} got its leases back with new tokens and was resumed`);
+      } catch (err) {
+        log.error({ owner: record.owner, err: (err as Error).message }, `${record.owner.name} stays fenced: its leases could not be re-granted`);
+      }
+    }
+  }
+
+  /**
+   * After a crash and restart with the session adopted: owners whose process still runs get their
+   * local locks back under their tokens (re-adopted, watched by pid until the VM reconnects);
+   * leases of owners that died meanwhile are released.
+   */
+  async adopt(session: HostSession): Promise<void> {
+    const { registry, locks, member, fencer, log, host } = this.opts;
+    const byOwner = new Map<string, Awaited<ReturnType<typeof member.table.leasesOf>>>();
+    for (const l of await member.table.leasesOf(session.id)) {
+      if (l.value.host !== host) continue;
+      byOwner.set(l.value.owner.uuid, [...(byOwner.get(l.value.owner.uuid) ?? []), l]);
+    }
+    for (const [uuid, leases] of byOwner) {
+      const o = leases[0]!.value.owner;
+      const alive = o.pid !== undefined && o.startTime !== undefined && isProcessAlive(o.pid, o.startTime);
+      if (!alive) {
+        await member.release(leases);
+        log.info({ owner: uuid, released: leases.length }, `owner ${o.name} died while the agent was down; its leases are released`);
+        continue;
+      }
+      const record = registry.adopt({ uuid, name: o.name, pid: o.pid! }, o.startTime!, o.onLeaseLoss ?? { policy: 'kill' });
+      try {
+        const plan = locks.plan(uuid, leases.map((l) => ({ name: l.value.resource, lockspace: l.value.lockspace, mode: l.value.mode })));
+        locks.commit(uuid, plan, leases.map((l) => l.token));
+        log.info({ owner: record.owner, tokens: leases.map((l) => l.token) }, `re-adopted ${o.name} with ${leases.length} lease(s)`);
+      } catch (err) {
+        log.error({ owner: record.owner, err: (err as Error).message }, `could not re-take the local locks of ${o.name}; fencing it`);
+        record.state = 'terminating';
+        fencer.fence(record);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.background);
+  }
+}

@@ -1,0 +1,176 @@
+import { BatonError, leaseTiming, type HostRecord, type LeaseTiming, type MonotonicClock, type SessionState } from '@baton/core';
+import { ClusterView, EtcdConnection, HostSession, LeaseTable, type EtcdConfig, type HeldLease, type LeaseClaim, type SessionOptions, type SessionPhase } from '@baton/etcd';
+import type { Logger } from '../logger.js';
+import { SessionFile } from './session-file.js';
+
+export interface ClusterMemberOptions {
+  config: EtcdConfig;
+  stateDir: string;
+  clock: MonotonicClock;
+  log: Logger;
+  record: Omit<HostRecord, 'v' | 'ttlSeconds'>;
+  /** The session is lost on this host's clock: fence every owner now. */
+  onExpired(session: HostSession): void;
+  /** A new session after a lost one: give surviving owners their leases back, or keep them fenced. */
+  onRecovered(session: HostSession, lost: HostSession): Promise<void>;
+  /** After a re-exec: the previous image's session and deadline, taken over without a round trip. */
+  resume?: { session: string; validUntil: number } | undefined;
+}
+
+/**
+ * This host's membership in the cluster: its etcd session (adopted across agent restarts), the
+ * lease table it grants through, and the recovery loop after a lost session.
+ */
+export class ClusterMember implements AsyncDisposable {
+  readonly timing: LeaseTiming;
+  readonly table: LeaseTable;
+  readonly view: ClusterView;
+  private readonly conn: EtcdConnection;
+  private readonly file: SessionFile;
+  private current!: HostSession;
+  private recovering: Promise<void> | undefined;
+  private readonly abort = new AbortController();
+  private closed = false;
+
+  private constructor(private readonly opts: ClusterMemberOptions) {
+    this.conn = new EtcdConnection(opts.config);
+    this.timing = leaseTiming(opts.config.ttlSeconds);
+    this.table = new LeaseTable(this.conn, opts.record.host);
+    this.view = new ClusterView(this.conn);
+    this.file = new SessionFile(opts.stateDir);
+  }
+
+  /** Join: adopt the session a previous process of this agent left, if etcd still has it. */
+  static async join(opts: ClusterMemberOptions): Promise<ClusterMember> {
+    const member = new ClusterMember(opts);
+    const previous = member.file.read(opts.record.host);
+    if (previous.problem) opts.log.warn({ problem: previous.problem }, 'ignoring the recorded session');
+    try {
+      member.current = opts.resume ? HostSession.resume({ ...member.sessionOptions(), id: opts.resume.session, validUntil: opts.resume.validUntil }) : await member.open(previous.session);
+    } catch (err) {
+      member.conn.close();
+      throw err;
+    }
+    const t = member.timing;
+    // sanlock prints its timeouts at start; so does Baton, all derived from the TTL.
+    opts.log.info(
+      { session: member.current.id, adopted: member.current.adopted, ttlMs: t.ttlMs, keepaliveMs: t.keepaliveMs, warnMs: t.warnMs, fenceMs: t.fenceMs, marginMs: t.marginMs, fenceKillGraceMs: t.fenceKillGraceMs },
+      `cluster session ${member.current.adopted ? 'adopted' : 'granted'}: ttl ${t.ttlMs} ms, keepalive every ${t.keepaliveMs} ms, warn at ${t.warnMs} ms, fence at ${t.fenceMs} ms, margin ${t.marginMs} ms`,
+    );
+    return member;
+  }
+
+  private sessionOptions(): SessionOptions {
+    return {
+      conn: this.conn,
+      clock: this.opts.clock,
+      timing: this.timing,
+      log: this.opts.log,
+      record: { ...this.opts.record, ttlSeconds: this.opts.config.ttlSeconds },
+      onPhase: (phase, s) => this.phaseChanged(phase, s),
+    };
+  }
+
+  private async open(adopt?: string): Promise<HostSession> {
+    const session = await HostSession.open({ ...this.sessionOptions(), adopt });
+    this.file.write(this.opts.record.host, session.id);
+    return session;
+  }
+
+  get session(): HostSession {
+    return this.current;
+  }
+
+  get state(): SessionState {
+    if (this.recovering) return 'recovering';
+    const phase = this.current.phase;
+    return phase === 'valid' ? 'valid' : phase === 'at-risk' ? 'at-risk' : 'fenced';
+  }
+
+  get validUntil(): number {
+    return this.current.validUntil;
+  }
+
+  private phaseChanged(phase: SessionPhase, session: HostSession): void {
+    if (phase !== 'expired' || session !== this.current || this.closed) return;
+    this.opts.onExpired(session);
+    this.recovering = this.recover(session).finally(() => (this.recovering = undefined));
+  }
+
+  /** Open a new session as soon as etcd answers again; the lost one is never renewed. */
+  private async recover(lost: HostSession): Promise<void> {
+    const signal = this.abort.signal;
+    while (!signal.aborted) {
+      try {
+        const next = await this.open();
+        this.current = next;
+        this.opts.log.warn({ session: next.id, lost: lost.id }, `new cluster session ${next.id} after losing ${lost.id}`);
+        await this.opts.onRecovered(next, lost);
+        // Whatever the lost session still holds in etcd (nothing re-granted moved it) goes now.
+        await this.conn.leaseRevoke(lost.id).catch(() => undefined);
+        return;
+      } catch (err) {
+        this.opts.log.warn({ err: (err as Error).message }, 'etcd still unreachable; retrying');
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, this.timing.keepaliveMs);
+          signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+        });
+      }
+    }
+  }
+
+  async grant(claims: LeaseClaim[]): Promise<HeldLease[]> {
+    const session = this.current;
+    const leases = await this.table.grant(session, claims);
+    // The reply may come back after the deadline (a stopped process, a slow etcd): useless then.
+    if (!session.isValid || session !== this.current) {
+      await this.release(leases);
+      session.assertValid();
+      throw new BatonError('LEASE_LOST', 'the session was replaced while the grant was in flight');
+    }
+    return leases;
+  }
+
+  /** Best effort: a lease that cannot be deleted now goes with its session, or the next sweep. */
+  async release(leases: HeldLease[]): Promise<void> {
+    if (leases.length === 0) return;
+    try {
+      await this.table.release(leases);
+    } catch (err) {
+      this.table.orphansPossible = true;
+      this.opts.log.warn({ err: (err as Error).message, leases: leases.length }, 'could not delete released leases in etcd; they go with the session or the next sweep');
+    }
+  }
+
+  keyOf(claim: LeaseClaim): string {
+    return this.table.keyOf(claim);
+  }
+
+  async sweep(known: ReadonlySet<string>): Promise<void> {
+    if (!this.table.orphansPossible || !this.current.isValid) return;
+    const n = await this.table.sweepOrphans(this.current, known);
+    if (n > 0) this.opts.log.warn({ swept: n }, `deleted ${n} lease(s) no grant accounted for (an ambiguous commit had landed)`);
+  }
+
+  regrant(session: HostSession, items: { claim: LeaseClaim; previous: HeldLease }[]): Promise<HeldLease[]> {
+    return this.table.regrant(session, items);
+  }
+
+  /** Leave the cluster: revoke the session only when nothing is held any more (a clean stop). */
+  async close(opts: { revoke?: boolean } = {}): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort();
+    await this.recovering;
+    try {
+      await this.current.close({ revoke: opts.revoke ?? false });
+      if (opts.revoke) this.file.remove();
+    } finally {
+      this.conn.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

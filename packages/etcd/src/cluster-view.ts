@@ -1,0 +1,97 @@
+import {
+  BatonError,
+  FenceAuditSchema,
+  HostRecordSchema,
+  LeaseValueSchema,
+  leaseTiming,
+  wallTimeIso,
+  type ClusterLease,
+  type FenceAudit,
+  type HostRecord,
+  type HostView,
+} from '@baton/core';
+import type { EtcdConnection } from './connection.js';
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Sessions as hex, the way etcdctl prints lease ids. */
+function sessionHex(lease: string | number): string {
+  return BigInt(lease).toString(16);
+}
+
+/** The cluster as etcd records it: hosts, leases, and the operator's fence declarations. */
+export class ClusterView {
+  constructor(private readonly conn: EtcdConnection) {}
+
+  async leases(): Promise<ClusterLease[]> {
+    const res = await this.conn.range(this.conn.keys.resources, { prefix: true });
+    return res.kvs.flatMap((kv) => {
+      const v = LeaseValueSchema.safeParse(parseJson(kv.value.toString()));
+      if (!v.success) return [];
+      const { host, owner, lockspace, resource, mode, since } = v.data;
+      return [{ lockspace, resource, mode, host, owner: { uuid: owner.uuid, name: owner.name }, token: Number(kv.mod_revision), since, session: sessionHex(kv.lease) }];
+    });
+  }
+
+  private async hostRecords(): Promise<{ record: HostRecord; session: string }[]> {
+    const res = await this.conn.range(this.conn.keys.hosts, { prefix: true });
+    return res.kvs.flatMap((kv) => {
+      const r = HostRecordSchema.safeParse(parseJson(kv.value.toString()));
+      return r.success ? [{ record: r.data, session: String(kv.lease) }] : [];
+    });
+  }
+
+  async hosts(): Promise<HostView[]> {
+    const records = await this.hostRecords();
+    return Promise.all(
+      records.map(async ({ record, session }) => {
+        const ttl = await this.conn.leaseTimeToLive(session);
+        const { v: _v, ...rest } = record;
+        const left = Number(ttl.TTL);
+        return { ...rest, session: sessionHex(session), ttlLeftSeconds: left, lastKeepaliveAgoSeconds: left < 0 ? -1 : Number(ttl.grantedTTL) - left };
+      }),
+    );
+  }
+
+  /**
+   * An operator says `host` is dead and fenced (powered off, its VMs gone): free its leases now
+   * instead of at session expiry. Refused while the host still renews its session; recorded in
+   * etcd under audit/ before anything is released.
+   */
+  async fenceHost(host: string, by: FenceAudit['by'], reason: string): Promise<{ released: number; audit: string }> {
+    const records = await this.hostRecords();
+    const found = records.find((r) => r.record.host === host);
+    const leases = (await this.leases()).filter((l) => l.host === host);
+    if (found) {
+      const ttl = await this.conn.leaseTimeToLive(found.session);
+      const since = (Number(ttl.grantedTTL) - Number(ttl.TTL)) * 1000;
+      const { warnMs } = leaseTiming(found.record.ttlSeconds);
+      if (Number(ttl.TTL) > 0 && since < warnMs) {
+        throw new BatonError('HOST_ALIVE', `host ${host} renewed its session ${Math.round(since / 1000)} s ago; it is alive, and fencing it by declaration would give its running VMs' disks away`, {
+          details: { host, lastKeepaliveAgoSeconds: since / 1000 },
+        });
+      }
+    }
+    if (!found && leases.length === 0) throw new BatonError('INVALID_REQUEST', `host ${host} has no session and no leases in etcd`, { details: { host } });
+    const audit: FenceAudit = FenceAuditSchema.parse({
+      v: 1,
+      host,
+      by,
+      reason,
+      at: wallTimeIso(),
+      released: leases.map((l) => ({ lockspace: l.lockspace, resource: l.resource, token: l.token, owner: l.owner.uuid })),
+    });
+    const auditKey = this.conn.keys.audit(host, audit.at);
+    await this.conn.put(auditKey, JSON.stringify(audit));
+    // Revoking the sessions deletes every key attached to them, host record included, at once.
+    const sessions = new Set([...(found ? [found.session] : []), ...leases.map((l) => BigInt(`0x${l.session}`).toString())]);
+    for (const s of sessions) await this.conn.leaseRevoke(s);
+    return { released: leases.length, audit: auditKey };
+  }
+}

@@ -1,0 +1,159 @@
+import { readFileSync } from 'node:fs';
+import { noop } from 'cockatiel';
+import {
+  EtcdAuthenticationFailedError,
+  EtcdLeaseInvalidError,
+  EtcdPermissionDeniedError,
+  Etcd3,
+  GRPCUnauthenticatedError,
+  type IRangeResponse,
+  type ITxnRequest,
+  type ITxnResponse,
+  type IDeleteRangeResponse,
+  type IPutResponse,
+  type ILeaseGrantResponse,
+  type ILeaseTimeToLiveResponse,
+  type IDuplexStream,
+  type ILeaseKeepAliveRequest,
+  type ILeaseKeepAliveResponse,
+} from 'etcd3';
+import { BatonError, leaseTiming, rpcDeadline } from '@baton/core';
+import { keyPrefix, type EtcdConfig } from './config.js';
+import { KeyLayout, prefixEnd } from './keys.js';
+
+/** An etcd failure in the catalogue's terms: permission → DENIED, a vanished lease → LEASE_LOST, the rest → UNAVAILABLE. */
+export function etcdError(err: unknown, what: string): BatonError {
+  if (err instanceof BatonError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof EtcdPermissionDeniedError || err instanceof EtcdAuthenticationFailedError || err instanceof GRPCUnauthenticatedError) {
+    return new BatonError('DENIED', `etcd refused ${what}: ${message}`, { cause: err });
+  }
+  if (err instanceof EtcdLeaseInvalidError) return new BatonError('LEASE_LOST', `etcd no longer knows the session (${what}): ${message}`, { cause: err });
+  return new BatonError('UNAVAILABLE', `etcd did not complete ${what}: ${message}`, { details: { ambiguous: true }, cause: err });
+}
+
+export interface RangeOptions {
+  prefix?: boolean;
+  keysOnly?: boolean;
+  countOnly?: boolean;
+}
+
+/**
+ * The one place the etcd3 package is used. Only its raw KV, lease and watch clients: the recipes
+ * (Lock, Election) have no fencing token and report loss late. Retries are Baton's own decision
+ * (a retried transaction may have committed already), so the package's retry and circuit-breaker
+ * policies are replaced by no-ops, and every call carries a deadline.
+ */
+export class EtcdConnection implements AsyncDisposable {
+  readonly keys: KeyLayout;
+  readonly requestTimeoutMs: number;
+  private readonly client: Etcd3;
+  private closed = false;
+
+  constructor(readonly config: EtcdConfig) {
+    this.keys = new KeyLayout(keyPrefix(config));
+    this.requestTimeoutMs = config.requestTimeoutMs || leaseTiming(config.ttlSeconds).requestTimeoutMs;
+    const tls = config.tls;
+    this.client = new Etcd3({
+      hosts: config.endpoints,
+      dialTimeout: this.requestTimeoutMs,
+      faultHandling: { host: () => noop, global: noop },
+      ...(tls === undefined
+        ? {}
+        : {
+            credentials: {
+              rootCertificate: readFileSync(tls.caFile),
+              ...(tls.keyFile === undefined ? {} : { privateKey: readFileSync(tls.keyFile), certChain: readFileSync(tls.certFile!) }),
+            },
+          }),
+      ...(config.auth === undefined ? {} : { auth: { username: config.auth.username, password: readFileSync(config.auth.passwordFile, 'utf8').trim() } }),
+    });
+  }
+
+  private options(timeoutMs?: number): { deadline: number } {
+    return { deadline: rpcDeadline(timeoutMs ?? this.requestTimeoutMs) };
+  }
+
+  async txn(req: ITxnRequest, what: string, timeoutMs?: number): Promise<ITxnResponse> {
+    try {
+      return await this.client.kv.txn(req, this.options(timeoutMs));
+    } catch (err) {
+      throw etcdError(err, what);
+    }
+  }
+
+  async range(key: string, opts: RangeOptions = {}, timeoutMs?: number): Promise<IRangeResponse> {
+    try {
+      return await this.client.kv.range(
+        {
+          key: Buffer.from(key),
+          ...(opts.prefix ? { range_end: prefixEnd(key) } : {}),
+          ...(opts.keysOnly ? { keys_only: true } : {}),
+          ...(opts.countOnly ? { count_only: true } : {}),
+        },
+        this.options(timeoutMs),
+      );
+    } catch (err) {
+      throw etcdError(err, `a read of ${key}`);
+    }
+  }
+
+  async put(key: string, value: string, lease?: string): Promise<IPutResponse> {
+    try {
+      return await this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(lease === undefined ? {} : { lease }) }, this.options());
+    } catch (err) {
+      throw etcdError(err, `a write of ${key}`);
+    }
+  }
+
+  async deleteKey(key: string): Promise<IDeleteRangeResponse> {
+    try {
+      return await this.client.kv.deleteRange({ key: Buffer.from(key) }, this.options());
+    } catch (err) {
+      throw etcdError(err, `a delete of ${key}`);
+    }
+  }
+
+  async leaseGrant(ttlSeconds: number): Promise<ILeaseGrantResponse> {
+    try {
+      return await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.options());
+    } catch (err) {
+      throw etcdError(err, 'a session grant');
+    }
+  }
+
+  async leaseTimeToLive(id: string): Promise<ILeaseTimeToLiveResponse> {
+    try {
+      return await this.client.leaseClient.leaseTimeToLive({ ID: id }, this.options());
+    } catch (err) {
+      throw etcdError(err, `a lookup of session ${id}`);
+    }
+  }
+
+  async leaseRevoke(id: string): Promise<void> {
+    try {
+      await this.client.leaseClient.leaseRevoke({ ID: id }, this.options());
+    } catch (err) {
+      throw etcdError(err, `the revocation of session ${id}`);
+    }
+  }
+
+  /** A keepalive stream; the session sends on it and matches answers in order. */
+  async keepaliveStream(): Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> {
+    try {
+      return await this.client.leaseClient.leaseKeepAlive();
+    } catch (err) {
+      throw etcdError(err, 'opening a keepalive stream');
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.client.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+}

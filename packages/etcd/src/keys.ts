@@ -1,0 +1,68 @@
+import { createHash } from 'node:crypto';
+
+/**
+ * The key layout under the cluster's prefix. A resource is keyed by a hash of (lockspace,
+ * identity), like lock file names, so any path fits in a key. Its keys sort so that one range
+ * compare answers each acquire: "delay" < "excl" < "shared/".
+ *
+ *   hosts/<host>                        host record, attached to the host's session
+ *   r/<ls>/<hash>/delay                 lock-delay after an unclean loss (its own short lease)
+ *   r/<ls>/<hash>/excl                  the exclusive lease
+ *   r/<ls>/<hash>/shared/<host>/<owner> one shared lease per holder
+ *   audit/fence/<host>/<time>           operator fence declarations, kept
+ */
+export class KeyLayout {
+  constructor(readonly prefix: string) {}
+
+  static resourceHash(lockspace: string, identity: string): string {
+    return createHash('sha256').update(lockspace).update('\0').update(identity).digest('hex');
+  }
+
+  get hosts(): string {
+    return `${this.prefix}hosts/`;
+  }
+
+  host(host: string): string {
+    return `${this.hosts}${host}`;
+  }
+
+  get resources(): string {
+    return `${this.prefix}r/`;
+  }
+
+  resource(lockspace: string, identity: string): string {
+    return `${this.resources}${lockspace}/${KeyLayout.resourceHash(lockspace, identity)}/`;
+  }
+
+  static delay(resource: string): string {
+    return `${resource}delay`;
+  }
+
+  static exclusive(resource: string): string {
+    return `${resource}excl`;
+  }
+
+  static sharedFirst(resource: string): string {
+    return `${resource}shared/`;
+  }
+
+  static shared(resource: string, host: string, owner: string): string {
+    return `${resource}shared/${host}/${owner}`;
+  }
+
+  audit(host: string, at: string): string {
+    return `${this.prefix}audit/fence/${host}/${at}`;
+  }
+}
+
+/** The end of the range of every key starting with `prefix` (etcd's prefix convention). */
+export function prefixEnd(prefix: string): Buffer {
+  const buf = Buffer.from(prefix);
+  for (let i = buf.length - 1; i >= 0; i--) {
+    if (buf[i]! < 0xff) {
+      buf[i]!++;
+      return buf.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}

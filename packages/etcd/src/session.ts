@@ -1,0 +1,244 @@
+import { BatonError, HostRecordSchema, type HostRecord, type LeaseTiming, type MonotonicClock } from '@baton/core';
+import type { IDuplexStream, ILeaseKeepAliveRequest, ILeaseKeepAliveResponse } from 'etcd3';
+import { etcdError, type EtcdConnection } from './connection.js';
+
+/** The subset of a pino logger the adapter writes to. */
+export interface SessionLog {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export const SESSION_PHASES = ['valid', 'at-risk', 'expired', 'closed'] as const;
+export type SessionPhase = (typeof SESSION_PHASES)[number];
+
+/** Which phase may follow which. `expired` is final for a session: recovery opens a new one. */
+const NEXT: Record<SessionPhase, readonly SessionPhase[]> = {
+  valid: ['at-risk', 'expired', 'closed'],
+  'at-risk': ['valid', 'expired', 'closed'],
+  expired: ['closed'],
+  closed: [],
+};
+
+export interface SessionOptions {
+  conn: EtcdConnection;
+  clock: MonotonicClock;
+  timing: LeaseTiming;
+  log: SessionLog;
+  record: Omit<HostRecord, 'v'>;
+  /** A session a previous process of this agent held: adopted if etcd still has it. */
+  adopt?: string | undefined;
+  onPhase(phase: SessionPhase, session: HostSession): void;
+}
+
+/**
+ * One etcd lease for the whole host (not one per resource), kept alive every TTL/3 on one
+ * keepalive stream. The session is valid until `validUntil`: the send time of the last keepalive
+ * etcd answered, plus the fence delay, on the monotonic clock. Past it the session is `expired`
+ * for good, whatever etcd says later: the owners have been fenced, and a new session starts over.
+ */
+export class HostSession {
+  phase: SessionPhase = 'valid';
+  readonly adopted: boolean;
+  private lastOkSentAt: number;
+  private stream: IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse> | undefined;
+  private opening: Promise<void> | undefined;
+  /** Keepalives not answered yet, with their send times; etcd answers on a stream in order. */
+  private waiters: { sentAt: number; done(err?: BatonError): void }[] = [];
+  private keepaliveTimer: NodeJS.Timeout | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+
+  private constructor(
+    readonly id: string,
+    sentAt: number,
+    adopted: boolean,
+    private readonly opts: SessionOptions,
+  ) {
+    this.lastOkSentAt = sentAt;
+    this.adopted = adopted;
+  }
+
+  /** Grant a new session, or adopt `opts.adopt` if etcd still holds it, and publish the host record. */
+  static async open(opts: SessionOptions): Promise<HostSession> {
+    const { conn, clock, timing } = opts;
+    let session: HostSession | undefined;
+    if (opts.adopt !== undefined) {
+      const sentAt = clock.now();
+      const ttl = await conn.leaseTimeToLive(opts.adopt);
+      // TTL -1: gone. A live one is renewed at once: etcd restarts its TTL on receipt, after sentAt.
+      if (Number(ttl.TTL) > 0) {
+        session = new HostSession(opts.adopt, sentAt, true, opts);
+        await session.keepaliveOnce();
+      }
+    }
+    if (!session) {
+      const sentAt = clock.now();
+      const granted = await conn.leaseGrant(timing.ttlMs / 1000);
+      session = new HostSession(String(granted.ID), sentAt, false, opts);
+    }
+    const record: HostRecord = HostRecordSchema.parse({ v: 1, ...opts.record });
+    await conn.put(conn.keys.host(opts.record.host), JSON.stringify(record), session.id);
+    session.schedule();
+    return session;
+  }
+
+  /**
+   * The session a previous image of this very process held, across execve: no etcd round trip,
+   * the deadline carried over (the monotonic clock survives exec).
+   */
+  static resume(opts: SessionOptions & { id: string; validUntil: number }): HostSession {
+    const session = new HostSession(opts.id, opts.validUntil - opts.timing.fenceMs, true, opts);
+    session.schedule();
+    return session;
+  }
+
+  /** Until when, on the host's monotonic clock, this session provably holds its leases. */
+  get validUntil(): number {
+    return this.phase === 'expired' || this.phase === 'closed' ? this.lastOkSentAt : this.lastOkSentAt + this.opts.timing.fenceMs;
+  }
+
+  get isValid(): boolean {
+    return (this.phase === 'valid' || this.phase === 'at-risk') && this.opts.clock.now() < this.validUntil;
+  }
+
+  /** Checked before every grant is handed out, not only by the timer: a stopped process wakes up late. */
+  assertValid(): void {
+    if (this.phase !== 'closed' && this.opts.clock.now() >= this.validUntil) this.expire('the fence deadline passed');
+    if (this.phase === 'expired' || this.phase === 'closed') {
+      throw new BatonError('LEASE_LOST', `session ${this.id} is ${this.phase}; this host grants nothing until a new session is established`, { details: { session: this.id } });
+    }
+  }
+
+  get sinceLastKeepaliveMs(): number {
+    return this.opts.clock.now() - this.lastOkSentAt;
+  }
+
+  private schedule(): void {
+    this.keepaliveTimer = setInterval(() => this.tick(), this.opts.timing.keepaliveMs);
+    this.armDeadline();
+  }
+
+  private armDeadline(): void {
+    clearTimeout(this.deadlineTimer);
+    const now = this.opts.clock.now();
+    const warnAt = this.lastOkSentAt + this.opts.timing.warnMs;
+    const next = this.phase === 'valid' && now < warnAt ? warnAt : this.validUntil;
+    this.deadlineTimer = setTimeout(() => this.checkDeadline(), Math.max(0, next - now));
+  }
+
+  private checkDeadline(): void {
+    if (this.phase === 'expired' || this.phase === 'closed') return;
+    const now = this.opts.clock.now();
+    if (now >= this.validUntil) {
+      this.expire(`no keepalive answered for ${Math.round(now - this.lastOkSentAt)} ms`);
+      return;
+    }
+    if (now >= this.lastOkSentAt + this.opts.timing.warnMs && this.phase === 'valid') {
+      this.setPhase('at-risk');
+      this.opts.log.warn({ session: this.id, sinceKeepaliveMs: Math.round(now - this.lastOkSentAt), fenceInMs: Math.round(this.validUntil - now) }, 'session at risk: keepalives are not being answered');
+    }
+    this.armDeadline();
+  }
+
+  private tick(): void {
+    if (this.opts.clock.now() >= this.validUntil) {
+      this.checkDeadline();
+      return;
+    }
+    this.keepaliveOnce().catch((err: unknown) => {
+      this.opts.log.warn({ session: this.id, err: (err as Error).message }, 'keepalive failed');
+    });
+  }
+
+  /** Send one keepalive and wait for its answer (or the request timeout). */
+  private async keepaliveOnce(): Promise<void> {
+    const stream = await this.openStream();
+    const sentAt = this.opts.clock.now();
+    const answered = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        // An answer that does not come in time: the stream may sit on a dead link. Start another.
+        this.resetStream();
+        reject(new BatonError('UNAVAILABLE', `keepalive unanswered after ${this.opts.conn.requestTimeoutMs} ms`));
+      }, this.opts.conn.requestTimeoutMs);
+      this.waiters.push({ sentAt, done: (err) => (clearTimeout(timer), err ? reject(err) : resolve()) });
+    });
+    stream.write({ ID: this.id });
+    await answered;
+  }
+
+  private openStream(): Promise<IDuplexStream<ILeaseKeepAliveRequest, ILeaseKeepAliveResponse>> {
+    if (this.stream) return Promise.resolve(this.stream);
+    this.opening ??= (async () => {
+      const stream = await this.opts.conn.keepaliveStream();
+      stream.on('data', (res: ILeaseKeepAliveResponse) => this.answered(res));
+      stream.on('error', (err: unknown) => this.streamFailed(stream, etcdError(err, 'the keepalive stream')));
+      stream.on('end', () => this.streamFailed(stream, new BatonError('UNAVAILABLE', 'the keepalive stream ended')));
+      this.stream = stream;
+    })().finally(() => (this.opening = undefined));
+    return this.opening.then(() => this.stream!);
+  }
+
+  private answered(res: ILeaseKeepAliveResponse): void {
+    const waiter = this.waiters.shift();
+    if (waiter === undefined) return;
+    if (Number(res.TTL) <= 0) {
+      this.expire('etcd answered that the session no longer exists');
+      waiter.done(new BatonError('LEASE_LOST', `session ${this.id} expired in etcd`));
+      return;
+    }
+    if (this.phase === 'expired' || this.phase === 'closed') return waiter.done();
+    const { sentAt } = waiter;
+    // The send time, not the arrival: etcd restarted the TTL somewhere after sentAt.
+    if (sentAt > this.lastOkSentAt) this.lastOkSentAt = sentAt;
+    if (this.phase === 'at-risk') {
+      this.setPhase('valid');
+      this.opts.log.info({ session: this.id }, 'session renewed again');
+    }
+    this.armDeadline();
+    waiter.done();
+  }
+
+  private streamFailed(stream: unknown, err: BatonError): void {
+    if (stream !== this.stream) return;
+    this.stream = undefined;
+    for (const w of this.waiters.splice(0)) w.done(err);
+  }
+
+  private resetStream(): void {
+    const stream = this.stream;
+    if (!stream) return;
+    this.streamFailed(stream, new BatonError('UNAVAILABLE', 'keepalive stream reset'));
+    stream.cancel();
+  }
+
+  private expire(why: string): void {
+    if (this.phase === 'expired' || this.phase === 'closed') return;
+    this.opts.log.error({ session: this.id, why, sinceKeepaliveMs: Math.round(this.sinceLastKeepaliveMs) }, `session ${this.id} expired on this host's clock: ${why}`);
+    this.stop();
+    this.setPhase('expired');
+  }
+
+  private setPhase(next: SessionPhase): void {
+    if (!NEXT[this.phase].includes(next)) throw new BatonError('INTERNAL', `session phase ${this.phase} → ${next} is not allowed`);
+    this.phase = next;
+    this.opts.onPhase(next, this);
+  }
+
+  private stop(): void {
+    clearInterval(this.keepaliveTimer);
+    clearTimeout(this.deadlineTimer);
+    this.resetStream();
+  }
+
+  /** Stop renewing. With `revoke`, etcd deletes every key of the session now (a clean shutdown). */
+  async close(opts: { revoke?: boolean } = {}): Promise<void> {
+    if (this.phase === 'closed') return;
+    this.stop();
+    this.setPhase('closed');
+    if (opts.revoke) await this.opts.conn.leaseRevoke(this.id);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

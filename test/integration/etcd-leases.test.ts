@@ -1,0 +1,135 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BatonError, leaseTiming, systemClock, type MonotonicClock } from '@baton/core';
+import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
+import { EtcdServer } from '../support/index.js';
+
+/** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+
+let etcd: EtcdServer;
+beforeAll(async () => {
+  etcd = await EtcdServer.start();
+});
+afterAll(async () => {
+  await etcd?.close();
+});
+
+function connect(ttlSeconds = 3): EtcdConnection {
+  return new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `t${Math.random().toString(36).slice(2, 8)}`, ttlSeconds }));
+}
+
+async function session(conn: EtcdConnection, host: string, opts: { clock?: MonotonicClock; phases?: SessionPhase[]; adopt?: string } = {}): Promise<HostSession> {
+  return HostSession.open({
+    conn,
+    clock: opts.clock ?? systemClock,
+    timing: leaseTiming(conn.config.ttlSeconds),
+    log: quiet,
+    record: { host, address: '127.0.0.1:0', version: 'test', pid: process.pid, lockspaces: ['disks'], startedAt: 'now', ttlSeconds: conn.config.ttlSeconds },
+    adopt: opts.adopt,
+    onPhase: (p) => opts.phases?.push(p),
+  });
+}
+
+const claim = (identity: string, owner: string, mode: 'exclusive' | 'shared' = 'exclusive'): LeaseClaim => ({
+  lockspace: 'disks',
+  identity,
+  mode,
+  owner: { uuid: owner, name: owner },
+});
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+    return 'granted';
+  } catch (err) {
+    return err instanceof BatonError ? err.code : String(err);
+  }
+}
+
+describe('etcd lease table', () => {
+  it('grants exclusive leases once cluster-wide, with tokens that increase per resource', async () => {
+    await using conn = connect();
+    const a = await session(conn, 'host-a');
+    const b = await session(conn, 'host-b');
+    const table = new LeaseTable(conn, 'host-a');
+    const tableB = new LeaseTable(conn, 'host-b');
+    const [first] = await table.grant(a, [claim('/d/1', 'vm1')]);
+    expect(await code(tableB.grant(b, [claim('/d/1', 'vm2')]))).toBe('RESOURCE_BUSY');
+    expect(await code(tableB.grant(b, [claim('/d/1', 'vm2', 'shared')]))).toBe('RESOURCE_BUSY');
+    await table.release([first!]);
+    const [second] = await tableB.grant(b, [claim('/d/1', 'vm2')]);
+    expect(second!.token).toBeGreaterThan(first!.token);
+    await a.close({ revoke: true });
+    await b.close({ revoke: true });
+  });
+
+  it('shares shared leases among hosts and keeps exclusive out while any is held', async () => {
+    await using conn = connect();
+    const a = await session(conn, 'host-a');
+    const b = await session(conn, 'host-b');
+    const ta = new LeaseTable(conn, 'host-a');
+    const tb = new LeaseTable(conn, 'host-b');
+    const [sa] = await ta.grant(a, [claim('/iso', 'vm1', 'shared')]);
+    const [sb] = await tb.grant(b, [claim('/iso', 'vm2', 'shared')]);
+    expect(sb!.token).toBeGreaterThan(sa!.token);
+    expect(await code(tb.grant(b, [claim('/iso', 'vm3')]))).toBe('RESOURCE_BUSY');
+    await ta.release([sa!]);
+    expect(await code(tb.grant(b, [claim('/iso', 'vm3')]))).toBe('RESOURCE_BUSY');
+    await tb.release([sb!]);
+    expect(await code(tb.grant(b, [claim('/iso', 'vm3')]))).toBe('granted');
+    await a.close({ revoke: true });
+    await b.close({ revoke: true });
+  });
+
+  it('is all or none for a multi-resource request, and batches concurrent requests into few transactions', async () => {
+    await using conn = connect();
+    const a = await session(conn, 'host-a');
+    const table = new LeaseTable(conn, 'host-a');
+    await table.grant(a, [claim('/m/2', 'other')]);
+    expect(await code(table.grant(a, [claim('/m/1', 'vm'), claim('/m/2', 'vm')]))).toBe('RESOURCE_BUSY');
+    expect((await new ClusterView(conn).leases()).map((l) => l.resource)).toEqual(['/m/2']);
+
+    const before = { ...table.stats };
+    // 64 requests at once, one of them conflicting: it alone is refused.
+    const results = await Promise.all(Array.from({ length: 64 }, (_, i) => code(table.grant(a, [claim(i === 7 ? '/m/2' : `/b/${i}`, `vm${i}`)]))));
+    expect(results.filter((r) => r === 'granted')).toHaveLength(63);
+    expect(results[7]).toBe('RESOURCE_BUSY');
+    const txns = table.stats.txns - before.txns;
+    expect(txns).toBeLessThan(10);
+    await a.close({ revoke: true });
+  });
+
+  it('deletes every lease of a session when it is revoked, and a host view reports the session', async () => {
+    await using conn = connect();
+    const a = await session(conn, 'host-a');
+    const table = new LeaseTable(conn, 'host-a');
+    await table.grant(a, [claim('/r/1', 'vm')]);
+    const view = new ClusterView(conn);
+    const hosts = await view.hosts();
+    expect(hosts.map((h) => h.host)).toEqual(['host-a']);
+    expect(hosts[0]!.ttlLeftSeconds).toBeGreaterThan(0);
+    await a.close({ revoke: true });
+    expect(await view.leases()).toEqual([]);
+    expect(await view.hosts()).toEqual([]);
+  });
+
+  it('adopts a session a previous process held, with its leases, and expires on its own clock when keepalives stop', async () => {
+    await using conn = connect(2);
+    const first = await session(conn, 'host-a');
+    const table = new LeaseTable(conn, 'host-a');
+    const [held] = await table.grant(first, [claim('/a/1', 'vm')]);
+    await first.close(); // stops renewing without revoking, as a killed process would
+    const phases: SessionPhase[] = [];
+    let offset = 0;
+    const clock = { now: () => systemClock.now() + offset };
+    const adopted = await session(conn, 'host-a', { adopt: first.id, phases, clock });
+    expect(adopted.adopted).toBe(true);
+    expect(adopted.id).toBe(first.id);
+    expect((await table.leasesOf(adopted.id)).map((l) => l.token)).toEqual([held!.token]);
+    // The monotonic clock jumps past the fence deadline: the session is lost at once, whatever etcd says.
+    offset = leaseTiming(2).fenceMs + 1;
+    expect(await code(table.grant(adopted, [claim('/a/2', 'vm')]))).toBe('LEASE_LOST');
+    expect(phases).toContain('expired');
+    await adopted.close({ revoke: true });
+  });
+});
