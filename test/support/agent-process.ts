@@ -56,11 +56,16 @@ export class AgentProcess implements AsyncDisposable {
   private readonly clients: AgentClient[] = [];
 
   private constructor(
-    readonly json: JsonProcess,
+    private process: JsonProcess,
     readonly dir: string,
     readonly socketPath: string,
     readonly config: AgentConfigInput,
   ) {}
+
+  /** The current agent process (a new one after `restart`). */
+  get json(): JsonProcess {
+    return this.process;
+  }
 
   static configFor(dir: string, opts: AgentProcessOptions): AgentConfigInput {
     return {
@@ -78,12 +83,26 @@ export class AgentProcess implements AsyncDisposable {
   static async start(opts: AgentProcessOptions): Promise<AgentProcess> {
     const dir = await makeTempDir(`agent-${opts.hostId ?? 'host-a'}`);
     const config = AgentProcess.configFor(dir, opts);
-    const configPath = join(dir, 'agent.json');
-    writeFileSync(configPath, JSON.stringify(config));
-    const json = await JsonProcess.start(`agent ${config.hostId}`, CLI_ENTRY, ['agent', '--config', configPath], opts.env);
-    const agent = new AgentProcess(json, dir, config.socket!.path!, config);
-    await agent.json.event((e) => typeof e.msg === 'string' && e.msg.startsWith('agent started'), 'agent started');
+    writeFileSync(join(dir, 'agent.json'), JSON.stringify(config));
+    const agent = new AgentProcess(await AgentProcess.launch(dir, config, opts.env), dir, config.socket!.path!, config);
     return agent;
+  }
+
+  private static async launch(dir: string, config: AgentConfigInput, env?: NodeJS.ProcessEnv): Promise<JsonProcess> {
+    const json = await JsonProcess.start(`agent ${config.hostId}`, CLI_ENTRY, ['agent', '--config', join(dir, 'agent.json')], env);
+    await json.event((e) => typeof e.msg === 'string' && e.msg.startsWith('agent started'), 'agent started');
+    return json;
+  }
+
+  /** SIGKILL the agent (a crash, an OOM kill): its VMs keep running, its state dir stays. */
+  async crash(): Promise<void> {
+    await Promise.all(this.clients.splice(0).map((c) => c.close()));
+    await this.process.close();
+  }
+
+  /** Start the agent again on the same config and state dir, as systemd would after a crash. */
+  async restart(env?: NodeJS.ProcessEnv): Promise<void> {
+    this.process = await AgentProcess.launch(this.dir, this.config, env);
   }
 
   get pid(): number {
@@ -142,10 +161,23 @@ export function startProbe(path: string, args: string[] = []): Promise<JsonProce
   return JsonProcess.start('lock-probe', LOCK_PROBE_ENTRY, ['--path', path, ...args]);
 }
 
-export function startSimVm(agent: AgentProcess, opts: { uuid: string; name: string; disks?: string[]; shared?: string[]; intervalMs?: number }): Promise<JsonProcess> {
+export interface SimVmOptions {
+  uuid: string;
+  name: string;
+  disks?: string[];
+  shared?: string[];
+  intervalMs?: number;
+  /** What the agent does to the VM when the host loses its cluster session. */
+  policy?: 'kill' | 'pause';
+  /** How often the VM renews its write deadline with the agent. */
+  watchdogMs?: number;
+}
+
+export function startSimVm(agent: AgentProcess, opts: SimVmOptions): Promise<JsonProcess> {
   return JsonProcess.start(`vm ${opts.name}`, SIM_VM_ENTRY, [
     '--socket', agent.socketPath, '--uuid', opts.uuid, '--name', opts.name, '--host', String(agent.config.hostId),
     '--interval-ms', String(opts.intervalMs ?? 20),
+    '--policy', opts.policy ?? 'kill', '--watchdog-ms', String(opts.watchdogMs ?? 50),
     ...(opts.disks ?? []).flatMap((d) => ['--disk', d]),
     ...(opts.shared ?? []).flatMap((d) => ['--shared', d]),
   ]);

@@ -59,4 +59,5 @@ export { LinkDirection, TcpProxy, type FlowMode, type TcpProxyOptions } from './
 export { makeTempDir, removeDir } from './temp-dir.js';
 export { describe as describeError, waitFor, WaitTimeoutError, type Probe, type WaitForOptions } from './wait-for.js';
 export { JsonProcess, type JsonEvent } from './json-process.js';
-export { AgentProcess, CLI_ENTRY, SharedStorage, startProbe, startSimVm, tryLockFrom, type AgentProcessOptions } from './agent-process.js';
+export { AgentProcess, CLI_ENTRY, SharedStorage, startProbe, startSimVm, tryLockFrom, type AgentProcessOptions, type SimVmOptions } from './agent-process.js';
+export { checkDisk, GrantHistory, readDiskRecords, type DiskRecord, type GrantEvent } from './history.js';

@@ -22,11 +22,13 @@ function importers(files: { file: string; text: string }[], pattern: RegExp): st
 const core = sources('packages/core/src');
 const agent = sources('packages/agent/src');
 const coordinator = sources('packages/coordinator/src');
-const all = [...core, ...agent, ...coordinator, ...sources('packages/cli/src')];
+const etcd = sources('packages/etcd/src');
+const all = [...core, ...etcd, ...agent, ...coordinator, ...sources('packages/cli/src')];
 
 describe('architecture', () => {
   it('keeps core pure: it imports no other package and does no I/O', () => {
     expect(importers(core, /from '@baton\//)).toEqual([]);
+    expect(importers(etcd, /from '@baton\/(agent|coordinator|cli)'/)).toEqual([]);
     expect(importers(core, /from 'node:(fs|net|child_process|http|dgram|os)/)).toEqual([]);
   });
 
@@ -37,6 +39,9 @@ describe('architecture', () => {
 
   it('loads each outside library in one place only', () => {
     expect(importers(all, /baton_sys\.node/)).toEqual(['packages/agent/src/sys/binding.ts']);
+    const etcd3 = importers(all, /from '(etcd3|cockatiel)'/);
+    expect(etcd3.length).toBeGreaterThan(0);
+    expect(etcd3.every((f) => f.startsWith('packages/etcd/src/'))).toBe(true);
     expect(importers(all, /from 'pino'/)).toEqual(['packages/agent/src/logger.ts']);
     expect(importers(all, /from 'prom-client'/)).toEqual(['packages/agent/src/http/http-server.ts', 'packages/agent/src/http/metrics.ts']);
     expect(importers(all, /from 'fastify'/)).toEqual(['packages/agent/src/http/http-server.ts']);

@@ -9,3 +9,4 @@ export * from './wire/agent-api.js';
 export * from './timing.js';
 export * from './fence-guard.js';
 export * from './wire/cluster.js';
+export * from './migration/index.js';

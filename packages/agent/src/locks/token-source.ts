@@ -1,9 +1,8 @@
-import { closeSync, constants, openSync, readFileSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BatonError, maxToken, type Token } from '@baton/core';
-import { setLock, unlock, SysError } from '../sys/index.js';
 import { writeFileAtomic } from '../state/atomic-file.js';
-import { LOCK_RANGE } from './lock-file.js';
+import { readTokenRecord, withRecordLock, writeTokenRecord } from './token-record.js';
 
 /**
  * Fencing tokens before the cluster exists: strictly increasing per resource, across agent
@@ -66,14 +65,9 @@ export class TokenSource {
   }
 }
 
-const RECORD_BYTES = 21;
-const SPIN_LIMIT = 20_000;
-const spinCell = new Int32Array(new SharedArrayBuffer(4));
-
 /**
  * The newest token issued in an indirect lockspace, kept in `<dir>/.baton-tokens` on the storage
- * the hosts share, updated under an exclusive lock on its byte 0. The critical section is a read
- * and a write of 21 bytes, so contenders spin briefly instead of blocking the event loop.
+ * the hosts share, updated under an exclusive lock on its byte 0.
  */
 export class SharedTokenRecord {
   private fd: number | undefined;
@@ -91,30 +85,11 @@ export class SharedTokenRecord {
   advance(issue: (floor: Token) => Token): Token {
     this.fd ??= openSync(this.path, constants.O_RDWR | constants.O_CREAT, 0o644);
     const fd = this.fd;
-    this.lock(fd);
-    try {
-      const buf = Buffer.alloc(RECORD_BYTES);
-      const n = readSync(fd, buf, 0, RECORD_BYTES, 0);
-      const stored = n > 0 ? Number(buf.toString('ascii', 0, n).trim()) || 0 : 0;
-      const token = issue(stored + 1);
-      writeSync(fd, `${String(token).padStart(RECORD_BYTES - 1, '0')}\n`, 0, 'ascii');
+    return withRecordLock(fd, this.path, this.ofd, () => {
+      const token = issue((readTokenRecord(fd) ?? 0) + 1);
+      writeTokenRecord(fd, token);
       return token;
-    } finally {
-      unlock(fd, LOCK_RANGE, this.ofd);
-    }
-  }
-
-  private lock(fd: number): void {
-    for (let i = 0; i < SPIN_LIMIT; i++) {
-      try {
-        setLock(fd, 'exclusive', LOCK_RANGE, this.ofd);
-        return;
-      } catch (err) {
-        if (!(err instanceof SysError && err.busy)) throw err;
-        Atomics.wait(spinCell, 0, 0, 0.05);
-      }
-    }
-    throw new BatonError('UNAVAILABLE', `token record ${this.path} stayed locked; another host may be stuck holding it`, { details: { file: this.path } });
+    });
   }
 
   close(): void {

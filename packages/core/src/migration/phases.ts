@@ -42,16 +42,16 @@ export const MIGRATION_STEPS = ['begin', 'prepare', 'mark', 'perform', 'commit',
 export type MigrationStep = (typeof MIGRATION_STEPS)[number];
 
 /** Who carries a step out: the coordinator in one etcd transaction, or an agent over NATS. */
-export type StepTarget = 'etcd' | 'source' | 'destination';
+export type MigrationTarget = 'etcd' | 'source' | 'destination';
 
-export interface PhaseRule {
+export interface MigrationRule {
   readonly step: MigrationStep;
-  readonly target: StepTarget;
+  readonly target: MigrationTarget;
   readonly ok: MigrationPhase;
   readonly failed?: MigrationPhase;
 }
 
-export const TRANSITIONS: { readonly [P in OpenPhase]: PhaseRule } = {
+export const MIGRATION_TRANSITIONS: { readonly [P in OpenPhase]: MigrationRule } = {
   // Validation refused (leases not the source's, or already in another handoff): nothing written.
   begun: { step: 'begin', target: 'etcd', ok: 'preparing', failed: 'aborted' },
   // The destination cannot create the incoming VM or cannot open a lock file.
@@ -69,20 +69,20 @@ export const TRANSITIONS: { readonly [P in OpenPhase]: PhaseRule } = {
   restoring: { step: 'restore', target: 'source', ok: 'aborted' },
 };
 
-export function isClosed(phase: MigrationPhase): phase is ClosedPhase {
+export function isClosedPhase(phase: MigrationPhase): phase is ClosedPhase {
   return (CLOSED_PHASES as readonly MigrationPhase[]).includes(phase);
 }
 
 /** The rule of an open phase; undefined for a closed one. */
-export function ruleFor(phase: MigrationPhase): PhaseRule | undefined {
-  return isClosed(phase) ? undefined : TRANSITIONS[phase];
+export function migrationRule(phase: MigrationPhase): MigrationRule | undefined {
+  return isClosedPhase(phase) ? undefined : MIGRATION_TRANSITIONS[phase];
 }
 
 /** The token slots of a record, and which etcd step fills which one. */
-export const TOKEN_SLOTS = ['begin', 'prepare', 'commit', 'revert'] as const;
-export type TokenSlot = (typeof TOKEN_SLOTS)[number];
+export const MIGRATION_TOKEN_SLOTS = ['begin', 'prepare', 'commit', 'revert'] as const;
+export type MigrationTokenSlot = (typeof MIGRATION_TOKEN_SLOTS)[number];
 
-export const STEP_WRITES: Partial<Record<MigrationStep, TokenSlot>> = {
+export const MIGRATION_STEP_WRITES: Partial<Record<MigrationStep, MigrationTokenSlot>> = {
   begin: 'begin',
   mark: 'prepare',
   commit: 'commit',
@@ -94,7 +94,7 @@ export const STEP_WRITES: Partial<Record<MigrationStep, TokenSlot>> = {
  * The slots a record must have filled to be in a phase, so a record read back from etcd that
  * could not be driven on is refused at the boundary rather than half-way through a step.
  */
-export const PHASE_NEEDS: { readonly [P in MigrationPhase]: readonly TokenSlot[] } = {
+export const MIGRATION_PHASE_NEEDS: { readonly [P in MigrationPhase]: readonly MigrationTokenSlot[] } = {
   begun: [],
   preparing: ['begin'],
   prepared: ['begin'],

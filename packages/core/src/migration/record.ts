@@ -4,14 +4,14 @@ import { compareTokens, type Token } from '../fencing.js';
 import { LOCK_MODES, UUID } from '../model.js';
 import { MAX_RESOURCES_PER_REQUEST } from '../wire/agent-api.js';
 import { describeIssues } from '../wire/envelope.js';
-import { MIGRATION_PHASES, PHASE_NEEDS, TOKEN_SLOTS, isClosed } from './phases.js';
+import { MIGRATION_PHASES, MIGRATION_PHASE_NEEDS, MIGRATION_TOKEN_SLOTS, isClosedPhase } from './phases.js';
 
 /**
  * A migration as the coordinator persists it in etcd: plain JSON, so a new leader reads it back
  * and resumes where the old one stopped. Everything that decides what happens next is here.
  */
 
-export const RECORD_VERSION = 1 as const;
+export const MIGRATION_RECORD_VERSION = 1 as const;
 
 const TokenSchema = z.number().int().positive();
 const HostSchema = z.string().min(1).max(253);
@@ -52,7 +52,7 @@ export const MigrationResourceSchema = z.strictObject({
 
 export const MigrationRecordSchema = z
   .strictObject({
-    version: z.literal(RECORD_VERSION),
+    version: z.literal(MIGRATION_RECORD_VERSION),
     id: z.string().min(1).max(128),
     vm: z.strictObject({ uuid: UUID, name: z.string().min(1).max(256) }),
     source: HostSchema,
@@ -73,14 +73,14 @@ export const MigrationRecordSchema = z
     if (r.tokens.grants !== undefined && r.tokens.grants.length !== r.resources.length) issue(['tokens', 'grants'], 'one grant token per resource');
     if ((r.tokens.begin === undefined) !== (r.tokens.grants === undefined)) issue(['tokens'], 'begin and grants are written together');
     if (r.tokens.grants?.some((g) => r.tokens.begin !== undefined && compareTokens(g, r.tokens.begin) >= 0)) issue(['tokens', 'grants'], 'grants are older than begin');
-    for (const slot of PHASE_NEEDS[r.phase]) if (r.tokens[slot] === undefined) issue(['tokens', slot], `phase ${r.phase} needs it`);
+    for (const slot of MIGRATION_PHASE_NEEDS[r.phase]) if (r.tokens[slot] === undefined) issue(['tokens', slot], `phase ${r.phase} needs it`);
     if (r.phase === 'aborted' && r.tokens.begin !== undefined && r.tokens.revert === undefined) issue(['tokens', 'revert'], 'a begun migration aborts through a revert');
-    const written = TOKEN_SLOTS.flatMap((slot) => (r.tokens[slot] === undefined ? [] : [r.tokens[slot]]));
+    const written = MIGRATION_TOKEN_SLOTS.flatMap((slot) => (r.tokens[slot] === undefined ? [] : [r.tokens[slot]]));
     if (written.some((t, i) => i > 0 && compareTokens(t, written[i - 1]!) <= 0)) issue(['tokens'], 'revisions must increase from begin to revert');
     if (r.timeline.at(-1)?.phase !== r.phase) issue(['timeline'], 'the last entry must be the current phase');
   });
 export type MigrationRecord = z.infer<typeof MigrationRecordSchema>;
-export type Definition = NonNullable<MigrationRecord['staged']>['definition'];
+export type VmDefinition = NonNullable<MigrationRecord['staged']>['definition'];
 
 export interface MigrationRequest {
   id: string;
@@ -98,7 +98,7 @@ function parse(value: unknown, code: ErrorCode, what: string): MigrationRecord {
 
 /** A new record in `begun`; a bad request is refused with INVALID_REQUEST naming every bad field. */
 export function newMigration(request: MigrationRequest, atMs: number): MigrationRecord {
-  const record = { version: RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null };
+  const record = { version: MIGRATION_RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null };
   return parse(record, 'INVALID_REQUEST', 'invalid migration request');
 }
 
@@ -109,10 +109,10 @@ export function parseMigrationRecord(value: unknown): MigrationRecord {
 
 /** The revision every command of the current step is conditioned on: the newest one written (0 before begin). */
 export function currentRevision(record: MigrationRecord): Token {
-  return TOKEN_SLOTS.reduce<Token>((newest, slot) => record.tokens[slot] ?? newest, 0);
+  return MIGRATION_TOKEN_SLOTS.reduce<Token>((newest, slot) => record.tokens[slot] ?? newest, 0);
 }
 
 /** Closed, and no staged definition left to apply: nothing remains to do for this record. */
 export function isSettled(record: MigrationRecord): boolean {
-  return isClosed(record.phase) && record.staged === null;
+  return isClosedPhase(record.phase) && record.staged === null;
 }

@@ -1,55 +1,144 @@
-import { appendFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { asBatonError, BatonError, type Grant } from '@baton/core';
+import { asBatonError, BatonError, LEASE_LOSS_POLICIES, systemClock, type Grant, type LeaseLossPolicy } from '@baton/core';
 import { AgentClient } from '../../client/agent-client.js';
+import { FencedDisk } from './fenced-disk.js';
 
 /**
  * A simulated VM: a real process that holds a restricted, connection-bound connection to its
- * host's agent (as QEMU holds virtlockd's socket) and, while it runs, appends a record
- * `vm host token seq` to each of its disks. The disks' contents are the evidence tests read.
+ * host's agent (as QEMU holds virtlockd's socket) and, while it may, appends a record
+ * `vm host token seq t` to each exclusive disk through the disk's FenceGuard. It may write only
+ * before the deadline its agent last gave it (its own watchdog, sanlock's wdmd role): if the agent
+ * dies, the VM stops writing on time by itself, and resumes if a restarted agent re-adopts it.
  * It reports what happens as JSON lines on stdout.
  */
 function emit(event: Record<string, unknown>): void {
   process.stdout.write(JSON.stringify(event) + '\n');
 }
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: {
-      socket: { type: 'string' },
-      uuid: { type: 'string' },
-      name: { type: 'string' },
-      host: { type: 'string', default: 'local' },
-      disk: { type: 'string', multiple: true, default: [] },
-      shared: { type: 'string', multiple: true, default: [] },
-      'interval-ms': { type: 'string', default: '50' },
-    },
-  });
-  if (!values.socket || !values.uuid || !values.name) throw new BatonError('INVALID_REQUEST', 'sim VM needs --socket, --uuid and --name');
-  const client = await AgentClient.connect({ socketPath: values.socket });
-  await client.request('register', { owner: { uuid: values.uuid, name: values.name, pid: process.pid }, liveness: 'connection', restricted: true });
-  let grants: Grant[];
-  try {
-    ({ grants } = await client.request('acquire', {
-      resources: [...values.disk.map((name) => ({ name, mode: 'exclusive' as const })), ...values.shared.map((name) => ({ name, mode: 'shared' as const }))],
-    }));
-  } catch (err) {
-    const e = asBatonError(err);
-    emit({ event: 'refused', vm: values.name, code: e.code, message: e.message });
-    process.exitCode = 3;
-    await client.close();
-    return;
+const { values } = parseArgs({
+  options: {
+    socket: { type: 'string' },
+    uuid: { type: 'string' },
+    name: { type: 'string' },
+    host: { type: 'string', default: 'local' },
+    disk: { type: 'string', multiple: true, default: [] },
+    shared: { type: 'string', multiple: true, default: [] },
+    'interval-ms': { type: 'string', default: '50' },
+    'watchdog-ms': { type: 'string', default: '100' },
+    policy: { type: 'string', default: 'kill' },
+  },
+});
+
+class SimVm {
+  private client: AgentClient | undefined;
+  private grants: Grant[] = [];
+  private validUntil = Infinity;
+  private seq = 0;
+  private stopped = false;
+  private renewing = false;
+  /** Past its deadline: not writing, until a renewal moves the deadline. */
+  private fenced = false;
+  private readonly disks = new Map<string, FencedDisk>();
+
+  constructor(
+    private readonly socket: string,
+    private readonly owner: { uuid: string; name: string; pid: number },
+    private readonly policy: LeaseLossPolicy,
+  ) {}
+
+  private async connect(): Promise<AgentClient> {
+    const client = await AgentClient.connect({ socketPath: this.socket });
+    await client.request('register', { owner: this.owner, liveness: 'connection', restricted: true, onLeaseLoss: { policy: this.policy } });
+    this.client = client;
+    client.closed.then(() => {
+      if (this.client !== client) return;
+      this.client = undefined;
+      // A one-host agent gives no deadline: its locks died with it, so writing stops now.
+      if (this.validUntil === Infinity) this.validUntil = 0;
+      emit({ event: 'agent-connection-lost', vm: this.owner.name, seq: this.seq });
+    }, () => undefined);
+    return client;
   }
-  emit({ event: 'running', vm: values.name, pid: process.pid, grants });
-  let seq = 0;
-  const timer = setInterval(() => {
-    seq++;
-    for (const g of grants) if (g.mode === 'exclusive') appendFileSync(g.resource, `${values.name} ${values.host} ${g.token} ${seq}\n`);
-  }, Number(values['interval-ms']));
-  // Without its agent connection the VM can no longer prove it holds its disks: it stops writing.
-  await client.closed;
-  clearInterval(timer);
-  emit({ event: 'agent-connection-lost', vm: values.name, seq });
+
+  async start(resources: { name: string; mode: 'exclusive' | 'shared' }[]): Promise<boolean> {
+    const client = await this.connect();
+    try {
+      ({ grants: this.grants } = await client.request('acquire', { resources }));
+    } catch (err) {
+      const e = asBatonError(err);
+      emit({ event: 'refused', vm: this.owner.name, code: e.code, message: e.message });
+      await client.close();
+      return false;
+    }
+    for (const g of this.grants) if (g.mode === 'exclusive') this.disks.set(g.resource, new FencedDisk(g.resource, true));
+    await this.renew();
+    emit({ event: 'running', vm: this.owner.name, pid: process.pid, grants: this.grants });
+    setInterval(() => this.write(), Number(values['interval-ms']));
+    setInterval(() => {
+      if (!this.renewing) {
+        this.renewing = true;
+        this.renew()
+          .catch((err: unknown) => emit({ event: 'watchdog-error', message: (err as Error).message }))
+          .finally(() => (this.renewing = false));
+      }
+    }, Number(values['watchdog-ms']));
+    return true;
+  }
+
+  /** Ask the agent until when this VM may write; reconnect first if the agent went away. */
+  private async renew(): Promise<void> {
+    let client = this.client;
+    if (!client) {
+      client = await this.connect();
+      emit({ event: 'reconnected', vm: this.owner.name });
+    }
+    const res = await client.request('watchdog', {});
+    const mine = new Map(res.locks.map((g) => [g.resource, g]));
+    if (this.grants.some((g) => !mine.has(g.resource))) {
+      // The agent does not know this VM's leases any more: they are gone for good.
+      emit({ event: 'lease-lost', vm: this.owner.name, seq: this.seq, state: res.state });
+      process.exit(4);
+    }
+    const changed = this.grants.some((g) => mine.get(g.resource)!.token !== g.token);
+    this.grants = this.grants.map((g) => mine.get(g.resource)!);
+    if (changed) emit({ event: 'tokens', vm: this.owner.name, grants: this.grants });
+    this.validUntil = res.state === 'fenced' ? 0 : (res.validUntil ?? Infinity);
+  }
+
+  private write(): void {
+    if (this.stopped) return;
+    const now = systemClock.now();
+    if (now >= this.validUntil) {
+      if (!this.fenced) emit({ event: 'self-fenced', vm: this.owner.name, seq: this.seq, overdueMs: Math.round(now - this.validUntil) });
+      this.fenced = true;
+      return;
+    }
+    if (this.fenced) emit({ event: 'resumed', vm: this.owner.name, seq: this.seq });
+    this.fenced = false;
+    this.seq++;
+    for (const g of this.grants) {
+      const disk = this.disks.get(g.resource);
+      if (!disk) continue;
+      try {
+        disk.write(g.token, `${this.owner.name} ${values.host} ${g.token} ${this.seq} ${Math.round(now)}\n`);
+      } catch (err) {
+        const e = asBatonError(err);
+        emit({ event: 'write-refused', vm: this.owner.name, disk: g.resource, token: g.token, code: e.code, details: e.details });
+        this.stopped = true;
+        return;
+      }
+    }
+  }
+
+}
+
+async function main(): Promise<void> {
+  if (!values.socket || !values.uuid || !values.name) throw new BatonError('INVALID_REQUEST', 'sim VM needs --socket, --uuid and --name');
+  const policy = LEASE_LOSS_POLICIES.find((p) => p === values.policy && p !== 'killpath');
+  if (!policy) throw new BatonError('INVALID_REQUEST', `--policy must be kill or pause, not ${values.policy}`);
+  const vm = new SimVm(values.socket, { uuid: values.uuid, name: values.name, pid: process.pid }, policy);
+  const ok = await vm.start([...values.disk.map((name) => ({ name, mode: 'exclusive' as const })), ...values.shared.map((name) => ({ name, mode: 'shared' as const }))]);
+  if (!ok) process.exitCode = 3;
 }
 
 process.on('SIGTERM', () => {

@@ -1,0 +1,88 @@
+import { BatonError, type ErrorBody } from '../errors.js';
+import { isStale, type Token } from '../fencing.js';
+import { MIGRATION_STEP_WRITES, isClosedPhase, migrationRule, type MigrationPhase, type MigrationStep } from './phases.js';
+import { currentRevision, isSettled, type VmDefinition, type MigrationRecord, type MigrationTokens } from './record.js';
+
+/**
+ * The pure migration state machine: a record and an event in, the next record out. No I/O, no
+ * clock: the caller supplies `atMs` from its monotonic clock and persists what comes back.
+ */
+
+/**
+ * What a step's executor answers. An etcd step that wrote reports the revision it wrote (and
+ * begin, the source's grant token of each resource); an agent step reports nothing but success.
+ */
+export type MigrationStepReply = { ok: true; revision?: Token; grants?: Token[] } | { ok: false; error: ErrorBody };
+
+/** A step's outcome, as the machine consumes it. */
+export type MigrationEvent = MigrationStepReply & { step: MigrationStep };
+
+function refuse(record: MigrationRecord, event: MigrationEvent, why: string): BatonError {
+  return new BatonError('INVALID_REQUEST', `migration ${record.id}: ${why}`, {
+    details: { migration: record.id, phase: record.phase, step: event.step, ok: event.ok },
+  });
+}
+
+/** The tokens after a successful step: an etcd step's revision must be newer than every earlier one (S2). */
+function written(record: MigrationRecord, event: MigrationEvent & { ok: true }): MigrationTokens {
+  const slot = MIGRATION_STEP_WRITES[event.step];
+  if (slot === undefined) {
+    if (event.revision !== undefined || event.grants !== undefined) throw refuse(record, event, `${event.step} writes no revision`);
+    return record.tokens;
+  }
+  if (event.revision === undefined) throw refuse(record, event, `${event.step} must report the revision it wrote`);
+  const newest = currentRevision(record);
+  if (!isStale(newest, event.revision) || (event.grants ?? []).some((g) => !isStale(g, event.revision!))) {
+    throw new BatonError('STALE_TOKEN', `migration ${record.id}: ${event.step} reported revision ${event.revision}, not newer than ${newest} and every grant`, {
+      details: { migration: record.id, step: event.step, presented: event.revision, current: newest },
+    });
+  }
+  if (event.step !== 'begin') {
+    if (event.grants !== undefined) throw refuse(record, event, `only begin reports grants`);
+    return { ...record.tokens, [slot]: event.revision };
+  }
+  if (event.grants?.length !== record.resources.length) throw refuse(record, event, 'begin must report one grant token per resource');
+  return { ...record.tokens, grants: [...event.grants], begin: event.revision };
+}
+
+function enter(record: MigrationRecord, phase: MigrationPhase, atMs: number, tokens: MigrationTokens, error?: ErrorBody): MigrationRecord {
+  const entry = error === undefined ? { phase, atMs } : { phase, atMs, error: error.code };
+  return { ...record, phase, tokens, timeline: [...record.timeline, entry] };
+}
+
+/**
+ * Apply a step's outcome. Refused (INVALID_REQUEST, nothing changed) when the record does not
+ * wait for that step, or the step failed where the table has no failure path; refused with
+ * STALE_TOKEN when an etcd step reports a revision that does not advance.
+ */
+export function transition(record: MigrationRecord, event: MigrationEvent, atMs: number): MigrationRecord {
+  const rule = migrationRule(record.phase);
+  if (rule === undefined) throw refuse(record, event, `closed (${record.phase}): no step is awaited`);
+  if (rule.step !== event.step) throw refuse(record, event, `phase ${record.phase} awaits ${rule.step}, not ${event.step}`);
+  if (!event.ok) {
+    if (rule.failed === undefined) throw refuse(record, event, `${event.step} has no failure path in ${record.phase}: retry it`);
+    return enter(record, rule.failed, atMs, record.tokens, event.error);
+  }
+  return enter(record, rule.ok, atMs, written(record, event));
+}
+
+/**
+ * seed 002: a definition change that arrives while the VM is in flight goes to the staged slot,
+ * replacing any change staged before it (the newest wins); neither copy of the VM sees it until
+ * the migration ends. A settled record stages nothing: the change applies directly.
+ */
+export function stageDefinition(record: MigrationRecord, definition: VmDefinition, atMs: number): MigrationRecord {
+  if (isSettled(record)) throw new BatonError('INVALID_REQUEST', `migration ${record.id} is closed: apply the definition directly`, { details: { migration: record.id } });
+  return { ...record, staged: { definition, atMs } };
+}
+
+/**
+ * Once the record is closed, hand the staged change over to be applied to the surviving VM (on
+ * `host`). The caller applies it, then persists the returned record; a crash in between applies
+ * the same definition again, which is harmless.
+ */
+export function takeStagedDefinition(record: MigrationRecord): { record: MigrationRecord; definition: VmDefinition; host: string } | undefined {
+  if (!isClosedPhase(record.phase) || record.staged === null) return undefined;
+  const host = record.phase === 'done' ? record.destination : record.source;
+  return { record: { ...record, staged: null }, definition: record.staged.definition, host };
+}

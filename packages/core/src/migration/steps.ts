@@ -1,0 +1,60 @@
+import type { ErrorBody, ErrorCode } from '../errors.js';
+import type { Token } from '../fencing.js';
+import { migrationRule, type MigrationStep } from './phases.js';
+import { currentRevision, type MigrationRecord } from './record.js';
+import type { MigrationEvent, MigrationStepReply } from './machine.js';
+
+/**
+ * What the coordinator does next for a record, and what a reply means. Every command is keyed by
+ * (migration, step, token), the token being the newest revision the migration wrote: an agent
+ * refuses a command whose token is older than the lease's current revision (STALE_TOKEN), and the
+ * coordinator ignores a reply whose key is not the one the record waits for. So a command can be
+ * lost, duplicated, reordered or re-sent by a new leader without effect beyond its first delivery.
+ */
+
+export interface IdempotencyKey {
+  migration: string;
+  step: MigrationStep;
+  token: Token;
+}
+
+/**
+ * `etcd`: one transaction of the coordinator's own, compare-on-revision. When it is re-issued
+ * after a crash it must recognise its own earlier success (the values it wrote name the migration
+ * and step) and report the revision it wrote then.
+ */
+export type MigrationCommand =
+  | { target: 'etcd'; step: MigrationStep; key: IdempotencyKey }
+  | { target: 'source' | 'destination'; host: string; step: MigrationStep; key: IdempotencyKey };
+
+/** The one command the record waits for; undefined once it is closed. */
+export function nextStep(record: MigrationRecord): MigrationCommand | undefined {
+  const rule = migrationRule(record.phase);
+  if (rule === undefined) return undefined;
+  const key = { migration: record.id, step: rule.step, token: currentRevision(record) };
+  return rule.target === 'etcd' ? { target: 'etcd', step: rule.step, key } : { target: rule.target, host: record[rule.target], step: rule.step, key };
+}
+
+export function sameIdempotencyKey(a: IdempotencyKey, b: IdempotencyKey): boolean {
+  return a.migration === b.migration && a.step === b.step && a.token === b.token;
+}
+
+/** Codes that say the peer may not have acted at all: the same command is sent again. */
+export const RETRYABLE_STEP_CODES: readonly ErrorCode[] = ['UNAVAILABLE', 'SHUTTING_DOWN'];
+
+export type ReplyDecision =
+  /** The reply answers a command the record no longer waits for (an old step, an old leader's): ignore it. */
+  | { kind: 'stale' }
+  /** Send the same command again: the peer may not have acted, or the step has no way out but success. */
+  | { kind: 'retry'; error: ErrorBody }
+  /** Feed the event to `transition`. */
+  | { kind: 'event'; event: MigrationEvent };
+
+export function decideReply(record: MigrationRecord, command: MigrationCommand, reply: MigrationStepReply): ReplyDecision {
+  const awaited = nextStep(record);
+  if (awaited === undefined || !sameIdempotencyKey(awaited.key, command.key)) return { kind: 'stale' };
+  if (!reply.ok && (RETRYABLE_STEP_CODES.includes(reply.error.code) || migrationRule(record.phase)?.failed === undefined)) {
+    return { kind: 'retry', error: reply.error };
+  }
+  return { kind: 'event', event: { ...reply, step: command.step } };
+}

@@ -1,0 +1,77 @@
+import { randomUUID } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentProcess, checkDisk, EtcdServer, SharedStorage, startSimVm, waitFor } from '../support/index.js';
+import { asBatonError } from '@baton/core';
+
+/**
+ * Two hosts whose lock directories are NOT shared: only etcd stands between them, so every
+ * refusal here is the cluster's.
+ */
+let etcd: EtcdServer;
+beforeAll(async () => {
+  etcd = await EtcdServer.start();
+});
+afterAll(async () => {
+  await etcd?.close();
+});
+
+async function host(storage: SharedStorage, hostId: string, cluster: string, ttlSeconds = 2): Promise<AgentProcess> {
+  const lockDir = join(storage.root, `locks-${hostId}`);
+  mkdirSync(lockDir, { recursive: true });
+  return AgentProcess.start({
+    storage,
+    hostId,
+    config: {
+      lockspaces: [{ name: 'images', kind: 'indirect', dir: lockDir, roots: [storage.imagesDir] }],
+      etcd: { endpoints: etcd.endpoints, cluster, ttlSeconds },
+    },
+  });
+}
+
+describe('cluster leases between two agents', () => {
+  it('refuses a disk leased on another host, and grants it there with a higher token after release', async () => {
+    await using storage = await SharedStorage.create();
+    const cluster = `c${randomUUID().slice(0, 8)}`;
+    await using a = await host(storage, 'host-a', cluster);
+    await using b = await host(storage, 'host-b', cluster);
+    const disk = storage.image('vm1.img');
+    const ca = await a.client();
+    const cb = await b.client();
+    await ca.request('register', { owner: { uuid: randomUUID(), name: 'vm1' } });
+    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm1-clone' } });
+    const { grants } = await ca.request('acquire', { resources: [{ name: disk }] });
+    const refused = await cb.request('acquire', { resources: [{ name: disk }] }).catch(asBatonError);
+    expect(refused).toMatchObject({ code: 'RESOURCE_BUSY' });
+    const view = await cb.request('clusterLocks', {});
+    expect(view.leases).toMatchObject([{ host: 'host-a', resource: disk, token: grants[0]!.token, mode: 'exclusive' }]);
+    const hosts = await cb.request('hosts', {});
+    expect(hosts.hosts.map((h) => h.host).sort()).toEqual(['host-a', 'host-b']);
+    await ca.request('release', {});
+    const again = await cb.request('acquire', { resources: [{ name: disk }] });
+    expect(again.grants[0]!.token).toBeGreaterThan(grants[0]!.token);
+  });
+
+  it('frees a dead host’s disks when its session expires, and its VM had stopped writing before', async () => {
+    await using storage = await SharedStorage.create();
+    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const a = await host(storage, 'host-a', cluster);
+    await using b = await host(storage, 'host-b', cluster);
+    const disk = storage.image('vm2.img');
+    await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm2', disks: [disk] });
+    await vm.event((e) => e.event === 'running', 'running');
+    await a.crash();
+    await vm.event((e) => e.event === 'self-fenced', 'self-fenced', 5_000);
+    const cb = await b.client();
+    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm2-b' } });
+    const granted = await waitFor(
+      async () => (await cb.request('acquire', { resources: [{ name: disk }] }).catch(() => undefined)) ?? false,
+      { what: 'the disk granted on host-b', deadlineMs: 6_000, intervalMs: 100 },
+    );
+    const epochs = checkDisk(disk);
+    expect(epochs.map((e) => e.vm)).toEqual(['vm2']);
+    expect(granted.grants[0]!.token).toBeGreaterThan(epochs[0]!.token);
+    await a.close();
+  });
+});
