@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BatonError, leaseTiming, systemClock, type MonotonicClock } from '@baton/core';
 import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
-import { EtcdServer } from '../support/index.js';
+import { EtcdServer, waitFor } from '../support/index.js';
 
 /** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
@@ -131,5 +131,35 @@ describe('etcd lease table', () => {
     expect(await code(table.grant(adopted, [claim('/a/2', 'vm')]))).toBe('LEASE_LOST');
     expect(phases).toContain('expired');
     await adopted.close({ revoke: true });
+  });
+
+  it('keeps a resource whose holder vanished uncleanly for the lock-delay, and one released cleanly for nobody', async () => {
+    await using conn = connect(2);
+    const clock = systemClock;
+    const delay = { ms: 1500, clock };
+    const a = await session(conn, 'host-a');
+    const b = await session(conn, 'host-b');
+    const ta = new LeaseTable(conn, 'host-a', delay);
+    const tb = new LeaseTable(conn, 'host-b', delay);
+    const [clean] = await ta.grant(a, [claim('/ld/clean', 'vm1')]);
+    await ta.release([clean!]);
+    expect(await code(tb.grant(b, [claim('/ld/clean', 'vm2')]))).toBe('granted');
+
+    await ta.grant(a, [claim('/ld/dirty', 'vm1')]);
+    await a.close(); // stops renewing: etcd expires the session, the lease goes, the marker stays
+    const expiredAt = await waitFor(
+      async () => {
+        const err = await tb.grant(b, [claim('/ld/dirty', 'vm2')]).then(() => undefined, (e: unknown) => e as BatonError);
+        return err?.details?.lockDelayLeftMs !== undefined ? clock.now() : false;
+      },
+      { what: 'the lease to expire and lock-delay to start', deadlineMs: 10_000, intervalMs: 50 },
+    );
+    const granted = await waitFor(async () => (await code(tb.grant(b, [claim('/ld/dirty', 'vm2')]))) === 'granted' && clock.now(), {
+      what: 'the lock-delay to pass',
+      deadlineMs: 5_000,
+      intervalMs: 50,
+    });
+    expect(granted - expiredAt).toBeGreaterThanOrEqual(delay.ms - 100);
+    await b.close({ revoke: true });
   });
 });

@@ -2,13 +2,15 @@ import { createHash } from 'node:crypto';
 
 /**
  * The key layout under the cluster's prefix. A resource is keyed by a hash of (lockspace,
- * identity), like lock file names, so any path fits in a key. Its keys sort so that one range
- * compare answers each acquire: "delay" < "excl" < "shared/".
+ * identity), like lock file names, so any path fits in a key, and all of a resource's keys share
+ * its prefix: an exclusive acquire is one range compare (nothing under the prefix).
  *
  *   hosts/<host>                        host record, attached to the host's session
- *   r/<ls>/<hash>/delay                 lock-delay after an unclean loss (its own short lease)
  *   r/<ls>/<hash>/excl                  the exclusive lease
  *   r/<ls>/<hash>/shared/<host>/<owner> one shared lease per holder
+ *   r/<ls>/<hash>/~held                 with lock-delay on: written with the exclusive lease but on
+ *                                       no session, deleted with it by a release; left behind when
+ *                                       the holder vanished uncleanly (expiry, operator fence)
  *   audit/fence/<host>/<time>           operator fence declarations, kept
  */
 export class KeyLayout {
@@ -34,20 +36,21 @@ export class KeyLayout {
     return `${this.resources}${lockspace}/${KeyLayout.resourceHash(lockspace, identity)}/`;
   }
 
-  static delay(resource: string): string {
-    return `${resource}delay`;
+  /** The unclean-loss marker of an exclusive lease key (`…/excl` → `…/~held`). */
+  static heldMarker(exclusiveKey: string): string {
+    return `${exclusiveKey.slice(0, -'excl'.length)}~held`;
   }
 
   static exclusive(resource: string): string {
     return `${resource}excl`;
   }
 
-  static sharedFirst(resource: string): string {
+  static sharedPrefix(resource: string): string {
     return `${resource}shared/`;
   }
 
   static shared(resource: string, host: string, owner: string): string {
-    return `${resource}shared/${host}/${owner}`;
+    return `${KeyLayout.sharedPrefix(resource)}${host}/${owner}`;
   }
 
   audit(host: string, at: string): string {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { BatonError, LeaseValueSchema, MAX_RESOURCES_PER_REQUEST, wallTimeIso, type LeaseValue, type LockMode, type Token } from '@baton/core';
+import { BatonError, LeaseValueSchema, MAX_RESOURCES_PER_REQUEST, wallTimeIso, type LeaseValue, type LockMode, type MonotonicClock, type Token } from '@baton/core';
 import type { ICompare, IRequestOp, ITxnResponse } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 import { KeyLayout, prefixEnd } from './keys.js';
@@ -49,10 +49,21 @@ export class LeaseTable {
   /** Transactions and requests committed, for the benchmark's batching figure. */
   readonly stats = { txns: 0, requests: 0 };
 
+  /** The lock-delay that made the last claim busy, for its error message. */
+  private delayed: { resource: string; leftMs: number } | undefined;
+  /** Unclean-loss markers this host has seen, with when it first saw them (monotonic ms). */
+  private readonly markersSeen = new Map<string, number>();
+
   constructor(
     private readonly conn: EtcdConnection,
     private readonly host: string,
+    private readonly lockDelay: { ms: number; clock: MonotonicClock } = { ms: 0, clock: { now: () => 0 } },
   ) {}
+
+  /** With lock-delay on, an exclusive grant also writes its unclean-loss marker. */
+  private opsOf(claims: readonly LeaseClaim[]): number {
+    return this.lockDelay.ms > 0 ? claims.reduce((n, c) => n + (c.mode === 'exclusive' ? 2 : 1), 0) : claims.length;
+  }
 
   keyOf(claim: LeaseClaim): string {
     const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
@@ -86,14 +97,14 @@ export class LeaseTable {
   private takeBatch(): Pending[] {
     const batch: Pending[] = [];
     const keys = new Set<string>();
-    let resources = 0;
+    let ops = 0;
     const rest: Pending[] = [];
     for (const p of this.queue) {
       const pkeys = p.claims.map((c) => this.conn.keys.resource(c.lockspace, c.identity));
-      const fits = resources + p.claims.length <= MAX_TXN_OPS && (batch.length === 0 || p.session === batch[0]!.session) && pkeys.every((k) => !keys.has(k));
+      const fits = ops + this.opsOf(p.claims) <= MAX_TXN_OPS && (batch.length === 0 || p.session === batch[0]!.session) && pkeys.every((k) => !keys.has(k));
       if (fits) {
         batch.push(p);
-        resources += p.claims.length;
+        ops += this.opsOf(p.claims);
         for (const k of pkeys) keys.add(k);
       } else {
         rest.push(p);
@@ -103,18 +114,24 @@ export class LeaseTable {
     return batch;
   }
 
-  /** The compare that makes a claim grantable: no lease in its way, no lock-delay. */
+  /**
+   * The compare that makes a claim grantable: an exclusive claim needs nothing under the
+   * resource's prefix (no lease of any mode, no unclean-loss marker); a shared one no exclusive lease.
+   */
   private compareFor(claim: LeaseClaim): ICompare {
     const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
-    // An exclusive claim needs the resource's whole range empty; a shared one only delay and excl.
-    const end = claim.mode === 'exclusive' ? prefixEnd(resource) : buf(KeyLayout.sharedFirst(resource));
-    const start = claim.mode === 'exclusive' ? resource : KeyLayout.delay(resource);
-    return { key: buf(start), range_end: end, target: 'Version', result: 'Equal', version: 0 };
+    return claim.mode === 'exclusive'
+      ? { key: buf(resource), range_end: prefixEnd(resource), target: 'Version', result: 'Equal', version: 0 }
+      : { key: buf(KeyLayout.exclusive(resource)), target: 'Version', result: 'Equal', version: 0 };
   }
 
-  private putFor(p: Pending, claim: LeaseClaim): IRequestOp {
+  private putsFor(p: Pending, claim: LeaseClaim): IRequestOp[] {
     const value: LeaseValue = { v: 1, host: this.host, owner: claim.owner, lockspace: claim.lockspace, resource: claim.identity, mode: claim.mode, since: wallTimeIso(), grant: p.nonce };
-    return { request_put: { key: buf(this.keyOf(claim)), value: buf(JSON.stringify(value)), lease: p.session.id } };
+    const key = this.keyOf(claim);
+    const put: IRequestOp = { request_put: { key: buf(key), value: buf(JSON.stringify(value)), lease: p.session.id } };
+    if (this.lockDelay.ms === 0 || claim.mode !== 'exclusive') return [put];
+    // The marker is on no session: only a release deletes it; an expiry leaves it behind.
+    return [put, { request_put: { key: buf(KeyLayout.heldMarker(key)), value: buf(JSON.stringify({ host: this.host, session: p.session.id })) } }];
   }
 
   private async commit(batch: Pending[]): Promise<void> {
@@ -126,7 +143,7 @@ export class LeaseTable {
         res = await this.conn.txn(
           {
             compare: claims.map((c) => this.compareFor(c)),
-            success: live.flatMap((p) => p.claims.map((c) => this.putFor(p, c))),
+            success: live.flatMap((p) => p.claims.flatMap((c) => this.putsFor(p, c))),
             failure: claims.map((c) => ({ request_range: { ...this.rangeOf(this.compareFor(c)), count_only: true } })),
           },
           'a grant',
@@ -149,6 +166,7 @@ export class LeaseTable {
         const busy = p.claims.findIndex((_, j) => Number(res.responses[i + j]?.response_range.count ?? 0) > 0);
         i += p.claims.length;
         if (busy < 0) next.push(p);
+        else if (await this.clearedLeftover(p.claims[busy]!)) next.push(p);
         else p.reject(this.busy(p.claims[busy]!));
       }
       live = next;
@@ -159,7 +177,43 @@ export class LeaseTable {
     return { key: c.key!, range_end: c.range_end! };
   }
 
+  /**
+   * Chubby's lock-delay. An exclusive claim found only the marker a vanished holder left (its lease
+   * expired or its host was fenced by an operator; a release deletes both): the resource is free
+   * once this host has seen the marker for lockDelay ms. Then the marker is removed and the claim
+   * goes again. Measured from this host's first sight, on its monotonic clock: no clocks compared.
+   */
+  private async clearedLeftover(claim: LeaseClaim): Promise<boolean> {
+    if (claim.mode !== 'exclusive') return false;
+    const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
+    const res = await this.conn.range(resource, { prefix: true });
+    const marker = KeyLayout.heldMarker(KeyLayout.exclusive(resource));
+    if (res.kvs.length !== 1 || res.kvs[0]!.key.toString() !== marker) return false;
+    const seenKey = `${marker}@${String(res.kvs[0]!.mod_revision)}`;
+    const now = this.lockDelay.clock.now();
+    const first = this.markersSeen.get(seenKey) ?? now;
+    this.markersSeen.set(seenKey, first);
+    const left = first + this.lockDelay.ms - now;
+    if (left > 0) {
+      this.delayed = { resource: claim.identity, leftMs: Math.ceil(left) };
+      return false;
+    }
+    this.markersSeen.delete(seenKey);
+    await this.conn.txn(
+      { compare: [{ key: buf(marker), target: 'Mod', result: 'Equal', mod_revision: res.kvs[0]!.mod_revision }], success: [{ request_delete_range: { key: buf(marker) } }] },
+      'clearing a vanished holder’s marker',
+    );
+    return true;
+  }
+
   private busy(claim: LeaseClaim): BatonError {
+    const delayed = this.delayed?.resource === claim.identity ? this.delayed : undefined;
+    this.delayed = undefined;
+    if (delayed) {
+      return new BatonError('RESOURCE_BUSY', `"${claim.identity}" was held by a holder that vanished without releasing it; lock-delay keeps it for ${delayed.leftMs} ms more`, {
+        details: { resource: claim.identity, lockspace: claim.lockspace, lockDelayLeftMs: delayed.leftMs },
+      });
+    }
     return new BatonError('RESOURCE_BUSY', `"${claim.identity}" is leased ${claim.mode === 'exclusive' ? 'in some mode' : 'exclusive or delayed'} by another owner in the cluster`, {
       details: { resource: claim.identity, lockspace: claim.lockspace, mode: claim.mode },
     });
@@ -227,14 +281,12 @@ export class LeaseTable {
     session.assertValid();
     const nonce = `${this.noncePrefix}-${++this.nonceSeq}`;
     const current = await Promise.all(items.map((it) => this.conn.range(it.previous.key)));
-    const pending: Pending = { claims: items.map((it) => it.claim), session, nonce, resolve: () => {}, reject: () => {} };
+    const markers = await Promise.all(items.map((it) => (it.claim.mode === 'exclusive' ? this.conn.range(KeyLayout.heldMarker(it.previous.key)) : undefined)));
+    const pending: Pending = { claims: items.map((it) => it.claim), session, nonce, resolve: () => undefined, reject: () => undefined };
     const res = await this.conn.txn(
       {
-        compare: items.map((it, i) => {
-          const kv = current[i]!.kvs[0];
-          return kv === undefined ? this.compareFor(it.claim) : { key: buf(it.previous.key), target: 'Mod', result: 'Equal', mod_revision: it.previous.token };
-        }),
-        success: items.map((it) => this.putFor(pending, it.claim)),
+        compare: items.flatMap((it, i) => this.regrantCompares(it, current[i]!.kvs[0]?.mod_revision, markers[i]?.kvs[0]?.mod_revision)),
+        success: items.flatMap((it) => this.putsFor(pending, it.claim)),
       },
       'a re-grant',
     );
@@ -243,14 +295,39 @@ export class LeaseTable {
     return items.map((it) => ({ key: this.keyOf(it.claim), token }));
   }
 
+  /**
+   * A lease can be re-granted if it is still the old grant; or, gone with the old session, if
+   * nothing else took the resource since (for an exclusive one: no shared lease, and the
+   * unclean-loss marker, if any, unchanged: it is this host's own).
+   */
+  private regrantCompares(it: { claim: LeaseClaim; previous: HeldLease }, current: string | undefined, marker: string | undefined): ICompare[] {
+    const key = it.previous.key;
+    if (current !== undefined) return [{ key: buf(key), target: 'Mod', result: 'Equal', mod_revision: it.previous.token }];
+    if (it.claim.mode === 'shared') return [this.compareFor(it.claim)];
+    const shared = KeyLayout.sharedPrefix(this.conn.keys.resource(it.claim.lockspace, it.claim.identity));
+    return [
+      { key: buf(key), target: 'Version', result: 'Equal', version: 0 },
+      { key: buf(shared), range_end: prefixEnd(shared), target: 'Version', result: 'Equal', version: 0 },
+      marker === undefined
+        ? { key: buf(KeyLayout.heldMarker(key)), target: 'Version', result: 'Equal', version: 0 }
+        : { key: buf(KeyLayout.heldMarker(key)), target: 'Mod', result: 'Equal', mod_revision: marker },
+    ];
+  }
+
   /** Delete leases, each only if it is still the grant with that token (never someone else's). */
   async release(leases: readonly HeldLease[]): Promise<void> {
-    for (let i = 0; i < leases.length; i += MAX_TXN_OPS) {
-      const chunk = leases.slice(i, i + MAX_TXN_OPS);
+    // A clean release takes the unclean-loss marker with it (deleting an absent key is harmless).
+    const deletes = (l: HeldLease): IRequestOp[] =>
+      l.key.endsWith('/excl') && this.lockDelay.ms > 0
+        ? [{ request_delete_range: { key: buf(l.key) } }, { request_delete_range: { key: buf(KeyLayout.heldMarker(l.key)) } }]
+        : [{ request_delete_range: { key: buf(l.key) } }];
+    const per = this.lockDelay.ms > 0 ? MAX_TXN_OPS / 2 : MAX_TXN_OPS;
+    for (let i = 0; i < leases.length; i += per) {
+      const chunk = leases.slice(i, i + per);
       const res = await this.conn.txn(
         {
           compare: chunk.map((l) => ({ key: buf(l.key), target: 'Mod', result: 'Equal', mod_revision: l.token })),
-          success: chunk.map((l) => ({ request_delete_range: { key: buf(l.key) } })),
+          success: chunk.flatMap(deletes),
         },
         'a release',
       );

@@ -35,7 +35,7 @@ export class ClusterMember implements AsyncDisposable {
   private constructor(private readonly opts: ClusterMemberOptions) {
     this.conn = new EtcdConnection(opts.config);
     this.timing = leaseTiming(opts.config.ttlSeconds);
-    this.table = new LeaseTable(this.conn, opts.record.host);
+    this.table = new LeaseTable(this.conn, opts.record.host, { ms: opts.config.lockDelayMs, clock: opts.clock });
     this.view = new ClusterView(this.conn);
     this.file = new SessionFile(opts.stateDir);
   }
