@@ -74,4 +74,25 @@ describe('cluster leases between two agents', () => {
     expect(granted.grants[0]!.token).toBeGreaterThan(epochs[0]!.token);
     await a.close();
   });
+
+  it('keeps the cluster lease and its token across re-execs, with the VM writing throughout', async () => {
+    await using storage = await SharedStorage.create();
+    const cluster = `c${randomUUID().slice(0, 8)}`;
+    await using a = await host(storage, 'host-a', cluster);
+    await using b = await host(storage, 'host-b', cluster);
+    const disk = storage.image('vm3.img');
+    await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm3', disks: [disk] });
+    const running = await vm.event((e) => e.event === 'running', 'running');
+    const token = (running.grants as { token: number }[])[0]!.token;
+    const cb = await b.client();
+    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm3-b' } });
+    for (let i = 1; i <= 3; i++) {
+      expect(await a.reexec()).toBe(i);
+      expect(await cb.request('acquire', { resources: [{ name: disk }] }).catch(asBatonError)).toMatchObject({ code: 'RESOURCE_BUSY' });
+    }
+    const { leases } = await cb.request('clusterLocks', {});
+    expect(leases).toMatchObject([{ host: 'host-a', token }]);
+    expect(vm.events().filter((e) => e.event === 'self-fenced' || e.event === 'agent-connection-lost')).toEqual([]);
+    expect(checkDisk(disk).map((e) => e.token)).toEqual([token]);
+  });
 });

@@ -89,6 +89,8 @@ export class HostSession {
   static resume(opts: SessionOptions & { id: string; validUntil: number }): HostSession {
     const session = new HostSession(opts.id, opts.validUntil - opts.timing.fenceMs, true, opts);
     session.schedule();
+    // The last keepalive may be most of an interval old, and the exec took time: renew now.
+    session.tick();
     return session;
   }
 
