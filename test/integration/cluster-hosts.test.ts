@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentProcess, checkDisk, EtcdServer, SharedStorage, startSimVm, waitFor } from '../support/index.js';
+import { AgentProcess, checkDisk, EtcdServer, SharedStorage, startSimVm, TcpProxy, waitFor } from '../support/index.js';
+import { readFileSync } from 'node:fs';
 import { asBatonError } from '@baton/core';
 
 /**
@@ -17,7 +18,7 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-async function host(storage: SharedStorage, hostId: string, cluster: string, ttlSeconds = 2): Promise<AgentProcess> {
+async function host(storage: SharedStorage, hostId: string, cluster: string, ttlSeconds = 2, endpoints = etcd.endpoints): Promise<AgentProcess> {
   const lockDir = join(storage.root, `locks-${hostId}`);
   mkdirSync(lockDir, { recursive: true });
   return AgentProcess.start({
@@ -25,7 +26,7 @@ async function host(storage: SharedStorage, hostId: string, cluster: string, ttl
     hostId,
     config: {
       lockspaces: [{ name: 'images', kind: 'indirect', dir: lockDir, roots: [storage.imagesDir] }],
-      etcd: { endpoints: etcd.endpoints, cluster, ttlSeconds },
+      etcd: { endpoints, cluster, ttlSeconds },
     },
   });
 }
@@ -94,5 +95,30 @@ describe('cluster leases between two agents', () => {
     expect(leases).toMatchObject([{ host: 'host-a', token }]);
     expect(vm.events().filter((e) => e.event === 'self-fenced' || e.event === 'agent-connection-lost')).toEqual([]);
     expect(checkDisk(disk).map((e) => e.token)).toEqual([token]);
+  });
+
+  it('runs the VM’s killpath when the host loses its session, and grants nothing on the lost one', async () => {
+    await using storage = await SharedStorage.create();
+    const cluster = `c${randomUUID().slice(0, 8)}`;
+    await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.endpoints[0]!).port) } });
+    await using a = await host(storage, 'host-a', cluster, 2, [`http://${proxy.hostPort}`]);
+    const disk = storage.image('vm4.img');
+    const marker = `${storage.root}/killpath-ran`;
+    const uuid = randomUUID();
+    await using vm = await startSimVm(a, {
+      uuid,
+      name: 'vm4',
+      disks: [disk],
+      policy: 'killpath',
+      killpath: ['/bin/sh', '-c', 'echo "$1 $2" > "$0"; kill -KILL "$2"', marker],
+    });
+    await vm.event((e) => e.event === 'running', 'running');
+    const ca = await a.client();
+    await ca.request('register', { owner: { uuid: randomUUID(), name: 'late' } });
+    proxy.blackhole();
+    await waitFor(() => !vm.proc.running, { what: 'the killpath to kill the VM', deadlineMs: 5_000, intervalMs: 20 });
+    expect(readFileSync(marker, 'utf8').trim()).toBe(`${uuid} ${vm.pid}`);
+    expect(await ca.request('acquire', { resources: [{ name: storage.image('other.img') }] }).catch(asBatonError)).toMatchObject({ code: 'LEASE_LOST' });
+    checkDisk(disk);
   });
 });

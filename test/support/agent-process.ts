@@ -168,7 +168,9 @@ export interface SimVmOptions {
   shared?: string[];
   intervalMs?: number;
   /** What the agent does to the VM when the host loses its cluster session. */
-  policy?: 'kill' | 'pause';
+  policy?: 'kill' | 'pause' | 'killpath';
+  /** With policy killpath: the command the agent runs (it appends the VM's uuid and pid). */
+  killpath?: string[];
   /** How often the VM renews its write deadline with the agent. */
   watchdogMs?: number;
 }
@@ -178,6 +180,7 @@ export function startSimVm(agent: AgentProcess, opts: SimVmOptions): Promise<Jso
     '--socket', agent.socketPath, '--uuid', opts.uuid, '--name', opts.name, '--host', String(agent.config.hostId),
     '--interval-ms', String(opts.intervalMs ?? 20),
     '--policy', opts.policy ?? 'kill', '--watchdog-ms', String(opts.watchdogMs ?? 50),
+    ...(opts.killpath ? ['--killpath', JSON.stringify(opts.killpath)] : []),
     ...(opts.disks ?? []).flatMap((d) => ['--disk', d]),
     ...(opts.shared ?? []).flatMap((d) => ['--shared', d]),
   ]);

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { asBatonError, BatonError, LEASE_LOSS_POLICIES, systemClock, type Grant, type LeaseLossPolicy } from '@baton/core';
+import { asBatonError, BatonError, describeIssues, LeaseLossSchema, systemClock, type Grant, type LeaseLoss } from '@baton/core';
 import { AgentClient } from '../../client/agent-client.js';
 import { FencedDisk } from './fenced-disk.js';
 
@@ -26,6 +26,8 @@ const { values } = parseArgs({
     'interval-ms': { type: 'string', default: '50' },
     'watchdog-ms': { type: 'string', default: '100' },
     policy: { type: 'string', default: 'kill' },
+    /** With --policy killpath: the command, as a JSON array (the agent appends uuid and pid). */
+    killpath: { type: 'string' },
   },
 });
 
@@ -43,12 +45,12 @@ class SimVm {
   constructor(
     private readonly socket: string,
     private readonly owner: { uuid: string; name: string; pid: number },
-    private readonly policy: LeaseLossPolicy,
+    private readonly onLeaseLoss: LeaseLoss,
   ) {}
 
   private async connect(): Promise<AgentClient> {
     const client = await AgentClient.connect({ socketPath: this.socket });
-    await client.request('register', { owner: this.owner, liveness: 'connection', restricted: true, onLeaseLoss: { policy: this.policy } });
+    await client.request('register', { owner: this.owner, liveness: 'connection', restricted: true, onLeaseLoss: this.onLeaseLoss });
     this.client = client;
     client.closed.then(() => {
       if (this.client !== client) return;
@@ -134,9 +136,9 @@ class SimVm {
 
 async function main(): Promise<void> {
   if (!values.socket || !values.uuid || !values.name) throw new BatonError('INVALID_REQUEST', 'sim VM needs --socket, --uuid and --name');
-  const policy = LEASE_LOSS_POLICIES.find((p) => p === values.policy && p !== 'killpath');
-  if (!policy) throw new BatonError('INVALID_REQUEST', `--policy must be kill or pause, not ${values.policy}`);
-  const vm = new SimVm(values.socket, { uuid: values.uuid, name: values.name, pid: process.pid }, policy);
+  const onLeaseLoss = LeaseLossSchema.safeParse({ policy: values.policy, ...(values.killpath === undefined ? {} : { killpath: JSON.parse(values.killpath) as unknown }) });
+  if (!onLeaseLoss.success) throw new BatonError('INVALID_REQUEST', `bad --policy/--killpath: ${describeIssues(onLeaseLoss.error)}`);
+  const vm = new SimVm(values.socket, { uuid: values.uuid, name: values.name, pid: process.pid }, onLeaseLoss.data);
   const ok = await vm.start([...values.disk.map((name) => ({ name, mode: 'exclusive' as const })), ...values.shared.map((name) => ({ name, mode: 'shared' as const }))]);
   if (!ok) process.exitCode = 3;
 }
