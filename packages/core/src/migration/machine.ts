@@ -1,5 +1,5 @@
 import { BatonError, type ErrorBody } from '../errors.js';
-import { isStale, type Token } from '../fencing.js';
+import { isStale, maxToken, type Token } from '../fencing.js';
 import { MIGRATION_STEP_WRITES, isClosedPhase, migrationRule, type MigrationPhase, type MigrationStep } from './phases.js';
 import { currentRevision, isSettled, type VmDefinition, type MigrationRecord, type MigrationTokens } from './record.js';
 
@@ -23,26 +23,24 @@ function refuse(record: MigrationRecord, event: MigrationEvent, why: string): Ba
   });
 }
 
-/** The tokens after a successful step: an etcd step's revision must be newer than every earlier one (S2). */
+/** The tokens after a successful step: what an etcd step wrote must be newer than every token before it (S2). */
 function written(record: MigrationRecord, event: MigrationEvent & { ok: true }): MigrationTokens {
+  const { revision, grants } = event;
   const slot = MIGRATION_STEP_WRITES[event.step];
   if (slot === undefined) {
-    if (event.revision !== undefined || event.grants !== undefined) throw refuse(record, event, `${event.step} writes no revision`);
+    if (revision !== undefined || grants !== undefined) throw refuse(record, event, `${event.step} writes no revision`);
     return record.tokens;
   }
-  if (event.revision === undefined) throw refuse(record, event, `${event.step} must report the revision it wrote`);
-  const newest = currentRevision(record);
-  if (!isStale(newest, event.revision) || (event.grants ?? []).some((g) => !isStale(g, event.revision!))) {
-    throw new BatonError('STALE_TOKEN', `migration ${record.id}: ${event.step} reported revision ${event.revision}, not newer than ${newest} and every grant`, {
-      details: { migration: record.id, step: event.step, presented: event.revision, current: newest },
+  if (revision === undefined) throw refuse(record, event, `${event.step} must report the revision it wrote`);
+  if ((grants !== undefined) !== (event.step === 'begin')) throw refuse(record, event, 'begin, and only begin, reports the grants');
+  if (grants !== undefined && grants.length !== record.resources.length) throw refuse(record, event, 'begin must report one grant token per resource');
+  const newest = (grants ?? []).reduce(maxToken, currentRevision(record));
+  if (!isStale(newest, revision)) {
+    throw new BatonError('STALE_TOKEN', `migration ${record.id}: ${event.step} reported revision ${revision}, not newer than ${newest}`, {
+      details: { migration: record.id, step: event.step, presented: revision, current: newest },
     });
   }
-  if (event.step !== 'begin') {
-    if (event.grants !== undefined) throw refuse(record, event, `only begin reports grants`);
-    return { ...record.tokens, [slot]: event.revision };
-  }
-  if (event.grants?.length !== record.resources.length) throw refuse(record, event, 'begin must report one grant token per resource');
-  return { ...record.tokens, grants: [...event.grants], begin: event.revision };
+  return grants === undefined ? { ...record.tokens, [slot]: revision } : { ...record.tokens, grants: [...grants], [slot]: revision };
 }
 
 function enter(record: MigrationRecord, phase: MigrationPhase, atMs: number, tokens: MigrationTokens, error?: ErrorBody): MigrationRecord {

@@ -6,10 +6,23 @@ import type { MigrationEvent, MigrationStepReply } from './machine.js';
 
 /**
  * What the coordinator does next for a record, and what a reply means. Every command is keyed by
- * (migration, step, token), the token being the newest revision the migration wrote: an agent
- * refuses a command whose token is older than the lease's current revision (STALE_TOKEN), and the
- * coordinator ignores a reply whose key is not the one the record waits for. So a command can be
- * lost, duplicated, reordered or re-sent by a new leader without effect beyond its first delivery.
+ * (migration, step, token), the token being the newest revision the migration wrote. The
+ * coordinator ignores a reply whose key is not the one the record waits for; commands may be lost,
+ * duplicated, reordered, or re-sent by a new leader. What makes that safe is the agents' side,
+ * which test/migration-model/agents.ts models and the explorer checks against S1–S6:
+ *
+ * - Every command is refused (STALE_TOKEN) if its token is older than the lease's current
+ *   revision in etcd, before anything else; and handled by its effect, not by remembered replies
+ *   (a crash forgets them): a second delivery finds the world already as it wants it.
+ * - prepare (destination): create the incoming VM paused with the definition in force, and check
+ *   every lock file opens. perform (source): send; only once the send succeeded, pause and drop
+ *   the local locks (S4). A paused source sends again.
+ * - resume (destination) and restore (source): only where etcd says this host holds the lease,
+ *   take the local locks with its current token, then unpause (S3, S5). A destination that cannot
+ *   take them destroys its incoming copy before answering, so no late resume can unpause it.
+ * - confirm and discard destroy a copy, never a running one.
+ * - An agent restarting after a crash keeps a running VM only if it holds the lease and can take
+ *   its local locks again, and pauses it otherwise; it never unpauses a paused VM by itself.
  */
 
 export interface IdempotencyKey {

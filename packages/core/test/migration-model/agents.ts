@@ -28,7 +28,7 @@ const lockFree = (w: World, role: Role) => w.hosts[other(role)].locks === null;
  */
 export function handle(w: World, m: Msg, fail: boolean, mutation: Mutation | undefined): Handled {
   // S2: a command conditioned on an older revision than the lease's is refused before anything.
-  if (isStale(m.token, w.lease.rev)) return refused(w, 'STALE_TOKEN');
+  if (isStale(m.token, w.lease.rev) && mutation !== 'agents-ignore-tokens') return refused(w, 'STALE_TOKEN');
   const me = w.hosts[m.role];
   switch (m.step) {
     case 'prepare':

@@ -60,7 +60,7 @@ export interface Budget {
 }
 
 /** How the system under test departs from the design (mutation tests prove the checker can fail). */
-export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns';
+export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout';
 
 export interface World {
   record: MigrationRecord;
@@ -115,9 +115,12 @@ export function withNet(w: World, net: readonly Msg[]): World {
   return { ...w, net: [...net].sort((a, b) => (msgKey(a) < msgKey(b) ? -1 : msgKey(a) > msgKey(b) ? 1 : 0)) };
 }
 
+export function hostKey(x: Host): string {
+  return `${x.up ? 'U' : 'D'}${x.vm[0]}${x.locks ?? '-'}${x.fresh ? 'F' : 's'}${x.def}`;
+}
+
 /** Everything that decides the future, nothing of the past (the record's timeline is left out). */
 export function worldKey(w: World): string {
-  const h = (x: Host) => `${x.up ? 'U' : 'D'}${x.vm[0]}${x.locks ?? '-'}${x.fresh ? 'F' : 's'}${x.def}`;
   const t = w.record.tokens;
   const b = w.budget;
   return [
@@ -125,8 +128,8 @@ export function worldKey(w: World): string {
     `${t.begin ?? ''},${t.prepare ?? ''},${t.commit ?? ''},${t.revert ?? ''}`,
     w.record.staged === null ? '' : 'S',
     `${w.lease.owner ?? '-'}${w.lease.token}/${w.lease.rev}${w.lease.mark[0]}`,
-    h(w.hosts.source),
-    h(w.hosts.destination),
+    hostKey(w.hosts.source),
+    hostKey(w.hosts.destination),
     w.net.map(msgKey).join(','),
     `${w.awaiting ? 'A' : ''}${w.pendingPut ? 'P' : ''}${w.defVersion}`,
     `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}`,

@@ -1,0 +1,72 @@
+import { isSettled, stageDefinition, transition, type MigrationStep, type MigrationStepReply } from '../../src/index.js';
+import { crash, handle, restart } from './agents.js';
+import { apply, commandOf, failover, issue, timeout, type Machine } from './coordinator.js';
+import { ROLES, msgKey, withNet, type Budget, type Msg, type Mutation, type World } from './world.js';
+
+export interface ModelOptions {
+  budget: Budget;
+  mutation?: Mutation;
+  /** The machine under test; the real one unless a test mutates it. */
+  machine?: Machine;
+}
+
+/** One step of the world. Faults (and outside inputs) are excluded from the liveness argument. */
+export interface Edge {
+  label: string;
+  fault: boolean;
+  world: World;
+  /** The command an agent handled in this step, for the stale-token check. */
+  delivered?: Msg;
+}
+
+/** Steps where the environment can make an agent fail (S4's failed send, S5's lock that cannot be taken). */
+const CAN_FAIL: readonly MigrationStep[] = ['prepare', 'perform', 'resume'];
+
+const spend = (w: World, what: keyof Budget): World => ({ ...w, budget: { ...w.budget, [what]: w.budget[what] - 1 } });
+
+const replyOf = (m: Msg): MigrationStepReply => (m.error === undefined ? { ok: true } : { ok: false, error: { code: m.error, message: m.error } });
+
+/** Every step possible from `w`: deliveries in any order, the coordinator's moves, and each fault left in the budget. */
+export function successors(w: World, options: ModelOptions): Edge[] {
+  const machine = options.machine ?? { transition };
+  const out: Edge[] = [];
+  const add = (label: string, fault: boolean, world: World | undefined, delivered?: Msg) => {
+    if (world !== undefined) out.push(delivered === undefined ? { label, fault, world } : { label, fault, world, delivered });
+  };
+  add('coordinator acts', false, issue(w, machine, options.mutation));
+  add('coordinator times out and resends', false, timeout(w, options.mutation));
+
+  const seen = new Set<string>();
+  w.net.forEach((m, i) => {
+    const key = msgKey(m);
+    if (seen.has(key)) return;
+    seen.add(key);
+    const without = withNet(w, [...w.net.slice(0, i), ...w.net.slice(i + 1)]);
+    if (m.kind === 'reply') add(`coordinator receives ${key}`, false, apply(without, commandOf(w, m), replyOf(m), machine));
+    else if (w.hosts[m.role].up) {
+      for (const fail of CAN_FAIL.includes(m.step) && w.budget.failure > 0 ? [false, true] : [false]) {
+        const handled = handle(without, m, fail, options.mutation);
+        const reply: Msg = { kind: 'reply', role: m.role, step: m.step, token: m.token, ...(handled.error === undefined ? {} : { error: handled.error }) };
+        const world = withNet(handled.world, [...handled.world.net, reply]);
+        add(`${m.role} handles ${key}${fail ? ', and fails' : ''}`, fail, fail ? spend(world, 'failure') : world, m);
+      }
+    }
+    if (w.budget.loss > 0) add(`lose ${key}`, true, spend(without, 'loss'));
+    if (w.budget.dup > 0) add(`duplicate ${key}`, true, spend(withNet(w, [...w.net, m]), 'dup'));
+  });
+
+  for (const r of ROLES) {
+    const budget = r === 'source' ? 'crashSource' : 'crashDestination';
+    if (!w.hosts[r].up) add(`${r} agent restarts and re-adopts`, false, restart(w, r));
+    else if (w.budget[budget] > 0) add(`${r} agent crashes`, true, spend(crash(w, r), budget));
+  }
+  if (w.budget.failover > 0) add('coordinator fails over to a new leader', true, spend(failover(w), 'failover'));
+  if (w.lease.owner === null) {
+    const rev = w.lease.rev + 1;
+    add('a third party takes the free resource', false, { ...w, lease: { owner: 'third', token: rev, rev, mark: 'none' } });
+  }
+  if (w.budget.change > 0 && !isSettled(w.record)) {
+    add('a definition change arrives', true, spend({ ...w, record: stageDefinition(w.record, { version: 1 }, 0), defVersion: 1 }, 'change'));
+  }
+  return out;
+}

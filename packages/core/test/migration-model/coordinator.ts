@@ -1,0 +1,110 @@
+import {
+  decideReply,
+  nextStep,
+  takeStagedDefinition,
+  transition,
+  type ErrorCode,
+  type MigrationCommand,
+  type MigrationStepReply,
+} from '../../src/index.js';
+import { withHost, withNet, type Msg, type Mutation, type Role, type World } from './world.js';
+
+/**
+ * The coordinator as the real one will be: it persists the record, asks `nextStep` what to do,
+ * and feeds every answer through `decideReply` and `transition`. Its etcd steps are atomic with
+ * persisting the record (one transaction, or a step that recognises its own earlier success), so
+ * a crash loses only what it was waiting for.
+ */
+
+export type Machine = { transition: typeof transition };
+
+const failed = (w: World, code: ErrorCode) => ({ world: w, reply: { ok: false, error: { code, message: code } } as MigrationStepReply });
+
+/** One etcd transaction, compare-on-revision. Undefined reply: the step is not over yet. */
+function etcdStep(w: World, cmd: MigrationCommand, mutation: Mutation | undefined): { world: World; reply?: MigrationStepReply } {
+  const { lease } = w;
+  const rev = lease.rev + 1;
+  if (cmd.step === 'begin') {
+    if (lease.owner !== 'source' || lease.mark !== 'none') return failed(w, 'MIGRATION_CONFLICT');
+    return { world: { ...w, lease: { ...lease, rev, mark: 'reserved' } }, reply: { ok: true, revision: rev, grants: [lease.token] } };
+  }
+  if (lease.rev !== cmd.key.token) return failed(w, 'STALE_TOKEN');
+  const put = (owner: Role, token: number, mark: World['lease']['mark'] = 'none') => ({
+    world: { ...w, lease: { owner, token, rev, mark } },
+    reply: { ok: true, revision: rev } as MigrationStepReply,
+  });
+  switch (cmd.step) {
+    case 'mark':
+      return put('source', lease.token, 'handoff');
+    case 'commit':
+      // The mutation: a delete and a put, leaving the key absent in between (breaks S6).
+      if (mutation === 'commit-in-two-txns') return { world: { ...w, lease: { ...lease, owner: null, rev }, pendingPut: true } };
+      return put('destination', rev);
+    case 'unmark':
+      // Back to `held`, with the source's own grant token: it never stopped holding (S4).
+      return put('source', w.record.tokens.grants![0]!);
+    case 'give-back':
+      return put('source', rev);
+    default:
+      throw new Error(`${cmd.step} is not an etcd step`);
+  }
+}
+
+/** What the coordinator does with the answer to `cmd`. */
+export function apply(w: World, cmd: MigrationCommand, reply: MigrationStepReply, machine: Machine): World {
+  const decision = decideReply(w.record, cmd, reply);
+  if (decision.kind === 'stale') return w;
+  if (decision.kind === 'retry') return cmd.target === 'etcd' ? w : send(w, cmd);
+  return { ...w, record: machine.transition(w.record, decision.event, 0), awaiting: false };
+}
+
+function send(w: World, cmd: MigrationCommand): World {
+  const msg: Msg = { kind: 'cmd', role: cmd.target as Role, step: cmd.step, token: cmd.key.token };
+  return { ...withNet(w, [...w.net, msg]), awaiting: true };
+}
+
+/** The coordinator's next move while it waits for nothing: one etcd step, or one command sent. */
+export function issue(w: World, machine: Machine, mutation: Mutation | undefined): World | undefined {
+  if (w.awaiting) return undefined;
+  if (w.pendingPut) return finishSplitCommit(w, machine);
+  const cmd = nextStep(w.record);
+  if (cmd === undefined) {
+    // Closed: the staged definition goes to the surviving copy, and only now (seed 002).
+    const taken = takeStagedDefinition(w.record);
+    if (taken === undefined) return undefined;
+    const survivor: Role = taken.host === w.record.source ? 'source' : 'destination';
+    return withHost({ ...w, record: taken.record }, survivor, { def: w.defVersion });
+  }
+  if (cmd.target !== 'etcd') return send(w, cmd);
+  const { world, reply } = etcdStep(w, cmd, mutation);
+  return reply === undefined ? world : apply(world, cmd, reply, machine);
+}
+
+function finishSplitCommit(w: World, machine: Machine): World {
+  const cmd = nextStep(w.record)!;
+  const rev = w.lease.rev + 1;
+  const world = { ...w, pendingPut: false };
+  if (w.lease.owner !== null) return apply(world, cmd, failed(w, 'RESOURCE_BUSY').reply, machine);
+  return apply({ ...world, lease: { owner: 'destination', token: rev, rev, mark: 'none' } }, cmd, { ok: true, revision: rev }, machine);
+}
+
+/** The command a reply answers, as the coordinator matches it: by its idempotency key. */
+export function commandOf(w: World, m: Msg): MigrationCommand {
+  return { target: m.role, host: w.record[m.role], step: m.step, key: { migration: w.record.id, step: m.step, token: m.token } };
+}
+
+/** The waited-for command was lost (or its reply was): the coordinator's timeout sends it again. */
+export function timeout(w: World, mutation: Mutation | undefined): World | undefined {
+  const cmd = nextStep(w.record);
+  if (!w.awaiting || cmd === undefined || cmd.target === 'etcd' || mutation === 'no-resend-on-timeout') return undefined;
+  const inFlight = w.net.some((m) => m.role === cmd.target && m.step === cmd.step && m.token === cmd.key.token);
+  return inFlight ? undefined : send(w, cmd);
+}
+
+/**
+ * The leader dies and a new one takes over, reading the persisted record. Replies in flight were
+ * addressed to the old leader's inbox and are lost with it; commands in flight still arrive.
+ */
+export function failover(w: World): World {
+  return { ...withNet(w, w.net.filter((m) => m.kind === 'cmd')), awaiting: false, pendingPut: false };
+}
