@@ -79,8 +79,10 @@ describe('cluster leases between two agents', () => {
   it('keeps the cluster lease and its token across re-execs, with the VM writing throughout', async () => {
     await using storage = await SharedStorage.create();
     const cluster = `c${randomUUID().slice(0, 8)}`;
-    await using a = await host(storage, 'host-a', cluster);
-    await using b = await host(storage, 'host-b', cluster);
+    // A re-exec under a loaded 2-core machine takes up to a second or so: a 5 s TTL (fence at
+    // 3.75 s) leaves the renewal after the exec room without making the test slower.
+    await using a = await host(storage, 'host-a', cluster, 5);
+    await using b = await host(storage, 'host-b', cluster, 5);
     const disk = storage.image('vm3.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm3', disks: [disk] });
     const running = await vm.event((e) => e.event === 'running', 'running');

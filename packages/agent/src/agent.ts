@@ -127,6 +127,12 @@ export class Agent implements AsyncDisposable {
       }
     }
 
+    if (this.config.http.enabled) {
+      this.httpServer = await HttpServer.start({ host: this.config.http.host, port: this.config.http.port, registry: this.metrics.registry, health: this });
+    }
+    // Before the socket serves anything: a request answered without the cluster would be granted
+    // on local locks alone, and a VM reconnecting after a crash would find itself unknown.
+    if (this.config.etcd) await this.joinCluster(adopted);
     this.server = await SocketServer.listen({
       path: this.config.socket.path,
       mode: this.config.socket.mode,
@@ -153,10 +159,7 @@ export class Agent implements AsyncDisposable {
       // Termination in progress when the old image exec'd restarts its grace period here.
       for (const r of this.registry.all()) if (r.state === 'terminating') this.monitor.terminate(r, 'connection closed (before re-exec)');
     }
-    if (this.config.http.enabled) {
-      this.httpServer = await HttpServer.start({ host: this.config.http.host, port: this.config.http.port, registry: this.metrics.registry, health: this });
-    }
-    if (this.config.etcd) await this.joinCluster(adopted);
+
     this.log.info(
       {
         socket: this.config.socket.path,

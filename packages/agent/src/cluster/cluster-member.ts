@@ -46,7 +46,7 @@ export class ClusterMember implements AsyncDisposable {
     const previous = member.file.read(opts.record.host);
     if (previous.problem) opts.log.warn({ problem: previous.problem }, 'ignoring the recorded session');
     try {
-      member.current = opts.resume ? HostSession.resume({ ...member.sessionOptions(), id: opts.resume.session, validUntil: opts.resume.validUntil }) : await member.open(previous.session);
+      member.current = opts.resume ? HostSession.resume({ ...member.sessionOptions(), id: opts.resume.session, validUntil: opts.resume.validUntil }) : await member.openPatiently(previous.session);
     } catch (err) {
       member.conn.close();
       throw err;
@@ -69,6 +69,24 @@ export class ClusterMember implements AsyncDisposable {
       record: { ...this.opts.record, ttlSeconds: this.opts.config.ttlSeconds },
       onPhase: (phase, s) => this.phaseChanged(phase, s),
     };
+  }
+
+  /**
+   * At start etcd may be slow or briefly away (a leader election): try for three TTLs, then give
+   * up and let the service manager restart the agent, loudly.
+   */
+  private async openPatiently(adopt: string | undefined): Promise<HostSession> {
+    const giveUpAt = this.opts.clock.now() + 3 * this.timing.ttlMs;
+    for (;;) {
+      try {
+        return await this.open(adopt);
+      } catch (err) {
+        const e = err as BatonError;
+        if (e.code !== 'UNAVAILABLE' || this.opts.clock.now() >= giveUpAt) throw err;
+        this.opts.log.warn({ err: e.message }, 'cannot reach etcd yet; the agent serves nothing until it has joined the cluster');
+        await new Promise<void>((resolve) => setTimeout(resolve, this.timing.keepaliveMs));
+      }
+    }
   }
 
   private async open(adopt?: string): Promise<HostSession> {
