@@ -1,4 +1,4 @@
-import { httpJson } from './http-json.js';
+import { httpJson, type ClientTls } from './http-json.js';
 
 // etcd 3.4 serves its gRPC API as JSON on the client URL; keys and values travel base64-encoded
 // and 64-bit integers as decimal strings.
@@ -21,6 +21,8 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** @default 2000 */
   timeoutMs?: number;
+  /** For an `https:` client URL: the CA to trust and the client certificate to present. */
+  tls?: ClientTls;
 }
 
 const b64 = (text: string): string => Buffer.from(text, 'utf8').toString('base64');

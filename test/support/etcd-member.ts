@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { findBinary } from './binaries.js';
+import type { ClientTls } from './http-json.js';
 import { etcdGet, etcdHealth, etcdPut, etcdStatus, type CallOptions, type EtcdStatus } from './etcd-gateway.js';
 import { LocalServer, type LaunchSpec } from './local-server.js';
 import { LOOPBACK } from './ports.js';
@@ -19,6 +21,26 @@ export interface EtcdMemberConfig {
   /** `name=peerUrl,...` for every member of the cluster. */
   initialCluster: string;
   clusterToken: string;
+  /** Serve the client URL over TLS (`https://`); peer URLs stay plain http on loopback. */
+  tls?: EtcdTlsOptions;
+  /** More etcd flags, after the harness's own (e.g. `--auth-token=simple`). */
+  extraArgs?: readonly string[];
+}
+
+/**
+ * TLS on an etcd member's client URL. Paths to PEM files; one CA signs the server's certificate
+ * and the clients' (etcd's --trusted-ca-file), and the harness's own probes trust it.
+ */
+export interface EtcdTlsOptions {
+  caFile: string;
+  /** The server certificate; its SANs must include IP:127.0.0.1. */
+  certFile: string;
+  keyFile: string;
+  /** `--client-cert-auth`: refuse every client that presents no certificate signed by the CA. */
+  clientCertAuth?: boolean;
+  /** The client certificate the harness's probes (health, status, put, get) present; needed with clientCertAuth. */
+  probeCertFile?: string;
+  probeKeyFile?: string;
 }
 
 export const peerUrl = (port: number): string => `http://${LOOPBACK}:${port}`;
@@ -34,6 +56,8 @@ export class EtcdMember extends LocalServer {
   readonly dataDir: string;
   readonly #config: EtcdMemberConfig;
   readonly #binary: string;
+  /** What the harness's own calls trust and present on an https client URL. */
+  readonly clientTls: ClientTls | undefined;
 
   constructor(config: EtcdMemberConfig) {
     super();
@@ -42,7 +66,16 @@ export class EtcdMember extends LocalServer {
     this.memberName = config.memberName;
     this.clientPort = config.clientPort;
     this.peerPort = config.peerPort;
-    this.clientUrl = `http://${LOOPBACK}:${config.clientPort}`;
+    this.clientUrl = `${config.tls ? 'https' : 'http'}://${LOOPBACK}:${config.clientPort}`;
+    const tls = config.tls;
+    this.clientTls =
+      tls === undefined
+        ? undefined
+        : {
+            ca: readFileSync(tls.caFile),
+            ...(tls.probeCertFile === undefined ? {} : { cert: readFileSync(tls.probeCertFile) }),
+            ...(tls.probeKeyFile === undefined ? {} : { key: readFileSync(tls.probeKeyFile) }),
+          };
     this.peerUrl = peerUrl(config.peerPort);
     this.dataDir = config.dataDir;
     this.name = `etcd ${config.memberName} (client ${this.clientUrl})`;
@@ -54,16 +87,21 @@ export class EtcdMember extends LocalServer {
     return [this.clientUrl];
   }
 
+  /** The options of a harness call, with this member's client TLS when it serves https. */
+  #call(options: CallOptions): CallOptions {
+    return this.clientTls === undefined || options.tls !== undefined ? options : { ...options, tls: this.clientTls };
+  }
+
   status(options: CallOptions = {}): Promise<EtcdStatus> {
-    return etcdStatus(this.clientUrl, options);
+    return etcdStatus(this.clientUrl, this.#call(options));
   }
 
   put(key: string, value: string, options: CallOptions = {}): Promise<bigint> {
-    return etcdPut(this.clientUrl, key, value, options);
+    return etcdPut(this.clientUrl, key, value, this.#call(options));
   }
 
   get(key: string, options: CallOptions = {}): Promise<string | undefined> {
-    return etcdGet(this.clientUrl, key, options);
+    return etcdGet(this.clientUrl, key, this.#call(options));
   }
 
   protected spec(): LaunchSpec {
@@ -88,12 +126,16 @@ export class EtcdMember extends LocalServer {
         `--election-timeout=${ETCD_ELECTION_TIMEOUT_MS}`,
         '--logger=zap',
         '--log-outputs=stderr',
+        ...(c.tls === undefined
+          ? []
+          : [`--cert-file=${c.tls.certFile}`, `--key-file=${c.tls.keyFile}`, `--trusted-ca-file=${c.tls.caFile}`, ...(c.tls.clientCertAuth ? ['--client-cert-auth'] : [])]),
+        ...(c.extraArgs ?? []),
       ],
     };
   }
 
   protected probe(signal: AbortSignal): Promise<void> {
-    return etcdHealth(this.clientUrl, { signal });
+    return etcdHealth(this.clientUrl, this.#call({ signal }));
   }
 }
 

@@ -1,7 +1,8 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { etcdGet, etcdPut } from './etcd-gateway.js';
 import { EtcdCluster, EtcdServer } from './etcd-server.js';
+import { TestPki } from './pki.js';
 import { pidAlive } from './process.js';
 import { waitFor } from './wait-for.js';
 
@@ -41,6 +42,25 @@ describe('EtcdServer', () => {
     await server.stop();
     expect(server.running).toBe(false);
     await expect(server.get('k', { timeoutMs: 500 })).rejects.toThrow(/ECONNREFUSED/);
+  });
+});
+
+describe('EtcdServer with TLS', () => {
+  it('serves https only to clients with a certificate of its CA, and the harness’s own calls present one', async () => {
+    await using pki = await TestPki.create();
+    const { ca } = pki;
+    await using server = await EtcdServer.start({
+      tls: { caFile: ca.caFile, ...ca.server, clientCertAuth: true, probeCertFile: ca.client.certFile, probeKeyFile: ca.client.keyFile },
+    });
+    expect(server.clientUrl).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+    await server.put('baton/test/tls', 'yes');
+    expect(await server.get('baton/test/tls')).toBe('yes');
+    expect(await server.leader()).toBe(server);
+    // The CA alone (no client certificate) is refused at the handshake; so is another CA's certificate.
+    await expect(etcdGet(server.clientUrl, 'baton/test/tls', { tls: { ca: readFileSync(ca.caFile) } })).rejects.toThrow();
+    await expect(
+      etcdGet(server.clientUrl, 'baton/test/tls', { tls: { ca: readFileSync(ca.caFile), cert: readFileSync(pki.rogue.client.certFile), key: readFileSync(pki.rogue.client.keyFile) } }),
+    ).rejects.toThrow();
   });
 });
 

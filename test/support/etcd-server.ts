@@ -1,17 +1,21 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
-import { EtcdMember, findLeader, peerUrl, type LeaderOptions } from './etcd-member.js';
+import { EtcdMember, findLeader, peerUrl, type EtcdTlsOptions, type LeaderOptions } from './etcd-member.js';
 import { startWithPortRetry, type ReadyOptions } from './local-server.js';
 import { freePorts } from './ports.js';
 import { makeTempDir, removeDir } from './temp-dir.js';
 
-export { EtcdMember, findLeader, type LeaderOptions } from './etcd-member.js';
+export { EtcdMember, findLeader, type EtcdTlsOptions, type LeaderOptions } from './etcd-member.js';
 
 export interface EtcdServerOptions {
   /** Use this data dir (kept on close) instead of a fresh temporary one (removed on close). */
   dataDir?: string;
   /** @default DEFAULT_START_TIMEOUT_MS */
   startTimeoutMs?: number;
+  /** Serve clients over TLS on `https://127.0.0.1:<port>` (see EtcdTlsOptions). */
+  tls?: EtcdTlsOptions;
+  /** More etcd flags, appended to the harness's own. */
+  extraArgs?: readonly string[];
 }
 
 /** A single-member etcd on random loopback ports. */
@@ -30,6 +34,8 @@ export class EtcdServer extends EtcdMember {
           dataDir: options.dataDir ?? join(root ?? '', 'data'),
           initialCluster: `m1=${peerUrl(peerPort)}`,
           clusterToken: `baton-test-${randomUUID()}`,
+          ...(options.tls === undefined ? {} : { tls: options.tls }),
+          ...(options.extraArgs === undefined ? {} : { extraArgs: options.extraArgs }),
         });
         if (root !== undefined) server.ownedDirs.push(root);
         return server;

@@ -1,5 +1,13 @@
 import { request } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { assertLoopback } from './ports.js';
+
+/** What a client trusts and presents on an `https:` URL (PEM contents, not paths). */
+export interface ClientTls {
+  ca: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+}
 
 export interface HttpJsonOptions {
   method?: 'GET' | 'POST';
@@ -7,6 +15,8 @@ export interface HttpJsonOptions {
   signal?: AbortSignal;
   /** @default 2000 */
   timeoutMs?: number;
+  /** For `https:` URLs: the CA to trust and the client certificate to present. */
+  tls?: ClientTls;
 }
 
 export interface HttpJsonResponse<T> {
@@ -26,14 +36,18 @@ export function httpJson<T = unknown>(url: string, options: HttpJsonOptions = {}
     AbortSignal.timeout(options.timeoutMs ?? 2_000),
     ...(options.signal === undefined ? [] : [options.signal]),
   ]);
+  const https = target.protocol === 'https:';
+  if (https && options.tls === undefined) return Promise.reject(new Error(`${url}: an https URL needs the tls option (the CA to trust)`));
+  const send = https ? httpsRequest : request;
   return new Promise((resolve, reject) => {
-    const req = request(
+    const req = send(
       target,
       {
         method: options.method ?? (payload === undefined ? 'GET' : 'POST'),
         agent: false,
         signal,
         headers: payload === undefined ? {} : { 'content-type': 'application/json' },
+        ...(https ? { ca: options.tls!.ca, cert: options.tls!.cert, key: options.tls!.key } : {}),
       },
       (res) => {
         const chunks: Buffer[] = [];

@@ -29,9 +29,10 @@ export {
   findLeader,
   type EtcdClusterOptions,
   type EtcdServerOptions,
+  type EtcdTlsOptions,
   type LeaderOptions,
 } from './etcd-server.js';
-export { httpJson, type HttpJsonOptions, type HttpJsonResponse } from './http-json.js';
+export { httpJson, type ClientTls, type HttpJsonOptions, type HttpJsonResponse } from './http-json.js';
 export {
   DEFAULT_START_TIMEOUT_MS,
   isAddressInUse,
@@ -61,3 +62,7 @@ export { describe as describeError, waitFor, WaitTimeoutError, type Probe, type 
 export { JsonProcess, type JsonEvent } from './json-process.js';
 export { AgentProcess, CLI_ENTRY, SharedStorage, startProbe, startSimVm, tryLockFrom, type AgentProcessOptions, type SimVmOptions } from './agent-process.js';
 export { checkDisk, GrantHistory, readDiskRecords, type DiskRecord, type GrantEvent } from './history.js';
+export { monoNow, StampedEvents, type StampedEvent } from './stamped-events.js';
+export { staleWrite } from './stale-writer.js';
+export { TestPki, type CertPair, type TestCa } from './pki.js';
+export { etcdctl, EtcdctlError, type EtcdctlOptions } from './etcdctl.js';

@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { registerAgentCommands } from './commands/agent.js';
 import { registerDemoCommand } from './commands/demo.js';
+import { registerHostCommands } from './commands/hosts.js';
 import { registerLockCommands } from './commands/lock.js';
 import { registerLocksCommand } from './commands/locks.js';
 
@@ -12,6 +13,7 @@ const program = new Command('baton')
 registerAgentCommands(program);
 registerLockCommands(program);
 registerLocksCommand(program);
+registerHostCommands(program);
 registerDemoCommand(program);
 
 try {

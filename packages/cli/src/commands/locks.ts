@@ -1,15 +1,38 @@
 import type { Command } from 'commander';
+import type { ClusterLease } from '@baton/core';
 import { printJson, printTable, reporting } from '../output.js';
 import { withAgent } from '../socket.js';
 
+export const CLUSTER_LEASE_COLUMNS = ['resource', 'lockspace', 'mode', 'host', 'owner', 'token', 'since'] as const;
+
+/** Cluster leases as table rows: sorted by resource, then host, so the same view prints the same way. */
+export function clusterLeaseRows(leases: readonly ClusterLease[]): Record<string, unknown>[] {
+  return [...leases]
+    .sort((a, b) => a.resource.localeCompare(b.resource) || a.host.localeCompare(b.host) || a.token - b.token)
+    .map((l) => ({ resource: l.resource, lockspace: l.lockspace, mode: l.mode, host: l.host, owner: l.owner.name, token: l.token, since: l.since }));
+}
+
+/**
+ * `baton locks`: this host's locks, as its agent holds them (lock paths, pids). `baton locks
+ * --cluster`: every lease of every host, as etcd records it. Two flags rather than one command
+ * that changes its output with the agent's configuration: a script's `--json` must not change
+ * shape because an etcd section was added.
+ */
 export function registerLocksCommand(program: Command): void {
   program
     .command('locks')
-    .description('every lock this host’s agent holds')
+    .description('every lock this host’s agent holds; with --cluster, every lease of every host from etcd')
+    .option('--cluster', 'the cluster view from etcd: host, owner, mode, token, since of every lease')
     .option('--socket <path>', 'agent socket')
     .option('--json', 'machine-readable output')
-    .action(async (opts: { socket?: string; json?: boolean }) => {
+    .action(async (opts: { socket?: string; json?: boolean; cluster?: boolean }) => {
       await reporting(opts, async () => {
+        if (opts.cluster) {
+          const result = await withAgent(opts, (c) => c.request('clusterLocks', {}));
+          if (opts.json) printJson(result);
+          else printTable(clusterLeaseRows(result.leases), CLUSTER_LEASE_COLUMNS);
+          return;
+        }
         const result = await withAgent(opts, (c) => c.request('locks'));
         if (opts.json) {
           printJson(result);
