@@ -70,7 +70,9 @@ export class ClusterView {
     const leases = (await this.leases()).filter((l) => l.host === host);
     if (found) {
       const ttl = await this.conn.leaseTimeToLive(found.session);
-      const since = (Number(ttl.grantedTTL) - Number(ttl.TTL)) * 1000;
+      // etcd rounds the remaining TTL down to whole seconds: the age is known only to within 1 s
+      // too high, so the lower bound decides (a live host must never be fenced by declaration).
+      const since = Math.max(0, Number(ttl.grantedTTL) - Number(ttl.TTL) - 1) * 1000;
       const { warnMs } = leaseTiming(found.record.ttlSeconds);
       if (Number(ttl.TTL) > 0 && since < warnMs) {
         throw new BatonError('HOST_ALIVE', `host ${host} renewed its session ${Math.round(since / 1000)} s ago; it is alive, and fencing it by declaration would give its running VMs' disks away`, {
