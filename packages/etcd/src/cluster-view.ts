@@ -25,6 +25,15 @@ function sessionHex(lease: string | number): string {
   return BigInt(lease).toString(16);
 }
 
+/**
+ * How long ago a session's last keepalive arrived, at least. etcd restarts the TTL on a keepalive
+ * and reports what is left rounded down to whole seconds, so `granted - left` overstates the age by
+ * up to a second; the lower bound is what a decision (may this host be declared dead?) can use.
+ */
+function keepaliveAgeSeconds(ttl: { grantedTTL: string | number; TTL: string | number }): number {
+  return Math.max(0, Number(ttl.grantedTTL) - Number(ttl.TTL) - 1);
+}
+
 /** The cluster as etcd records it: hosts, leases, and the operator's fence declarations. */
 export class ClusterView {
   constructor(private readonly conn: EtcdConnection) {}
@@ -54,7 +63,7 @@ export class ClusterView {
         const ttl = await this.conn.leaseTimeToLive(session);
         const { v: _v, ...rest } = record;
         const left = Number(ttl.TTL);
-        return { ...rest, session: sessionHex(session), ttlLeftSeconds: left, lastKeepaliveAgoSeconds: left < 0 ? -1 : Number(ttl.grantedTTL) - left };
+        return { ...rest, session: sessionHex(session), ttlLeftSeconds: left, lastKeepaliveAgoSeconds: left < 0 ? -1 : keepaliveAgeSeconds(ttl) };
       }),
     );
   }
@@ -70,9 +79,7 @@ export class ClusterView {
     const leases = (await this.leases()).filter((l) => l.host === host);
     if (found) {
       const ttl = await this.conn.leaseTimeToLive(found.session);
-      // etcd rounds the remaining TTL down to whole seconds: the age is known only to within 1 s
-      // too high, so the lower bound decides (a live host must never be fenced by declaration).
-      const since = Math.max(0, Number(ttl.grantedTTL) - Number(ttl.TTL) - 1) * 1000;
+      const since = keepaliveAgeSeconds(ttl) * 1000;
       const { warnMs } = leaseTiming(found.record.ttlSeconds);
       if (Number(ttl.TTL) > 0 && since < warnMs) {
         throw new BatonError('HOST_ALIVE', `host ${host} renewed its session ${Math.round(since / 1000)} s ago; it is alive, and fencing it by declaration would give its running VMs' disks away`, {
