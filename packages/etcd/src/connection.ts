@@ -16,6 +16,7 @@ import {
   type IDuplexStream,
   type ILeaseKeepAliveRequest,
   type ILeaseKeepAliveResponse,
+  type IKeyValue,
 } from 'etcd3';
 import { BatonError, leaseTiming, rpcDeadline } from '@baton/core';
 import { keyPrefix, type EtcdConfig } from './config.js';
@@ -135,6 +136,23 @@ export class EtcdConnection implements AsyncDisposable {
       await this.client.leaseClient.leaseRevoke({ ID: id }, this.options());
     } catch (err) {
       throw etcdError(err, `the revocation of session ${id}`);
+    }
+  }
+
+  /**
+   * Watch a key (or a prefix) from a revision on, so nothing between a read and the watch is
+   * missed. The etcd3 watch manager reconnects the stream by itself and resumes from the last
+   * revision seen.
+   */
+  async watch(key: string, opts: { prefix?: boolean; fromRevision: string }, on: { put?(kv: IKeyValue): void; delete?(kv: IKeyValue): void }): Promise<{ cancel(): Promise<void> }> {
+    const builder = opts.prefix ? this.client.watch().prefix(key) : this.client.watch().key(key);
+    try {
+      const watcher = await builder.startRevision(opts.fromRevision).create();
+      if (on.put) watcher.on('put', (kv) => on.put!(kv));
+      if (on.delete) watcher.on('delete', (kv) => on.delete!(kv));
+      return watcher;
+    } catch (err) {
+      throw etcdError(err, `a watch of ${key}`);
     }
   }
 

@@ -4,3 +4,4 @@ export { KeyLayout } from './keys.js';
 export { HostSession, SESSION_PHASES, type SessionLog, type SessionOptions, type SessionPhase } from './session.js';
 export { LeaseTable, type HeldLease, type LeaseClaim } from './lease-table.js';
 export { ClusterView } from './cluster-view.js';
+export { Election, type CampaignOptions, type Leadership } from './election.js';

@@ -46,6 +46,9 @@ export class HostSession {
   /** Keepalives not answered yet, with their send times; etcd answers on a stream in order. */
   private waiters: { sentAt: number; done(err?: BatonError): void }[] = [];
   private keepaliveTimer: NodeJS.Timeout | undefined;
+  private readonly ended = new AbortController();
+  /** Aborts when the session expires on this host's clock or is closed: leadership hangs on it. */
+  readonly lost: AbortSignal = this.ended.signal;
   private deadlineTimer: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -223,6 +226,7 @@ export class HostSession {
   private setPhase(next: SessionPhase): void {
     if (!NEXT[this.phase].includes(next)) throw new BatonError('INTERNAL', `session phase ${this.phase} → ${next} is not allowed`);
     this.phase = next;
+    if (next === 'expired' || next === 'closed') this.ended.abort(new BatonError('LEASE_LOST', `session ${this.id} ${next}`));
     this.opts.onPhase(next, this);
   }
 

@@ -1,0 +1,57 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { leaseTiming, systemClock } from '@baton/core';
+import { Election, EtcdConfigSchema, EtcdConnection, HostSession } from '@baton/etcd';
+import { EtcdServer } from '../support/index.js';
+
+/** Leader election on KV, lease and watch: one leader, handed on in line, lost as a signal. */
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+
+let etcd: EtcdServer;
+beforeAll(async () => {
+  etcd = await EtcdServer.start();
+});
+afterAll(async () => {
+  await etcd?.close();
+});
+
+async function candidate(conn: EtcdConnection, id: string): Promise<HostSession> {
+  return HostSession.open({
+    conn,
+    clock: systemClock,
+    timing: leaseTiming(conn.config.ttlSeconds),
+    log: quiet,
+    record: { host: id, address: `${id}:0`, version: 'test', pid: process.pid, lockspaces: [], startedAt: 'now', ttlSeconds: conn.config.ttlSeconds },
+    onPhase: () => undefined,
+  });
+}
+
+describe('coordinator election', () => {
+  it('elects the oldest candidate, hands leadership on in line, and aborts the leader’s signal before anyone else leads', async () => {
+    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `e${process.pid}`, ttlSeconds: 2 }));
+    const [s1, s2, s3] = await Promise.all(['c1', 'c2', 'c3'].map((id) => candidate(conn, id)));
+    const timeline: string[] = [];
+    const l1 = await Election.campaign({ conn, session: s1!, name: 'coordinator', value: 'c1' });
+    timeline.push('c1 leads');
+    const second = Election.campaign({ conn, session: s2!, name: 'coordinator', value: 'c2' }).then((l) => (timeline.push('c2 leads'), l));
+    const third = Election.campaign({ conn, session: s3!, name: 'coordinator', value: 'c3' }).then((l) => (timeline.push('c3 leads'), l));
+    const election = new Election(conn, 'coordinator');
+    expect(await election.leader()).toBe('c1');
+
+    l1.signal.addEventListener('abort', () => timeline.push('c1 lost'));
+    await l1.resign();
+    const l2 = await second;
+    expect(l1.signal.aborted).toBe(true);
+    expect(await election.leader()).toBe('c2');
+
+    // c2's process stops renewing (a crash): its signal aborts at once on its own side; c3 leads
+    // only when etcd has expired c2's session, never while c2 could still believe it leads.
+    l2.signal.addEventListener('abort', () => timeline.push('c2 lost'));
+    await s2!.close();
+    const l3 = await third;
+    expect(timeline).toEqual(['c1 leads', 'c1 lost', 'c2 leads', 'c2 lost', 'c3 leads']);
+    expect(l3.signal.aborted).toBe(false);
+    await s3!.close({ revoke: true });
+    expect(l3.signal.aborted).toBe(true);
+    await s1!.close({ revoke: true });
+  });
+});
