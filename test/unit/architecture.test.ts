@@ -23,12 +23,13 @@ const core = sources('packages/core/src');
 const agent = sources('packages/agent/src');
 const coordinator = sources('packages/coordinator/src');
 const etcd = sources('packages/etcd/src');
-const all = [...core, ...etcd, ...agent, ...coordinator, ...sources('packages/cli/src')];
+const bus = sources('packages/bus/src');
+const all = [...core, ...etcd, ...bus, ...agent, ...coordinator, ...sources('packages/cli/src')];
 
 describe('architecture', () => {
   it('keeps core pure: it imports no other package and does no I/O', () => {
     expect(importers(core, /from '@baton\//)).toEqual([]);
-    expect(importers(etcd, /from '@baton\/(agent|coordinator|cli)'/)).toEqual([]);
+    expect(importers([...etcd, ...bus], /from '@baton\/(agent|coordinator|cli|etcd|bus)'/)).toEqual([]);
     expect(importers(core, /from 'node:(fs|net|child_process|http|dgram|os)/)).toEqual([]);
   });
 
@@ -42,6 +43,9 @@ describe('architecture', () => {
     const etcd3 = importers(all, /from '(etcd3|cockatiel)'/);
     expect(etcd3.length).toBeGreaterThan(0);
     expect(etcd3.every((f) => f.startsWith('packages/etcd/src/'))).toBe(true);
+    const nats = importers(all, /from '@nats-io\//);
+    expect(nats.length).toBeGreaterThan(0);
+    expect(nats.every((f) => f.startsWith('packages/bus/src/'))).toBe(true);
     expect(importers(all, /from 'pino'/)).toEqual(['packages/agent/src/logger.ts']);
     expect(importers(all, /from 'prom-client'/)).toEqual(['packages/agent/src/http/http-server.ts', 'packages/agent/src/http/metrics.ts']);
     expect(importers(all, /from 'fastify'/)).toEqual(['packages/agent/src/http/http-server.ts']);

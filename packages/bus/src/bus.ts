@@ -1,0 +1,122 @@
+import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
+import { asBatonError, BatonError, PROTOCOL_VERSION, ReplyEnvelope, toErrorBody, type ErrorBody } from '@baton/core';
+import { z } from 'zod';
+import { Subjects, type BusConfig } from './config.js';
+
+const CommandEnvelope = z.object({ v: z.number(), params: z.unknown() });
+
+/** A handler answers a command's params with a result, or throws a BatonError (its code travels). */
+export type CommandHandler = (params: unknown, subject: string) => unknown;
+
+/**
+ * The one place NATS is used. Commands are request/reply with the agent socket's envelope: a
+ * versioned request `{v, params}` and a reply `{v, ok, result | error}` whose error carries a code
+ * from the catalogue, so a refusal reads the same here as on the socket, over HTTP and in the CLI.
+ */
+export class Bus implements AsyncDisposable {
+  readonly subjects: Subjects;
+  private readonly subs = new Set<Subscription>();
+  private closed = false;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly config: BusConfig,
+  ) {
+    this.subjects = new Subjects(config);
+  }
+
+  static async connect(config: BusConfig, name: string): Promise<Bus> {
+    try {
+      // Reconnect for ever: a NATS restart is an outage to ride out, not a reason to exit.
+      const nc = await connect({ servers: config.servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+      return new Bus(nc, config);
+    } catch (err) {
+      throw new BatonError('UNAVAILABLE', `cannot reach NATS at ${config.servers.join(', ')}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** Send a command and wait for its reply; no reply in time is UNAVAILABLE (it may still run: commands are idempotent). */
+  async request(subject: string, params: unknown, opts: { timeoutMs?: number } = {}): Promise<unknown> {
+    let msg;
+    try {
+      msg = await this.nc.request(subject, JSON.stringify({ v: PROTOCOL_VERSION, params }), { timeout: opts.timeoutMs ?? this.config.requestTimeoutMs });
+    } catch (err) {
+      throw new BatonError('UNAVAILABLE', `no answer to ${subject}: ${(err as Error).message}`, { details: { subject }, cause: err });
+    }
+    const reply = ReplyEnvelope.safeParse(msg.json());
+    if (!reply.success) throw new BatonError('INVALID_REQUEST', `malformed reply on ${subject}`, { details: { subject } });
+    if (!reply.data.ok) throw BatonError.fromBody(reply.data.error as ErrorBody);
+    return reply.data.result;
+  }
+
+  /** Answer commands on `subject` (wildcards allowed); every failure is a catalogue error reply. */
+  serve(subject: string, handler: CommandHandler): void {
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, msg) => {
+        if (err) return;
+        const respond = (body: unknown): void => {
+          msg.respond(JSON.stringify(body));
+        };
+        let params: unknown;
+        try {
+          const env = CommandEnvelope.parse(msg.json());
+          if (env.v !== PROTOCOL_VERSION) throw new BatonError('UNSUPPORTED_VERSION', `protocol version ${env.v} is not supported`, { details: { supported: [PROTOCOL_VERSION] } });
+          params = env.params;
+        } catch (e) {
+          respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: toErrorBody(asBatonError(e, 'INVALID_REQUEST')) });
+          return;
+        }
+        Promise.resolve()
+          .then(() => handler(params, msg.subject))
+          .then(
+            (result) => respond({ v: PROTOCOL_VERSION, id: null, ok: true, result }),
+            (e: unknown) => respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: toErrorBody(e) }),
+          )
+          .catch(() => undefined);
+      },
+    });
+    this.subs.add(sub);
+  }
+
+  publish(subject: string, event: unknown): void {
+    this.nc.publish(subject, JSON.stringify(event));
+  }
+
+  /** A JetStream stream over the events, so history outlives a coordinator (idempotent). */
+  async ensureHistory(stream: string): Promise<void> {
+    try {
+      const jsm = await jetstreamManager(this.nc);
+      const exists = await jsm.streams.info(stream).then(
+        () => true,
+        (err: unknown) => {
+          if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.StreamNotFound) return false;
+          throw err;
+        },
+      );
+      if (!exists) await jsm.streams.add({ name: stream, subjects: [this.subjects.allEvents] });
+    } catch (err) {
+      throw new BatonError('UNAVAILABLE', `JetStream stream ${stream} is not available: ${(err as Error).message}`, { details: { stream }, cause: err });
+    }
+  }
+
+  /** Publish an event and wait for JetStream to store it. */
+  async record(subject: string, event: unknown): Promise<void> {
+    try {
+      await jetstream(this.nc).publish(subject, JSON.stringify(event));
+    } catch (err) {
+      throw new BatonError('UNAVAILABLE', `event on ${subject} was not stored: ${(err as Error).message}`, { details: { subject }, cause: err });
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of this.subs) s.unsubscribe();
+    await this.nc.drain().catch(() => this.nc.close());
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
