@@ -1,0 +1,52 @@
+import type { Grant, LeaseLoss, LockMode } from '@baton/core';
+
+/**
+ * What the agent asks of a hypervisor. Shaped after what libvirt offers, so a libvirt driver fits
+ * later: create an incoming domain paused (`virsh migrate --live --suspend` leaves the destination
+ * paused until the lease is committed), send (migrate), pause (suspend), resume, destroy, list.
+ */
+export const VM_STATES = ['incoming', 'paused', 'running'] as const;
+export type VmState = (typeof VM_STATES)[number];
+
+export interface VmDisk {
+  path: string;
+  mode: LockMode;
+}
+
+export interface VmSpec {
+  uuid: string;
+  name: string;
+  disks: VmDisk[];
+  onLeaseLoss: LeaseLoss;
+}
+
+export interface VmInfo {
+  uuid: string;
+  name: string;
+  pid: number;
+  state: VmState;
+  /** Progress of the guest (the sim's write counter); carried by a migration. */
+  seq: number;
+}
+
+/** Fault injection for a send (the sim driver honours it; tests use it). */
+export interface SendOptions {
+  delayMs?: number;
+  fail?: boolean;
+}
+
+export interface HypervisorDriver {
+  /** A VM created paused and waiting for its state; `incoming` is where the source sends it. */
+  createIncoming(spec: VmSpec): Promise<{ vm: VmInfo; incoming: string }>;
+  /** A new VM, paused, with a fresh guest (no incoming state). */
+  create(spec: VmSpec): Promise<VmInfo>;
+  /** Live-migrate: send the state; the VM is paused at switchover and stays paused on success. */
+  send(uuid: string, incoming: string, opts?: SendOptions): Promise<VmInfo>;
+  pause(uuid: string): Promise<VmInfo>;
+  /** Unpause with the grants (tokens) the VM writes under, valid until `validUntil` (host monotonic ms, null: no deadline). */
+  resume(uuid: string, grants: readonly Grant[], validUntil: number | null): Promise<VmInfo>;
+  /** Extend the write deadline of a running VM (after each keepalive). */
+  renew(uuid: string, validUntil: number | null): Promise<void>;
+  destroy(uuid: string): Promise<void>;
+  list(): Promise<VmInfo[]>;
+}

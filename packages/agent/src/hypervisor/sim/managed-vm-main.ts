@@ -1,0 +1,190 @@
+import { connect, createServer } from 'node:net';
+import { join } from 'node:path';
+import { rmSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { asBatonError, BatonError, GrantSchema, systemClock, type Grant } from '@baton/core';
+import { LineReader } from '../../api/line-reader.js';
+import type { VmInfo, VmState } from '../driver.js';
+import { serveControl } from './control.js';
+import { FencedDisk } from './fenced-disk.js';
+
+/**
+ * A sim VM run by its host's hypervisor driver (the agent), as libvirt runs QEMU: created paused
+ * (fresh, or incoming and waiting for a migration's state), unpaused with the grants it writes
+ * under, paused, sent to another host, destroyed, through its control socket. While running and
+ * before its write deadline it appends `vm host token seq t` to each exclusive disk through the
+ * disk's FenceGuard. Events go to stdout as JSON lines.
+ */
+const { values } = parseArgs({
+  options: {
+    dir: { type: 'string' },
+    uuid: { type: 'string' },
+    name: { type: 'string' },
+    host: { type: 'string', default: 'local' },
+    incoming: { type: 'boolean', default: false },
+    'interval-ms': { type: 'string', default: '20' },
+  },
+});
+
+function emit(event: Record<string, unknown>): void {
+  process.stdout.write(JSON.stringify({ ...event, vm: values.name, t: Math.round(systemClock.now()) }) + '\n');
+}
+
+const ResumeSchema = z.object({ grants: z.array(GrantSchema), validUntil: z.number().nullable() });
+const SendSchema = z.object({ to: z.string(), delayMs: z.number().int().nonnegative().default(0), fail: z.boolean().default(false) });
+
+class ManagedVm {
+  state: VmState;
+  seq = 0;
+  private grants: Grant[] = [];
+  private validUntil = 0;
+  private fenced = false;
+  private readonly disks = new Map<string, FencedDisk>();
+
+  constructor(incoming: boolean) {
+    this.state = incoming ? 'incoming' : 'paused';
+  }
+
+  info(): VmInfo {
+    return { uuid: values.uuid!, name: values.name!, pid: process.pid, state: this.state, seq: this.seq };
+  }
+
+  resume(grants: Grant[], validUntil: number | null): VmInfo {
+    if (this.state === 'incoming') throw new BatonError('INVALID_REQUEST', 'an incoming VM has no state to run yet');
+    this.grants = grants;
+    for (const g of grants) if (g.mode === 'exclusive' && !this.disks.has(g.resource)) this.disks.set(g.resource, new FencedDisk(g.resource, true));
+    this.validUntil = validUntil ?? Infinity;
+    this.state = 'running';
+    emit({ event: 'running', seq: this.seq, grants });
+    return this.info();
+  }
+
+  renew(validUntil: number | null): VmInfo {
+    this.validUntil = validUntil ?? Infinity;
+    return this.info();
+  }
+
+  pause(): VmInfo {
+    if (this.state === 'running') emit({ event: 'paused', seq: this.seq });
+    if (this.state !== 'incoming') this.state = 'paused';
+    return this.info();
+  }
+
+  /** Switchover: pause, hand the state over, stay paused if it arrived; run on if it did not. */
+  async send(to: string, delayMs: number, fail: boolean): Promise<VmInfo> {
+    const before = this.state;
+    this.pause();
+    try {
+      if (delayMs > 0) await new Promise<void>((resolve) => setTimeout(resolve, delayMs));
+      if (fail) throw new BatonError('IO_ERROR', 'migration stream failed (injected)');
+      await sendState(to, { seq: this.seq });
+      emit({ event: 'sent', seq: this.seq, to });
+      return this.info();
+    } catch (err) {
+      // A failed migration leaves the source as it was (QEMU resumes the source).
+      this.state = before;
+      emit({ event: 'send-failed', seq: this.seq, message: (err as Error).message });
+      throw asBatonError(err, 'IO_ERROR');
+    }
+  }
+
+  received(seq: number): void {
+    this.seq = seq;
+    this.state = 'paused';
+    emit({ event: 'received', seq });
+  }
+
+  write(): void {
+    if (this.state !== 'running') return;
+    const now = systemClock.now();
+    if (now >= this.validUntil) {
+      if (!this.fenced) emit({ event: 'self-fenced', seq: this.seq, overdueMs: Math.round(now - this.validUntil) });
+      this.fenced = true;
+      return;
+    }
+    this.fenced = false;
+    this.seq++;
+    for (const g of this.grants) {
+      const disk = this.disks.get(g.resource);
+      if (!disk) continue;
+      try {
+        disk.write(g.token, `${values.name} ${values.host} ${g.token} ${this.seq} ${Math.round(now)}\n`);
+      } catch (err) {
+        const e = asBatonError(err);
+        emit({ event: 'write-refused', disk: g.resource, token: g.token, code: e.code, details: e.details });
+        this.state = 'paused';
+        return;
+      }
+    }
+  }
+}
+
+function sendState(to: string, state: { seq: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(to);
+    socket.on('error', (err) => reject(new BatonError('IO_ERROR', `migration stream to ${to}: ${err.message}`, { cause: err })));
+    socket.on('data', () => {
+      socket.destroy();
+      resolve();
+    });
+    socket.write(JSON.stringify(state) + '\n');
+  });
+}
+
+/** The incoming side: one migration stream, then it closes. */
+function listenIncoming(path: string, vm: ManagedVm): void {
+  rmSync(path, { force: true });
+  const server = createServer((socket) => {
+    const reader = new LineReader(64 * 1024);
+    socket.on('error', () => socket.destroy());
+    socket.on('data', (chunk: Buffer) => {
+      for (const ev of reader.push(chunk)) {
+        if (ev.kind !== 'line') continue;
+        vm.received(Number((JSON.parse(ev.line) as { seq: number }).seq));
+        socket.end('ack\n');
+        server.close();
+      }
+    });
+  });
+  server.listen(path);
+}
+
+async function main(): Promise<void> {
+  if (!values.dir || !values.uuid || !values.name) throw new BatonError('INVALID_REQUEST', 'a managed sim VM needs --dir, --uuid and --name');
+  const vm = new ManagedVm(values.incoming);
+  if (values.incoming) listenIncoming(join(values.dir, 'incoming.sock'), vm);
+  setInterval(() => vm.write(), Number(values['interval-ms']));
+  await serveControl(join(values.dir, 'control.sock'), async (req) => {
+    switch (req.op) {
+      case 'status':
+        return vm.info();
+      case 'resume': {
+        const p = ResumeSchema.parse(req);
+        return vm.resume(p.grants, p.validUntil);
+      }
+      case 'renew': {
+        return vm.renew(ResumeSchema.pick({ validUntil: true }).parse(req).validUntil);
+      }
+      case 'pause':
+        return vm.pause();
+      case 'send': {
+        const p = SendSchema.parse(req);
+        return vm.send(p.to, p.delayMs, p.fail);
+      }
+      case 'destroy':
+        emit({ event: 'destroyed', seq: vm.seq });
+        setImmediate(() => process.exit(0));
+        return vm.info();
+      default:
+        throw new BatonError('UNKNOWN_METHOD', `unknown VM control op ${String(req.op)}`);
+    }
+  });
+  emit({ event: 'created', state: vm.state, pid: process.pid });
+}
+
+main().catch((err: unknown) => {
+  const e = asBatonError(err);
+  emit({ event: 'error', message: e.message, code: e.code });
+  process.exit(1);
+});
