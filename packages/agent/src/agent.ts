@@ -199,6 +199,7 @@ export class Agent implements AsyncDisposable {
         this.cluster!.fenceAll();
       },
       onRecovered: (session) => this.cluster!.recover(session),
+      heldKeys: () => this.cluster?.heldKeys() ?? new Set(),
     });
     this.member = member;
     this.fencer = new Fencer({ log: this.log, killGraceMs: member.timing.fenceKillGraceMs });
@@ -303,14 +304,14 @@ export class Agent implements AsyncDisposable {
     }
   }
 
-  private async release(ctx: ConnectionContext, p: AgentParsedParams<'release'>): Promise<AgentResult<'release'>> {
+  private release(ctx: ConnectionContext, p: AgentParsedParams<'release'>): AgentResult<'release'> | Promise<AgentResult<'release'>> {
     this.assertServing();
     const record = this.ownerOf(ctx);
     const released = this.locks.release(record.owner.uuid, p.resources);
     this.metrics.releases.inc({ reason: 'requested' }, released.length);
     this.log.debug({ owner: record.owner.uuid, released }, `released ${released.length} lock(s) of ${record.owner.name}`);
-    await this.cluster?.release(record.owner.uuid, released);
-    return { released };
+    // Answered at once without a cluster: a promise would hold the connection's next request back a turn.
+    return this.cluster ? this.cluster.release(record.owner.uuid, released).then(() => ({ released })) : { released };
   }
 
   private watchdog(ctx: ConnectionContext): AgentResult<'watchdog'> {

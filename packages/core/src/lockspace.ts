@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { posix } from 'node:path';
 
 /**
@@ -10,7 +10,8 @@ export const LOCKSPACE_KINDS = ['indirect', 'direct'] as const;
 export type LockspaceKind = (typeof LOCKSPACE_KINDS)[number];
 
 export function lockFileName(identity: string): string {
-  return createHash('sha256').update(identity, 'utf8').digest('hex');
+  // The one-shot hash: an acquire computes this, and a Hash object costs more than the digest.
+  return hash('sha256', identity, 'hex');
 }
 
 /** Whether an absolute, already-canonical path lies inside one of the roots (or is one). */

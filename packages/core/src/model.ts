@@ -32,10 +32,14 @@ export type Owner = z.infer<typeof OwnerSchema>;
 export const LIVENESS = ['connection', 'pid'] as const;
 export type Liveness = (typeof LIVENESS)[number];
 
+/** Longest resource name and lockspace name a request may carry (the agent's hand-checked requests use them too). */
+export const MAX_RESOURCE_NAME = 4096;
+export const MAX_LOCKSPACE_NAME = 64;
+
 /** A resource as a client names it: a path or name, in a lockspace (the agent's default if omitted). */
 export const ResourceRefSchema = z.strictObject({
-  name: z.string().min(1).max(4096),
-  lockspace: z.string().min(1).max(64).optional(),
+  name: z.string().min(1).max(MAX_RESOURCE_NAME),
+  lockspace: z.string().min(1).max(MAX_LOCKSPACE_NAME).optional(),
   mode: z.enum(LOCK_MODES).default('exclusive'),
 });
 export type ResourceRef = z.infer<typeof ResourceRefSchema>;

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { noop } from 'cockatiel';
+import { ConstantBackoff, handleWhen, noop, retry } from 'cockatiel';
 import {
   EtcdAuthenticationFailedError,
   EtcdLeaseInvalidError,
@@ -22,6 +22,11 @@ import { BatonError, leaseTiming, rpcDeadline } from '@baton/core';
 import { keyPrefix, type EtcdConfig } from './config.js';
 import { KeyLayout, prefixEnd } from './keys.js';
 
+/** The request never reached a member: the connection was refused or never established. */
+function notSent(err: Error): boolean {
+  return /ECONNREFUSED|No connection established|connect EHOSTUNREACH/.test(err.message);
+}
+
 /** An etcd failure in the catalogue's terms: permission → DENIED, a vanished lease → LEASE_LOST, the rest → UNAVAILABLE. */
 export function etcdError(err: unknown, what: string): BatonError {
   if (err instanceof BatonError) return err;
@@ -30,7 +35,7 @@ export function etcdError(err: unknown, what: string): BatonError {
     return new BatonError('DENIED', `etcd refused ${what}: ${message}`, { cause: err });
   }
   if (err instanceof EtcdLeaseInvalidError) return new BatonError('LEASE_LOST', `etcd no longer knows the session (${what}): ${message}`, { cause: err });
-  return new BatonError('UNAVAILABLE', `etcd did not complete ${what}: ${message}`, { details: { ambiguous: true }, cause: err });
+  return new BatonError('UNAVAILABLE', `etcd did not complete ${what}: ${message}`, { details: { ambiguous: !(err instanceof Error && notSent(err)) }, cause: err });
 }
 
 export interface RangeOptions {
@@ -58,7 +63,13 @@ export class EtcdConnection implements AsyncDisposable {
     this.client = new Etcd3({
       hosts: config.endpoints,
       dialTimeout: this.requestTimeoutMs,
-      faultHandling: { host: () => noop, global: noop },
+      // The one retry that is always safe: a request that never left (the member refused the
+      // connection) goes to another member at once. Anything that may have reached etcd is not
+      // retried here; its outcome is read back.
+      faultHandling: {
+        host: () => noop,
+        global: retry(handleWhen(notSent), { maxAttempts: config.endpoints.length, backoff: new ConstantBackoff(0) }),
+      },
       ...(tls === undefined
         ? {}
         : {

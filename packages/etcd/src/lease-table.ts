@@ -41,6 +41,8 @@ const buf = (s: string): Buffer => Buffer.from(s);
  */
 export class LeaseTable {
   private queue: Pending[] = [];
+  /** Nonces of grants not yet answered: the sweep must not take a lease that is being handed out. */
+  private readonly unanswered = new Set<string>();
   private flushing = false;
   private nonceSeq = 0;
   private readonly noncePrefix = randomBytes(6).toString('hex');
@@ -75,9 +77,15 @@ export class LeaseTable {
     session.assertValid();
     if (claims.length > MAX_RESOURCES_PER_REQUEST) throw new BatonError('INVALID_REQUEST', `at most ${MAX_RESOURCES_PER_REQUEST} resources per acquire`);
     const { promise, resolve, reject } = Promise.withResolvers<HeldLease[]>();
-    this.queue.push({ claims, session, nonce: `${this.noncePrefix}-${++this.nonceSeq}`, resolve, reject });
+    const nonce = `${this.noncePrefix}-${++this.nonceSeq}`;
+    this.unanswered.add(nonce);
+    this.queue.push({ claims, session, nonce, resolve, reject });
     if (!this.flushing) this.flush().catch((err: unknown) => this.failAll(err));
-    return await promise;
+    try {
+      return await promise;
+    } finally {
+      this.unanswered.delete(nonce);
+    }
   }
 
   private failAll(err: unknown): void {
@@ -87,7 +95,14 @@ export class LeaseTable {
   private async flush(): Promise<void> {
     this.flushing = true;
     try {
-      while (this.queue.length > 0) await this.commit(this.takeBatch());
+      while (this.queue.length > 0) {
+        const batch = this.takeBatch();
+        // Whatever fails on the way (a read for lock-delay, a read-back), every request of the
+        // batch is answered: settling a settled promise changes nothing.
+        await this.commit(batch).catch((err: unknown) => {
+          for (const p of batch) p.reject(err);
+        });
+      }
     } finally {
       this.flushing = false;
     }
@@ -251,13 +266,19 @@ export class LeaseTable {
   }
 
   /**
-   * Delete this session's leases that no grant handed out accounts for (an ambiguous commit that
-   * did land). `known` holds the keys the host's lock table has.
+   * Delete this session's leases that no grant accounts for: an ambiguous commit that did land, a
+   * release whose delete failed. `known` gives the keys the host's lock table holds.
    */
-  async sweepOrphans(session: HostSession, known: ReadonlySet<string>): Promise<number> {
+  async sweepOrphans(session: HostSession, known: () => ReadonlySet<string>): Promise<number> {
     this.orphansPossible = false;
     const res = await this.conn.range(this.conn.keys.resources, { prefix: true });
-    const orphans = res.kvs.filter((kv) => String(kv.lease) === session.id && !known.has(kv.key.toString()));
+    // Read what the host holds after the range: a grant answered meanwhile is in it by now.
+    const held = known();
+    const orphans = res.kvs.filter((kv) => {
+      if (String(kv.lease) !== session.id || held.has(kv.key.toString())) return false;
+      const value = LeaseValueSchema.safeParse(JSON.parse(kv.value.toString()));
+      return !(value.success && this.unanswered.has(value.data.grant));
+    });
     if (orphans.length > 0) await this.release(orphans.map((kv) => ({ key: kv.key.toString(), token: Number(kv.mod_revision) })));
     return orphans.length;
   }

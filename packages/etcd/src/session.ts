@@ -50,6 +50,7 @@ export class HostSession {
   /** Aborts when the session expires on this host's clock or is closed: leadership hangs on it. */
   readonly lost: AbortSignal = this.ended.signal;
   private deadlineTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly id: string,
@@ -152,6 +153,14 @@ export class HostSession {
     }
     this.keepaliveOnce().catch((err: unknown) => {
       this.opts.log.warn({ session: this.id, err: (err as Error).message }, 'keepalive failed');
+      // Two more chances before the fence would be too few when a member has just died: try
+      // again soon (on a new stream, likely another member) rather than a whole interval later.
+      if (!this.retryTimer && this.phase !== 'expired' && this.phase !== 'closed') {
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = undefined;
+          this.tick();
+        }, Math.min(this.opts.timing.keepaliveMs / 4, 250));
+      }
     });
   }
 
@@ -231,6 +240,7 @@ export class HostSession {
   }
 
   private stop(): void {
+    clearTimeout(this.retryTimer);
     clearInterval(this.keepaliveTimer);
     clearTimeout(this.deadlineTimer);
     this.resetStream();

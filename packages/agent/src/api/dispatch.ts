@@ -13,6 +13,7 @@ import {
   type RequestId,
 } from '@baton/core';
 import type { PeerCred } from '../sys/index.js';
+import { parseHotRequest } from './hot-request.js';
 
 /** What the agent knows about the connection a request arrived on. */
 export interface ConnectionContext {
@@ -43,6 +44,8 @@ export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: strin
   } catch (err) {
     return errorReply(null, new BatonError('INVALID_REQUEST', `not JSON: ${(err as Error).message}`));
   }
+  const hot = parseHotRequest(raw);
+  if (hot) return invoke(handlers, ctx, hot.id, hot.method, hot.params);
   const env = RequestEnvelope.safeParse(raw);
   const id = env.success ? env.data.id : null;
   try {
@@ -54,8 +57,16 @@ export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: strin
     if (!isAgentMethod(method)) throw new BatonError('UNKNOWN_METHOD', `unknown method "${method}"`, { details: { methods: Object.keys(AGENT_METHODS) } });
     const params = AGENT_METHODS[method].params.safeParse(env.data.params);
     if (!params.success) throw new BatonError('INVALID_REQUEST', `${method}: ${describeIssues(params.error)}`);
+    return invoke(handlers, ctx, env.data.id, method, params.data);
+  } catch (err) {
+    return errorReply(id, err);
+  }
+}
+
+function invoke(handlers: Handlers, ctx: ConnectionContext, id: RequestId, method: AgentMethod, params: unknown): ReplyEnvelope | Promise<ReplyEnvelope> {
+  try {
     const handler = handlers[method] as (c: ConnectionContext, p: unknown) => unknown;
-    const result = handler(ctx, params.data);
+    const result = handler(ctx, params);
     return result instanceof Promise ? result.then((r) => reply(id, r), (err: unknown) => errorReply(id, err)) : reply(id, result);
   } catch (err) {
     return errorReply(id, err);

@@ -64,6 +64,11 @@ export class ClusterLocks {
     return grants.map((g) => ({ key: this.opts.member.keyOf({ lockspace: g.lockspace, identity: g.resource, mode: g.mode, owner: { uuid: owner, name: '' } }), token: g.token }));
   }
 
+  /** The etcd keys of every lock the host's table holds. */
+  heldKeys(): Set<string> {
+    return new Set(this.opts.locks.list().map(({ grant, owner }) => this.leasesOf(owner, [grant])[0]!.key));
+  }
+
   /** Give back the leases of grants already released locally. */
   release(owner: string, grants: readonly Grant[]): Promise<void> {
     return this.opts.member.release(this.leasesOf(owner, grants));

@@ -13,6 +13,8 @@ export interface ClusterMemberOptions {
   onExpired(session: HostSession): void;
   /** A new session after a lost one: give surviving owners their leases back, or keep them fenced. */
   onRecovered(session: HostSession, lost: HostSession): Promise<void>;
+  /** The lease keys the host's lock table holds (for the sweep of leases nobody holds). */
+  heldKeys(): ReadonlySet<string>;
   /** After a re-exec: the previous image's session and deadline, taken over without a round trip. */
   resume?: { session: string; validUntil: number } | undefined;
 }
@@ -29,6 +31,8 @@ export class ClusterMember implements AsyncDisposable {
   private readonly file: SessionFile;
   private current!: HostSession;
   private recovering: Promise<void> | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweeping = false;
   private readonly abort = new AbortController();
   private closed = false;
 
@@ -51,6 +55,7 @@ export class ClusterMember implements AsyncDisposable {
       member.conn.close();
       throw err;
     }
+    member.sweeper = setInterval(() => member.sweepInBackground(), member.timing.keepaliveMs);
     const t = member.timing;
     // sanlock prints its timeouts at start; so does Baton, all derived from the TTL.
     opts.log.info(
@@ -164,10 +169,22 @@ export class ClusterMember implements AsyncDisposable {
     return this.table.keyOf(claim);
   }
 
-  async sweep(known: ReadonlySet<string>): Promise<void> {
+  /**
+   * Every keepalive interval, if a release could not be deleted or a grant's outcome was not
+   * learned: delete this session's leases the host's table does not hold.
+   */
+  private async sweep(): Promise<void> {
     if (!this.table.orphansPossible || !this.current.isValid) return;
-    const n = await this.table.sweepOrphans(this.current, known);
-    if (n > 0) this.opts.log.warn({ swept: n }, `deleted ${n} lease(s) no grant accounted for (an ambiguous commit had landed)`);
+    const n = await this.table.sweepOrphans(this.current, this.opts.heldKeys);
+    if (n > 0) this.opts.log.warn({ swept: n }, `deleted ${n} lease(s) no grant or holder accounts for`);
+  }
+
+  private sweepInBackground(): void {
+    if (this.sweeping) return;
+    this.sweeping = true;
+    this.sweep()
+      .catch((err: unknown) => this.opts.log.warn({ err: (err as Error).message }, 'sweep of unheld leases failed; trying again'))
+      .finally(() => (this.sweeping = false));
   }
 
   regrant(session: HostSession, items: { claim: LeaseClaim; previous: HeldLease }[]): Promise<HeldLease[]> {
@@ -178,6 +195,7 @@ export class ClusterMember implements AsyncDisposable {
   async close(opts: { revoke?: boolean } = {}): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.sweeper);
     this.abort.abort();
     await this.recovering;
     try {

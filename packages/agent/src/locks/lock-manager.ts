@@ -290,7 +290,7 @@ export class LockManager {
     const lockspace = this.lockspace(ref.lockspace);
     let key: string | undefined;
     try {
-      key = lockKey(lockspace, lockspace.resolve(ref.name).identity);
+      key = lockKey(lockspace, lockspace.identify(ref.name));
     } catch (err) {
       if (!(err instanceof BatonError && err.code === 'RESOURCE_NOT_FOUND')) throw err;
     }

@@ -33,6 +33,14 @@ export class Lockspace {
     this.roots = config.roots.map((r) => realpathSync(r));
   }
 
+  /**
+   * The identity alone, as resolve() would give it (and with the same errors): a plain name is
+   * its own identity, so finding a held lock by it needs no hash of the lock file's name.
+   */
+  identify(name: string): string {
+    return this.kind === 'indirect' && !name.startsWith('/') && isPlainName(name) ? name : this.resolve(name).identity;
+  }
+
   resolve(name: string): ResolvedResource {
     if (!name.startsWith('/')) {
       if (this.kind === 'direct') {

@@ -8,7 +8,10 @@ import { ERROR_CODES } from '../errors.js';
 export const PROTOCOL_VERSION = 1 as const;
 export const MAX_LINE_BYTES = 1024 * 1024;
 
-export const RequestId = z.union([z.string().min(1).max(128), z.number().int().nonnegative()]);
+/** Longest string request id (the agent's hand-checked requests use it too). */
+export const MAX_REQUEST_ID = 128;
+
+export const RequestId = z.union([z.string().min(1).max(MAX_REQUEST_ID), z.number().int().nonnegative()]);
 export type RequestId = z.infer<typeof RequestId>;
 
 /** Only the fields needed to route; params are validated by the method's own schema. */
