@@ -5,3 +5,4 @@ export { HostSession, SESSION_PHASES, type SessionLog, type SessionOptions, type
 export { LeaseTable, type HeldLease, type LeaseClaim } from './lease-table.js';
 export { ClusterView } from './cluster-view.js';
 export { Election, type CampaignOptions, type Leadership } from './election.js';
+export { Handoff, HandoffMarkerSchema, type HandoffMarker, type HandoffParty, type HandoffResource } from './handoff.js';

@@ -131,13 +131,14 @@ export class LeaseTable {
 
   /**
    * The compare that makes a claim grantable: an exclusive claim needs nothing under the
-   * resource's prefix (no lease of any mode, no unclean-loss marker); a shared one no exclusive lease.
+   * resource's prefix (no lease of any mode, no handoff, no unclean-loss marker); a shared one
+   * nothing from `excl` up to the shared leases (no exclusive lease, no handoff).
    */
   private compareFor(claim: LeaseClaim): ICompare {
     const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
     return claim.mode === 'exclusive'
       ? { key: buf(resource), range_end: prefixEnd(resource), target: 'Version', result: 'Equal', version: 0 }
-      : { key: buf(KeyLayout.exclusive(resource)), target: 'Version', result: 'Equal', version: 0 };
+      : { key: buf(KeyLayout.exclusive(resource)), range_end: buf(KeyLayout.sharedPrefix(resource)), target: 'Version', result: 'Equal', version: 0 };
   }
 
   private putsFor(p: Pending, claim: LeaseClaim): IRequestOp[] {

@@ -1,0 +1,96 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BatonError, leaseTiming, systemClock } from '@baton/core';
+import { ClusterView, EtcdConfigSchema, EtcdConnection, Handoff, HostSession, LeaseTable, type LeaseClaim } from '@baton/etcd';
+import { EtcdServer, waitFor } from '../support/index.js';
+
+/** The etcd side of a migration's handoff: never free, never doubled, every step re-issuable. */
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+
+let etcd: EtcdServer;
+beforeAll(async () => {
+  etcd = await EtcdServer.start();
+});
+afterAll(async () => {
+  await etcd?.close();
+});
+
+async function session(conn: EtcdConnection, host: string): Promise<HostSession> {
+  return HostSession.open({
+    conn,
+    clock: systemClock,
+    timing: leaseTiming(conn.config.ttlSeconds),
+    log: quiet,
+    record: { host, address: '', version: 'test', pid: process.pid, lockspaces: ['disks'], startedAt: 'now', ttlSeconds: conn.config.ttlSeconds },
+    onPhase: () => undefined,
+  });
+}
+
+const VM = { uuid: 'vm-1', name: 'vm-1' };
+const claim = (identity: string, owner = VM, mode: 'exclusive' | 'shared' = 'exclusive'): LeaseClaim => ({ lockspace: 'disks', identity, mode, owner });
+
+async function code(p: Promise<unknown>): Promise<string> {
+  return p.then(
+    () => 'granted',
+    (err: unknown) => (err instanceof BatonError ? err.code : String(err)),
+  );
+}
+
+describe('handoff transactions', () => {
+  it('keeps a third party out from begin to commit, even when the source session expires, and moves the leases with a new token', async () => {
+    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `h${process.pid}a`, ttlSeconds: 2 }));
+    const [src, dst, third] = await Promise.all([session(conn, 'src'), session(conn, 'dst'), session(conn, 'third')]);
+    const disks = ['/h/1', '/h/2'];
+    const [g1] = await new LeaseTable(conn, 'src').grant(src, disks.map((d) => claim(d)));
+    const thirdTable = new LeaseTable(conn, 'third');
+    const tryThird = async (): Promise<string[]> => Promise.all(disks.flatMap((d) => [code(thirdTable.grant(third, [claim(d, { uuid: 'x', name: 'x' })])), code(thirdTable.grant(third, [claim(d, { uuid: 'y', name: 'y' }, 'shared')]))]));
+
+    const handoff = new Handoff(conn, 'm-1', disks.map((identity) => ({ lockspace: 'disks', identity })), 'src', 'dst');
+    expect(await code(new Handoff(conn, 'm-0', [{ lockspace: 'disks', identity: '/h/1' }], 'src', 'dst').begin('other-vm'))).toBe('MIGRATION_CONFLICT');
+    const begun = await handoff.begin(VM.uuid);
+    expect(begun.grants).toEqual([g1!.token, g1!.token]);
+    expect((await handoff.begin(VM.uuid)).token).toBe(begun.token);
+    expect(await code(new Handoff(conn, 'm-2', [{ lockspace: 'disks', identity: '/h/1' }], 'src', 'dst').begin(VM.uuid))).toBe('MIGRATION_CONFLICT');
+    expect(await tryThird()).toEqual(Array(4).fill('RESOURCE_BUSY'));
+
+    const marked = await handoff.mark(begun.token);
+    expect(marked).toBeGreaterThan(begun.token);
+    expect(await handoff.mark(begun.token)).toBe(marked);
+
+    // The source's session expires mid-handoff: its leases vanish, the markers keep the disks taken.
+    await src.close();
+    await waitFor(async () => (await new ClusterView(conn).leases()).every((l) => l.host !== 'src'), { what: 'the source session to expire', deadlineMs: 10_000, intervalMs: 100 });
+    expect(await tryThird()).toEqual(Array(4).fill('RESOURCE_BUSY'));
+
+    const committed = await handoff.commit(marked, VM, { host: 'dst', session: dst.id });
+    expect(committed).toBeGreaterThan(marked);
+    expect(await handoff.commit(marked, VM, { host: 'dst', session: dst.id })).toBe(committed);
+    const leases = await new ClusterView(conn).leases();
+    expect(leases.map((l) => [l.resource, l.host, l.token, l.session === BigInt(dst.id).toString(16)]).sort()).toEqual(disks.map((d) => [d, 'dst', committed, true]));
+    expect(await tryThird()).toEqual(Array(4).fill('RESOURCE_BUSY'));
+    await dst.close({ revoke: true });
+    await third.close({ revoke: true });
+  });
+
+  it('gives up cleanly before commit, and gives the leases back after it with a newer token', async () => {
+    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `h${process.pid}b`, ttlSeconds: 5 }));
+    const [src, dst] = await Promise.all([session(conn, 'src'), session(conn, 'dst')]);
+    const [g] = await new LeaseTable(conn, 'src').grant(src, [claim('/g/1')]);
+    const resources = [{ lockspace: 'disks', identity: '/g/1' }];
+
+    const aborted = new Handoff(conn, 'm-a', resources, 'src', 'dst');
+    const begun = await aborted.begin(VM.uuid);
+    const reverted = await aborted.unmark(begun.token);
+    expect(reverted).toBeGreaterThan(begun.token);
+    expect(await new ClusterView(conn).leases()).toMatchObject([{ host: 'src', token: g!.token }]);
+
+    const rolled = new Handoff(conn, 'm-b', resources, 'src', 'dst');
+    const b2 = await rolled.begin(VM.uuid);
+    const committed = await rolled.commit(await rolled.mark(b2.token), VM, { host: 'dst', session: dst.id });
+    const back = await rolled.giveBack(committed, VM, { host: 'src', session: src.id });
+    expect(back).toBeGreaterThan(committed);
+    expect(await rolled.giveBack(committed, VM, { host: 'src', session: src.id })).toBe(back);
+    expect(await new ClusterView(conn).leases()).toMatchObject([{ host: 'src', token: back }]);
+    await src.close({ revoke: true });
+    await dst.close({ revoke: true });
+  });
+});
