@@ -1,1 +1,1 @@
-export {};
+export { MigrationStore, type StoredMigration } from './store/migration-store.js';
