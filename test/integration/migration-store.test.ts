@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { asBatonError, newMigration, transition } from '@baton/core';
-import { MigrationStore } from '@baton/coordinator';
-import { EtcdConfigSchema, EtcdConnection } from '@baton/etcd';
+import { asBatonError, leaseTiming, newMigration, nextStep, systemClock, transition } from '@baton/core';
+import { EtcdSteps, MigrationStore } from '@baton/coordinator';
+import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable } from '@baton/etcd';
 import { EtcdServer } from '../support/index.js';
 
 /** Migration records in etcd: one migration per VM at a time, saved only by compare-on-revision. */
@@ -33,5 +33,34 @@ describe('migration store', () => {
     // Closed: the VM may migrate again.
     await store.create(newMigration(request('m-3'), 3));
     expect((await store.list()).map((m) => m.record.id).sort()).toEqual(['m-1', 'm-3']);
+  });
+});
+
+describe('etcd steps of the saga', () => {
+  it('moves a VM’s leases through begin, mark and commit with the tokens the record keeps, and back by give-back', async () => {
+    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `t${process.pid}` }));
+    const open = (host: string) =>
+      HostSession.open({ conn, clock: systemClock, timing: leaseTiming(10), log: { info: () => {}, warn: () => {}, error: () => {} }, record: { host, address: '', version: 't', pid: 1, lockspaces: [], startedAt: '', ttlSeconds: 10 }, onPhase: () => undefined });
+    const [a, b] = [await open('host-a'), await open('host-b')];
+    const vm = { uuid: randomUUID(), name: 'db-1' };
+    await new LeaseTable(conn, 'host-a').grant(a, [{ lockspace: 'images', identity: '/d/db-1.img', mode: 'exclusive', owner: vm }]);
+    const steps = new EtcdSteps(conn);
+    let record = newMigration({ id: 'm-x', vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-1.img', lockspace: 'images', mode: 'exclusive' }] }, 0);
+    // Agent steps answered as an agent that succeeds would: only the etcd side is under test here.
+    const run = async (until: string) => {
+      for (let cmd = nextStep(record); cmd && record.phase !== until; cmd = nextStep(record)) {
+        const reply = cmd.target === 'etcd' ? await steps.run(record, cmd) : { ok: true as const };
+        record = transition(record, { ...reply, step: cmd.step }, 1);
+      }
+    };
+    await run('committed');
+    const leases = await new ClusterView(conn).leases();
+    expect(leases).toMatchObject([{ host: 'host-b', token: record.tokens.commit }]);
+    record = transition(record, { step: 'resume', ok: false, error: { code: 'RESOURCE_BUSY', message: 'cannot lock' } }, 2);
+    await run('aborted');
+    expect(await new ClusterView(conn).leases()).toMatchObject([{ host: 'host-a', token: record.tokens.revert }]);
+    expect(record.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'returning', 'restoring', 'aborted']);
+    await a.close({ revoke: true });
+    await b.close({ revoke: true });
   });
 });
