@@ -8,6 +8,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentClient } from '@baton/agent';
+import type { EtcdConfigInput } from '@baton/etcd';
 import { fileURLToPath } from 'node:url';
 import { ManagedProcess, waitFor } from '../support/index.js';
 
@@ -25,6 +26,10 @@ export interface BenchAgentOptions {
   logLevel?: string;
   /** Extra node flags, e.g. --cpu-prof. */
   nodeFlags?: string[];
+  /** The host's name in the cluster (default `bench`). */
+  hostId?: string;
+  /** The agent config's `etcd` section: with it every grant is also an etcd lease. */
+  etcd?: EtcdConfigInput;
 }
 
 export class BenchAgent implements AsyncDisposable {
@@ -43,17 +48,18 @@ export class BenchAgent implements AsyncDisposable {
     writeFileSync(
       configPath,
       JSON.stringify({
-        hostId: 'bench',
+        hostId: opts.hostId ?? 'bench',
         stateDir,
         socket: { path: socketPath },
         http: { host: '127.0.0.1', port: 0 },
         lockspaces: [{ name: 'bench', kind: 'indirect', dir: opts.lockDir }],
         logLevel: opts.logLevel ?? 'info',
+        ...(opts.etcd === undefined ? {} : { etcd: opts.etcd }),
       }),
     );
     const node = [process.execPath, ...(opts.nodeFlags ?? []), CLI_ENTRY, 'agent', '--config', configPath].map(shellQuote).join(' ');
     // `exec`: the shell becomes the agent, so the pid we hold is the agent's (taskset, /proc, SIGUSR1).
-    const proc = await ManagedProcess.spawn({ name: 'bench agent', command: '/bin/sh', args: ['-c', `exec ${node} >>${shellQuote(logPath)} 2>&1`] });
+    const proc = await ManagedProcess.spawn({ name: `bench agent ${opts.hostId ?? 'bench'}`, command: '/bin/sh', args: ['-c', `exec ${node} >>${shellQuote(logPath)} 2>&1`] });
     const agent = new BenchAgent(proc, socketPath, logPath, stateDir);
     // An agent that exits aborts the wait at once, with its log in the error.
     const exited = new AbortController();
@@ -65,6 +71,19 @@ export class BenchAgent implements AsyncDisposable {
       },
       { what: 'the bench agent to answer hello', deadlineMs: 15_000, intervalMs: 10, signal: exited.signal },
     );
+    if (opts.etcd !== undefined) {
+      // Wait until the cluster methods answer: the session exists and grants go through etcd.
+      // (An agent that answered on its socket before joining granted local locks with no etcd
+      // lease in that window; fixed in the agent since, and this wait costs one round trip.)
+      await waitFor(
+        async () => {
+          await using c = await AgentClient.connect({ socketPath });
+          // Awaited here: a refusal must settle before the connection is disposed of.
+          return await c.request('hosts');
+        },
+        { what: 'the bench agent to join the cluster', deadlineMs: 15_000, intervalMs: 10, signal: exited.signal },
+      );
+    }
     return agent;
   }
 

@@ -7,6 +7,8 @@
 //                bench's temp dir, which is then kept (its path is printed)
 //   --agent-log-level=<level>   the agents' log level (default info, as the agent's default
 //                config); `warn` shows what the per-grant log lines cost
+//   --only <sections>   run only these sections, comma-separated: floors, latency (with the
+//                throughput and syscall lines), scale, cluster (etcd leases); default all
 //
 // It prints one table and writes the same, with every raw figure, to test/dist/bench/results.json.
 // Benchmarks report; they do not gate: the exit status is 0 even when a target is missed.
@@ -16,6 +18,10 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { EtcdServer } from '../support/index.js';
+import { agentBatching, ClusterRig, CLUSTER_TTL_SECONDS, measureReclaim, type ClusterLatency, type ClusterThroughput, type ReclaimResult, type ThroughputKey } from './cluster.js';
+import { measureClusterScale, type ClusterScaleResult } from './cluster-scale.js';
+import { received } from './etcd-metrics.js';
 import { measureFloors, type FloorResults } from './floors.js';
 import { DIAGNOSTIC_KEYS, diagnosticLabel, LatencyRig, type Placement, type PlacementResults } from './latency.js';
 import { measureScale, type MemoryResult, type ReexecResult } from './scale.js';
@@ -25,24 +31,53 @@ import { countSyscalls, straceAvailable, type SyscallResult } from './syscalls.j
 import { measureThroughput, type ThroughputResult } from './throughput.js';
 import { formatMarkdown, formatTable, type Row } from './table.js';
 
-const args = new Set(process.argv.slice(2));
+const SECTIONS = ['floors', 'latency', 'scale', 'cluster'] as const;
+type Section = (typeof SECTIONS)[number];
 const LOG_LEVEL_FLAG = '--agent-log-level=';
-for (const a of args) {
-  if (!['--quick', '--disk', '--cpu-prof'].includes(a) && !a.startsWith(LOG_LEVEL_FLAG)) {
-    process.stderr.write(`unknown flag ${a}; flags: --quick --disk --cpu-prof --agent-log-level=<level>\n`);
+const USAGE = `flags: --quick --disk --cpu-prof --agent-log-level=<level> --only <${SECTIONS.join('|')}>[,…]`;
+
+function parseArgs(argv: string[]): { flags: Set<string>; logLevel: string; only: Set<Section> } {
+  const flags = new Set<string>();
+  let logLevel = 'info';
+  let only: Set<Section> | undefined;
+  const bad = (msg: string): never => {
+    process.stderr.write(`${msg}; ${USAGE}\n`);
     process.exit(2);
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (['--quick', '--disk', '--cpu-prof'].includes(a)) flags.add(a);
+    else if (a.startsWith(LOG_LEVEL_FLAG)) logLevel = a.slice(LOG_LEVEL_FLAG.length);
+    else if (a === '--only' || a.startsWith('--only=')) {
+      const list = a === '--only' ? argv[++i] : a.slice('--only='.length);
+      if (!list) bad('--only needs a section list');
+      only ??= new Set();
+      for (const name of list!.split(',')) {
+        if (!(SECTIONS as readonly string[]).includes(name)) bad(`unknown section ${name}`);
+        only.add(name as Section);
+      }
+    } else bad(`unknown flag ${a}`);
   }
+  return { flags, logLevel, only: only ?? new Set(SECTIONS) };
 }
-const QUICK = args.has('--quick');
-const DISK = args.has('--disk');
-const PROFILE = args.has('--cpu-prof');
+
+const ARGS = parseArgs(process.argv.slice(2));
+const QUICK = ARGS.flags.has('--quick');
+const DISK = ARGS.flags.has('--disk');
+const PROFILE = ARGS.flags.has('--cpu-prof');
 /** The agents' log level: `info` (the default config) unless a diagnostic run asks otherwise. */
-const AGENT_LOG_LEVEL = [...args].find((a) => a.startsWith(LOG_LEVEL_FLAG))?.slice(LOG_LEVEL_FLAG.length) ?? 'info';
+const AGENT_LOG_LEVEL = ARGS.logLevel;
+const ONLY = ARGS.only;
 
 const N = QUICK
   ? { latency: 2_000, rounds: 4, warmup: 200, sync: 20_000, async: 2_000, tpSeconds: 0.5, reexec: 2, straceCycles: 500 }
   : { latency: 20_000, rounds: 5, warmup: 1_000, sync: 200_000, async: 20_000, tpSeconds: 2, reexec: 5, straceCycles: 2_000 };
 const SCALE = { owners: 100, perOwner: 100 };
+/** The cluster section: one etcd member on loopback (data on /dev/shm), 64 in flight, a 2 s TTL for reclaim, 100 simulated hosts. */
+const CLUSTER = QUICK
+  ? { latency: 1_000, rounds: 4, warmup: 100, tpRounds: 2, tpSecondsPerRound: 0.5, tpWarmupSeconds: 0.2, reclaimTrials: 3, scaleWindowPeriods: 4 }
+  : { latency: 10_000, rounds: 5, warmup: 500, tpRounds: 6, tpSecondsPerRound: 0.5, tpWarmupSeconds: 0.2, reclaimTrials: 10, scaleWindowPeriods: 10 };
+const CLUSTER_FIXED = { inFlight: 64, reclaimTtlSeconds: 2, reclaimPollMs: 5, scaleHosts: 100, scaleLeases: [10, 100], scaleTtlSeconds: 3 };
 const THROUGHPUT = { connections: 8, perConnection: 8 };
 
 const CPUS = allCpus();
@@ -57,7 +92,22 @@ const PLACEMENTS: Placement[] = [
     : []),
 ];
 
-const TARGET = { vsEcho: 1.5, vsRedis: 0.6, bytesPerLock: 1024, reexecUs: 1_000_000 };
+const TARGET = {
+  vsEcho: 1.5,
+  vsRedis: 0.6,
+  bytesPerLock: 1024,
+  reexecUs: 1_000_000,
+  /** Fenced acquire p50 against a raw etcd put p50, and against the etcd3 Lock's acquire+release p50. */
+  fencedVsPut: 1.3,
+  fencedVsLock: 0.5,
+  /** Grants/s at 64 in flight against the etcd3 Lock's, and the stretch figure. */
+  tpVsLock: 3,
+  tpStretch: 10_000,
+  /** Reclaim after a host's death: at most TTL + this. */
+  reclaimSlackMs: 1_000,
+  /** Keepalive load with 10× the leases: at most this times the load with 1×. */
+  scaleRatio: 1.1,
+};
 
 function log(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
@@ -70,7 +120,16 @@ interface Results {
   syscalls?: SyscallResult;
   memory?: MemoryResult;
   reexec?: ReexecResult;
+  cluster?: ClusterResults;
   errors: string[];
+}
+
+interface ClusterResults {
+  etcdDataDir?: string;
+  latency?: ClusterLatency;
+  throughput: Partial<Record<ThroughputKey, ClusterThroughput>>;
+  reclaim?: ReclaimResult;
+  scale?: ClusterScaleResult;
 }
 
 function latencyRow(name: string, s: Summary, extra: Partial<Row> = {}): Row {
@@ -86,6 +145,147 @@ function phases(x: ReexecResult): string {
   const i = x.samplesMs.indexOf(Math.max(...x.samplesMs));
   const p = x.phasesMs[i];
   return p && [p.snapshot, p.boot, p.firstReply].every(Number.isFinite) ? `${p.snapshot}+${p.boot}+${p.firstReply} ms` : '';
+}
+
+const int = (v: number): string => Math.round(v).toLocaleString('en-US');
+const pct = (cpus: number | undefined): string => (cpus === undefined ? '' : `${(cpus * 100).toFixed(0)}%`);
+
+function clusterRows(c: ClusterResults): Row[] {
+  const rows: Row[] = [];
+  const l = c.latency;
+  if (l) {
+    const put = l.put.p50;
+    const lockCycle = l['lock.cycle'].p50;
+    const vsPut = ratio(l['fenced.acquire'].p50, put);
+    const vsLock = ratio(l['fenced.acquire'].p50, lockCycle);
+    const x = (v: number, of: number, what: string): string => `${ratio(v, of).toFixed(2)}× ${what}`;
+    rows.push(latencyRow('[cluster] etcd put (etcd3 raw KV client)', l.put, { ratio: 'floor' }));
+    rows.push(latencyRow('[cluster] etcd txn: compare prefix empty → put on a lease (raw)', l['txn.acquire'], { ratio: x(l['txn.acquire'].p50, put, 'put') }));
+    rows.push(latencyRow('[cluster] etcd txn grant + txn delete (raw)', l['txn.cycle'], { ratio: x(l['txn.cycle'].p50, put, 'put') }));
+    rows.push(latencyRow('[cluster] LeaseTable.grant in-process (@baton/etcd, no agent)', l['table.acquire'], { ratio: x(l['table.acquire'].p50, put, 'put') }));
+    rows.push(latencyRow('[cluster] LeaseTable grant+release in-process', l['table.cycle'], { ratio: x(l['table.cycle'].p50, put, 'put') }));
+    rows.push(latencyRow('[cluster] local grant, agent without etcd (AgentClient)', l['local.acquire'], { ratio: x(l['local.acquire'].p50, put, 'put') }));
+    rows.push(
+      latencyRow('[cluster] fenced acquire: agent + etcd txn (AgentClient)', l['fenced.acquire'], {
+        ratio: `${vsPut.toFixed(2)}× put, ${vsLock.toFixed(2)}× Lock a+r`,
+        target: `≤ ${TARGET.fencedVsPut}× put, ≤ ${TARGET.fencedVsLock}× Lock a+r`,
+        result: vsPut <= TARGET.fencedVsPut && vsLock <= TARGET.fencedVsLock ? 'PASS' : 'MISS',
+        checks: [
+          { what: 'fenced acquire p50 vs raw etcd put p50', value: vsPut, limit: TARGET.fencedVsPut, pass: vsPut <= TARGET.fencedVsPut },
+          { what: 'fenced acquire p50 vs etcd3 Lock acquire+release p50', value: vsLock, limit: TARGET.fencedVsLock, pass: vsLock <= TARGET.fencedVsLock },
+        ],
+      }),
+    );
+    rows.push(latencyRow('[cluster] fenced acquire+release (AgentClient)', l['fenced.cycle'], { ratio: x(l['fenced.cycle'].p50, lockCycle, 'Lock a+r') }));
+    rows.push(latencyRow('[cluster] etcd3 Lock acquire (lease grant + txn)', l['lock.acquire'], { ratio: x(l['lock.acquire'].p50, put, 'put') }));
+    rows.push(latencyRow('[cluster] etcd3 Lock acquire+release (peer)', l['lock.cycle'], { ratio: `peer; ${x(lockCycle, put, 'put')}` }));
+  }
+  const t = c.throughput;
+  const lock = t.lock;
+  const tpRow = (name: string, r: ClusterThroughput, extra: Partial<Row>): Row => ({ name, n: r.grants, value: `${int(r.grantsPerSecond)} grants/s`, ...extra });
+  if (t.agent) {
+    const a = t.agent;
+    const b = agentBatching(a);
+    const vsLock = lock ? a.grantsPerSecond / lock.grantsPerSecond : Number.NaN;
+    rows.push(
+      tpRow(`[cluster] throughput: agent, ${a.inFlight} owners/conns × 1 in flight, acquire+release`, a, {
+        ratio: `${lock ? `${vsLock.toFixed(1)}× etcd3 Lock; ` : ''}agent ${pct(a.cpu.agent)}, etcd ${pct(a.cpu.etcd)}, clients ${pct(a.cpu.bench)} CPU${a.errors ? `; ${a.errors} errors` : ''}`,
+        target: `≥ ${TARGET.tpVsLock}× Lock`,
+        result: vsLock >= TARGET.tpVsLock ? 'PASS' : 'MISS',
+        checks: [{ what: 'agent grants/s at 64 in flight vs etcd3 Lock at 64 in flight', value: vsLock, limit: TARGET.tpVsLock, pass: vsLock >= TARGET.tpVsLock }],
+      }),
+    );
+    rows.push({
+      name: '[cluster] throughput stretch: agent grants/s at 64 in flight',
+      value: `${int(a.grantsPerSecond)} grants/s`,
+      target: `≥ ${int(TARGET.tpStretch)} grants/s`,
+      result: a.grantsPerSecond >= TARGET.tpStretch ? 'PASS' : 'MISS',
+      checks: [{ what: 'agent grants/s at 64 in flight (stretch)', value: a.grantsPerSecond, limit: TARGET.tpStretch, pass: a.grantsPerSecond >= TARGET.tpStretch }],
+    });
+    rows.push({
+      name: '[cluster] batching in the agent (etcd /metrics): grants per grant txn',
+      n: b.grantTxns,
+      value: `${b.grantsPerGrantTxn.toFixed(1)} grants/txn`,
+      ratio: `${int(received(a.etcd, 'Txn'))} Txn RPCs = ${b.txnsPerGrant.toFixed(2)}/grant (grants batched, releases 1 each); ${b.proposalsPerGrant.toFixed(2)} raft proposals/grant`,
+    });
+  }
+  if (t.table) {
+    const r = t.table;
+    const s = r.table!;
+    rows.push(
+      tpRow(`[cluster] throughput: LeaseTable in-process, ${r.inFlight} in flight, grant+release`, r, {
+        ratio: `${(s.requests / s.txns).toFixed(1)} grants/txn (LeaseTable.stats); bench ${pct(r.cpu.bench)}, etcd ${pct(r.cpu.etcd)} CPU`,
+      }),
+    );
+  }
+  if (t.raw) {
+    const r = t.raw;
+    rows.push(
+      tpRow(`[cluster] throughput: raw etcd txn per grant + per release, ${r.inFlight} in flight (no batching)`, r, {
+        ratio: `${(received(r.etcd, 'Txn') / r.grants).toFixed(2)} Txn/grant; bench ${pct(r.cpu.bench)}, etcd ${pct(r.cpu.etcd)} CPU`,
+      }),
+    );
+  }
+  if (t.rawBatched) {
+    const r = t.rawBatched;
+    const s = r.table!;
+    rows.push(
+      tpRow(`[cluster] throughput: raw etcd, grants and releases both group-committed, ${r.inFlight} in flight (ceiling)`, r, {
+        ratio: `${(received(r.etcd, 'Txn') / r.grants).toFixed(2)} Txn/grant (${(s.requests / s.txns).toFixed(1)} ops/txn); bench ${pct(r.cpu.bench)}, etcd ${pct(r.cpu.etcd)} CPU`,
+      }),
+    );
+  }
+  if (lock) {
+    rows.push(
+      tpRow(`[cluster] throughput: etcd3 Lock, ${lock.inFlight} in flight, acquire+release (peer)`, lock, {
+        ratio: `peer; ${(lock.etcd.proposals / lock.grants).toFixed(2)} raft proposals/grant; bench ${pct(lock.cpu.bench)}, etcd ${pct(lock.cpu.etcd)} CPU${lock.errors ? `; ${lock.errors} errors` : ''}`,
+      }),
+    );
+  }
+  if (c.reclaim) {
+    const r = c.reclaim;
+    const limitUs = (r.ttlSeconds * 1000 + TARGET.reclaimSlackMs) * 1000;
+    rows.push({
+      name: `[cluster] reclaim: host A's agent SIGKILLed → host B's acquire granted (TTL ${r.ttlSeconds} s)`,
+      n: r.trials,
+      p50: r.summary.p50,
+      p99: r.summary.max,
+      value: `max ${int(r.summary.max / 1000)} ms, min ${int(r.summary.min / 1000)} ms`,
+      ratio: `TTL ${int(r.ttlSeconds * 1000)} ms, keepalive every ${int(r.keepaliveMs)} ms, polled every ${r.pollMs} ms${r.tokensIncrease ? '' : '; TOKEN NOT INCREASED'}`,
+      target: `≤ TTL + ${TARGET.reclaimSlackMs / 1000} s (max)`,
+      result: r.summary.max <= limitUs && r.tokensIncrease ? 'PASS' : 'MISS',
+      checks: [
+        { what: `reclaim after host death, slowest trial (µs), TTL ${r.ttlSeconds} s`, value: r.summary.max, limit: limitUs, pass: r.summary.max <= limitUs },
+        { what: "host B's token above host A's in every trial", value: r.tokensIncrease ? 1 : 0, limit: 1, pass: r.tokensIncrease },
+      ],
+    });
+  }
+  if (c.scale) {
+    const sc = c.scale;
+    const first = sc.windows[0];
+    for (const w of sc.windows) {
+      const vsFirst = first ? w.requestsPerSecond / first.requestsPerSecond : Number.NaN;
+      const isFirst = w === first;
+      const perLock = (w.leaseKeys * 3) / sc.ttlSeconds;
+      rows.push({
+        name: `[cluster] scale: ${sc.hosts} hosts × ${w.leasesPerHost} leases (${int(w.leaseKeys)}), TTL ${sc.ttlSeconds} s: etcd requests/s`,
+        n: w.leaseKeys,
+        value: `${w.requestsPerSecond.toFixed(1)} req/s (${w.keepalivesPerSecond.toFixed(1)} keepalives/s)`,
+        ratio: `${isFirst ? '' : `${vsFirst.toFixed(2)}× the ${int(first!.leaseKeys)}-lease rate; `}expected hosts×3/TTL = ${int(sc.expectedPerSecond)}/s; a lease per lock: ${int(perLock)}/s; etcd ${pct(w.etcdCpu)} CPU${w.sessionsNotValid ? `; ${w.sessionsNotValid} sessions not valid` : ''}`,
+        ...(isFirst
+          ? {}
+          : {
+              target: `≤ ${TARGET.scaleRatio}× the ${int(first!.leaseKeys)}-lease rate`,
+              result: vsFirst <= TARGET.scaleRatio && w.sessionsNotValid === 0 ? 'PASS' : 'MISS',
+              checks: [
+                { what: `etcd requests/s with ${int(w.leaseKeys)} leases vs ${int(first!.leaseKeys)} (${sc.hosts} hosts)`, value: vsFirst, limit: TARGET.scaleRatio, pass: vsFirst <= TARGET.scaleRatio },
+                { what: 'sessions still valid at the end of the window', value: sc.hosts - w.sessionsNotValid, limit: sc.hosts, pass: w.sessionsNotValid === 0 },
+              ],
+            }),
+      });
+    }
+  }
+  return rows;
 }
 
 function buildRows(r: Results): Row[] {
@@ -183,7 +383,101 @@ function buildRows(r: Results): Row[] {
       ],
     });
   }
+  if (r.cluster) rows.push(...clusterRows(r.cluster));
   return rows;
+}
+
+type Step = (what: string, fn: () => Promise<void>) => Promise<void>;
+
+/** The local grant: latency per placement, throughput and the syscall count, on one rig. */
+async function runLatency(root: string, results: Results, step: Step): Promise<void> {
+  const latDir = join(root, 'latency');
+  mkdirSync(join(latDir, 'locks'), { recursive: true });
+  let rig: LatencyRig | undefined;
+  await step('start the echo server, the agents, redis-server', async () => {
+    rig = await LatencyRig.start(latDir, join(latDir, 'locks'), {
+      logLevel: AGENT_LOG_LEVEL,
+      otherStorageRoot: DISK ? '/dev/shm' : tmpdir(),
+      ...(PROFILE ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${join(root, 'profile')}`] } : {}),
+    });
+  });
+  if (!rig) return;
+  try {
+    for (const p of PLACEMENTS) {
+      await step(`latency, ${p.name} (${p.describe})`, async () => {
+        results.latency[p.name] = await rig!.measure(p, { n: N.latency, rounds: N.rounds, warmup: N.warmup });
+      });
+    }
+    await step('throughput (unpinned)', async () => {
+      rig!.place(PLACEMENTS[0]!);
+      results.throughput = await measureThroughput(rig!.agent, { ...THROUGHPUT, seconds: N.tpSeconds });
+    });
+    if (straceAvailable()) {
+      await step('syscalls per grant (strace -c, untimed)', async () => {
+        results.syscalls = await countSyscalls(rig!.agent, latDir, N.straceCycles);
+      });
+    } else {
+      log('strace not installed: skipping the syscall count (apt-get install strace)');
+    }
+  } finally {
+    pin(process.pid, CPUS);
+    await rig.close();
+  }
+}
+
+/**
+ * Cluster leases against one etcd member on loopback, unpinned: latency and throughput against
+ * raw etcd and the etcd3 Lock, then dead-host reclaim, then keepalive load with 100 hosts (last,
+ * with nothing else talking to etcd).
+ */
+async function runCluster(root: string, results: Results, step: Step): Promise<void> {
+  const c: ClusterResults = { throughput: {} };
+  results.cluster = c;
+  const dir = join(root, 'cluster');
+  mkdirSync(dir, { recursive: true });
+  let etcd: EtcdServer | undefined;
+  await step('start etcd (one member, loopback)', async () => {
+    etcd = await EtcdServer.start();
+    c.etcdDataDir = etcd.dataDir;
+  });
+  if (!etcd) return;
+  try {
+    let rig: ClusterRig | undefined;
+    await step('start the cluster agents (with and without etcd)', async () => {
+      rig = await ClusterRig.start(etcd!, dir, { logLevel: AGENT_LOG_LEVEL });
+    });
+    if (rig) {
+      try {
+        await step(`cluster latency (fenced acquire vs raw etcd vs etcd3 Lock, TTL ${CLUSTER_TTL_SECONDS} s)`, async () => {
+          c.latency = await rig!.latency({ n: CLUSTER.latency, rounds: CLUSTER.rounds, warmup: CLUSTER.warmup });
+        });
+        const inFlight = CLUSTER_FIXED.inFlight;
+        await step(`cluster throughput, ${inFlight} in flight: agent, in-process LeaseTable, raw etcd txns, raw group-committed, etcd3 Lock (interleaved, ${CLUSTER.tpRounds} rounds)`, async () => {
+          c.throughput = await rig!.throughput({ inFlight, rounds: CLUSTER.tpRounds, secondsPerRound: CLUSTER.tpSecondsPerRound, warmupSeconds: CLUSTER.tpWarmupSeconds });
+        });
+      } finally {
+        await rig.close();
+      }
+    }
+    await step(`cluster reclaim after host death (TTL ${CLUSTER_FIXED.reclaimTtlSeconds} s, ${CLUSTER.reclaimTrials} trials)`, async () => {
+      c.reclaim = await measureReclaim(etcd!, join(dir, 'reclaim'), {
+        trials: CLUSTER.reclaimTrials,
+        ttlSeconds: CLUSTER_FIXED.reclaimTtlSeconds,
+        pollMs: CLUSTER_FIXED.reclaimPollMs,
+        logLevel: AGENT_LOG_LEVEL,
+      });
+    });
+    await step(`cluster keepalive load, ${CLUSTER_FIXED.scaleHosts} hosts × ${CLUSTER_FIXED.scaleLeases.join(' then ')} leases`, async () => {
+      c.scale = await measureClusterScale(etcd!, {
+        hosts: CLUSTER_FIXED.scaleHosts,
+        leasesPerHost: CLUSTER_FIXED.scaleLeases,
+        ttlSeconds: CLUSTER_FIXED.scaleTtlSeconds,
+        windowPeriods: CLUSTER.scaleWindowPeriods,
+      });
+    });
+  } finally {
+    await etcd.close();
+  }
 }
 
 async function main(): Promise<void> {
@@ -199,7 +493,7 @@ async function main(): Promise<void> {
   log(`${machine.cpus} CPUs (${machine.cpuModel}), Node ${machine.node}, kernel ${machine.kernel}; temp dir ${root}${QUICK ? '; --quick' : ''}`);
   const initialAffinity = affinity(process.pid);
   const cpu0 = cpuTimes();
-  const step = async (what: string, fn: () => Promise<void>): Promise<void> => {
+  const step: Step = async (what, fn) => {
     log(`${what}…`);
     const t0 = performance.now();
     try {
@@ -213,51 +507,25 @@ async function main(): Promise<void> {
   };
 
   try {
-    await step('floors (raw fcntl, fs-ext)', async () => {
-      results.floors = await measureFloors(root, { nSync: N.sync, nAsync: N.async });
-    });
-
-    const latDir = join(root, 'latency');
-    mkdirSync(join(latDir, 'locks'), { recursive: true });
-    let rig: LatencyRig | undefined;
-    await step('start the echo server, the agents, redis-server', async () => {
-      rig = await LatencyRig.start(latDir, join(latDir, 'locks'), {
-        logLevel: AGENT_LOG_LEVEL,
-        otherStorageRoot: DISK ? '/dev/shm' : tmpdir(),
-        ...(PROFILE ? { nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${join(root, 'profile')}`] } : {}),
+    if (ONLY.has('floors')) {
+      await step('floors (raw fcntl, fs-ext)', async () => {
+        results.floors = await measureFloors(root, { nSync: N.sync, nAsync: N.async });
       });
-    });
-    if (rig) {
-      try {
-        for (const p of PLACEMENTS) {
-          await step(`latency, ${p.name} (${p.describe})`, async () => {
-            results.latency[p.name] = await rig!.measure(p, { n: N.latency, rounds: N.rounds, warmup: N.warmup });
-          });
-        }
-        await step('throughput (unpinned)', async () => {
-          rig!.place(PLACEMENTS[0]!);
-          results.throughput = await measureThroughput(rig!.agent, { ...THROUGHPUT, seconds: N.tpSeconds });
-        });
-        if (straceAvailable()) {
-          await step('syscalls per grant (strace -c, untimed)', async () => {
-            results.syscalls = await countSyscalls(rig!.agent, latDir, N.straceCycles);
-          });
-        } else {
-          log('strace not installed: skipping the syscall count (apt-get install strace)');
-        }
-      } finally {
-        pin(process.pid, CPUS);
-        await rig.close();
-      }
     }
 
-    const scaleDir = join(root, 'scale');
-    mkdirSync(join(scaleDir, 'locks'), { recursive: true });
-    await step(`memory and re-exec with ${SCALE.owners * SCALE.perOwner} locks`, async () => {
-      const { memory, reexec } = await measureScale(scaleDir, join(scaleDir, 'locks'), { ...SCALE, reexecRuns: N.reexec, logLevel: AGENT_LOG_LEVEL });
-      results.memory = memory;
-      results.reexec = reexec;
-    });
+    if (ONLY.has('latency')) await runLatency(root, results, step);
+
+    if (ONLY.has('scale')) {
+      const scaleDir = join(root, 'scale');
+      mkdirSync(join(scaleDir, 'locks'), { recursive: true });
+      await step(`memory and re-exec with ${SCALE.owners * SCALE.perOwner} locks`, async () => {
+        const { memory, reexec } = await measureScale(scaleDir, join(scaleDir, 'locks'), { ...SCALE, reexecRuns: N.reexec, logLevel: AGENT_LOG_LEVEL });
+        results.memory = memory;
+        results.reexec = reexec;
+      });
+    }
+
+    if (ONLY.has('cluster')) await runCluster(root, results, step);
   } finally {
     pin(process.pid, initialAffinity);
     if (PROFILE) log(`CPU profile of the latency agent kept in ${join(root, 'profile')}`);
@@ -269,10 +537,15 @@ async function main(): Promise<void> {
   const wall = (Date.now() - started.getTime()) / 1000;
   const foreignCpu = Math.max(0, cpu1.machineBusy - cpu0.machineBusy - (cpu1.selfAndChildren - cpu0.selfAndChildren)) / wall;
   const rows = buildRows(results);
-  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${DISK ? ' (agent dirs on disk)' : ' (agent dirs on /dev/shm)'}${AGENT_LOG_LEVEL === 'info' ? '' : ` (agent log level ${AGENT_LOG_LEVEL})`}`;
+  const title = `Baton benchmark, ${started.toISOString()}, ${machine.cpus} CPUs ${machine.cpuModel}, Node ${machine.node}, Linux ${machine.kernel}${QUICK ? ' (--quick)' : ''}${DISK ? ' (agent dirs on disk)' : ' (agent dirs on /dev/shm)'}${AGENT_LOG_LEVEL === 'info' ? '' : ` (agent log level ${AGENT_LOG_LEVEL})`}${ONLY.size < SECTIONS.length ? ` (only ${[...ONLY].join(', ')})` : ''}`;
   process.stdout.write(`\n${title}\n\n${formatTable(rows)}\n`);
-  process.stdout.write(`\nPlacements: ${PLACEMENTS.map((p) => `${p.name} = ${p.describe}`).join('; ')}.\n`);
+  if (ONLY.has('latency')) process.stdout.write(`\nPlacements: ${PLACEMENTS.map((p) => `${p.name} = ${p.describe}`).join('; ')}.\n`);
   process.stdout.write('Ratios compare p50s measured in this run, within one placement.\n');
+  if (ONLY.has('cluster')) {
+    process.stdout.write(
+      `[cluster]: one etcd member on loopback, data on ${results.cluster?.etcdDataDir?.startsWith('/dev/shm') ? 'tmpfs (/dev/shm)' : 'disk'}, every process unpinned; latency/throughput sessions TTL ${CLUSTER_TTL_SECONDS} s; ${CLUSTER_FIXED.inFlight} in flight.\n`,
+    );
+  }
   process.stdout.write(`Other processes used ${foreignCpu.toFixed(2)} CPUs on average during the run (${wall.toFixed(0)} s)${foreignCpu > 0.1 ? ': the machine was not quiet, expect noise' : ''}.\n`);
   const misses = rows.flatMap((r) => (r.checks ?? []).filter((c) => !c.pass).map((c) => `MISS  ${c.what}: ${fmt(c.value)} > ${fmt(c.limit)}`));
   if (misses.length > 0) process.stdout.write(`\n*** ${misses.length} target(s) MISSED ***\n${misses.join('\n')}\n`);
@@ -287,8 +560,8 @@ async function main(): Promise<void> {
         title,
         date: started.toISOString(),
         machine,
-        flags: { quick: QUICK, disk: DISK, cpuProf: PROFILE, agentLogLevel: AGENT_LOG_LEVEL },
-        iterations: N,
+        flags: { quick: QUICK, disk: DISK, cpuProf: PROFILE, agentLogLevel: AGENT_LOG_LEVEL, only: [...ONLY] },
+        iterations: { ...N, cluster: { ...CLUSTER, ...CLUSTER_FIXED } },
         placements: PLACEMENTS,
         targets: TARGET,
         wallSeconds: wall,
