@@ -625,10 +625,9 @@ export async function measureReclaim(etcd: EtcdServer, dir: string, opts: { tria
   };
 }
 
-/** etcd Txn RPCs the agent sent per grant, and how many of them were grants (the rest: releases, one each). */
-export function agentBatching(t: ClusterThroughput): { txnsPerGrant: number; grantTxns: number; grantsPerGrantTxn: number; proposalsPerGrant: number } {
-  const txns = received(t.etcd, 'Txn');
-  // Every release of one lease is one Txn of its own; the rest are grant transactions.
-  const grantTxns = Math.max(1, txns - t.grants);
-  return { txnsPerGrant: txns / t.grants, grantTxns, grantsPerGrantTxn: t.grants / grantTxns, proposalsPerGrant: t.etcd.proposals / t.grants };
+/** etcd Txn RPCs the agent sent per grant; grants and releases are both group-committed. */
+export function agentBatching(t: ClusterThroughput): { txnsPerGrant: number; txns: number; opsPerTxn: number; proposalsPerGrant: number } {
+  const txns = Math.max(1, received(t.etcd, 'Txn'));
+  // Each cycle is one grant and one release: two lease operations per grant.
+  return { txnsPerGrant: txns / t.grants, txns, opsPerTxn: (2 * t.grants) / txns, proposalsPerGrant: t.etcd.proposals / t.grants };
 }

@@ -336,8 +336,41 @@ export class LeaseTable {
     ];
   }
 
-  /** Delete leases, each only if it is still the grant with that token (never someone else's). */
+  private releases: { leases: readonly HeldLease[]; resolve(): void; reject(err: unknown): void }[] = [];
+  private releasing = false;
+
+  /**
+   * Delete leases, each only if it is still the grant with that token (never someone else's).
+   * Releases are group-committed like grants: those that arrive while a delete is in flight go
+   * together in the next transaction (without it, a release cost a transaction of its own and
+   * capped the agent's throughput at about half of what etcd takes).
+   */
   async release(leases: readonly HeldLease[]): Promise<void> {
+    if (leases.length === 0) return;
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    this.releases.push({ leases, resolve, reject });
+    if (!this.releasing) this.flushReleases().catch(() => undefined);
+    await promise;
+  }
+
+  private async flushReleases(): Promise<void> {
+    this.releasing = true;
+    try {
+      while (this.releases.length > 0) {
+        const batch = this.releases.splice(0);
+        try {
+          await this.releaseNow(batch.flatMap((r) => r.leases));
+          for (const r of batch) r.resolve();
+        } catch (err) {
+          for (const r of batch) r.reject(err);
+        }
+      }
+    } finally {
+      this.releasing = false;
+    }
+  }
+
+  private async releaseNow(leases: readonly HeldLease[]): Promise<void> {
     // A clean release takes the unclean-loss marker with it (deleting an absent key is harmless).
     const deletes = (l: HeldLease): IRequestOp[] =>
       l.key.endsWith('/excl') && this.lockDelay.ms > 0
@@ -354,7 +387,7 @@ export class LeaseTable {
         'a release',
       );
       // Some lease was already gone or replaced: delete the others one by one.
-      if (!res.succeeded && chunk.length > 1) for (const l of chunk) await this.release([l]);
+      if (!res.succeeded && chunk.length > 1) for (const l of chunk) await this.releaseNow([l]);
     }
   }
 }
