@@ -111,7 +111,7 @@ describe('baton CLI', () => {
     const released = await runCli(['lock', 'release', ...owner, disk]);
     expect(released.status, why(released)).toBe(0);
     expect(JSON.parse(released.stdout)).toEqual({ grants: [grant] });
-    expect(existsSync(grant.lockPath)).toBe(false);
+    expect(await tryLockFrom(grant.lockPath)).toBe('granted');
     expect(vmProcess.running).toBe(true);
   });
 

@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BatonError } from '@baton/core';
 import { exitOf, httpText, runCli } from '../support/agent-io.js';
-import { AgentProcess, JsonProcess, ManagedProcess, pidAlive, SharedStorage, startSimVm, tryLockFrom, waitFor } from '../support/index.js';
+import { AgentProcess, JsonProcess, ManagedProcess, pidAlive, SharedStorage, startProbe, startSimVm, tryLockFrom, waitFor } from '../support/index.js';
 
 /**
  * A lock lives exactly as long as its owner: the agent releases a dead owner's disks promptly, and
@@ -45,24 +44,29 @@ describe('owner liveness', () => {
   }
 
   /**
-   * Waits until the lock file is gone (an indirect lock file is unlinked on release), checking at
-   * every probe that the release is not seen while the owner's process is still alive.
+   * Another process trying the lock file every 0.2 ms (the lock probe), started while the lock is
+   * held: `afterDeathOf` waits for the first time it gets the lock, i.e. the agent's release, and
+   * checks that the owner's process was already dead then. The probe is stopped before returning,
+   * so it cannot make the next acquire busy.
    */
-  async function waitForReleaseAfterDeath(lockPath: string, pid: number, deadlineMs: number): Promise<void> {
-    let releasedWhileAlive = false;
-    await waitFor(
-      () => {
-        const released = !existsSync(lockPath);
-        // Checked after the release was seen: alive now means alive when it was released.
-        if (released && pidAlive(pid)) releasedWhileAlive = true;
-        return released;
+  async function watchRelease(lockPath: string): Promise<{ afterDeathOf(pid: number, deadlineMs: number): Promise<void> } & AsyncDisposable> {
+    const probe = await startProbe(lockPath, ['--op', 'probe', '--interval-us', '200']);
+    await probe.event((e) => e.event === 'probing', 'probe started');
+    return {
+      async afterDeathOf(pid, deadlineMs) {
+        try {
+          await probe.event((e) => e.event === 'granted', `release of ${lockPath}`, deadlineMs);
+          // Checked after the release was seen: alive now means alive when it was released.
+          expect(pidAlive(pid)).toBe(false);
+        } finally {
+          await probe.close();
+        }
       },
-      { what: `release of ${lockPath}`, deadlineMs, intervalMs: 1 },
-    );
-    expect(releasedWhileAlive).toBe(false);
+      [Symbol.asyncDispose]: () => probe.close(),
+    };
   }
 
-  it('releases a SIGKILLed sim VM’s disk promptly and unlinks its lock file; another owner then gets it', async () => {
+  it('releases a SIGKILLed sim VM’s disk promptly; another owner then gets it', async () => {
     await using storage = await SharedStorage.create();
     // A long grace period: a dead process must not wait for it.
     await using agent = await AgentProcess.start({ storage, config: { owners: { termGraceMs: 10_000, pidPollMs: 20 } } });
@@ -73,9 +77,10 @@ describe('owner liveness', () => {
     const other = await registeredClient(agent, 'vm1-restarted');
     await expect(other.request('acquire', { resources: [{ name: disk }] })).rejects.toMatchObject({ code: 'RESOURCE_BUSY' });
 
+    await using release = await watchRelease(grant.lockPath);
     vm.proc.kill('SIGKILL');
     const started = performance.now();
-    await waitForReleaseAfterDeath(grant.lockPath, vm.pid, 3_000);
+    await release.afterDeathOf(vm.pid, 3_000);
     expect(performance.now() - started).toBeLessThan(1_500);
 
     const { grants } = await other.request('acquire', { resources: [{ name: disk }] });
@@ -95,7 +100,8 @@ describe('owner liveness', () => {
       const dropped = await owner.event((e) => e.event === 'dropping-connection', 'connection dropped');
       const lockPath = dropped.lockPath as string;
 
-      await waitForReleaseAfterDeath(lockPath, owner.pid, 5_000);
+      await using release = await watchRelease(lockPath);
+      await release.afterDeathOf(owner.pid, 5_000);
       // Killed by the SIGTERM, not the SIGKILL that follows the grace period.
       expect(await exitOf(owner.proc)).toEqual({ code: null, signal: 'SIGTERM' });
       // Every signal the agent sent is logged before the owner's release.
@@ -125,7 +131,8 @@ describe('owner liveness', () => {
       // The checks above ran while the owner lived (still running after them), else they prove nothing.
       expect(owner.proc.running).toBe(true);
 
-      await waitForReleaseAfterDeath(lockPath, owner.pid, GRACE_MS + 5_000);
+      await using release = await watchRelease(lockPath);
+      await release.afterDeathOf(owner.pid, GRACE_MS + 5_000);
       expect(await exitOf(owner.proc)).toEqual({ code: null, signal: 'SIGKILL' });
       // Not killed before the grace period was up (less a margin for the SIGTERM's delivery).
       expect((await diedAt) - (sigterm.at as number)).toBeGreaterThanOrEqual(GRACE_MS - 300);
@@ -159,9 +166,10 @@ describe('owner liveness', () => {
     await expect(observer.request('acquire', { resources: [{ name: disk }] })).rejects.toMatchObject({ code: 'RESOURCE_BUSY' });
     expect(vmProcess.running).toBe(true);
 
+    await using release = await watchRelease(grant.lockPath);
     vmProcess.kill('SIGTERM');
     const started = performance.now();
-    await waitForReleaseAfterDeath(grant.lockPath, vmProcess.pid, 3_000);
+    await release.afterDeathOf(vmProcess.pid, 3_000);
     expect(performance.now() - started).toBeLessThan(1_500);
     expect((await observer.request('acquire', { resources: [{ name: disk }] })).grants[0]!.token).toBeGreaterThan(grant.token);
   });

@@ -71,8 +71,11 @@ describe.each([
     await agent.reexec();
     await assertHeld('re-exec');
     await holder.request('release', {});
-    // Released: the indirect lock file is removed (provably unused), the image itself is free.
-    expect(existsSync(lockFiles[0]!)).toBe(false);
-    expect(await tryLockFrom(lockFiles[1]!)).toBe('granted');
+    // Released: both files are free (the indirect lock file is kept a while for reuse).
+    for (const f of lockFiles) expect(await tryLockFrom(f), `${f} after release`).toBe('granted');
+    // An agent that stops removes the lock files it kept, and never the images.
+    await other.request('shutdown', {});
+    await agent.json.proc.exited;
+    expect(lockFiles.map((f) => existsSync(f))).toEqual([false, true]);
   });
 });

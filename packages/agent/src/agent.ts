@@ -88,6 +88,7 @@ export class Agent implements AsyncDisposable {
       defaultLockspace: config.defaultLockspace ?? config.lockspaces[0]!.name,
       tokens: (this.tokens = new TokenSource(config.stateDir, config.tokenBlock)),
       ofd: this.ofd,
+      onRemoveFailed: (lockPath, err) => this.log.warn({ lockPath, err: (err as Error).message }, `could not remove the unused lock file ${lockPath}; it stays`),
     });
   }
 
@@ -425,6 +426,8 @@ export class Agent implements AsyncDisposable {
       this.log.warn('some replies were not flushed before re-exec; their clients will retry');
     }
     try {
+      // The new image does not know which lock files this one kept for reuse.
+      this.locks.removeUnusedLockFiles();
       reexecImage({
         stateDir: this.config.stateDir,
         generation: this.generation,

@@ -13,7 +13,7 @@ export type HotRequest =
   | { id: RequestId; method: 'acquire'; params: AgentParsedParams<'acquire'> }
   | { id: RequestId; method: 'release'; params: AgentParsedParams<'release'> };
 
-function isRecord(v: unknown): v is Record<string, unknown> {
+export function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
@@ -22,7 +22,8 @@ function onlyKeys(o: Record<string, unknown>, allowed: readonly string[]): boole
   return true;
 }
 
-function isRequestId(v: unknown): v is RequestId {
+/** What the RequestId schema accepts. */
+export function isRequestId(v: unknown): v is RequestId {
   return typeof v === 'string' ? v.length >= 1 && v.length <= MAX_REQUEST_ID : Number.isSafeInteger(v) && (v as number) >= 0;
 }
 

@@ -33,7 +33,8 @@ export class LineReader {
       }
       if (nl === -1) break;
       if (!this.discarding) {
-        const line = Buffer.concat(this.parts).toString('utf8');
+        // A line within one chunk (the usual request) is decoded in place, without a copy.
+        const line = (this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts)).toString('utf8');
         if (line.trim() !== '') yield { kind: 'line', line };
       }
       this.parts = [];

@@ -10,6 +10,7 @@ import {
   type ErrorBody,
 } from '@baton/core';
 import { LineReader } from '../api/line-reader.js';
+import { parseGrantsResult, parseOkReply } from './hot-reply.js';
 
 export const MAX_REPLY_BYTES = 256 * 1024 * 1024;
 
@@ -90,6 +91,12 @@ export class AgentClient implements AsyncDisposable {
       // Not a reply: an agent that is not speaking this protocol. Nothing to resolve with it.
       return;
     }
+    // A reply that succeeded (every grant's) skips the envelope's zod; request() still checks its result.
+    const ok = parseOkReply(raw);
+    if (ok) {
+      this.takeWaiter(typeof ok.id === 'number' ? ok.id : undefined)?.resolve(ok.result);
+      return;
+    }
     const parsed = ReplyEnvelope.safeParse(raw);
     if (!parsed.success) return;
     const reply = parsed.data;
@@ -109,7 +116,8 @@ export class AgentClient implements AsyncDisposable {
       }, { once: true });
     });
     this.socket.write(JSON.stringify({ v: PROTOCOL_VERSION, id, method, params: params ?? {} }) + '\n');
-    return AGENT_METHODS[method].result.parse(await result) as AgentResult<M>;
+    const raw = await result;
+    return (parseGrantsResult(method, raw) ?? AGENT_METHODS[method].result.parse(raw)) as AgentResult<M>;
   }
 
   /** Write a raw line (tests of the protocol's error handling use this). */

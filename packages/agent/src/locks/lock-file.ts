@@ -15,7 +15,7 @@ export interface LockedFile {
 }
 
 export interface LockFileOptions {
-  /** Indirect lock files are created on demand (and removed when provably unused). */
+  /** Indirect lock files are created on demand (and removed once unused, see removeIfUnused). */
   create: boolean;
   ofd: boolean;
 }
@@ -34,7 +34,7 @@ function sameFile(a: { dev: bigint; ino: bigint }, path: string): boolean {
 /**
  * Open and lock; undefined when another holder has it. For created files: open → fstat → lock →
  * stat(path) → compare, and retry if the file was unlinked or replaced between open and lock
- * (its last holder removed it as it released).
+ * (an agent removed it as unused, see removeIfUnused).
  */
 export function lockFile(path: string, mode: LockMode, opts: LockFileOptions): LockedFile | undefined {
   const flags = opts.create ? constants.O_RDWR | constants.O_CREAT : mode === 'exclusive' ? constants.O_RDWR : constants.O_RDONLY;
@@ -56,22 +56,39 @@ export function lockFile(path: string, mode: LockMode, opts: LockFileOptions): L
   throw new Error(`lock file ${path} kept being replaced (${MAX_REPLACED_RETRIES} attempts)`);
 }
 
-/**
- * Unlock and close. A created lock file is unlinked first when it is provably unused: this agent
- * holds it exclusively, or can upgrade its shared lock to exclusive. Anyone who opened the file
- * in the meantime finds it gone after locking and retries (see lockFile).
- */
-export function unlockFile(file: LockedFile, path: string, mode: LockMode, opts: LockFileOptions): void {
+/** Unlock and close. */
+export function unlockFile(file: LockedFile, ofd: boolean): void {
+  // Closing drops the lock even if unlock failed; unlocking first keeps the order explicit.
   try {
-    if (opts.create && (mode === 'exclusive' || tryLock(file.fd, 'exclusive', LOCK_RANGE, opts.ofd)) && sameFile(file, path)) {
-      unlinkSync(path);
+    unlock(file.fd, LOCK_RANGE, ofd);
+  } finally {
+    closeSync(file.fd);
+  }
+}
+
+/**
+ * Remove a created lock file if it is provably unused: an exclusive lock on it is granted (no one
+ * holds it, on any host), and the path still names the file locked. The caller makes sure this
+ * process does not hold it (seed 000: a held file is never opened a second time). Anyone who
+ * opened the file meanwhile finds it gone after locking and retries (see lockFile).
+ */
+export function removeIfUnused(path: string, ofd: boolean): void {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw err;
+  }
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    if (!tryLock(fd, 'exclusive', LOCK_RANGE, ofd)) return;
+    try {
+      if (sameFile(st, path)) unlinkSync(path);
+    } finally {
+      unlock(fd, LOCK_RANGE, ofd);
     }
   } finally {
-    // Closing drops the lock even if unlock failed; unlocking first keeps the order explicit.
-    try {
-      unlock(file.fd, LOCK_RANGE, opts.ofd);
-    } finally {
-      closeSync(file.fd);
-    }
+    closeSync(fd);
   }
 }

@@ -2,7 +2,7 @@ import { fstatSync, statSync } from 'node:fs';
 import { z } from 'zod';
 import { asBatonError, BatonError, decideAcquire, LOCK_MODES, wallTimeIso, type Grant, type LockMode, type ResourceRef, type Token } from '@baton/core';
 import { setCloexec } from '../sys/index.js';
-import { lockFile, unlockFile, type LockedFile, type LockFileOptions } from './lock-file.js';
+import { lockFile, removeIfUnused, unlockFile, type LockedFile, type LockFileOptions } from './lock-file.js';
 import type { Lockspace } from './lockspace.js';
 import { SharedTokenRecord, type TokenSource } from './token-source.js';
 
@@ -49,11 +49,24 @@ export const LockSnapshotSchema = z.object({
 });
 export type LockSnapshot = z.infer<typeof LockSnapshotSchema>;
 
+/**
+ * How long a released indirect lock file is kept before it is removed (if still unused): an
+ * acquire of its resource meanwhile opens it rather than creating it, so a grant cycle neither
+ * creates nor unlinks a file.
+ */
+export const UNUSED_LOCK_FILE_KEEP_MS = 5_000;
+/** Lock files removed per turn of the event loop, so that a mass release is not one long stall. */
+const REMOVALS_PER_TURN = 256;
+
 export interface LockManagerOptions {
   lockspaces: readonly Lockspace[];
   defaultLockspace: string;
   tokens: TokenSource;
   ofd: boolean;
+  /** Default UNUSED_LOCK_FILE_KEEP_MS. */
+  unusedKeepMs?: number;
+  /** An unused lock file could not be removed; it stays, as one left by a crash would (harmless). */
+  onRemoveFailed?: (lockPath: string, err: unknown) => void;
 }
 
 function grantOf(lock: HeldLock, holding: Holding): Grant {
@@ -68,7 +81,7 @@ function lockKey(lockspace: Lockspace, identity: string): string {
   return `${lockspace.name}\0${identity}`;
 }
 
-/** Indirect lock files are created on demand and removed when unused; direct ones are the images. */
+/** Indirect lock files are created on demand and removed once unused; direct ones are the images. */
 function fileOptions(lockspace: Lockspace, ofd: boolean): LockFileOptions {
   return { create: lockspace.kind === 'indirect', ofd };
 }
@@ -88,6 +101,11 @@ export class LockManager {
   private readonly tokens: TokenSource;
   private readonly defaultLockspace: string;
   private readonly ofd: boolean;
+  private readonly unusedKeepMs: number;
+  private readonly onRemoveFailed: ((lockPath: string, err: unknown) => void) | undefined;
+  /** Released indirect lock files not removed yet, oldest release first, with its performance.now(). */
+  private readonly unused = new Map<string, number>();
+  private removalTimer: NodeJS.Timeout | undefined;
 
   constructor(opts: LockManagerOptions) {
     for (const ls of opts.lockspaces) {
@@ -97,6 +115,8 @@ export class LockManager {
     this.tokens = opts.tokens;
     this.defaultLockspace = opts.defaultLockspace;
     this.ofd = opts.ofd;
+    this.unusedKeepMs = opts.unusedKeepMs ?? UNUSED_LOCK_FILE_KEEP_MS;
+    this.onRemoveFailed = opts.onRemoveFailed;
   }
 
   lockspace(name: string | undefined): Lockspace {
@@ -272,7 +292,15 @@ export class LockManager {
     }
   }
 
+  /** Remove every released lock file that is still unused now (the agent stops or re-executes). */
+  removeUnusedLockFiles(): void {
+    clearTimeout(this.removalTimer);
+    this.removalTimer = undefined;
+    this.removeUnused(Infinity, Infinity);
+  }
+
   close(): void {
+    this.removeUnusedLockFiles();
     for (const record of this.tokenRecords.values()) record.close();
   }
 
@@ -304,6 +332,7 @@ export class LockManager {
   private index(lock: HeldLock): void {
     this.byKey.set(lock.key, lock);
     this.byInode.set(inodeKey(lock.file.dev, lock.file.ino), lock);
+    this.unused.delete(lock.lockPath);
   }
 
   private hold(lock: HeldLock, owner: string, holding: Holding): void {
@@ -320,6 +349,44 @@ export class LockManager {
   }
 
   private closeLock(lock: HeldLock): void {
-    unlockFile(lock.file, lock.lockPath, lock.mode, fileOptions(lock.lockspace, this.ofd));
+    unlockFile(lock.file, this.ofd);
+    if (lock.lockspace.kind === 'indirect') this.keepUnused(lock.lockPath);
+  }
+
+  private keepUnused(lockPath: string): void {
+    // Released again: it is kept from now on (re-inserted, so the map stays oldest first).
+    this.unused.delete(lockPath);
+    this.unused.set(lockPath, performance.now());
+    this.scheduleRemoval();
+  }
+
+  private scheduleRemoval(): void {
+    const oldest = this.unused.values().next();
+    if (this.removalTimer !== undefined || oldest.done) return;
+    this.removalTimer = setTimeout(
+      () => {
+        this.removalTimer = undefined;
+        this.removeUnused(performance.now() - this.unusedKeepMs, REMOVALS_PER_TURN);
+        this.scheduleRemoval();
+      },
+      Math.max(0, oldest.value + this.unusedKeepMs - performance.now()),
+    );
+    // Pending removals never keep the process alive: close() does what is left.
+    this.removalTimer.unref();
+  }
+
+  /** Remove the lock files released before `releasedBefore` (at most `limit` of them) if unused. */
+  private removeUnused(releasedBefore: number, limit: number): void {
+    let n = 0;
+    for (const [lockPath, releasedAt] of this.unused) {
+      if (releasedAt > releasedBefore || n++ >= limit) break;
+      this.unused.delete(lockPath);
+      try {
+        // seed 000: a file this agent holds (under another name, or another lockspace) is never opened.
+        if (!this.heldAtPath(lockPath)) removeIfUnused(lockPath, this.ofd);
+      } catch (err) {
+        this.onRemoveFailed?.(lockPath, err);
+      }
+    }
   }
 }

@@ -1,5 +1,4 @@
 import { realpathSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import { BatonError, isPlainName, isWithinRoots, lockFileName, type LockspaceKind } from '@baton/core';
 import type { LockspaceConfig } from '../config.js';
 
@@ -24,13 +23,20 @@ export class Lockspace {
   readonly kind: LockspaceKind;
   readonly dir: string | undefined;
   readonly roots: readonly string[];
+  /** `dir` ending in a slash: a lock file's path is this and the hash (join() without its normalising, which a canonical dir does not need). */
+  private readonly dirPrefix: string | undefined;
 
   constructor(config: LockspaceConfig) {
     this.name = config.name;
     this.kind = config.kind;
     // Roots are compared against canonical paths, so they must be canonical too.
     this.dir = config.dir === undefined ? undefined : realpathSync(config.dir);
+    this.dirPrefix = this.dir === undefined ? undefined : this.dir.endsWith('/') ? this.dir : `${this.dir}/`;
     this.roots = config.roots.map((r) => realpathSync(r));
+  }
+
+  private lockPathOf(identity: string): string {
+    return this.dirPrefix! + lockFileName(identity);
   }
 
   /**
@@ -49,7 +55,7 @@ export class Lockspace {
       if (!isPlainName(name)) {
         throw new BatonError('INVALID_REQUEST', `resource name "${name}" must be an absolute path or a printable name without "/"`, { details: { resource: name } });
       }
-      return { identity: name, lockPath: join(this.dir!, lockFileName(name)) };
+      return { identity: name, lockPath: this.lockPathOf(name) };
     }
     // realpath resolves "..", "." and every symlink: two spellings of one image are one resource,
     // and a symlink cannot lead a request outside the roots.
@@ -64,7 +70,7 @@ export class Lockspace {
         details: { resource: name, resolved: canonical, lockspace: this.name, roots: this.roots },
       });
     }
-    if (this.kind === 'indirect') return { identity: canonical, lockPath: join(this.dir!, lockFileName(canonical)) };
+    if (this.kind === 'indirect') return { identity: canonical, lockPath: this.lockPathOf(canonical) };
     const st = statSync(canonical);
     if (!st.isFile() && !st.isBlockDevice()) {
       throw new BatonError('INVALID_REQUEST', `"${canonical}" is neither a regular file nor a block device`, { details: { resource: name, resolved: canonical } });

@@ -31,14 +31,16 @@ export function withRecordLock<T>(fd: number, path: string, ofd: boolean, fn: ()
 
 /** A token record: 20 zero-padded digits and a newline at offset 0, rewritten in place. */
 const RECORD_BYTES = 21;
+/** Every read and write of a record goes through this one buffer: they are synchronous, never two at once. */
+const recordBuf = Buffer.alloc(RECORD_BYTES);
 
 export function readTokenRecord(fd: number): Token | undefined {
-  const buf = Buffer.alloc(RECORD_BYTES);
-  const n = readSync(fd, buf, 0, RECORD_BYTES, 0);
-  const stored = n > 0 ? Number(buf.toString('ascii', 0, n).trim()) : NaN;
+  const n = readSync(fd, recordBuf, 0, RECORD_BYTES, 0);
+  const stored = n > 0 ? Number(recordBuf.toString('ascii', 0, n).trim()) : NaN;
   return Number.isSafeInteger(stored) && stored > 0 ? stored : undefined;
 }
 
 export function writeTokenRecord(fd: number, token: Token): void {
-  writeSync(fd, `${String(token).padStart(RECORD_BYTES - 1, '0')}\n`, 0, 'ascii');
+  recordBuf.write(`${String(token).padStart(RECORD_BYTES - 1, '0')}\n`, 0, 'ascii');
+  writeSync(fd, recordBuf, 0, RECORD_BYTES, 0);
 }
