@@ -1,7 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BatonError, leaseTiming, systemClock, type MonotonicClock } from '@baton/core';
 import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
-import { EtcdServer, waitFor } from '../support/index.js';
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { EtcdServer, makeTempDir, removeDir, waitFor } from '../support/index.js';
 
 /** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
 const quiet = { info: () => {}, warn: () => {}, error: () => {} };
@@ -161,5 +163,15 @@ describe('etcd lease table', () => {
     });
     expect(granted - expiredAt).toBeGreaterThanOrEqual(delay.ms - 100);
     await b.close({ revoke: true });
+  });
+
+  it('refuses a password file that group or others can read, naming the field', async () => {
+    const dir = await makeTempDir('pw');
+    const file = join(dir, 'password');
+    writeFileSync(file, 'secret\n', { mode: 0o644 });
+    chmodSync(file, 0o644);
+    const config = EtcdConfigSchema.parse({ endpoints: etcd.endpoints, auth: { username: 'u', passwordFile: file } });
+    expect(() => new EtcdConnection(config)).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG', details: expect.objectContaining({ field: 'etcd.auth.passwordFile' }) }));
+    await removeDir(dir);
   });
 });

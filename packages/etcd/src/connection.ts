@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { ConstantBackoff, handleWhen, noop, retry } from 'cockatiel';
 import {
   EtcdAuthenticationFailedError,
@@ -21,6 +21,15 @@ import {
 import { BatonError, leaseTiming, rpcDeadline } from '@baton/core';
 import { keyPrefix, type EtcdConfig } from './config.js';
 import { KeyLayout, prefixEnd } from './keys.js';
+
+/** A password file others can read is refused: the credentials could write every lease of the cluster. */
+function readPasswordFile(path: string): string {
+  const mode = statSync(path).mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    throw new BatonError('INVALID_CONFIG', `etcd.auth.passwordFile ${path} has mode ${mode.toString(8)}; it must not be readable by group or others (chmod 600)`, { details: { field: 'etcd.auth.passwordFile', mode: mode.toString(8) } });
+  }
+  return readFileSync(path, 'utf8').trim();
+}
 
 /** The request never reached a member: the connection was refused or never established. */
 function notSent(err: Error): boolean {
@@ -78,7 +87,7 @@ export class EtcdConnection implements AsyncDisposable {
               ...(tls.keyFile === undefined ? {} : { privateKey: readFileSync(tls.keyFile), certChain: readFileSync(tls.certFile!) }),
             },
           }),
-      ...(config.auth === undefined ? {} : { auth: { username: config.auth.username, password: readFileSync(config.auth.passwordFile, 'utf8').trim() } }),
+      ...(config.auth === undefined ? {} : { auth: { username: config.auth.username, password: readPasswordFile(config.auth.passwordFile) } }),
     });
   }
 
