@@ -55,20 +55,20 @@ describe('etcd over TLS with client certificates (--client-cert-auth)', () => {
       ['host-nocert', { caFile: ca.caFile }],
       ['host-rogue', { caFile: ca.caFile, certFile: pki.rogue.client.certFile, keyFile: pki.rogue.client.keyFile }],
     ] as const;
-    // The agent does not start: it cannot open its session, says so with a stable code, and exits
-    // (after its start-up patience, a few TTLs: 2 s here, both at once).
+    // The agent does not start: etcd refuses its session at the handshake; it says so with a stable
+    // code and exits at once (a refusal is not an outage: no start-up patience).
     const runs = await Promise.all(refused.map(([hostId, t]) => agentRefused(storage, scratch, hostId, { endpoints: etcd.endpoints, cluster, ttlSeconds: 2, tls: t })));
     for (const r of runs) {
-      expect(r.status, why(r)).toBe(4);
-      expect(r.stderr).toMatch(/^baton agent: UNAVAILABLE: etcd did not complete a session grant/m);
+      expect(r.status, why(r)).toBe(5);
+      expect(r.stderr).toMatch(/^baton agent: DENIED: etcd refused a session grant at the TLS handshake/m);
     }
     for (const [hostId, refusedTls] of refused) {
       // Nor can the same credentials read anything.
       await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_SECONDS, tls: refusedTls }));
       const err = await conn.range(prefix, { prefix: true }).then(() => undefined, asBatonError);
       expect(err, hostId).toBeInstanceOf(BatonError);
-      // etcd's TLS alert reaches the client only as a failed connection: UNAVAILABLE, not DENIED.
-      expect(err!.code).toBe('UNAVAILABLE');
+      // etcd's TLS alert reaches the client as a failed connection; Baton reads it as the refusal it is.
+      expect(err!.code).toBe('DENIED');
       expect(err!.message).toMatch(/bad certificate/);
       await expect(etcdctl(etcd.clientUrl, ['--dial-timeout=1s', '--command-timeout=1s', 'get', '--prefix', prefix], { tls: refusedTls })).rejects.toBeInstanceOf(EtcdctlError);
     }

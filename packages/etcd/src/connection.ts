@@ -43,6 +43,11 @@ export function etcdError(err: unknown, what: string): BatonError {
   if (err instanceof EtcdPermissionDeniedError || err instanceof EtcdAuthenticationFailedError || err instanceof GRPCUnauthenticatedError) {
     return new BatonError('DENIED', `etcd refused ${what}: ${message}`, { cause: err });
   }
+  // A TLS alert reaches the client as a failed connection; it is a refusal, not an outage, and no
+  // retry will change it.
+  if (/bad certificate|certificate unknown|unknown ca|certificate verify failed|self[- ]signed certificate/i.test(message)) {
+    return new BatonError('DENIED', `etcd refused ${what} at the TLS handshake: ${message}`, { cause: err });
+  }
   if (err instanceof EtcdLeaseInvalidError) return new BatonError('LEASE_LOST', `etcd no longer knows the session (${what}): ${message}`, { cause: err });
   return new BatonError('UNAVAILABLE', `etcd did not complete ${what}: ${message}`, { details: { ambiguous: !(err instanceof Error && notSent(err)) }, cause: err });
 }
