@@ -3,8 +3,8 @@ import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '@baton/agent';
 import { asBatonError, BatonError, leaseTiming } from '@baton/core';
-import { checkDisk, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, startSimVm, TcpProxy, waitFor } from '../support/index.js';
-import { clusterName, Contender, DeadlineWatch, host, recordContender, recordExit, recordVm } from './fault-kit.js';
+import { checkDisk, clusterName, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
+import { Contender, DeadlineWatch, recordContender, recordExit, recordVm } from './fault-kit.js';
 
 /**
  * F1: the agent of a host dies by SIGKILL while its VM writes. Two agents on one etcd with
@@ -44,8 +44,8 @@ describe('F1 agent SIGKILL while its VM writes', () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
     const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_A_S };
-    await using a = await host(storage, 'host-a', opts);
-    await using b = await host(storage, 'host-b', opts);
+    await using a = await startClusterHost(storage, 'host-a', opts);
+    await using b = await startClusterHost(storage, 'host-b', opts);
     const disk = realpathSync(storage.image('f1a.img'));
     const history = new GrantHistory();
 
@@ -110,8 +110,8 @@ describe('F1 agent SIGKILL while its VM writes', () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
     await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.clientUrl).port) } });
-    await using a = await host(storage, 'host-a', { endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL_S });
-    await using b = await host(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S });
+    await using a = await startClusterHost(storage, 'host-a', { endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL_S });
+    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S });
     const disk = realpathSync(storage.image('f1a2.img'));
     const history = new GrantHistory();
     const holder = await Contender.on(b, 'holder-b');
@@ -144,8 +144,8 @@ describe('F1 agent SIGKILL while its VM writes', () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
     const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S };
-    await using a = await host(storage, 'host-a', opts);
-    await using b = await host(storage, 'host-b', opts);
+    await using a = await startClusterHost(storage, 'host-a', opts);
+    await using b = await startClusterHost(storage, 'host-b', opts);
     const disk = realpathSync(storage.image('f1b.img'));
     const history = new GrantHistory();
 
@@ -205,8 +205,8 @@ describe('F1 agent SIGKILL while its VM writes', () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
     const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S };
-    await using a = await host(storage, 'host-a', opts);
-    await using b = await host(storage, 'host-b', opts);
+    await using a = await startClusterHost(storage, 'host-a', opts);
+    await using b = await startClusterHost(storage, 'host-b', opts);
     const disk = realpathSync(storage.image('f1c.img'));
     const history = new GrantHistory();
 

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { checkDisk, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, staleWrite, startSimVm, waitFor } from '../support/index.js';
-import { clusterName, Contender, DeadlineWatch, host, recordContender, recordVm } from './fault-kit.js';
+import { checkDisk, clusterName, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, staleWrite, StampedEvents, startClusterHost, startSimVm, waitFor } from '../support/index.js';
+import { Contender, DeadlineWatch, recordContender, recordVm } from './fault-kit.js';
 
 /**
  * F2: the agent of a host is stopped (SIGSTOP) for more than 2×TTL while its VM keeps running.
@@ -29,8 +29,8 @@ describe('F2 agent SIGSTOP for more than 2×TTL', () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
     const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S };
-    await using a = await host(storage, 'host-a', opts);
-    await using b = await host(storage, 'host-b', opts);
+    await using a = await startClusterHost(storage, 'host-a', opts);
+    await using b = await startClusterHost(storage, 'host-b', opts);
     const disk = realpathSync(storage.image('f2.img'));
     const free = realpathSync(storage.image('f2-free.img'));
     const history = new GrantHistory();

@@ -1,8 +1,5 @@
-import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { asBatonError, type ClusterLease, type LockInfo } from '@baton/core';
-import { AgentProcess, type JsonEvent, type SharedStorage } from '../support/index.js';
+import type { AgentProcess, JsonEvent } from '../support/index.js';
 
 /**
  * Fixtures of the cluster fault tests (F4–F6). Every host gets its own lock directory, so only etcd
@@ -11,29 +8,6 @@ import { AgentProcess, type JsonEvent, type SharedStorage } from '../support/ind
 
 /** The error codes of the catalogue an acquire may answer with while etcd misbehaves. */
 export const ACQUIRE_CODES = ['RESOURCE_BUSY', 'UNAVAILABLE', 'LEASE_LOST'] as const;
-
-export function newClusterName(): string {
-  return `c${randomUUID().slice(0, 8)}`;
-}
-
-export interface ClusterHostOptions {
-  endpoints: string[];
-  cluster: string;
-  ttlSeconds: number;
-}
-
-export async function clusterHost(storage: SharedStorage, hostId: string, etcd: ClusterHostOptions): Promise<AgentProcess> {
-  const lockDir = join(storage.root, `locks-${hostId}`);
-  mkdirSync(lockDir, { recursive: true });
-  return AgentProcess.start({
-    storage,
-    hostId,
-    config: {
-      lockspaces: [{ name: 'images', kind: 'indirect', dir: lockDir, roots: [storage.imagesDir] }],
-      etcd: { endpoints: etcd.endpoints, cluster: etcd.cluster, ttlSeconds: etcd.ttlSeconds },
-    },
-  });
-}
 
 /** The code a request failed with ('granted' when it did not). */
 export async function outcome<T>(p: Promise<T>): Promise<{ code: string; value?: T; message?: string; details?: unknown }> {

@@ -2,10 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { setImmediate } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { leaseTiming, systemClock, type ClusterLease, type LeaseValue } from '@baton/core';
-import { EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type HeldLease, type LeaseClaim, type SessionPhase } from '@baton/etcd';
-import { EtcdCluster, GrantHistory, monoNow, SharedStorage, TcpProxy, waitFor, type AgentProcess } from '../support/index.js';
-import { ACQUIRE_CODES, bounded, clusterHost, fromAgent, fromCluster, leaseKey, logLines, newClusterName, outcome, percentile } from './cluster-fault.js';
+import { leaseTiming, type ClusterLease, type LeaseValue } from '@baton/core';
+import { EtcdConfigSchema, EtcdConnection, LeaseTable, type HeldLease, type LeaseClaim, type SessionPhase } from '@baton/etcd';
+import { clusterName, EtcdCluster, GrantHistory, monoNow, openSession, SharedStorage, startClusterHost, TcpProxy, waitFor, type AgentProcess } from '../support/index.js';
+import { ACQUIRE_CODES, bounded, fromAgent, fromCluster, leaseKey, logLines, outcome, percentile } from './cluster-fault.js';
 
 /**
  * F4: the etcd leader is SIGKILLed in the middle of a burst of concurrent, overlapping acquires
@@ -81,11 +81,11 @@ class AmbiguityLog {
 describe('etcd leader killed during a burst of acquires (F4)', () => {
   it('grants nothing twice, answers every acquire, keeps every session, and leaves the hosts and etcd in agreement', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = newClusterName();
+    const cluster = clusterName();
     const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL };
     const agents: [string, AgentProcess][] = [];
     await using _agents = { [Symbol.asyncDispose]: () => Promise.all(agents.map(([, a]) => a.close())).then(() => undefined) };
-    for (const host of ['host-a', 'host-b', 'host-c']) agents.push([host, await clusterHost(storage, host, opts)]);
+    for (const host of ['host-a', 'host-b', 'host-c']) agents.push([host, await startClusterHost(storage, host, opts)]);
     const disks = Array.from({ length: DISKS }, (_, i) => realpathSync(storage.image(`d${i}.img`)));
 
     // host-d: the adapter in this process, on the same cluster, with its etcd calls observed.
@@ -93,13 +93,10 @@ describe('etcd leader killed during a burst of acquires (F4)', () => {
     const ambiguity = new AmbiguityLog(conn);
     const phasesD: SessionPhase[] = [];
     const logD: string[] = [];
-    const session = await HostSession.open({
-      conn,
-      clock: systemClock,
-      timing,
-      log: { info: () => {}, warn: (o, m) => logD.push(`${Math.round(monoNow())} ${m} ${JSON.stringify(o)}`), error: (_o, m) => logD.push(`${Math.round(monoNow())} ${m}`) },
-      record: { host: 'host-d', address: '', version: 'test', pid: process.pid, lockspaces: ['images'], startedAt: 'now', ttlSeconds: TTL },
-      onPhase: (p) => phasesD.push(p),
+    const session = await openSession(conn, 'host-d', {
+      lockspaces: ['images'],
+      phases: phasesD,
+      log: { info: () => {}, warn: (o: object, m: string) => logD.push(`${Math.round(monoNow())} ${m} ${JSON.stringify(o)}`), error: (_o: object, m: string) => logD.push(`${Math.round(monoNow())} ${m}`) },
     });
     const table = new LeaseTable(conn, 'host-d');
 
@@ -329,17 +326,10 @@ describe('a grant whose reply is lost (F4, read-back)', () => {
     // reply is held back past the deadline (a TCP proxy pauses the way back, then lets it through).
     const member = etcd.members.find((m) => m.running)!;
     await using proxy = await TcpProxy.start({ target: { port: member.clientPort } });
-    const cluster = newClusterName();
+    const cluster = clusterName();
     await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL }));
     const ambiguity = new AmbiguityLog(conn);
-    const session = await HostSession.open({
-      conn,
-      clock: systemClock,
-      timing,
-      log: { info: () => {}, warn: () => {}, error: () => {} },
-      record: { host: 'host-e', address: '', version: 'test', pid: process.pid, lockspaces: ['images'], startedAt: 'now', ttlSeconds: TTL },
-      onPhase: () => {},
-    });
+    const session = await openSession(conn, 'host-e', { lockspaces: ['images'] });
     const table = new LeaseTable(conn, 'host-e');
     // The deadline passes on the held reply; then the link lets everything through again, so the
     // read-back that follows gets its answer.

@@ -2,22 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import {
-  checkDisk,
-  EtcdServer,
-  GrantHistory,
-  monoNow,
-  pidAlive,
-  processState,
-  readDiskRecords,
-  SharedStorage,
-  StampedEvents,
-  startSimVm,
-  waitFor,
-  type AgentProcess,
-  type JsonProcess,
-} from '../support/index.js';
-import { ACQUIRE_CODES, bounded, clusterHost, logLines, newClusterName, outcome } from './cluster-fault.js';
+import { type AgentProcess, checkDisk, clusterName, EtcdServer, GrantHistory, type JsonProcess, monoNow, pidAlive, processState, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, waitFor } from '../support/index.js';
+import { ACQUIRE_CODES, bounded, logLines, outcome } from './cluster-fault.js';
 
 /**
  * F5: the whole etcd (one member) goes away, its data dir kept, and comes back.
@@ -83,9 +69,9 @@ describe('etcd outage (F5)', () => {
     const t = leaseTiming(TTL);
     await using etcd = await EtcdServer.start();
     await using storage = await SharedStorage.create();
-    const cluster = newClusterName();
-    await using a = await clusterHost(storage, 'host-a', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
-    await using b = await clusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
+    const cluster = clusterName();
+    await using a = await startClusterHost(storage, 'host-a', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
+    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
     const disk = realpathSync(storage.image('vm1.img'));
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm1', disks: [disk], policy: 'pause' });
     const { token } = await running(vm);
@@ -161,9 +147,9 @@ describe('etcd outage (F5)', () => {
     const t = leaseTiming(TTL);
     await using etcd = await EtcdServer.start();
     await using storage = await SharedStorage.create();
-    const cluster = newClusterName();
-    await using a = await clusterHost(storage, 'host-a', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
-    await using b = await clusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
+    const cluster = clusterName();
+    await using a = await startClusterHost(storage, 'host-a', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
+    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
     const diskP = realpathSync(storage.image('paused.img'));
     const diskK = realpathSync(storage.image('killed.img'));
     await using vmP = await startSimVm(a, { uuid: randomUUID(), name: 'vmP', disks: [diskP], policy: 'pause' });

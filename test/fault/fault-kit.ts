@@ -1,32 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { asBatonError, type BatonError } from '@baton/core';
 import type { AgentClient } from '@baton/agent';
-import { AgentProcess, GrantHistory, monoNow, waitFor, type SharedStorage, type StampedEvents } from '../support/index.js';
+import { AgentProcess, GrantHistory, monoNow, waitFor, type StampedEvents } from '../support/index.js';
 
 /**
- * Pieces the fault tests (F1–F3) share: hosts on one etcd with UNSHARED lock dirs (only etcd
- * stands between them, as in test/integration/cluster-hosts.test.ts), a probe of an agent's
- * deadline, a contender that polls for a disk on another host, and the history they all feed.
+ * Pieces the fault tests (F1–F3) share: a probe of an agent's deadline, a contender that polls
+ * for a disk on another host, and the history they all feed. Hosts come from startClusterHost.
  */
-
-export function clusterName(): string {
-  return `c${randomUUID().slice(0, 8)}`;
-}
-
-export async function host(storage: SharedStorage, hostId: string, opts: { endpoints: string[]; cluster: string; ttlSeconds: number }): Promise<AgentProcess> {
-  const lockDir = join(storage.root, `locks-${hostId}`);
-  mkdirSync(lockDir, { recursive: true });
-  return AgentProcess.start({
-    storage,
-    hostId,
-    config: {
-      lockspaces: [{ name: 'images', kind: 'indirect', dir: lockDir, roots: [storage.imagesDir] }],
-      etcd: { endpoints: opts.endpoints, cluster: opts.cluster, ttlSeconds: opts.ttlSeconds },
-    },
-  });
-}
 
 export interface DeadlineSample {
   at: number;

@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { checkDisk, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, startSimVm, TcpProxy, waitFor } from '../support/index.js';
-import { clusterName, Contender, DeadlineWatch, host, recordContender, recordExit, recordVm } from './fault-kit.js';
+import { checkDisk, clusterName, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
+import { Contender, DeadlineWatch, recordContender, recordExit, recordVm } from './fault-kit.js';
 
 /**
  * F3: a half-open link between one agent and etcd. host-a reaches etcd through a TCP proxy that
@@ -27,8 +27,8 @@ describe('F3 half-open link between an agent and etcd', () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
     await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.clientUrl).port) } });
-    await using a = await host(storage, 'host-a', { endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL_S });
-    await using b = await host(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S });
+    await using a = await startClusterHost(storage, 'host-a', { endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL_S });
+    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S });
     const disk = realpathSync(storage.image('f3.img'));
     const history = new GrantHistory();
 

@@ -2,21 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import {
-  checkDisk,
-  EtcdCluster,
-  GrantHistory,
-  monoNow,
-  processState,
-  readDiskRecords,
-  SharedStorage,
-  StampedEvents,
-  startSimVm,
-  TcpProxy,
-  waitFor,
-  type JsonProcess,
-} from '../support/index.js';
-import { ACQUIRE_CODES, bounded, clusterHost, logLines, newClusterName, outcome } from './cluster-fault.js';
+import { checkDisk, clusterName, EtcdCluster, GrantHistory, type JsonProcess, monoNow, processState, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
+import { ACQUIRE_CODES, bounded, logLines, outcome } from './cluster-fault.js';
 
 /**
  * F6: etcd resets every lease's TTL when a new leader takes over (DESIGN §5: a 5 s lease lived
@@ -47,14 +34,14 @@ async function running(vm: JsonProcess): Promise<{ token: number; at: number }> 
 describe('lease TTL reset by a leader change (F6)', () => {
   it('never grants a partitioned host’s disk before its own fence deadline, however long etcd keeps its lease', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = newClusterName();
+    const cluster = clusterName();
     const leader = await etcd.leader();
     const followers = etcd.members.filter((m) => m !== leader);
     // host-a: every member behind a proxy; host-b: the followers directly (the leader is killed below).
     const proxies = await Promise.all(etcd.members.map((m) => TcpProxy.start({ target: { port: m.clientPort } })));
     await using _proxies = { [Symbol.asyncDispose]: () => Promise.all(proxies.map((p) => p.close())).then(() => undefined) };
-    await using a = await clusterHost(storage, 'host-a', { endpoints: proxies.map((p) => `http://${p.hostPort}`), cluster, ttlSeconds: TTL });
-    await using b = await clusterHost(storage, 'host-b', { endpoints: followers.map((m) => m.clientUrl), cluster, ttlSeconds: 10 });
+    await using a = await startClusterHost(storage, 'host-a', { endpoints: proxies.map((p) => `http://${p.hostPort}`), cluster, ttlSeconds: TTL });
+    await using b = await startClusterHost(storage, 'host-b', { endpoints: followers.map((m) => m.clientUrl), cluster, ttlSeconds: 10 });
     const disk = realpathSync(storage.image('vm1.img'));
     await using vmA = await startSimVm(a, { uuid: randomUUID(), name: 'vmA', disks: [disk], policy: 'pause' });
     const a1 = await running(vmA);

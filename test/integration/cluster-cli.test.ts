@@ -1,11 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FenceAuditSchema, type ClusterLease, type Grant, type HostView } from '@baton/core';
 import { EtcdConfigSchema, EtcdConnection } from '@baton/etcd';
 import { runCli, type CliResult } from '../support/agent-io.js';
-import { AgentProcess, EtcdServer, ManagedProcess, SharedStorage, waitFor } from '../support/index.js';
+import { AgentProcess, clusterName, EtcdServer, ManagedProcess, SharedStorage, startClusterHost, waitFor } from '../support/index.js';
 
 /**
  * `baton locks --cluster`, `baton hosts` and `baton host fence` as an operator runs them, against
@@ -28,18 +26,8 @@ afterAll(async () => {
 const TTL_SECONDS = 6;
 const WARN_SECONDS = TTL_SECONDS / 2;
 
-async function host(storage: SharedStorage, hostId: string, cluster: string): Promise<AgentProcess> {
-  const lockDir = join(storage.root, `locks-${hostId}`);
-  mkdirSync(lockDir, { recursive: true });
-  return AgentProcess.start({
-    storage,
-    hostId,
-    config: {
-      lockspaces: [{ name: 'images', kind: 'indirect', dir: lockDir, roots: [storage.imagesDir] }],
-      etcd: { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_SECONDS },
-    },
-  });
-}
+const host = (storage: SharedStorage, hostId: string, cluster: string): Promise<AgentProcess> =>
+  startClusterHost(storage, hostId, { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_SECONDS });
 
 const why = (r: CliResult): string => `status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
 
@@ -94,7 +82,7 @@ function leaseRows(leases: { resource: string; host: string; mode: string; owner
 describe('baton CLI on a cluster', () => {
   it('shows every host’s leases (baton locks --cluster) and the hosts (baton hosts), as tables and JSON', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const cluster = clusterName();
     await using a = await host(storage, 'host-a', cluster);
     await using b = await host(storage, 'host-b', cluster);
     const vmA = await owner('vm-a');
@@ -179,7 +167,7 @@ describe('baton CLI on a cluster', () => {
 
   it('fences a dead host only with --i-have-fenced, never while it renews (HOST_ALIVE), and audits the release in etcd', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const cluster = clusterName();
     await using a = await host(storage, 'host-a', cluster);
     await using b = await host(storage, 'host-b', cluster);
     const vmA = await owner('vm-a');

@@ -1,9 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentProcess, checkDisk, EtcdServer, SharedStorage, startSimVm, TcpProxy, waitFor } from '../support/index.js';
 import { readFileSync } from 'node:fs';
+import { checkDisk, clusterName, EtcdServer, SharedStorage, startClusterHost, startSimVm, TcpProxy, waitFor, type AgentProcess } from '../support/index.js';
 import { asBatonError } from '@baton/core';
 
 /**
@@ -18,23 +16,13 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-async function host(storage: SharedStorage, hostId: string, cluster: string, ttlSeconds = 2, endpoints = etcd.endpoints): Promise<AgentProcess> {
-  const lockDir = join(storage.root, `locks-${hostId}`);
-  mkdirSync(lockDir, { recursive: true });
-  return AgentProcess.start({
-    storage,
-    hostId,
-    config: {
-      lockspaces: [{ name: 'images', kind: 'indirect', dir: lockDir, roots: [storage.imagesDir] }],
-      etcd: { endpoints, cluster, ttlSeconds },
-    },
-  });
-}
+const host = (storage: SharedStorage, hostId: string, cluster: string, ttlSeconds = 2, endpoints = etcd.endpoints): Promise<AgentProcess> =>
+  startClusterHost(storage, hostId, { endpoints, cluster, ttlSeconds });
 
 describe('cluster leases between two agents', () => {
   it('refuses a disk leased on another host, and grants it there with a higher token after release', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const cluster = clusterName();
     await using a = await host(storage, 'host-a', cluster);
     await using b = await host(storage, 'host-b', cluster);
     const disk = storage.image('vm1.img');
@@ -56,7 +44,7 @@ describe('cluster leases between two agents', () => {
 
   it('frees a dead host’s disks when its session expires, and its VM had stopped writing before', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const cluster = clusterName();
     const a = await host(storage, 'host-a', cluster);
     await using b = await host(storage, 'host-b', cluster);
     const disk = storage.image('vm2.img');
@@ -78,7 +66,7 @@ describe('cluster leases between two agents', () => {
 
   it('keeps the cluster lease and its token across re-execs, with the VM writing throughout', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const cluster = clusterName();
     // Nothing here waits on the TTL, so a long one (fence at 7.5 s) costs nothing and keeps a
     // 2-core machine running the fault suites beside this test from starving a keepalive.
     await using a = await host(storage, 'host-a', cluster, 10);
@@ -103,7 +91,7 @@ describe('cluster leases between two agents', () => {
 
   it('runs the VM’s killpath when the host loses its session, and grants nothing on the lost one', async () => {
     await using storage = await SharedStorage.create();
-    const cluster = `c${randomUUID().slice(0, 8)}`;
+    const cluster = clusterName();
     await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.endpoints[0]!).port) } });
     await using a = await host(storage, 'host-a', cluster, 2, [`http://${proxy.hostPort}`]);
     const disk = storage.image('vm4.img');

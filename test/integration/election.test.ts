@@ -1,11 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { leaseTiming, systemClock } from '@baton/core';
-import { Election, EtcdConfigSchema, EtcdConnection, HostSession } from '@baton/etcd';
-import { EtcdServer } from '../support/index.js';
+import { Election } from '@baton/etcd';
+import { connectEtcd, EtcdServer, openSession } from '../support/index.js';
 
 /** Leader election on KV, lease and watch: one leader, handed on in line, lost as a signal. */
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
-
 let etcd: EtcdServer;
 beforeAll(async () => {
   etcd = await EtcdServer.start();
@@ -14,21 +11,11 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-async function candidate(conn: EtcdConnection, id: string): Promise<HostSession> {
-  return HostSession.open({
-    conn,
-    clock: systemClock,
-    timing: leaseTiming(conn.config.ttlSeconds),
-    log: quiet,
-    record: { host: id, address: `${id}:0`, version: 'test', pid: process.pid, lockspaces: [], startedAt: 'now', ttlSeconds: conn.config.ttlSeconds },
-    onPhase: () => undefined,
-  });
-}
 
 describe('coordinator election', () => {
   it('elects the oldest candidate, hands leadership on in line, and aborts the leader’s signal before anyone else leads', async () => {
-    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `e${process.pid}`, ttlSeconds: 2 }));
-    const [s1, s2, s3] = await Promise.all(['c1', 'c2', 'c3'].map((id) => candidate(conn, id)));
+    await using conn = connectEtcd(etcd.endpoints, 2);
+    const [s1, s2, s3] = await Promise.all(['c1', 'c2', 'c3'].map((id) => openSession(conn, id)));
     const timeline: string[] = [];
     const l1 = await Election.campaign({ conn, session: s1!, name: 'coordinator', value: 'c1' });
     timeline.push('c1 leads');

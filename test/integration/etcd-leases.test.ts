@@ -1,13 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BatonError, leaseTiming, systemClock, type MonotonicClock } from '@baton/core';
-import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { EtcdServer, makeTempDir, removeDir, waitFor } from '../support/index.js';
+import { BatonError, leaseTiming, systemClock } from '@baton/core';
+import { ClusterView, EtcdConfigSchema, EtcdConnection, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
+import { connectEtcd, EtcdServer, makeTempDir, openSession, outcomeCode, removeDir, waitFor } from '../support/index.js';
 
 /** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
-
 let etcd: EtcdServer;
 beforeAll(async () => {
   etcd = await EtcdServer.start();
@@ -16,21 +14,11 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-function connect(ttlSeconds = 3): EtcdConnection {
-  return new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `t${Math.random().toString(36).slice(2, 8)}`, ttlSeconds }));
-}
 
-async function session(conn: EtcdConnection, host: string, opts: { clock?: MonotonicClock; phases?: SessionPhase[]; adopt?: string } = {}): Promise<HostSession> {
-  return HostSession.open({
-    conn,
-    clock: opts.clock ?? systemClock,
-    timing: leaseTiming(conn.config.ttlSeconds),
-    log: quiet,
-    record: { host, address: '127.0.0.1:0', version: 'test', pid: process.pid, lockspaces: ['disks'], startedAt: 'now', ttlSeconds: conn.config.ttlSeconds },
-    adopt: opts.adopt,
-    onPhase: (p) => opts.phases?.push(p),
-  });
-}
+
+const connect = (ttlSeconds = 3): EtcdConnection => connectEtcd(etcd.endpoints, ttlSeconds);
+const session = openSession;
+const code = outcomeCode;
 
 const claim = (identity: string, owner: string, mode: 'exclusive' | 'shared' = 'exclusive'): LeaseClaim => ({
   lockspace: 'disks',
@@ -39,14 +27,6 @@ const claim = (identity: string, owner: string, mode: 'exclusive' | 'shared' = '
   owner: { uuid: owner, name: owner },
 });
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'granted';
-  } catch (err) {
-    return err instanceof BatonError ? err.code : String(err);
-  }
-}
 
 describe('etcd lease table', () => {
   it('grants exclusive leases once cluster-wide, with tokens that increase per resource', async () => {

@@ -1,11 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BatonError, leaseTiming, systemClock } from '@baton/core';
-import { ClusterView, EtcdConfigSchema, EtcdConnection, Handoff, HostSession, LeaseTable, type LeaseClaim } from '@baton/etcd';
-import { EtcdServer, waitFor } from '../support/index.js';
+import { ClusterView, Handoff, LeaseTable, type LeaseClaim } from '@baton/etcd';
+import { connectEtcd, EtcdServer, openSession, outcomeCode, waitFor } from '../support/index.js';
 
 /** The etcd side of a migration's handoff: never free, never doubled, every step re-issuable. */
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
-
 let etcd: EtcdServer;
 beforeAll(async () => {
   etcd = await EtcdServer.start();
@@ -14,30 +11,17 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-async function session(conn: EtcdConnection, host: string): Promise<HostSession> {
-  return HostSession.open({
-    conn,
-    clock: systemClock,
-    timing: leaseTiming(conn.config.ttlSeconds),
-    log: quiet,
-    record: { host, address: '', version: 'test', pid: process.pid, lockspaces: ['disks'], startedAt: 'now', ttlSeconds: conn.config.ttlSeconds },
-    onPhase: () => undefined,
-  });
-}
+
+const session = openSession;
+const code = outcomeCode;
 
 const VM = { uuid: 'vm-1', name: 'vm-1' };
 const claim = (identity: string, owner = VM, mode: 'exclusive' | 'shared' = 'exclusive'): LeaseClaim => ({ lockspace: 'disks', identity, mode, owner });
 
-async function code(p: Promise<unknown>): Promise<string> {
-  return p.then(
-    () => 'granted',
-    (err: unknown) => (err instanceof BatonError ? err.code : String(err)),
-  );
-}
 
 describe('handoff transactions', () => {
   it('keeps a third party out from begin to commit, even when the source session expires, and moves the leases with a new token', async () => {
-    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `h${process.pid}a`, ttlSeconds: 2 }));
+    await using conn = connectEtcd(etcd.endpoints, 2);
     const [src, dst, third] = await Promise.all([session(conn, 'src'), session(conn, 'dst'), session(conn, 'third')]);
     const disks = ['/h/1', '/h/2'];
     const [g1] = await new LeaseTable(conn, 'src').grant(src, disks.map((d) => claim(d)));
@@ -72,7 +56,7 @@ describe('handoff transactions', () => {
   });
 
   it('gives up cleanly before commit, and gives the leases back after it with a newer token', async () => {
-    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `h${process.pid}b`, ttlSeconds: 5 }));
+    await using conn = connectEtcd(etcd.endpoints, 5);
     const [src, dst] = await Promise.all([session(conn, 'src'), session(conn, 'dst')]);
     const [g] = await new LeaseTable(conn, 'src').grant(src, [claim('/g/1')]);
     const resources = [{ lockspace: 'disks', identity: '/g/1' }];

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { asBatonError, leaseTiming, newMigration, nextStep, systemClock, transition } from '@baton/core';
+import { asBatonError, newMigration, nextStep, transition } from '@baton/core';
 import { EtcdSteps, MigrationStore } from '@baton/coordinator';
-import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable } from '@baton/etcd';
-import { EtcdServer } from '../support/index.js';
+import { ClusterView, LeaseTable } from '@baton/etcd';
+import { connectEtcd, EtcdServer, openSession } from '../support/index.js';
 
 /** Migration records in etcd: one migration per VM at a time, saved only by compare-on-revision. */
 let etcd: EtcdServer;
@@ -16,7 +16,7 @@ afterAll(async () => {
 
 describe('migration store', () => {
   it('refuses a second migration of a VM in flight, refuses a save by a stale writer, and frees the VM when the record closes', async () => {
-    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `s${process.pid}` }));
+    await using conn = connectEtcd(etcd.endpoints);
     const store = new MigrationStore(conn);
     const vm = { uuid: randomUUID(), name: 'web-1' };
     const request = (id: string) => ({ id, vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/web-1.img', lockspace: 'images', mode: 'exclusive' as const }] });
@@ -38,10 +38,8 @@ describe('migration store', () => {
 
 describe('etcd steps of the saga', () => {
   it('moves a VM’s leases through begin, mark and commit with the tokens the record keeps, and back by give-back', async () => {
-    await using conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster: `t${process.pid}` }));
-    const open = (host: string) =>
-      HostSession.open({ conn, clock: systemClock, timing: leaseTiming(10), log: { info: () => {}, warn: () => {}, error: () => {} }, record: { host, address: '', version: 't', pid: 1, lockspaces: [], startedAt: '', ttlSeconds: 10 }, onPhase: () => undefined });
-    const [a, b] = [await open('host-a'), await open('host-b')];
+    await using conn = connectEtcd(etcd.endpoints, 10);
+    const [a, b] = [await openSession(conn, 'host-a'), await openSession(conn, 'host-b')];
     const vm = { uuid: randomUUID(), name: 'db-1' };
     await new LeaseTable(conn, 'host-a').grant(a, [{ lockspace: 'images', identity: '/d/db-1.img', mode: 'exclusive', owner: vm }]);
     const steps = new EtcdSteps(conn);

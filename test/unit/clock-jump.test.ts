@@ -1,7 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { BatonError, leaseTiming, systemClock, wallTimeIso, type MonotonicClock } from '@baton/core';
-import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
-import { EtcdServer, TcpProxy, waitFor } from '../support/index.js';
+import { leaseTiming, systemClock, wallTimeIso, type MonotonicClock } from '@baton/core';
+import { ClusterView, LeaseTable, type EtcdConnection, type HostSession, type LeaseClaim, type SessionPhase } from '@baton/etcd';
+import { connectEtcd, EtcdServer, openSession, outcomeCode, TcpProxy, waitFor } from '../support/index.js';
 
 /**
  * F7, clock jumps. Every lease decision of a host session reads the injected monotonic clock and
@@ -12,7 +12,6 @@ import { EtcdServer, TcpProxy, waitFor } from '../support/index.js';
 const TTL = 3;
 const timing = leaseTiming(TTL);
 const HOUR = 3_600_000;
-const quiet = { info: () => {}, warn: () => {}, error: () => {} };
 
 /** The host's monotonic clock plus a forward offset the test moves (a monotonic clock never goes back). */
 class JumpingClock implements MonotonicClock {
@@ -37,31 +36,14 @@ afterEach(() => {
   vi.useRealTimers();
 });
 
-function connect(endpoints = etcd.endpoints): EtcdConnection {
-  return new EtcdConnection(EtcdConfigSchema.parse({ endpoints, cluster: `t${Math.random().toString(36).slice(2, 8)}`, ttlSeconds: TTL }));
-}
 
-async function open(conn: EtcdConnection, clock: MonotonicClock, phases: SessionPhase[]): Promise<HostSession> {
-  return HostSession.open({
-    conn,
-    clock,
-    timing,
-    log: quiet,
-    record: { host: 'host-a', address: '127.0.0.1:0', version: 'test', pid: process.pid, lockspaces: ['disks'], startedAt: 'now', ttlSeconds: TTL },
-    onPhase: (p) => phases.push(p),
-  });
-}
+
+const connect = (endpoints = etcd.endpoints): EtcdConnection => connectEtcd(endpoints, TTL);
+const open = (conn: EtcdConnection, clock: MonotonicClock, phases: SessionPhase[]): Promise<HostSession> => openSession(conn, 'host-a', { clock, phases });
+const code = outcomeCode;
 
 const claim = (identity: string): LeaseClaim => ({ lockspace: 'disks', identity, mode: 'exclusive', owner: { uuid: 'vm', name: 'vm' } });
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return 'granted';
-  } catch (err) {
-    return err instanceof BatonError ? err.code : String(err);
-  }
-}
 
 /** The wall clock (Date only; timers and the monotonic clock untouched) set `shiftMs` away from the real time, still running. */
 function shiftWallClock(shiftMs: number): void {
