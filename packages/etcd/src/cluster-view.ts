@@ -11,14 +11,8 @@ import {
   type HostView,
 } from '@baton/core';
 import type { EtcdConnection } from './connection.js';
+import { parseValue } from './values.js';
 
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-}
 
 /** Sessions as hex, the way etcdctl prints lease ids. */
 function sessionHex(lease: string | number): string {
@@ -39,20 +33,26 @@ export class ClusterView {
   constructor(private readonly conn: EtcdConnection) {}
 
   async leases(): Promise<ClusterLease[]> {
+    return (await this.leaseEntries()).map((e) => e.lease);
+  }
+
+  /** Every lease, with the id of the session it hangs on (the view shows it in hex). */
+  private async leaseEntries(): Promise<{ lease: ClusterLease; sessionId: string }[]> {
     const res = await this.conn.range(this.conn.keys.resources, { prefix: true });
     return res.kvs.flatMap((kv) => {
-      const v = LeaseValueSchema.safeParse(parseJson(kv.value.toString()));
-      if (!v.success) return [];
-      const { host, owner, lockspace, resource, mode, since } = v.data;
-      return [{ lockspace, resource, mode, host, owner: { uuid: owner.uuid, name: owner.name }, token: Number(kv.mod_revision), since, session: sessionHex(kv.lease) }];
+      const v = parseValue(LeaseValueSchema, kv);
+      if (!v) return [];
+      const { host, owner, lockspace, resource, mode, since } = v;
+      const lease = { lockspace, resource, mode, host, owner: { uuid: owner.uuid, name: owner.name }, token: Number(kv.mod_revision), since, session: sessionHex(kv.lease) };
+      return [{ lease, sessionId: String(kv.lease) }];
     });
   }
 
   private async hostRecords(): Promise<{ record: HostRecord; session: string }[]> {
     const res = await this.conn.range(this.conn.keys.hosts, { prefix: true });
     return res.kvs.flatMap((kv) => {
-      const r = HostRecordSchema.safeParse(parseJson(kv.value.toString()));
-      return r.success ? [{ record: r.data, session: String(kv.lease) }] : [];
+      const record = parseValue(HostRecordSchema, kv);
+      return record ? [{ record, session: String(kv.lease) }] : [];
     });
   }
 
@@ -76,7 +76,8 @@ export class ClusterView {
   async fenceHost(host: string, by: FenceAudit['by'], reason: string): Promise<{ released: number; audit: string }> {
     const records = await this.hostRecords();
     const found = records.find((r) => r.record.host === host);
-    const leases = (await this.leases()).filter((l) => l.host === host);
+    const entries = (await this.leaseEntries()).filter((e) => e.lease.host === host);
+    const leases = entries.map((e) => e.lease);
     if (found) {
       const ttl = await this.conn.leaseTimeToLive(found.session);
       const since = keepaliveAgeSeconds(ttl) * 1000;
@@ -99,7 +100,7 @@ export class ClusterView {
     const auditKey = this.conn.keys.audit(host, audit.at);
     await this.conn.put(auditKey, JSON.stringify(audit));
     // Revoking the sessions deletes every key attached to them, host record included, at once.
-    const sessions = new Set([...(found ? [found.session] : []), ...leases.map((l) => BigInt(`0x${l.session}`).toString())]);
+    const sessions = new Set([...(found ? [found.session] : []), ...entries.map((e) => e.sessionId)]);
     for (const s of sessions) await this.conn.leaseRevoke(s);
     return { released: leases.length, audit: auditKey };
   }

@@ -54,15 +54,14 @@ export function etcdError(err: unknown, what: string): BatonError {
 
 export interface RangeOptions {
   prefix?: boolean;
-  keysOnly?: boolean;
   countOnly?: boolean;
 }
 
 /**
  * The one place the etcd3 package is used. Only its raw KV, lease and watch clients: the recipes
  * (Lock, Election) have no fencing token and report loss late. Retries are Baton's own decision
- * (a retried transaction may have committed already), so the package's retry and circuit-breaker
- * policies are replaced by no-ops, and every call carries a deadline.
+ * (a retried transaction may have committed already): the package's circuit breaker is off, its
+ * retry covers only requests that never left, and every call carries a deadline.
  */
 export class EtcdConnection implements AsyncDisposable {
   readonly keys: KeyLayout;
@@ -100,68 +99,43 @@ export class EtcdConnection implements AsyncDisposable {
     return { deadline: rpcDeadline(timeoutMs ?? this.requestTimeoutMs) };
   }
 
-  async txn(req: ITxnRequest, what: string, timeoutMs?: number): Promise<ITxnResponse> {
+  /** Every call: a deadline, and a failure in the catalogue's terms naming what was attempted. */
+  private async call<T>(what: string, rpc: (options: { deadline: number }) => Promise<T>, timeoutMs?: number): Promise<T> {
     try {
-      return await this.client.kv.txn(req, this.options(timeoutMs));
+      return await rpc(this.options(timeoutMs));
     } catch (err) {
       throw etcdError(err, what);
     }
   }
 
-  async range(key: string, opts: RangeOptions = {}, timeoutMs?: number): Promise<IRangeResponse> {
-    try {
-      return await this.client.kv.range(
-        {
-          key: Buffer.from(key),
-          ...(opts.prefix ? { range_end: prefixEnd(key) } : {}),
-          ...(opts.keysOnly ? { keys_only: true } : {}),
-          ...(opts.countOnly ? { count_only: true } : {}),
-        },
-        this.options(timeoutMs),
-      );
-    } catch (err) {
-      throw etcdError(err, `a read of ${key}`);
-    }
+  txn(req: ITxnRequest, what: string, timeoutMs?: number): Promise<ITxnResponse> {
+    return this.call(what, (o) => this.client.kv.txn(req, o), timeoutMs);
   }
 
-  async put(key: string, value: string, lease?: string): Promise<IPutResponse> {
-    try {
-      return await this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), ...(lease === undefined ? {} : { lease }) }, this.options());
-    } catch (err) {
-      throw etcdError(err, `a write of ${key}`);
-    }
+  range(key: string, opts: RangeOptions = {}, timeoutMs?: number): Promise<IRangeResponse> {
+    const req = { key: Buffer.from(key), ...(opts.prefix ? { range_end: prefixEnd(key) } : {}), ...(opts.countOnly ? { count_only: true } : {}) };
+    return this.call(`a read of ${key}`, (o) => this.client.kv.range(req, o), timeoutMs);
   }
 
-  async deleteKey(key: string): Promise<IDeleteRangeResponse> {
-    try {
-      return await this.client.kv.deleteRange({ key: Buffer.from(key) }, this.options());
-    } catch (err) {
-      throw etcdError(err, `a delete of ${key}`);
-    }
+  put(key: string, value: string, lease?: string): Promise<IPutResponse> {
+    const req = { key: Buffer.from(key), value: Buffer.from(value), ...(lease === undefined ? {} : { lease }) };
+    return this.call(`a write of ${key}`, (o) => this.client.kv.put(req, o));
   }
 
-  async leaseGrant(ttlSeconds: number): Promise<ILeaseGrantResponse> {
-    try {
-      return await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.options());
-    } catch (err) {
-      throw etcdError(err, 'a session grant');
-    }
+  deleteKey(key: string): Promise<IDeleteRangeResponse> {
+    return this.call(`a delete of ${key}`, (o) => this.client.kv.deleteRange({ key: Buffer.from(key) }, o));
   }
 
-  async leaseTimeToLive(id: string): Promise<ILeaseTimeToLiveResponse> {
-    try {
-      return await this.client.leaseClient.leaseTimeToLive({ ID: id }, this.options());
-    } catch (err) {
-      throw etcdError(err, `a lookup of session ${id}`);
-    }
+  leaseGrant(ttlSeconds: number): Promise<ILeaseGrantResponse> {
+    return this.call('a session grant', (o) => this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, o));
+  }
+
+  leaseTimeToLive(id: string): Promise<ILeaseTimeToLiveResponse> {
+    return this.call(`a lookup of session ${id}`, (o) => this.client.leaseClient.leaseTimeToLive({ ID: id }, o));
   }
 
   async leaseRevoke(id: string): Promise<void> {
-    try {
-      await this.client.leaseClient.leaseRevoke({ ID: id }, this.options());
-    } catch (err) {
-      throw etcdError(err, `the revocation of session ${id}`);
-    }
+    await this.call(`the revocation of session ${id}`, (o) => this.client.leaseClient.leaseRevoke({ ID: id }, o));
   }
 
   /**

@@ -3,6 +3,7 @@ import type { ICompare, IKeyValue, IRequestOp } from 'etcd3';
 import { z } from 'zod';
 import type { EtcdConnection } from './connection.js';
 import { KeyLayout } from './keys.js';
+import { parseValue } from './values.js';
 
 /**
  * The etcd side of a live migration's handoff (DESIGN §6, S6): each step one compare-on-revision
@@ -30,38 +31,41 @@ export interface HandoffParty {
 
 const buf = (s: string): Buffer => Buffer.from(s);
 
-function parse<T>(schema: z.ZodType<T>, kv: IKeyValue | undefined): T | undefined {
-  if (!kv) return undefined;
-  try {
-    const r = schema.safeParse(JSON.parse(kv.value.toString()));
-    return r.success ? r.data : undefined;
-  } catch {
-    return undefined;
-  }
+/** A resource of the handoff with its keys, computed once. */
+interface Target {
+  resource: HandoffResource;
+  prefix: string;
+  excl: string;
+  marker: string;
 }
 
 export class Handoff {
+  private readonly targets: Target[];
+
   constructor(
     private readonly conn: EtcdConnection,
     readonly migration: string,
-    private readonly resources: readonly HandoffResource[],
+    resources: readonly HandoffResource[],
     private readonly source: string,
     private readonly destination: string,
-  ) {}
-
-  private keys(r: HandoffResource): { excl: string; marker: string } {
-    const excl = KeyLayout.exclusive(this.conn.keys.resource(r.lockspace, r.identity));
-    return { excl, marker: `${excl.slice(0, -'excl'.length)}handoff` };
+  ) {
+    this.targets = resources.map((resource) => {
+      const prefix = conn.keys.resource(resource.lockspace, resource.identity);
+      return { resource, prefix, excl: KeyLayout.exclusive(prefix), marker: KeyLayout.handoffMarker(prefix) };
+    });
   }
 
-  private async read(): Promise<{ excl: IKeyValue | undefined; marker: IKeyValue | undefined }[]> {
-    return Promise.all(
-      this.resources.map(async (r) => {
-        const k = this.keys(r);
-        const [excl, marker] = await Promise.all([this.conn.range(k.excl), this.conn.range(k.marker)]);
-        return { excl: excl.kvs[0], marker: marker.kvs[0] };
-      }),
-    );
+  /** What a step reads: per resource, its exclusive lease and its marker; and etcd's revision then. */
+  private async read(): Promise<{ state: { excl: IKeyValue | undefined; marker: IKeyValue | undefined }[]; revision: Token }> {
+    // One read of each resource's prefix sees both keys at one revision.
+    const replies = await Promise.all(this.targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
+    return {
+      state: replies.map((res, i) => ({
+        excl: res.kvs.find((kv) => kv.key.toString() === this.targets[i]!.excl),
+        marker: res.kvs.find((kv) => kv.key.toString() === this.targets[i]!.marker),
+      })),
+      revision: Math.max(...replies.map((res) => Number(res.header.revision))),
+    };
   }
 
   private marker(step: HandoffMarker['step']): string {
@@ -70,7 +74,7 @@ export class Handoff {
 
   /** Ours already at `step`? Then the revision that wrote it (a re-issued step). */
   private ownMarkerRevision(state: { marker: IKeyValue | undefined }[], step: HandoffMarker['step']): Token | undefined {
-    const markers = state.map((s) => parse(HandoffMarkerSchema, s.marker));
+    const markers = state.map((s) => parseValue(HandoffMarkerSchema, s.marker));
     if (markers.every((m) => m?.migration === this.migration && m.step === step)) return Number(state[0]!.marker!.mod_revision);
     return undefined;
   }
@@ -83,22 +87,23 @@ export class Handoff {
 
   /** Reserve the leases for this migration: each still the source's, with no other handoff. */
   async begin(vm: string): Promise<{ token: Token; grants: Token[] }> {
-    const state = await this.read();
+    const { state } = await this.read();
     const again = this.ownMarkerRevision(state, 'begin');
     if (again !== undefined) return { token: again, grants: state.map((s) => Number(s.excl!.mod_revision)) };
     state.forEach((s, i) => {
-      const lease = parse(LeaseValueSchema, s.excl);
+      const { identity } = this.targets[i]!.resource;
+      const lease = parseValue(LeaseValueSchema, s.excl);
       if (!lease || lease.host !== this.source || lease.owner.uuid !== vm) {
-        throw new BatonError('MIGRATION_CONFLICT', `"${this.resources[i]!.identity}" is not leased by ${vm} on ${this.source}`, { details: { resource: this.resources[i]!.identity, holder: lease?.host ?? null } });
+        throw new BatonError('MIGRATION_CONFLICT', `"${identity}" is not leased by ${vm} on ${this.source}`, { details: { resource: identity, holder: lease?.host ?? null } });
       }
-      if (s.marker) throw new BatonError('MIGRATION_CONFLICT', `"${this.resources[i]!.identity}" is in another handoff`, { details: { resource: this.resources[i]!.identity } });
+      if (s.marker) throw new BatonError('MIGRATION_CONFLICT', `"${identity}" is in another handoff`, { details: { resource: identity } });
     });
     const token = await this.txn(
-      state.flatMap((s, i) => [
-        { key: buf(this.keys(this.resources[i]!).excl), target: 'Mod', result: 'Equal', mod_revision: s.excl!.mod_revision },
-        { key: buf(this.keys(this.resources[i]!).marker), target: 'Version', result: 'Equal', version: 0 },
+      this.targets.flatMap((t, i) => [
+        { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: state[i]!.excl!.mod_revision },
+        { key: buf(t.marker), target: 'Version', result: 'Equal', version: 0 },
       ]),
-      this.resources.map((r) => ({ request_put: { key: buf(this.keys(r).marker), value: buf(this.marker('begin')) } })),
+      this.targets.map((t) => ({ request_put: { key: buf(t.marker), value: buf(this.marker('begin')) } })),
       'begin',
     );
     return { token, grants: state.map((s) => Number(s.excl!.mod_revision)) };
@@ -106,68 +111,52 @@ export class Handoff {
 
   /** The destination is ready (prepare answered): mark the handoff, still owned by the source. */
   async mark(begin: Token): Promise<Token> {
-    const state = await this.read();
-    const again = this.ownMarkerRevision(state, 'mark');
+    const again = this.ownMarkerRevision((await this.read()).state, 'mark');
     if (again !== undefined) return again;
     return this.txn(
-      this.resources.map((r) => ({ key: buf(this.keys(r).marker), target: 'Mod', result: 'Equal', mod_revision: begin })),
-      this.resources.map((r) => ({ request_put: { key: buf(this.keys(r).marker), value: buf(this.marker('mark')) } })),
+      this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: begin })),
+      this.targets.map((t) => ({ request_put: { key: buf(t.marker), value: buf(this.marker('mark')) } })),
       'mark',
     );
   }
 
-  private leaseValue(r: HandoffResource, owner: LeaseValue['owner'], host: string, step: string): string {
-    return JSON.stringify({ v: 1, host, owner, lockspace: r.lockspace, resource: r.identity, mode: 'exclusive', since: wallTimeIso(), grant: `${this.migration}:${step}` } satisfies LeaseValue);
-  }
-
-  /** Ours already written by `step`? Then its revision. */
-  private ownLeaseRevision(state: { excl: IKeyValue | undefined }[], step: string): Token | undefined {
-    const leases = state.map((s) => parse(LeaseValueSchema, s.excl));
-    if (leases.every((l) => l?.grant === `${this.migration}:${step}`)) return Number(state[0]!.excl!.mod_revision);
-    return undefined;
-  }
-
   /**
-   * The send succeeded: one transaction moves every lease to the destination's session with a new
-   * token (the revision) and removes the markers. The key is never absent: it is overwritten.
+   * Put every lease on `to`'s session in one transaction, with a new token (the revision), under
+   * `compare`; a re-issue finds its own values and returns their revision. The key is overwritten,
+   * never absent.
    */
-  async commit(prepare: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
-    const state = await this.read();
-    const again = this.ownLeaseRevision(state, 'commit');
-    if (again !== undefined) return again;
+  private async moveLeases(step: 'commit' | 'give-back', compare: (t: Target) => ICompare, owner: LeaseValue['owner'], to: HandoffParty, extra: (t: Target) => IRequestOp[]): Promise<Token> {
+    const { state } = await this.read();
+    const grant = `${this.migration}:${step}`;
+    if (state.every((s) => parseValue(LeaseValueSchema, s.excl)?.grant === grant)) return Number(state[0]!.excl!.mod_revision);
+    const value = (t: Target): string =>
+      JSON.stringify({ v: 1, host: to.host, owner, lockspace: t.resource.lockspace, resource: t.resource.identity, mode: 'exclusive', since: wallTimeIso(), grant } satisfies LeaseValue);
     return this.txn(
-      this.resources.map((r) => ({ key: buf(this.keys(r).marker), target: 'Mod', result: 'Equal', mod_revision: prepare })),
-      this.resources.flatMap((r) => [
-        { request_put: { key: buf(this.keys(r).excl), value: buf(this.leaseValue(r, owner, to.host, 'commit')), lease: to.session } },
-        { request_delete_range: { key: buf(this.keys(r).marker) } },
-      ]),
-      'commit',
+      this.targets.map(compare),
+      this.targets.flatMap((t) => [{ request_put: { key: buf(t.excl), value: buf(value(t)), lease: to.session } }, ...extra(t)]),
+      step,
     );
+  }
+
+  /** The send succeeded: the leases move to the destination and the markers go, in one transaction. */
+  commit(prepare: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
+    return this.moveLeases('commit', (t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: prepare }), owner, to, (t) => [{ request_delete_range: { key: buf(t.marker) } }]);
   }
 
   /** Give up before commit: the markers go, the source never stopped holding. */
   async unmark(current: Token): Promise<Token> {
-    const state = await this.read();
-    if (state.every((s) => s.marker === undefined)) {
-      // Already done by an earlier issue of this step: the revision is the markers' deletion, at least `current`.
-      return Number((await this.conn.range(this.keys(this.resources[0]!).excl)).header.revision);
-    }
+    const { state, revision } = await this.read();
+    // Already done by an earlier issue of this step: the markers' deletion is at most `revision`.
+    if (state.every((s) => s.marker === undefined)) return revision;
     return this.txn(
-      this.resources.map((r) => ({ key: buf(this.keys(r).marker), target: 'Mod', result: 'Equal', mod_revision: current })),
-      this.resources.map((r) => ({ request_delete_range: { key: buf(this.keys(r).marker) } })),
+      this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: current })),
+      this.targets.map((t) => ({ request_delete_range: { key: buf(t.marker) } })),
       'unmark',
     );
   }
 
   /** After commit, the destination could not run the VM: the leases go back to the source, with a new token. */
-  async giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
-    const state = await this.read();
-    const again = this.ownLeaseRevision(state, 'give-back');
-    if (again !== undefined) return again;
-    return this.txn(
-      this.resources.map((r) => ({ key: buf(this.keys(r).excl), target: 'Mod', result: 'Equal', mod_revision: commit })),
-      this.resources.map((r) => ({ request_put: { key: buf(this.keys(r).excl), value: buf(this.leaseValue(r, owner, to.host, 'give-back')), lease: to.session } })),
-      'give-back',
-    );
+  giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
+    return this.moveLeases('give-back', (t) => ({ key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit }), owner, to, () => []);
   }
 }

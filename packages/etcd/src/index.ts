@@ -6,3 +6,4 @@ export { LeaseTable, type HeldLease, type LeaseClaim } from './lease-table.js';
 export { ClusterView } from './cluster-view.js';
 export { Election, type CampaignOptions, type Leadership } from './election.js';
 export { Handoff, HandoffMarkerSchema, type HandoffMarker, type HandoffParty, type HandoffResource } from './handoff.js';
+export { parseValue } from './values.js';

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
  *
  *   hosts/<host>                        host record, attached to the host's session
  *   r/<ls>/<hash>/excl                  the exclusive lease
+ *   r/<ls>/<hash>/handoff               a migration's handoff marker, on no session (handoff.ts)
  *   r/<ls>/<hash>/shared/<host>/<owner> one shared lease per holder
  *   r/<ls>/<hash>/~held                 with lock-delay on: written with the exclusive lease but on
  *                                       no session, deleted with it by a release; left behind when
@@ -34,6 +35,10 @@ export class KeyLayout {
 
   resource(lockspace: string, identity: string): string {
     return `${this.resources}${lockspace}/${KeyLayout.resourceHash(lockspace, identity)}/`;
+  }
+
+  static handoffMarker(resource: string): string {
+    return `${resource}handoff`;
   }
 
   /** The unclean-loss marker of an exclusive lease key (`…/excl` → `…/~held`). */

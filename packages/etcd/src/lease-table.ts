@@ -3,6 +3,7 @@ import { BatonError, LeaseValueSchema, MAX_RESOURCES_PER_REQUEST, wallTimeIso, t
 import type { ICompare, IRequestOp, ITxnResponse } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 import { KeyLayout, prefixEnd } from './keys.js';
+import { parseValue } from './values.js';
 import type { HostSession } from './session.js';
 
 /** One resource an owner wants, as the cluster sees it. */
@@ -19,8 +20,17 @@ export interface HeldLease {
   token: Token;
 }
 
+/** A claim with its keys and its compare, computed once per request (the key costs a sha256). */
+interface Target {
+  claim: LeaseClaim;
+  /** The resource's key prefix, shared by all of its keys. */
+  prefix: string;
+  key: string;
+  compare: ICompare;
+}
+
 interface Pending {
-  claims: LeaseClaim[];
+  targets: Target[];
   session: HostSession;
   nonce: string;
   resolve(leases: HeldLease[]): void;
@@ -51,8 +61,6 @@ export class LeaseTable {
   /** Transactions and requests committed, for the benchmark's batching figure. */
   readonly stats = { txns: 0, requests: 0 };
 
-  /** The lock-delay that made the last claim busy, for its error message. */
-  private delayed: { resource: string; leftMs: number } | undefined;
   /** Unclean-loss markers this host has seen, with when it first saw them (monotonic ms). */
   private readonly markersSeen = new Map<string, number>();
 
@@ -63,13 +71,26 @@ export class LeaseTable {
   ) {}
 
   /** With lock-delay on, an exclusive grant also writes its unclean-loss marker. */
-  private opsOf(claims: readonly LeaseClaim[]): number {
-    return this.lockDelay.ms > 0 ? claims.reduce((n, c) => n + (c.mode === 'exclusive' ? 2 : 1), 0) : claims.length;
+  private opsOf(targets: readonly Target[]): number {
+    return this.lockDelay.ms > 0 ? targets.reduce((n, t) => n + (t.claim.mode === 'exclusive' ? 2 : 1), 0) : targets.length;
+  }
+
+  /**
+   * A claim's key, and the compare that makes it grantable: an exclusive claim needs nothing under
+   * the resource's prefix (no lease of any mode, no handoff, no unclean-loss marker); a shared one
+   * nothing from `excl` up to the shared leases (no exclusive lease, no handoff).
+   */
+  private target(claim: LeaseClaim): Target {
+    const prefix = this.conn.keys.resource(claim.lockspace, claim.identity);
+    if (claim.mode === 'exclusive') {
+      return { claim, prefix, key: KeyLayout.exclusive(prefix), compare: { key: buf(prefix), range_end: prefixEnd(prefix), target: 'Version', result: 'Equal', version: 0 } };
+    }
+    const compare: ICompare = { key: buf(KeyLayout.exclusive(prefix)), range_end: buf(KeyLayout.sharedPrefix(prefix)), target: 'Version', result: 'Equal', version: 0 };
+    return { claim, prefix, key: KeyLayout.shared(prefix, this.host, claim.owner.uuid), compare };
   }
 
   keyOf(claim: LeaseClaim): string {
-    const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
-    return claim.mode === 'exclusive' ? KeyLayout.exclusive(resource) : KeyLayout.shared(resource, this.host, claim.owner.uuid);
+    return this.target(claim).key;
   }
 
   /** Grant every claim, or none: RESOURCE_BUSY names the first conflicting resource. */
@@ -79,7 +100,7 @@ export class LeaseTable {
     const { promise, resolve, reject } = Promise.withResolvers<HeldLease[]>();
     const nonce = `${this.noncePrefix}-${++this.nonceSeq}`;
     this.unanswered.add(nonce);
-    this.queue.push({ claims, session, nonce, resolve, reject });
+    this.queue.push({ targets: claims.map((c) => this.target(c)), session, nonce, resolve, reject });
     if (!this.flushing) this.flush().catch((err: unknown) => this.failAll(err));
     try {
       return await promise;
@@ -115,12 +136,11 @@ export class LeaseTable {
     let ops = 0;
     const rest: Pending[] = [];
     for (const p of this.queue) {
-      const pkeys = p.claims.map((c) => this.conn.keys.resource(c.lockspace, c.identity));
-      const fits = ops + this.opsOf(p.claims) <= MAX_TXN_OPS && (batch.length === 0 || p.session === batch[0]!.session) && pkeys.every((k) => !keys.has(k));
+      const fits = ops + this.opsOf(p.targets) <= MAX_TXN_OPS && (batch.length === 0 || p.session === batch[0]!.session) && p.targets.every((t) => !keys.has(t.prefix));
       if (fits) {
         batch.push(p);
-        ops += this.opsOf(p.claims);
-        for (const k of pkeys) keys.add(k);
+        ops += this.opsOf(p.targets);
+        for (const t of p.targets) keys.add(t.prefix);
       } else {
         rest.push(p);
       }
@@ -129,38 +149,27 @@ export class LeaseTable {
     return batch;
   }
 
-  /**
-   * The compare that makes a claim grantable: an exclusive claim needs nothing under the
-   * resource's prefix (no lease of any mode, no handoff, no unclean-loss marker); a shared one
-   * nothing from `excl` up to the shared leases (no exclusive lease, no handoff).
-   */
-  private compareFor(claim: LeaseClaim): ICompare {
-    const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
-    return claim.mode === 'exclusive'
-      ? { key: buf(resource), range_end: prefixEnd(resource), target: 'Version', result: 'Equal', version: 0 }
-      : { key: buf(KeyLayout.exclusive(resource)), range_end: buf(KeyLayout.sharedPrefix(resource)), target: 'Version', result: 'Equal', version: 0 };
-  }
-
-  private putsFor(p: Pending, claim: LeaseClaim): IRequestOp[] {
-    const value: LeaseValue = { v: 1, host: this.host, owner: claim.owner, lockspace: claim.lockspace, resource: claim.identity, mode: claim.mode, since: wallTimeIso(), grant: p.nonce };
-    const key = this.keyOf(claim);
-    const put: IRequestOp = { request_put: { key: buf(key), value: buf(JSON.stringify(value)), lease: p.session.id } };
+  private putsFor(t: Target, nonce: string, session: HostSession): IRequestOp[] {
+    const { claim } = t;
+    const value: LeaseValue = { v: 1, host: this.host, owner: claim.owner, lockspace: claim.lockspace, resource: claim.identity, mode: claim.mode, since: wallTimeIso(), grant: nonce };
+    const put: IRequestOp = { request_put: { key: buf(t.key), value: buf(JSON.stringify(value)), lease: session.id } };
     if (this.lockDelay.ms === 0 || claim.mode !== 'exclusive') return [put];
     // The marker is on no session: only a release deletes it; an expiry leaves it behind.
-    return [put, { request_put: { key: buf(KeyLayout.heldMarker(key)), value: buf(JSON.stringify({ host: this.host, session: p.session.id })) } }];
+    return [put, { request_put: { key: buf(KeyLayout.heldMarker(t.key)), value: buf(JSON.stringify({ host: this.host, session: session.id })) } }];
   }
 
   private async commit(batch: Pending[]): Promise<void> {
     let live = batch;
     while (live.length > 0) {
-      const claims = live.flatMap((p) => p.claims);
+      const targets = live.flatMap((p) => p.targets);
       let res: ITxnResponse;
       try {
         res = await this.conn.txn(
           {
-            compare: claims.map((c) => this.compareFor(c)),
-            success: live.flatMap((p) => p.claims.flatMap((c) => this.putsFor(p, c))),
-            failure: claims.map((c) => ({ request_range: { ...this.rangeOf(this.compareFor(c)), count_only: true } })),
+            compare: targets.map((t) => t.compare),
+            success: live.flatMap((p) => p.targets.flatMap((t) => this.putsFor(t, p.nonce, p.session))),
+            // On a conflict, how much stands in each claim's way: the same range its compare covers.
+            failure: targets.map((t) => ({ request_range: { key: t.compare.key!, range_end: t.compare.range_end!, count_only: true } })),
           },
           'a grant',
         );
@@ -172,25 +181,21 @@ export class LeaseTable {
         this.stats.txns++;
         this.stats.requests += live.length;
         const token = Number(res.header.revision);
-        for (const p of live) p.resolve(p.claims.map((c) => ({ key: this.keyOf(c), token })));
+        for (const p of live) p.resolve(p.targets.map((t) => ({ key: t.key, token })));
         return;
       }
       // Which claims found something in the way: those requests are busy, the rest go again.
       let i = 0;
       const next: Pending[] = [];
       for (const p of live) {
-        const busy = p.claims.findIndex((_, j) => Number(res.responses[i + j]?.response_range.count ?? 0) > 0);
-        i += p.claims.length;
-        if (busy < 0) next.push(p);
-        else if (await this.clearedLeftover(p.claims[busy]!)) next.push(p);
-        else p.reject(this.busy(p.claims[busy]!));
+        const busy = p.targets.find((_, j) => Number(res.responses[i + j]?.response_range.count ?? 0) > 0);
+        i += p.targets.length;
+        const leftover = busy && (await this.leftover(busy));
+        if (!busy || leftover === 'cleared') next.push(p);
+        else p.reject(this.busy(busy.claim, leftover));
       }
       live = next;
     }
-  }
-
-  private rangeOf(c: ICompare): { key: Buffer; range_end: Buffer } {
-    return { key: c.key!, range_end: c.range_end! };
   }
 
   /**
@@ -198,33 +203,28 @@ export class LeaseTable {
    * expired or its host was fenced by an operator; a release deletes both): the resource is free
    * once this host has seen the marker for lockDelay ms. Then the marker is removed and the claim
    * goes again. Measured from this host's first sight, on its monotonic clock: no clocks compared.
+   * Returns the lock-delay still to run, if that is what keeps the claim out.
    */
-  private async clearedLeftover(claim: LeaseClaim): Promise<boolean> {
-    if (claim.mode !== 'exclusive') return false;
-    const resource = this.conn.keys.resource(claim.lockspace, claim.identity);
-    const res = await this.conn.range(resource, { prefix: true });
-    const marker = KeyLayout.heldMarker(KeyLayout.exclusive(resource));
-    if (res.kvs.length !== 1 || res.kvs[0]!.key.toString() !== marker) return false;
+  private async leftover(t: Target): Promise<'cleared' | { leftMs: number } | undefined> {
+    if (t.claim.mode !== 'exclusive') return undefined;
+    const res = await this.conn.range(t.prefix, { prefix: true });
+    const marker = KeyLayout.heldMarker(t.key);
+    if (res.kvs.length !== 1 || res.kvs[0]!.key.toString() !== marker) return undefined;
     const seenKey = `${marker}@${String(res.kvs[0]!.mod_revision)}`;
     const now = this.lockDelay.clock.now();
     const first = this.markersSeen.get(seenKey) ?? now;
     this.markersSeen.set(seenKey, first);
     const left = first + this.lockDelay.ms - now;
-    if (left > 0) {
-      this.delayed = { resource: claim.identity, leftMs: Math.ceil(left) };
-      return false;
-    }
+    if (left > 0) return { leftMs: Math.ceil(left) };
     this.markersSeen.delete(seenKey);
     await this.conn.txn(
       { compare: [{ key: buf(marker), target: 'Mod', result: 'Equal', mod_revision: res.kvs[0]!.mod_revision }], success: [{ request_delete_range: { key: buf(marker) } }] },
       'clearing a vanished holder’s marker',
     );
-    return true;
+    return 'cleared';
   }
 
-  private busy(claim: LeaseClaim): BatonError {
-    const delayed = this.delayed?.resource === claim.identity ? this.delayed : undefined;
-    this.delayed = undefined;
+  private busy(claim: LeaseClaim, delayed?: { leftMs: number }): BatonError {
     if (delayed) {
       return new BatonError('RESOURCE_BUSY', `"${claim.identity}" was held by a holder that vanished without releasing it; lock-delay keeps it for ${delayed.leftMs} ms more`, {
         details: { resource: claim.identity, lockspace: claim.lockspace, lockDelayLeftMs: delayed.leftMs },
@@ -242,17 +242,16 @@ export class LeaseTable {
    */
   private async resolveAmbiguous(batch: Pending[], err: unknown): Promise<void> {
     const first = batch[0]!;
-    const probeKey = this.keyOf(first.claims[0]!);
+    const probeKey = first.targets[0]!.key;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         const res = await this.conn.range(probeKey);
         const kv = res.kvs[0];
-        const value = kv === undefined ? undefined : LeaseValueSchema.safeParse(JSON.parse(kv.value.toString()));
-        if (kv && value?.success && value.data.grant === first.nonce) {
+        if (kv && parseValue(LeaseValueSchema, kv)?.grant === first.nonce) {
           const token = Number(kv.mod_revision);
           this.stats.txns++;
           this.stats.requests += batch.length;
-          for (const p of batch) p.resolve(p.claims.map((c) => ({ key: this.keyOf(c), token })));
+          for (const p of batch) p.resolve(p.targets.map((t) => ({ key: t.key, token })));
         } else {
           for (const p of batch) p.reject(err);
         }
@@ -277,8 +276,8 @@ export class LeaseTable {
     const held = known();
     const orphans = res.kvs.filter((kv) => {
       if (String(kv.lease) !== session.id || held.has(kv.key.toString())) return false;
-      const value = LeaseValueSchema.safeParse(JSON.parse(kv.value.toString()));
-      return !(value.success && this.unanswered.has(value.data.grant));
+      const grant = parseValue(LeaseValueSchema, kv)?.grant;
+      return !(grant !== undefined && this.unanswered.has(grant));
     });
     if (orphans.length > 0) await this.release(orphans.map((kv) => ({ key: kv.key.toString(), token: Number(kv.mod_revision) })));
     return orphans.length;
@@ -288,9 +287,8 @@ export class LeaseTable {
   async leasesOf(sessionId: string): Promise<(HeldLease & { value: LeaseValue })[]> {
     const res = await this.conn.range(this.conn.keys.resources, { prefix: true });
     return res.kvs.flatMap((kv) => {
-      if (String(kv.lease) !== sessionId) return [];
-      const value = LeaseValueSchema.safeParse(JSON.parse(kv.value.toString()));
-      return value.success ? [{ key: kv.key.toString(), token: Number(kv.mod_revision), value: value.data }] : [];
+      const value = String(kv.lease) === sessionId ? parseValue(LeaseValueSchema, kv) : undefined;
+      return value ? [{ key: kv.key.toString(), token: Number(kv.mod_revision), value }] : [];
     });
   }
 
@@ -302,19 +300,20 @@ export class LeaseTable {
   async regrant(session: HostSession, items: readonly { claim: LeaseClaim; previous: HeldLease }[]): Promise<HeldLease[]> {
     session.assertValid();
     const nonce = `${this.noncePrefix}-${++this.nonceSeq}`;
-    const current = await Promise.all(items.map((it) => this.conn.range(it.previous.key)));
-    const markers = await Promise.all(items.map((it) => (it.claim.mode === 'exclusive' ? this.conn.range(KeyLayout.heldMarker(it.previous.key)) : undefined)));
-    const pending: Pending = { claims: items.map((it) => it.claim), session, nonce, resolve: () => undefined, reject: () => undefined };
+    const targets = items.map((it) => this.target(it.claim));
+    // One read of each resource's prefix sees the old lease and its marker at one revision.
+    const reads = await Promise.all(targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
+    const revisionOf = (i: number, key: string): string | undefined => reads[i]!.kvs.find((kv) => kv.key.toString() === key)?.mod_revision;
     const res = await this.conn.txn(
       {
-        compare: items.flatMap((it, i) => this.regrantCompares(it, current[i]!.kvs[0]?.mod_revision, markers[i]?.kvs[0]?.mod_revision)),
-        success: items.flatMap((it) => this.putsFor(pending, it.claim)),
+        compare: targets.flatMap((t, i) => this.regrantCompares(t, items[i]!.previous, revisionOf(i, items[i]!.previous.key), revisionOf(i, KeyLayout.heldMarker(t.key)))),
+        success: targets.flatMap((t) => this.putsFor(t, nonce, session)),
       },
       'a re-grant',
     );
     if (!res.succeeded) throw this.busy(items[0]!.claim);
     const token = Number(res.header.revision);
-    return items.map((it) => ({ key: this.keyOf(it.claim), token }));
+    return targets.map((t) => ({ key: t.key, token }));
   }
 
   /**
@@ -322,11 +321,11 @@ export class LeaseTable {
    * nothing else took the resource since (for an exclusive one: no shared lease, and the
    * unclean-loss marker, if any, unchanged: it is this host's own).
    */
-  private regrantCompares(it: { claim: LeaseClaim; previous: HeldLease }, current: string | undefined, marker: string | undefined): ICompare[] {
-    const key = it.previous.key;
-    if (current !== undefined) return [{ key: buf(key), target: 'Mod', result: 'Equal', mod_revision: it.previous.token }];
-    if (it.claim.mode === 'shared') return [this.compareFor(it.claim)];
-    const shared = KeyLayout.sharedPrefix(this.conn.keys.resource(it.claim.lockspace, it.claim.identity));
+  private regrantCompares(t: Target, previous: HeldLease, current: string | undefined, marker: string | undefined): ICompare[] {
+    const key = previous.key;
+    if (current !== undefined) return [{ key: buf(key), target: 'Mod', result: 'Equal', mod_revision: previous.token }];
+    if (t.claim.mode === 'shared') return [t.compare];
+    const shared = KeyLayout.sharedPrefix(t.prefix);
     return [
       { key: buf(key), target: 'Version', result: 'Equal', version: 0 },
       { key: buf(shared), range_end: prefixEnd(shared), target: 'Version', result: 'Equal', version: 0 },

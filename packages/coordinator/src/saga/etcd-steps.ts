@@ -1,5 +1,5 @@
 import { asBatonError, BatonError, currentRevision, HostRecordSchema, type MigrationCommand, type MigrationRecord, type MigrationStepReply } from '@baton/core';
-import { Handoff, type EtcdConnection, type HandoffParty } from '@baton/etcd';
+import { Handoff, parseValue, type EtcdConnection, type HandoffParty } from '@baton/etcd';
 
 /**
  * The migration steps the coordinator carries out itself, each one etcd transaction through the
@@ -22,8 +22,7 @@ export class EtcdSteps {
   /** A host's current session, from its host record (the leases moved to it hang on it). */
   private async party(host: string): Promise<HandoffParty> {
     const kv = (await this.conn.range(this.conn.keys.host(host))).kvs[0];
-    const parsed = kv && HostRecordSchema.safeParse(JSON.parse(kv.value.toString()));
-    if (!kv || !parsed?.success) throw new BatonError('UNAVAILABLE', `host ${host} has no live session`, { details: { host } });
+    if (!kv || !parseValue(HostRecordSchema, kv)) throw new BatonError('UNAVAILABLE', `host ${host} has no live session`, { details: { host } });
     return { host, session: String(kv.lease) };
   }
 
