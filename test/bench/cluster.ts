@@ -7,7 +7,7 @@
 //                connections), the in-process LeaseTable, raw etcd transactions (one per grant and
 //                one per release: what no batching costs), the same raw transactions group-committed
 //                (a ceiling: what etcd does when nothing goes alone), the etcd3 Lock
-//   reclaim      host A holds a lease, A's agent is SIGKILLed, host B polls until its acquire wins
+//   reclaim      cluster-reclaim.ts
 //
 // The bench imports etcd3 itself only for the floor (its raw KV and lease clients) and the peer
 // (its Lock recipe); Baton's own path goes through @baton/etcd as the product does.
@@ -15,21 +15,20 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { Etcd3, type ICompare, type IRequestOp } from 'etcd3';
+import { Etcd3 } from 'etcd3';
 import type { AgentClient } from '@baton/agent';
-import { BatonError, leaseTiming, PROTOCOL_VERSION, systemClock, type LeaseValue } from '@baton/core';
-import { EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type HeldLease, type LeaseClaim, type SessionLog } from '@baton/etcd';
-import type { EtcdServer } from '../support/index.js';
+import { PROTOCOL_VERSION } from '@baton/core';
+import { LeaseTable, type EtcdConnection, type HeldLease, type HostSession, type LeaseClaim } from '@baton/etcd';
+import { connectEtcd, openSession, type EtcdServer } from '../support/index.js';
+import { buf, RawBatched, RawGrant, sampleValue } from './raw-etcd.js';
 import { BenchAgent } from './agent-host.js';
 import { countersDelta, received, scrapeEtcd, type EtcdCounters } from './etcd-metrics.js';
 import { LineClient } from './line-client.js';
-import { nowUs, runInterleaved, Samples, summarize, type Loop, type Summary } from './stats.js';
+import { nowUs, runInterleaved, Samples, type Loop, type Summary } from './stats.js';
 import { cpuSeconds } from './sys.js';
 
 /** The session TTL of the latency and throughput hosts (the agent's default). */
 export const CLUSTER_TTL_SECONDS = 10;
-
-export const quietLog: SessionLog = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
 export const CLUSTER_SERIES = [
   'put',
@@ -46,144 +45,15 @@ export const CLUSTER_SERIES = [
 export type ClusterSeries = (typeof CLUSTER_SERIES)[number];
 export type ClusterLatency = Record<ClusterSeries, Summary>;
 
-const buf = (s: string): Buffer => Buffer.from(s);
-
-/** The next key after every key starting with `prefix`. */
-function prefixEnd(prefix: string): Buffer {
-  const b = Buffer.from(prefix);
-  b[b.length - 1]!++;
-  return b;
-}
-
 function ok(reply: Record<string, unknown>, what: string): void {
   if (reply['ok'] !== true) throw new Error(`${what} failed: ${JSON.stringify(reply)}`);
 }
 
-/** A lease value of the size a grant writes (~250 bytes), for the raw floors. */
-function sampleValue(resource: string): string {
-  const value: LeaseValue = {
-    v: 1,
-    host: 'bench-raw',
-    owner: { uuid: randomUUID(), name: 'bench-vm', onLeaseLoss: { policy: 'kill' } },
-    lockspace: 'bench',
-    resource,
-    mode: 'exclusive',
-    since: '2026-01-01T00:00:00.000Z',
-    grant: '0123456789ab-1',
-  };
-  return JSON.stringify(value);
-}
-
-/**
- * What a grant is to etcd, sent raw: compare that nothing lies under the resource's prefix, put
- * the lease key attached to a lease. The release: delete it if it is still that revision.
- */
-class RawGrant {
-  private readonly prefix: string;
-  private readonly key: Buffer;
-  private readonly value: Buffer;
-
-  constructor(
-    private readonly client: Etcd3,
-    private readonly lease: string,
-    name: string,
-  ) {
-    this.prefix = `/bench-raw/r/${name}/`;
-    this.key = buf(`${this.prefix}excl`);
-    this.value = buf(sampleValue(name));
-  }
-
-  async acquire(): Promise<string> {
-    const compare: ICompare[] = [{ key: buf(this.prefix), range_end: prefixEnd(this.prefix), target: 'Version', result: 'Equal', version: 0 }];
-    const success: IRequestOp[] = [{ request_put: { key: this.key, value: this.value, lease: this.lease } }];
-    const res = await this.client.kv.txn({ compare, success });
-    if (!res.succeeded) throw new Error(`raw grant of ${this.key.toString()} found it taken`);
-    return res.header.revision;
-  }
-
-  async release(revision: string): Promise<void> {
-    const res = await this.client.kv.txn({
-      compare: [{ key: this.key, target: 'Mod', result: 'Equal', mod_revision: revision }],
-      success: [{ request_delete_range: { key: this.key } }],
-    });
-    if (!res.succeeded) throw new Error(`raw release of ${this.key.toString()} found it changed`);
-  }
-}
-
-/**
- * Group commit in its simplest form: while one transaction is in flight, what arrives waits, and
- * then goes in the next one (≤ 128 ops). Used by the bench's raw "both batched" line only, to
- * show what batching releases as well as grants would give.
- */
-class GroupCommit<T> {
-  private queue: { item: T; resolve(rev: string): void; reject(err: unknown): void }[] = [];
-  private flushing = false;
-  txns = 0;
-  requests = 0;
-
-  constructor(private readonly commit: (items: T[]) => Promise<string>) {}
-
-  submit(item: T): Promise<string> {
-    const { promise, resolve, reject } = Promise.withResolvers<string>();
-    this.queue.push({ item, resolve, reject });
-    if (!this.flushing) void this.flush();
-    return promise;
-  }
-
-  private async flush(): Promise<void> {
-    this.flushing = true;
-    while (this.queue.length > 0) {
-      const batch = this.queue.splice(0, 128);
-      try {
-        const rev = await this.commit(batch.map((b) => b.item));
-        this.txns++;
-        this.requests += batch.length;
-        for (const b of batch) b.resolve(rev);
-      } catch (err) {
-        for (const b of batch) b.reject(err);
-      }
-    }
-    this.flushing = false;
-  }
-}
-
-class RawBatched {
-  readonly grants: GroupCommit<{ prefix: string; key: Buffer; value: Buffer }>;
-  readonly releases: GroupCommit<{ key: Buffer; revision: string }>;
-
-  constructor(client: Etcd3, lease: string) {
-    this.grants = new GroupCommit(async (items) => {
-      const res = await client.kv.txn({
-        compare: items.map((i) => ({ key: buf(i.prefix), range_end: prefixEnd(i.prefix), target: 'Version', result: 'Equal', version: 0 })),
-        success: items.map((i) => ({ request_put: { key: i.key, value: i.value, lease } })),
-      });
-      if (!res.succeeded) throw new Error('a batched raw grant found a key taken');
-      return res.header.revision;
-    });
-    this.releases = new GroupCommit(async (items) => {
-      const res = await client.kv.txn({
-        compare: items.map((i) => ({ key: i.key, target: 'Mod', result: 'Equal', mod_revision: i.revision })),
-        success: items.map((i) => ({ request_delete_range: { key: i.key } })),
-      });
-      if (!res.succeeded) throw new Error('a batched raw release found a key changed');
-      return res.header.revision;
-    });
-  }
-}
-
 /** One simulated host in the bench process: a connection, a session, a lease table. */
 export async function openHost(etcd: EtcdServer, cluster: string, host: string, ttlSeconds: number): Promise<{ conn: EtcdConnection; session: HostSession; table: LeaseTable }> {
-  const conn = new EtcdConnection(EtcdConfigSchema.parse({ endpoints: etcd.endpoints, cluster, ttlSeconds }));
+  const conn = connectEtcd(etcd.endpoints, ttlSeconds, cluster);
   try {
-    const session = await HostSession.open({
-      conn,
-      clock: systemClock,
-      timing: leaseTiming(ttlSeconds),
-      log: quietLog,
-      record: { host, address: '127.0.0.1:0', version: 'bench', pid: process.pid, lockspaces: ['bench'], startedAt: '1970-01-01T00:00:00.000Z', ttlSeconds },
-      onPhase: () => undefined,
-    });
-    return { conn, session, table: new LeaseTable(conn, host) };
+    return { conn, session: await openSession(conn, host, { lockspaces: ['bench'] }), table: new LeaseTable(conn, host) };
   } catch (err) {
     conn.close();
     throw err;
@@ -241,22 +111,6 @@ async function runFor(inFlight: number, seconds: number, cycle: (worker: number)
   running = false;
   await Promise.all(workers);
   return { grants, errors };
-}
-
-export interface ReclaimResult {
-  ttlSeconds: number;
-  keepaliveMs: number;
-  pollMs: number;
-  trials: number;
-  /** SIGKILL of host A's agent → host B's acquire answered with a grant, in µs. */
-  summary: Summary;
-  samplesMs: number[];
-  /** Refused polls (RESOURCE_BUSY) before each win. */
-  refusals: number[];
-  /** Other errors seen while polling. */
-  otherErrors: string[];
-  /** B's token is above A's in every trial (S2). */
-  tokensIncrease: boolean;
 }
 
 export class ClusterRig implements AsyncDisposable {
@@ -546,83 +400,6 @@ export class ClusterRig implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-/**
- * Dead-host reclaim: host A's agent holds a lease for a connected owner; A is SIGKILLed at a random
- * point of its keepalive period; host B's agent retries the acquire every `pollMs` until etcd has
- * expired A's session and B is granted the resource. Both agents have their own lock directory,
- * so only etcd stands between them (as in the two-host integration test).
- */
-export async function measureReclaim(etcd: EtcdServer, dir: string, opts: { trials: number; ttlSeconds: number; pollMs: number; logLevel?: string }): Promise<ReclaimResult> {
-  const cluster = 'reclaim';
-  const etcdCfg = { endpoints: etcd.endpoints, cluster, ttlSeconds: opts.ttlSeconds };
-  const timing = leaseTiming(opts.ttlSeconds);
-  const start = (name: string, hostId: string): Promise<BenchAgent> => {
-    mkdirSync(join(dir, name, 'locks'), { recursive: true });
-    return BenchAgent.start({ dir: join(dir, name), lockDir: join(dir, name, 'locks'), hostId, etcd: etcdCfg, ...(opts.logLevel ? { logLevel: opts.logLevel } : {}) });
-  };
-  const b = await start('host-b', 'host-b');
-  const cb = await b.client();
-  const samplesUs: number[] = [];
-  const refusals: number[] = [];
-  const otherErrors: string[] = [];
-  let tokensIncrease = true;
-  try {
-    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm-on-b' } });
-    for (let t = 0; t < opts.trials; t++) {
-      const resources = [{ name: `disk-reclaim-${t}` }];
-      const a = await start(`host-a-${t}`, 'host-a');
-      let tokenA = 0;
-      try {
-        const ca = await a.client();
-        await ca.request('register', { owner: { uuid: randomUUID(), name: 'vm-on-a' } });
-        tokenA = (await ca.request('acquire', { resources })).grants[0]!.token;
-        const refused = await cb.request('acquire', { resources }).then(
-          () => 'granted',
-          (err: unknown) => (err instanceof BatonError ? err.code : String(err)),
-        );
-        if (refused !== 'RESOURCE_BUSY') throw new Error(`host B's acquire while A holds the lease: ${refused}, expected RESOURCE_BUSY`);
-        // Land the kill anywhere in A's keepalive period.
-        await delay(Math.random() * timing.keepaliveMs);
-        const t0 = nowUs();
-        a.proc.kill('SIGKILL');
-        let n = 0;
-        for (;;) {
-          try {
-            const { grants } = await cb.request('acquire', { resources });
-            samplesUs.push(nowUs() - t0);
-            if (!(grants[0]!.token > tokenA)) tokensIncrease = false;
-            break;
-          } catch (err) {
-            if (err instanceof BatonError && err.code === 'RESOURCE_BUSY') n++;
-            else otherErrors.push(err instanceof Error ? err.message : String(err));
-            if (nowUs() - t0 > 10 * opts.ttlSeconds * 1e6) throw new Error(`host B still refused ${10 * opts.ttlSeconds} s after host A was killed`);
-            await delay(opts.pollMs);
-          }
-        }
-        refusals.push(n);
-        await cb.request('release', { resources });
-        await ca.close().catch(() => undefined);
-      } finally {
-        await a.close();
-      }
-    }
-  } finally {
-    await cb.close().catch(() => undefined);
-    await b.shutdown();
-  }
-  return {
-    ttlSeconds: opts.ttlSeconds,
-    keepaliveMs: timing.keepaliveMs,
-    pollMs: opts.pollMs,
-    trials: opts.trials,
-    summary: summarize(samplesUs),
-    samplesMs: samplesUs.map((us) => Math.round(us / 1000)),
-    refusals,
-    otherErrors,
-    tokensIncrease,
-  };
 }
 
 /** etcd Txn RPCs the agent sent per grant; grants and releases are both group-committed. */

@@ -3,11 +3,11 @@ import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { asBatonError, BatonError, GrantSchema, systemClock, type Grant } from '@baton/core';
+import { asBatonError, BatonError, GrantSchema, type Grant } from '@baton/core';
 import { LineReader } from '../../api/line-reader.js';
 import type { VmInfo, VmState } from '../driver.js';
 import { serveControl } from './control.js';
-import { FencedDisk } from './fenced-disk.js';
+import { emitter, Guest } from './guest.js';
 
 /**
  * A sim VM run by its host's hypervisor driver (the agent), as libvirt runs QEMU: created paused
@@ -27,23 +27,21 @@ const { values } = parseArgs({
   },
 });
 
-function emit(event: Record<string, unknown>): void {
-  process.stdout.write(JSON.stringify({ ...event, vm: values.name, t: Math.round(systemClock.now()) }) + '\n');
-}
+const emit = emitter(values.name ?? 'vm');
 
 const ResumeSchema = z.object({ grants: z.array(GrantSchema), validUntil: z.number().nullable() });
 const SendSchema = z.object({ to: z.string(), delayMs: z.number().int().nonnegative().default(0), fail: z.boolean().default(false) });
 
 class ManagedVm {
   state: VmState;
-  seq = 0;
-  private grants: Grant[] = [];
-  private validUntil = 0;
-  private fenced = false;
-  private readonly disks = new Map<string, FencedDisk>();
+  readonly guest = new Guest(values.name!, values.host, emit);
 
   constructor(incoming: boolean) {
     this.state = incoming ? 'incoming' : 'paused';
+  }
+
+  get seq(): number {
+    return this.guest.seq;
   }
 
   info(): VmInfo {
@@ -52,16 +50,15 @@ class ManagedVm {
 
   resume(grants: Grant[], validUntil: number | null): VmInfo {
     if (this.state === 'incoming') throw new BatonError('INVALID_REQUEST', 'an incoming VM has no state to run yet');
-    this.grants = grants;
-    for (const g of grants) if (g.mode === 'exclusive' && !this.disks.has(g.resource)) this.disks.set(g.resource, new FencedDisk(g.resource, true));
-    this.validUntil = validUntil ?? Infinity;
+    this.guest.holdGrants(grants);
+    this.guest.validUntil = validUntil ?? Infinity;
     this.state = 'running';
     emit({ event: 'running', seq: this.seq, grants });
     return this.info();
   }
 
   renew(validUntil: number | null): VmInfo {
-    this.validUntil = validUntil ?? Infinity;
+    this.guest.validUntil = validUntil ?? Infinity;
     return this.info();
   }
 
@@ -90,33 +87,14 @@ class ManagedVm {
   }
 
   received(seq: number): void {
-    this.seq = seq;
+    this.guest.seq = seq;
     this.state = 'paused';
     emit({ event: 'received', seq });
   }
 
   write(): void {
-    if (this.state !== 'running') return;
-    const now = systemClock.now();
-    if (now >= this.validUntil) {
-      if (!this.fenced) emit({ event: 'self-fenced', seq: this.seq, overdueMs: Math.round(now - this.validUntil) });
-      this.fenced = true;
-      return;
-    }
-    this.fenced = false;
-    this.seq++;
-    for (const g of this.grants) {
-      const disk = this.disks.get(g.resource);
-      if (!disk) continue;
-      try {
-        disk.write(g.token, `${values.name} ${values.host} ${g.token} ${this.seq} ${Math.round(now)}\n`);
-      } catch (err) {
-        const e = asBatonError(err);
-        emit({ event: 'write-refused', disk: g.resource, token: g.token, code: e.code, details: e.details });
-        this.state = 'paused';
-        return;
-      }
-    }
+    // A disk that refused the token: this copy is stale, it stops.
+    if (this.state === 'running' && this.guest.write() === 'refused') this.state = 'paused';
   }
 }
 

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
-import { asBatonError, BatonError, describeIssues, LeaseLossSchema, systemClock, type Grant, type LeaseLoss } from '@baton/core';
+import { asBatonError, BatonError, describeIssues, LeaseLossSchema, type LeaseLoss } from '@baton/core';
 import { AgentClient } from '../../client/agent-client.js';
-import { FencedDisk } from './fenced-disk.js';
+import { emitter, Guest } from './guest.js';
 
 /**
  * A simulated VM: a real process that holds a restricted, connection-bound connection to its
@@ -11,10 +11,6 @@ import { FencedDisk } from './fenced-disk.js';
  * dies, the VM stops writing on time by itself, and resumes if a restarted agent re-adopts it.
  * It reports what happens as JSON lines on stdout.
  */
-function emit(event: Record<string, unknown>): void {
-  process.stdout.write(JSON.stringify(event) + '\n');
-}
-
 const { values } = parseArgs({
   options: {
     socket: { type: 'string' },
@@ -31,22 +27,22 @@ const { values } = parseArgs({
   },
 });
 
+const emit = emitter(values.name ?? 'vm');
+
 class SimVm {
   private client: AgentClient | undefined;
-  private grants: Grant[] = [];
-  private validUntil = Infinity;
-  private seq = 0;
-  private stopped = false;
+  private readonly guest: Guest;
+  /** A disk refused a write: this VM's token is stale for good. */
+  private refused = false;
   private renewing = false;
-  /** Past its deadline: not writing, until a renewal moves the deadline. */
-  private fenced = false;
-  private readonly disks = new Map<string, FencedDisk>();
 
   constructor(
     private readonly socket: string,
     private readonly owner: { uuid: string; name: string; pid: number },
     private readonly onLeaseLoss: LeaseLoss,
-  ) {}
+  ) {
+    this.guest = new Guest(owner.name, values.host, emit);
+  }
 
   private async connect(): Promise<AgentClient> {
     const client = await AgentClient.connect({ socketPath: this.socket });
@@ -56,8 +52,8 @@ class SimVm {
       if (this.client !== client) return;
       this.client = undefined;
       // A one-host agent gives no deadline: its locks died with it, so writing stops now.
-      if (this.validUntil === Infinity) this.validUntil = 0;
-      emit({ event: 'agent-connection-lost', vm: this.owner.name, seq: this.seq });
+      if (this.guest.validUntil === Infinity) this.guest.validUntil = 0;
+      emit({ event: 'agent-connection-lost', seq: this.guest.seq });
     }, () => undefined);
     return client;
   }
@@ -65,17 +61,18 @@ class SimVm {
   async start(resources: { name: string; mode: 'exclusive' | 'shared' }[]): Promise<boolean> {
     const client = await this.connect();
     try {
-      ({ grants: this.grants } = await client.request('acquire', { resources }));
+      this.guest.holdGrants((await client.request('acquire', { resources })).grants);
     } catch (err) {
       const e = asBatonError(err);
-      emit({ event: 'refused', vm: this.owner.name, code: e.code, message: e.message });
+      emit({ event: 'refused', code: e.code, message: e.message });
       await client.close();
       return false;
     }
-    for (const g of this.grants) if (g.mode === 'exclusive') this.disks.set(g.resource, new FencedDisk(g.resource, true));
     await this.renew();
-    emit({ event: 'running', vm: this.owner.name, pid: process.pid, grants: this.grants });
-    setInterval(() => this.write(), Number(values['interval-ms']));
+    emit({ event: 'running', pid: process.pid, grants: this.guest.grants });
+    setInterval(() => {
+      if (!this.refused) this.refused = this.guest.write() === 'refused';
+    }, Number(values['interval-ms']));
     setInterval(() => {
       if (!this.renewing) {
         this.renewing = true;
@@ -92,46 +89,21 @@ class SimVm {
     let client = this.client;
     if (!client) {
       client = await this.connect();
-      emit({ event: 'reconnected', vm: this.owner.name });
+      emit({ event: 'reconnected' });
     }
     const res = await client.request('watchdog', {});
     const mine = new Map(res.locks.map((g) => [g.resource, g]));
-    if (this.grants.some((g) => !mine.has(g.resource))) {
+    const held = this.guest.grants;
+    if (held.some((g) => !mine.has(g.resource))) {
       // The agent does not know this VM's leases any more: they are gone for good.
-      emit({ event: 'lease-lost', vm: this.owner.name, seq: this.seq, state: res.state });
+      emit({ event: 'lease-lost', seq: this.guest.seq, state: res.state });
       process.exit(4);
     }
-    const changed = this.grants.some((g) => mine.get(g.resource)!.token !== g.token);
-    this.grants = this.grants.map((g) => mine.get(g.resource)!);
-    if (changed) emit({ event: 'tokens', vm: this.owner.name, grants: this.grants });
-    this.validUntil = res.state === 'fenced' ? 0 : (res.validUntil ?? Infinity);
+    const changed = held.some((g) => mine.get(g.resource)!.token !== g.token);
+    this.guest.holdGrants(held.map((g) => mine.get(g.resource)!));
+    if (changed) emit({ event: 'tokens', grants: this.guest.grants });
+    this.guest.validUntil = res.state === 'fenced' ? 0 : (res.validUntil ?? Infinity);
   }
-
-  private write(): void {
-    if (this.stopped) return;
-    const now = systemClock.now();
-    if (now >= this.validUntil) {
-      if (!this.fenced) emit({ event: 'self-fenced', vm: this.owner.name, seq: this.seq, overdueMs: Math.round(now - this.validUntil) });
-      this.fenced = true;
-      return;
-    }
-    if (this.fenced) emit({ event: 'resumed', vm: this.owner.name, seq: this.seq });
-    this.fenced = false;
-    this.seq++;
-    for (const g of this.grants) {
-      const disk = this.disks.get(g.resource);
-      if (!disk) continue;
-      try {
-        disk.write(g.token, `${this.owner.name} ${values.host} ${g.token} ${this.seq} ${Math.round(now)}\n`);
-      } catch (err) {
-        const e = asBatonError(err);
-        emit({ event: 'write-refused', vm: this.owner.name, disk: g.resource, token: g.token, code: e.code, details: e.details });
-        this.stopped = true;
-        return;
-      }
-    }
-  }
-
 }
 
 async function main(): Promise<void> {
