@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '@baton/agent';
 import { asBatonError, BatonError, leaseTiming } from '@baton/core';
-import { checkDisk, clusterName, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
-import { Contender, DeadlineWatch, recordContender, recordExit, recordVm } from './fault-kit.js';
+import { checkDisk, EtcdServer, GrantHistory, monoNow, readDiskRecords, StampedEvents, startSimVm, TcpProxy, TwoHosts, waitFor } from '../support/index.js';
+import { Contender, DeadlineWatch, expectTakeover, recordContender, recordExit, recordVm } from './fault-kit.js';
 
 /**
  * F1: the agent of a host dies by SIGKILL while its VM writes. Two agents on one etcd with
@@ -41,12 +40,9 @@ afterAll(async () => {
 
 describe('F1 agent SIGKILL while its VM writes', () => {
   it('(a) the restarted agent re-adopts the session and the VM before the deadline: the other host is refused throughout', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_A_S };
-    await using a = await startClusterHost(storage, 'host-a', opts);
-    await using b = await startClusterHost(storage, 'host-b', opts);
-    const disk = realpathSync(storage.image('f1a.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL_A_S);
+    const { a, b } = hosts;
+    const disk = hosts.disk('f1a.img');
     const history = new GrantHistory();
 
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm-a', disks: [disk], policy: 'kill' });
@@ -107,12 +103,10 @@ describe('F1 agent SIGKILL while its VM writes', () => {
   });
 
   it('(a2) a request that reaches the restarted agent before it has rejoined the cluster is not granted outside etcd', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
     await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.clientUrl).port) } });
-    await using a = await startClusterHost(storage, 'host-a', { endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL_S });
-    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S });
-    const disk = realpathSync(storage.image('f1a2.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL_S, [`http://${proxy.hostPort}`]);
+    const { a, b } = hosts;
+    const disk = hosts.disk('f1a2.img');
     const history = new GrantHistory();
     const holder = await Contender.on(b, 'holder-b');
     const held = await holder.try(disk);
@@ -141,12 +135,9 @@ describe('F1 agent SIGKILL while its VM writes', () => {
   });
 
   it('(b) the agent stays dead: the VM self-fences before the other host is granted, within TTL + 1 s of the crash, with a higher token', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S };
-    await using a = await startClusterHost(storage, 'host-a', opts);
-    await using b = await startClusterHost(storage, 'host-b', opts);
-    const disk = realpathSync(storage.image('f1b.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL_S);
+    const { a, b } = hosts;
+    const disk = hosts.disk('f1b.img');
     const history = new GrantHistory();
 
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm-a', disks: [disk], policy: 'kill' });
@@ -177,20 +168,9 @@ describe('F1 agent SIGKILL while its VM writes', () => {
 
     const releasedAt = await contender.release();
     recordContender(history, contender, disk, granted, releasedAt);
-    await using vmB = await startSimVm(b, { uuid: randomUUID(), name: 'vm-b', disks: [disk], policy: 'kill' });
-    using vmBEvents = new StampedEvents(vmB);
-    const runningB = await vmBEvents.wait((e) => e.event === 'running', 'running');
-    const tokenB = (runningB.e.grants as { token: number }[])[0]!.token;
-    await waitFor(() => readDiskRecords(disk).filter((r) => r.vm === 'vm-b').length >= 10, { what: 'vm-b writing', deadlineMs: 5_000, intervalMs: 10 });
-
     recordVm(history, vmEvents, 'vm-a@host-a');
-    recordVm(history, vmBEvents, 'vm-b@host-b');
-    history.check();
-    const epochs = checkDisk(disk);
-    expect(epochs.map((e) => [e.vm, e.host, e.token])).toEqual([
-      ['vm-a', 'host-a', tokenA],
-      ['vm-b', 'host-b', tokenB],
-    ]);
+    await using vmB = await startSimVm(b, { uuid: randomUUID(), name: 'vm-b', disks: [disk], policy: 'kill' });
+    const { tokenB, epochs } = await expectTakeover(vmB, disk, history, tokenA);
     expect(tokenB).toBeGreaterThan(granted.token);
     expect(epochs[0]!.lastT).toBeLessThan(granted.sentAt);
     expect(epochs[0]!.lastT).toBeLessThan(deadline);
@@ -202,12 +182,9 @@ describe('F1 agent SIGKILL while its VM writes', () => {
   });
 
   it('(c) agent and VM both gone: the other host acquires within TTL + 1 s, with a higher token', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S };
-    await using a = await startClusterHost(storage, 'host-a', opts);
-    await using b = await startClusterHost(storage, 'host-b', opts);
-    const disk = realpathSync(storage.image('f1c.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL_S);
+    const { a, b } = hosts;
+    const disk = hosts.disk('f1c.img');
     const history = new GrantHistory();
 
     const vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm-a', disks: [disk], policy: 'kill' });

@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { checkDisk, clusterName, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, staleWrite, StampedEvents, startClusterHost, startSimVm, waitFor } from '../support/index.js';
+import { checkDisk, EtcdServer, GrantHistory, monoNow, readDiskRecords, staleWrite, StampedEvents, startSimVm, TwoHosts, waitFor } from '../support/index.js';
 import { Contender, DeadlineWatch, recordContender, recordVm } from './fault-kit.js';
 
 /**
@@ -26,13 +25,10 @@ const hex = (session: unknown): string => BigInt(String(session)).toString(16);
 
 describe('F2 agent SIGSTOP for more than 2×TTL', () => {
   it('the VM self-fences at its deadline, the other host takes over with a higher token, stale writes are refused, the woken agent grants nothing on its old session', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    const opts = { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S };
-    await using a = await startClusterHost(storage, 'host-a', opts);
-    await using b = await startClusterHost(storage, 'host-b', opts);
-    const disk = realpathSync(storage.image('f2.img'));
-    const free = realpathSync(storage.image('f2-free.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL_S);
+    const { a, b } = hosts;
+    const disk = hosts.disk('f2.img');
+    const free = hosts.disk('f2-free.img');
     const history = new GrantHistory();
     const oldSession = a.json.events().find((e) => typeof e.msg === 'string' && e.msg.startsWith('cluster session granted'))!.session;
 

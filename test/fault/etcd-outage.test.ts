@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { realpathSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { type AgentProcess, checkDisk, clusterName, EtcdServer, GrantHistory, type JsonProcess, monoNow, pidAlive, processState, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, waitFor } from '../support/index.js';
+import { type AgentProcess, checkDisk, EtcdServer, GrantHistory, type JsonProcess, monoNow, pidAlive, processState, readDiskRecords, StampedEvents, startSimVm, TwoHosts, waitFor } from '../support/index.js';
 import { ACQUIRE_CODES, bounded, logLines, outcome } from './cluster-fault.js';
 
 /**
@@ -68,11 +67,9 @@ describe('etcd outage (F5)', () => {
     const TTL = 15;
     const t = leaseTiming(TTL);
     await using etcd = await EtcdServer.start();
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    await using a = await startClusterHost(storage, 'host-a', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
-    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
-    const disk = realpathSync(storage.image('vm1.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL);
+    const { a, b } = hosts;
+    const disk = hosts.disk('vm1.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm1', disks: [disk], policy: 'pause' });
     const { token } = await running(vm);
     const history = new GrantHistory();
@@ -146,12 +143,10 @@ describe('etcd outage (F5)', () => {
     const TTL = 3;
     const t = leaseTiming(TTL);
     await using etcd = await EtcdServer.start();
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    await using a = await startClusterHost(storage, 'host-a', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
-    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL });
-    const diskP = realpathSync(storage.image('paused.img'));
-    const diskK = realpathSync(storage.image('killed.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL);
+    const { a, b, cluster } = hosts;
+    const diskP = hosts.disk('paused.img');
+    const diskK = hosts.disk('killed.img');
     await using vmP = await startSimVm(a, { uuid: randomUUID(), name: 'vmP', disks: [diskP], policy: 'pause' });
     await using vmK = await startSimVm(a, { uuid: randomUUID(), name: 'vmK', disks: [diskK], policy: 'kill' });
     const p1 = await running(vmP);

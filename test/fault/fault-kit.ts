@@ -1,11 +1,21 @@
 import { randomUUID } from 'node:crypto';
 import { asBatonError, type BatonError } from '@baton/core';
 import type { AgentClient } from '@baton/agent';
-import { AgentProcess, GrantHistory, monoNow, waitFor, type StampedEvents } from '../support/index.js';
+import { expect } from 'vitest';
+import {
+  AgentProcess,
+  checkDisk,
+  GrantHistory,
+  monoNow,
+  readDiskRecords,
+  StampedEvents,
+  waitFor,
+  type JsonProcess,
+} from '../support/index.js';
 
 /**
  * Pieces the fault tests (F1–F3) share: a probe of an agent's deadline, a contender that polls
- * for a disk on another host, and the history they all feed. Hosts come from startClusterHost.
+ * for a disk on another host, the two hosts, the history they all feed and the takeover check.
  */
 
 export interface DeadlineSample {
@@ -163,3 +173,22 @@ export function recordContender(history: GrantHistory, c: Contender, disk: strin
 }
 
 export { GrantHistory };
+
+/**
+ * The new holder's VM (on host-b) writes; then the history must pass S1/S2 and the disk hold
+ * exactly two epochs, vm-a's then vm-b's. Returns vm-b's token and the epochs.
+ */
+export async function expectTakeover(vmB: JsonProcess, disk: string, history: GrantHistory, tokenA: number): Promise<{ tokenB: number; epochs: ReturnType<typeof checkDisk> }> {
+  using vmBEvents = new StampedEvents(vmB);
+  const runningB = await vmBEvents.wait((e) => e.event === 'running', 'running');
+  const tokenB = (runningB.e.grants as { token: number }[])[0]!.token;
+  await waitFor(() => readDiskRecords(disk).filter((r) => r.vm === 'vm-b').length >= 10, { what: 'vm-b writing', deadlineMs: 5_000, intervalMs: 10 });
+  recordVm(history, vmBEvents, 'vm-b@host-b');
+  history.check();
+  const epochs = checkDisk(disk);
+  expect(epochs.map((e) => [e.vm, e.host, e.token])).toEqual([
+    ['vm-a', 'host-a', tokenA],
+    ['vm-b', 'host-b', tokenB],
+  ]);
+  return { tokenB, epochs };
+}

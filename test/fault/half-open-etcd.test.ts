@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { checkDisk, clusterName, EtcdServer, GrantHistory, monoNow, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
-import { Contender, DeadlineWatch, recordContender, recordExit, recordVm } from './fault-kit.js';
+import { EtcdServer, GrantHistory, monoNow, readDiskRecords, StampedEvents, startSimVm, TcpProxy, TwoHosts, waitFor } from '../support/index.js';
+import { Contender, DeadlineWatch, expectTakeover, recordContender, recordExit, recordVm } from './fault-kit.js';
 
 /**
  * F3: a half-open link between one agent and etcd. host-a reaches etcd through a TCP proxy that
@@ -24,12 +23,10 @@ afterAll(async () => {
 
 describe('F3 half-open link between an agent and etcd', () => {
   it('the VM is killed before the lease could expire in etcd; the other host is granted after its last write, with a higher token', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
     await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.clientUrl).port) } });
-    await using a = await startClusterHost(storage, 'host-a', { endpoints: [`http://${proxy.hostPort}`], cluster, ttlSeconds: TTL_S });
-    await using b = await startClusterHost(storage, 'host-b', { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_S });
-    const disk = realpathSync(storage.image('f3.img'));
+    await using hosts = await TwoHosts.start(etcd.endpoints, TTL_S, [`http://${proxy.hostPort}`]);
+    const { a, b } = hosts;
+    const disk = hosts.disk('f3.img');
     const history = new GrantHistory();
 
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm-a', disks: [disk], policy: 'kill' });
@@ -78,17 +75,7 @@ describe('F3 half-open link between an agent and etcd', () => {
     const releasedAt = await contender.release();
     recordContender(history, contender, disk, granted, releasedAt);
     await using vmB = await startSimVm(b, { uuid: randomUUID(), name: 'vm-b', disks: [disk], policy: 'kill' });
-    using vmBEvents = new StampedEvents(vmB);
-    const runningB = await vmBEvents.wait((e) => e.event === 'running', 'running');
-    const tokenB = (runningB.e.grants as { token: number }[])[0]!.token;
-    await waitFor(() => readDiskRecords(disk).filter((r) => r.vm === 'vm-b').length >= 10, { what: 'vm-b writing', deadlineMs: 5_000, intervalMs: 10 });
-    recordVm(history, vmBEvents, 'vm-b@host-b');
-    history.check();
-    const epochs = checkDisk(disk);
-    expect(epochs.map((e) => [e.vm, e.host, e.token])).toEqual([
-      ['vm-a', 'host-a', tokenA],
-      ['vm-b', 'host-b', tokenB],
-    ]);
+    await expectTakeover(vmB, disk, history, tokenA);
     const selfFenced = vmEvents.find((e) => e.event === 'self-fenced');
     console.info(
       `F3: TTL ${T.ttlMs} ms; last keepalive sent ${Math.round(blackholedAt - lastKeepaliveSent)} ms before the black hole; ` +

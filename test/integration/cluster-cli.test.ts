@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FenceAuditSchema, type ClusterLease, type Grant, type HostView } from '@baton/core';
 import { EtcdConfigSchema, EtcdConnection } from '@baton/etcd';
 import { runCli, type CliResult } from '../support/agent-io.js';
-import { AgentProcess, clusterName, EtcdServer, ManagedProcess, SharedStorage, startClusterHost, waitFor } from '../support/index.js';
+import { AgentProcess, EtcdServer, ManagedProcess, SharedStorage, TwoHosts, waitFor } from '../support/index.js';
 
 /**
  * `baton locks --cluster`, `baton hosts` and `baton host fence` as an operator runs them, against
@@ -26,8 +26,6 @@ afterAll(async () => {
 const TTL_SECONDS = 6;
 const WARN_SECONDS = TTL_SECONDS / 2;
 
-const host = (storage: SharedStorage, hostId: string, cluster: string): Promise<AgentProcess> =>
-  startClusterHost(storage, hostId, { endpoints: etcd.endpoints, cluster, ttlSeconds: TTL_SECONDS });
 
 const why = (r: CliResult): string => `status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
 
@@ -81,10 +79,8 @@ function leaseRows(leases: { resource: string; host: string; mode: string; owner
 
 describe('baton CLI on a cluster', () => {
   it('shows every host’s leases (baton locks --cluster) and the hosts (baton hosts), as tables and JSON', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    await using a = await host(storage, 'host-a', cluster);
-    await using b = await host(storage, 'host-b', cluster);
+    await using twoHosts = await TwoHosts.start(etcd.endpoints, TTL_SECONDS);
+    const { a, b, storage } = twoHosts;
     const vmA = await owner('vm-a');
     await using _vmA = vmA.vm;
     const vmB = await owner('vm-b');
@@ -166,10 +162,8 @@ describe('baton CLI on a cluster', () => {
   });
 
   it('fences a dead host only with --i-have-fenced, never while it renews (HOST_ALIVE), and audits the release in etcd', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    await using a = await host(storage, 'host-a', cluster);
-    await using b = await host(storage, 'host-b', cluster);
+    await using twoHosts = await TwoHosts.start(etcd.endpoints, TTL_SECONDS);
+    const { a, b, storage, cluster } = twoHosts;
     const vmA = await owner('vm-a');
     await using _vmA = vmA.vm;
     const vmB = await owner('vm-b');

@@ -66,5 +66,5 @@ export { monoNow, StampedEvents, type StampedEvent } from './stamped-events.js';
 export { staleWrite } from './stale-writer.js';
 export { TestPki, type CertPair, type TestCa } from './pki.js';
 export { etcdctl, EtcdctlError, type EtcdctlOptions } from './etcdctl.js';
-export { clusterName, startClusterHost, type ClusterHostEtcd } from './cluster-host.js';
+export { clusterName, startClusterHost, TwoHosts, type ClusterHostEtcd } from './cluster-host.js';
 export { connectEtcd, openSession, outcomeCode, quietLog, type TestSessionOptions } from './etcd-session.js';
