@@ -61,7 +61,7 @@ export class ClusterLocks {
   }
 
   private leasesOf(owner: string, grants: readonly Grant[]): HeldLease[] {
-    return grants.map((g) => ({ key: this.opts.member.keyOf({ lockspace: g.lockspace, identity: g.resource, mode: g.mode, owner: { uuid: owner, name: '' } }), token: g.token }));
+    return grants.map((g) => ({ key: this.opts.member.table.keyOf({ lockspace: g.lockspace, identity: g.resource, mode: g.mode, owner: { uuid: owner, name: '' } }), token: g.token }));
   }
 
   /** The etcd keys of every lock the host's table holds. */
@@ -108,7 +108,7 @@ export class ClusterLocks {
       const grants = locks.grantsOf(owner);
       const previous = this.leasesOf(owner, grants);
       try {
-        const leases = await member.regrant(
+        const leases = await member.table.regrant(
           session,
           grants.map((g, i) => ({ claim: this.claim(record, g.lockspace, g.resource, g.mode), previous: previous[i]! })),
         );

@@ -165,10 +165,6 @@ export class ClusterMember implements AsyncDisposable {
     }
   }
 
-  keyOf(claim: LeaseClaim): string {
-    return this.table.keyOf(claim);
-  }
-
   /**
    * Every keepalive interval, if a release could not be deleted or a grant's outcome was not
    * learned: delete this session's leases the host's table does not hold.
@@ -185,10 +181,6 @@ export class ClusterMember implements AsyncDisposable {
     this.sweep()
       .catch((err: unknown) => this.opts.log.warn({ err: (err as Error).message }, 'sweep of unheld leases failed; trying again'))
       .finally(() => (this.sweeping = false));
-  }
-
-  regrant(session: HostSession, items: { claim: LeaseClaim; previous: HeldLease }[]): Promise<HeldLease[]> {
-    return this.table.regrant(session, items);
   }
 
   /** Leave the cluster: revoke the session only when nothing is held any more (a clean stop). */
