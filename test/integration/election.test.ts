@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Election } from '@baton/etcd';
-import { connectEtcd, EtcdServer, openSession } from '../support/index.js';
+import { Election, type HostSession, type Leadership } from '@baton/etcd';
+import { connectEtcd, EtcdServer, openSession, waitFor } from '../support/index.js';
 
 /** Leader election on KV, lease and watch: one leader, handed on in line, lost as a signal. */
 let etcd: EtcdServer;
@@ -11,7 +11,6 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-
 describe('coordinator election', () => {
   it('elects the oldest candidate, hands leadership on in line, and aborts the leader’s signal before anyone else leads', async () => {
     await using conn = connectEtcd(etcd.endpoints, 2);
@@ -19,9 +18,16 @@ describe('coordinator election', () => {
     const timeline: string[] = [];
     const l1 = await Election.campaign({ conn, session: s1!, name: 'coordinator', value: 'c1' });
     timeline.push('c1 leads');
-    const second = Election.campaign({ conn, session: s2!, name: 'coordinator', value: 'c2' }).then((l) => (timeline.push('c2 leads'), l));
-    const third = Election.campaign({ conn, session: s3!, name: 'coordinator', value: 'c3' }).then((l) => (timeline.push('c3 leads'), l));
     const election = new Election(conn, 'coordinator');
+    // The line is the order in which candidacies reached etcd: c3 enters only once c2 stands.
+    const enter = async (session: HostSession, value: string, stood: number): Promise<{ leads: Promise<Leadership> }> => {
+      const leads = Election.campaign({ conn, session, name: 'coordinator', value }).then((l) => (timeline.push(`${value} leads`), l));
+      await waitFor(async () => (await election.candidates()).length === stood, { what: `${value} in line`, deadlineMs: 5_000 });
+      return { leads };
+    };
+    const { leads: second } = await enter(s2!, 'c2', 2);
+    const { leads: third } = await enter(s3!, 'c3', 3);
+    expect(await election.candidates()).toEqual(['c1', 'c2', 'c3']);
     expect(await election.leader()).toBe('c1');
 
     l1.signal.addEventListener('abort', () => timeline.push('c1 lost'));

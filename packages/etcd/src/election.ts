@@ -44,10 +44,15 @@ export class Election {
     return `${this.conn.keys.prefix}election/${this.name}/`;
   }
 
+  /** The candidates' values in line: the leader first, then each in the order it will take over. */
+  async candidates(): Promise<string[]> {
+    const res = await this.conn.range(this.prefix, { prefix: true });
+    return [...res.kvs].sort(byCreation).map((kv) => kv.value.toString());
+  }
+
   /** The current leader's value, or undefined if nobody campaigns. */
   async leader(): Promise<string | undefined> {
-    const res = await this.conn.range(this.prefix, { prefix: true });
-    return [...res.kvs].sort(byCreation)[0]?.value.toString();
+    return (await this.candidates())[0];
   }
 
   /** Resolves once this candidate leads. */
