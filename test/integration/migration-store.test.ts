@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asBatonError, newMigration, nextStep, transition } from '@baton/core';
-import { EtcdSteps, MigrationStore } from '@baton/coordinator';
-import { ClusterView, LeaseTable } from '@baton/etcd';
+import { EtcdSteps } from '@baton/coordinator';
+import { ClusterView, LeaseTable, MigrationStore } from '@baton/etcd';
 import { connectEtcd, EtcdServer, openSession } from '../support/index.js';
 
 /** Migration records in etcd: one migration per VM at a time, saved only by compare-on-revision. */

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { SimDriver, type VmInfo } from '@baton/agent';
+import { SimDriver } from '@baton/agent';
+import type { VmInfo } from '@baton/core';
 import { checkDisk, makeTempDir, removeDir, SharedStorage, waitFor } from '../support/index.js';
 
 /** The sim hypervisor driver: VMs as real processes, live migration between two hosts' drivers. */

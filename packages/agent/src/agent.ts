@@ -30,6 +30,10 @@ import { REEXEC_ENV, takeInheritedState, type AgentState } from './state/state-f
 import { resolveGroup } from './sys/groups.js';
 import type { PeerCred } from './sys/index.js';
 import { VERSION } from './version.js';
+import { Bus } from '@baton/bus';
+import type { HypervisorDriver } from './hypervisor/driver.js';
+import { SimDriver } from './hypervisor/sim/sim-driver.js';
+import { VmHost } from './vms/vm-host.js';
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -52,6 +56,9 @@ export class Agent implements AsyncDisposable {
   private member: ClusterMember | undefined;
   private cluster: ClusterLocks | undefined;
   private fencer: Fencer | undefined;
+  private driver: HypervisorDriver | undefined;
+  private bus: Bus | undefined;
+  private vms: VmHost | undefined;
   private monitor!: LivenessMonitor;
   private server!: SocketServer;
   private closing: Promise<void> | undefined;
@@ -133,7 +140,10 @@ export class Agent implements AsyncDisposable {
     }
     // Before the socket serves anything: a request answered without the cluster would be granted
     // on local locks alone, and a VM reconnecting after a crash would find itself unknown.
+    const hv = this.config.hypervisor;
+    if (hv) this.driver = new SimDriver(this.config.stateDir, this.config.hostId, hv.writeIntervalMs);
     if (this.config.etcd) await this.joinCluster(adopted);
+    if (this.config.nats) await this.serveVms(this.config.nats);
     this.server = await SocketServer.listen({
       path: this.config.socket.path,
       mode: this.config.socket.mode,
@@ -204,8 +214,23 @@ export class Agent implements AsyncDisposable {
     });
     this.member = member;
     this.fencer = new Fencer({ log: this.log, killGraceMs: member.timing.fenceKillGraceMs });
-    this.cluster = new ClusterLocks({ member, locks: this.locks, registry: this.registry, fencer: this.fencer, log: this.log, host: this.config.hostId });
+    const driver = this.driver;
+    this.cluster = new ClusterLocks({
+      member,
+      locks: this.locks,
+      registry: this.registry,
+      fencer: this.fencer,
+      log: this.log,
+      host: this.config.hostId,
+      ...(driver ? { localVm: (uuid: string) => driver.find(uuid) } : {}),
+    });
     if (!adopted && member.session.adopted) await this.cluster.adopt(member.session);
+  }
+
+  /** The coordinator's commands: this host's VMs and its steps of their migrations (needs etcd and a driver: the config says so). */
+  private async serveVms(config: NonNullable<AgentConfig['nats']>): Promise<void> {
+    this.bus = await Bus.connect(config, `baton-agent ${this.config.hostId}`);
+    this.vms = new VmHost({ host: this.config.hostId, driver: this.driver!, bus: this.bus, member: this.member!, cluster: this.cluster!, locks: this.locks, registry: this.registry, log: this.log });
   }
 
   private degrade(err: BatonError): void {
@@ -453,6 +478,8 @@ export class Agent implements AsyncDisposable {
     this.closing ??= (async () => {
       this.state = 'stopping';
       this.monitor.close();
+      await this.vms?.close();
+      await this.bus?.close();
       await this.server.close();
       const held = this.locks.size;
       for (const r of this.registry.all()) {

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { LOCKSPACE_KINDS } from '@baton/core';
+import { BusConfigSchema } from '@baton/bus';
 import { EtcdConfigSchema } from '@baton/etcd';
 
 /** Defaults, named in one place. */
@@ -79,6 +80,19 @@ export const AgentConfigSchema = z
      * with it every grant is also an etcd lease and its token an etcd revision.
      */
     etcd: EtcdConfigSchema.optional(),
+    /** NATS, for the coordinator's commands (VMs and migration steps). Needs `etcd` and `hypervisor`. */
+    nats: BusConfigSchema.optional(),
+    /**
+     * The hypervisor driver that runs this host's VMs. `sim`: each VM a child process writing to
+     * its disk images through the fence guard (DESIGN §7); VMs live under `<stateDir>/vms/`.
+     */
+    hypervisor: z
+      .strictObject({
+        driver: z.literal('sim'),
+        /** How often a sim guest writes to its disks. */
+        writeIntervalMs: z.number().int().positive().default(20),
+      })
+      .optional(),
     /** Prefer open-file-description locks; the agent falls back to classic POSIX locks if the kernel lacks them. */
     ofdLocks: z.boolean().default(true),
     logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -88,6 +102,9 @@ export const AgentConfigSchema = z
     names.forEach((n, i) => {
       if (names.indexOf(n) !== i) ctx.addIssue({ code: 'custom', path: ['lockspaces', i, 'name'], message: `duplicate lockspace "${n}"` });
     });
+    if (cfg.nats !== undefined && (cfg.etcd === undefined || cfg.hypervisor === undefined)) {
+      ctx.addIssue({ code: 'custom', path: ['nats'], message: 'migration commands need an etcd section and a hypervisor' });
+    }
     if (cfg.defaultLockspace !== undefined && !names.includes(cfg.defaultLockspace)) {
       ctx.addIssue({ code: 'custom', path: ['defaultLockspace'], message: `no lockspace named "${cfg.defaultLockspace}"` });
     }

@@ -1,2 +1,1 @@
-export { MigrationStore, type StoredMigration } from './store/migration-store.js';
 export { EtcdSteps } from './saga/etcd-steps.js';

@@ -24,6 +24,8 @@ export const ERROR_CATALOGUE = {
   HOST_ALIVE: { http: 409, exit: 3, summary: 'The host named in a fence declaration still renews its session; it is not dead.' },
   NOT_LEADER: { http: 421, exit: 4, summary: 'This coordinator replica is not the leader; the leader’s address is in details.' },
   MIGRATION_CONFLICT: { http: 409, exit: 3, summary: 'The VM already has a migration in flight.' },
+  MIGRATING: { http: 409, exit: 3, summary: 'The VM is being migrated; destroying it waits until the migration ends.' },
+  VM_NOT_FOUND: { http: 404, exit: 2, summary: 'No VM with that uuid or name runs on the host named.' },
   UNAVAILABLE: { http: 503, exit: 4, summary: 'A peer (agent, etcd, NATS) did not answer in time.' },
   IO_ERROR: { http: 500, exit: 6, summary: 'A system call failed unexpectedly; errno is in details.' },
   INTERNAL: { http: 500, exit: 70, summary: 'A bug: an invariant did not hold. Please report it with the log.' },

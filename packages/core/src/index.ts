@@ -10,3 +10,4 @@ export * from './timing.js';
 export * from './fence-guard.js';
 export * from './wire/cluster.js';
 export * from './migration/index.js';
+export * from './wire/vm-api.js';

@@ -1,4 +1,4 @@
-import { BatonError, LeaseValueSchema, wallTimeIso, type LeaseValue, type Token } from '@baton/core';
+import { BatonError, LeaseValueSchema, wallTimeIso, type LeaseValue, type MigrationRecord, type Token } from '@baton/core';
 import type { ICompare, IKeyValue, IRequestOp } from 'etcd3';
 import { z } from 'zod';
 import type { EtcdConnection } from './connection.js';
@@ -55,6 +55,11 @@ export class Handoff {
     });
   }
 
+  /** The handoff of a migration record's exclusive leases. */
+  static of(conn: EtcdConnection, record: MigrationRecord): Handoff {
+    return new Handoff(conn, record.id, record.resources.map((r) => ({ lockspace: r.lockspace, identity: r.name })), record.source, record.destination);
+  }
+
   /** What a step reads: per resource, its exclusive lease and its marker; and etcd's revision then. */
   private async read(): Promise<{ state: { excl: IKeyValue | undefined; marker: IKeyValue | undefined }[]; revision: Token }> {
     // One read of each resource's prefix sees both keys at one revision.
@@ -66,6 +71,12 @@ export class Handoff {
       })),
       revision: Math.max(...replies.map((res) => Number(res.header.revision))),
     };
+  }
+
+  /** Each resource's exclusive lease as etcd has it now, with its token: what an agent checks before it runs the VM. */
+  async holders(): Promise<{ resource: HandoffResource; lease: LeaseValue | undefined; token: Token | undefined }[]> {
+    const { state } = await this.read();
+    return state.map((s, i) => ({ resource: this.targets[i]!.resource, lease: parseValue(LeaseValueSchema, s.excl), token: s.excl && Number(s.excl.mod_revision) }));
   }
 
   private marker(step: HandoffMarker['step']): string {

@@ -13,6 +13,8 @@ import { createHash } from 'node:crypto';
  *                                       no session, deleted with it by a release; left behind when
  *                                       the holder vanished uncleanly (expiry, operator fence)
  *   audit/fence/<host>/<time>           operator fence declarations, kept
+ *   migrations/<id>                     a migration record (migration-store.ts), kept
+ *   migrating/<vm uuid>                 the id of the VM's open migration, deleted when it closes
  */
 export class KeyLayout {
   constructor(readonly prefix: string) {}
@@ -56,6 +58,18 @@ export class KeyLayout {
 
   static shared(resource: string, host: string, owner: string): string {
     return `${KeyLayout.sharedPrefix(resource)}${host}/${owner}`;
+  }
+
+  get migrations(): string {
+    return `${this.prefix}migrations/`;
+  }
+
+  migration(id: string): string {
+    return `${this.migrations}${id}`;
+  }
+
+  migrating(vm: string): string {
+    return `${this.prefix}migrating/${vm.toLowerCase()}`;
   }
 
   audit(host: string, at: string): string {

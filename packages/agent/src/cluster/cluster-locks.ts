@@ -3,7 +3,7 @@ import type { HeldLease, HostSession, LeaseClaim } from '@baton/etcd';
 import type { LockManager } from '../locks/lock-manager.js';
 import type { Logger } from '../logger.js';
 import type { OwnerRecord, OwnerRegistry } from '../owners/owner-registry.js';
-import { isProcessAlive } from '../sys/index.js';
+import { isProcessAlive, processStartTime } from '../sys/index.js';
 import type { ClusterMember } from './cluster-member.js';
 import type { Fencer } from './fencer.js';
 
@@ -14,6 +14,8 @@ export interface ClusterLocksOptions {
   fencer: Fencer;
   log: Logger;
   host: string;
+  /** The process of a VM this host's hypervisor driver runs (a lease moved here by a migration names no pid). */
+  localVm?: (uuid: string) => Promise<{ pid: number } | undefined>;
 }
 
 /**
@@ -136,13 +138,15 @@ export class ClusterLocks {
     }
     for (const [uuid, leases] of byOwner) {
       const o = leases[0]!.value.owner;
-      const alive = o.pid !== undefined && o.startTime !== undefined && isProcessAlive(o.pid, o.startTime);
+      const pid = o.pid ?? (await this.opts.localVm?.(uuid))?.pid;
+      const startTime = o.startTime ?? (pid === undefined ? undefined : processStartTime(pid));
+      const alive = pid !== undefined && startTime !== undefined && isProcessAlive(pid, startTime);
       if (!alive) {
         await member.release(leases);
         log.info({ owner: uuid, released: leases.length }, `owner ${o.name} died while the agent was down; its leases are released`);
         continue;
       }
-      const record = registry.adopt({ uuid, name: o.name, pid: o.pid! }, o.startTime!, o.onLeaseLoss ?? { policy: 'kill' });
+      const record = registry.adopt({ uuid, name: o.name, pid }, startTime, o.onLeaseLoss ?? { policy: 'kill' });
       try {
         const plan = locks.plan(uuid, leases.map((l) => ({ name: l.value.resource, lockspace: l.value.lockspace, mode: l.value.mode })));
         locks.commit(uuid, plan, leases.map((l) => l.token));

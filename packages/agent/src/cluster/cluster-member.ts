@@ -27,7 +27,7 @@ export class ClusterMember implements AsyncDisposable {
   readonly timing: LeaseTiming;
   readonly table: LeaseTable;
   readonly view: ClusterView;
-  private readonly conn: EtcdConnection;
+  readonly conn: EtcdConnection;
   private readonly file: SessionFile;
   private current!: HostSession;
   private recovering: Promise<void> | undefined;

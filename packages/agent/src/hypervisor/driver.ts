@@ -1,33 +1,4 @@
-import type { Grant, LeaseLoss, LockMode } from '@baton/core';
-
-/**
- * What the agent asks of a hypervisor. Shaped after what libvirt offers, so a libvirt driver fits
- * later: create an incoming domain paused (`virsh migrate --live --suspend` leaves the destination
- * paused until the lease is committed), send (migrate), pause (suspend), resume, destroy, list.
- */
-export const VM_STATES = ['incoming', 'paused', 'running'] as const;
-export type VmState = (typeof VM_STATES)[number];
-
-export interface VmDisk {
-  path: string;
-  mode: LockMode;
-}
-
-export interface VmSpec {
-  uuid: string;
-  name: string;
-  disks: VmDisk[];
-  onLeaseLoss: LeaseLoss;
-}
-
-export interface VmInfo {
-  uuid: string;
-  name: string;
-  pid: number;
-  state: VmState;
-  /** Progress of the guest (the sim's write counter); carried by a migration. */
-  seq: number;
-}
+import type { Grant, VmInfo, VmSpec } from '@baton/core';
 
 /** Fault injection for a send (the sim driver honours it; tests use it). */
 export interface SendOptions {
@@ -35,6 +6,11 @@ export interface SendOptions {
   fail?: boolean;
 }
 
+/**
+ * What the agent asks of a hypervisor. Shaped after what libvirt offers, so a libvirt driver fits
+ * later: create an incoming domain paused (`virsh migrate --live --suspend` leaves the destination
+ * paused until the lease is committed), send (migrate), pause (suspend), resume, destroy, list.
+ */
 export interface HypervisorDriver {
   /** A VM created paused and waiting for its state; `incoming` is where the source sends it. */
   createIncoming(spec: VmSpec): Promise<{ vm: VmInfo; incoming: string }>;
@@ -48,5 +24,7 @@ export interface HypervisorDriver {
   /** Extend the write deadline of a running VM (after each keepalive). */
   renew(uuid: string, validUntil: number | null): Promise<void>;
   destroy(uuid: string): Promise<void>;
+  /** The VM, if this host's hypervisor has a copy of it. */
+  find(uuid: string): Promise<VmInfo | undefined>;
   list(): Promise<VmInfo[]>;
 }

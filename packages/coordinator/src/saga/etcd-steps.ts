@@ -9,16 +9,6 @@ import { Handoff, parseValue, type EtcdConnection, type HandoffParty } from '@ba
 export class EtcdSteps {
   constructor(private readonly conn: EtcdConnection) {}
 
-  private handoff(record: MigrationRecord): Handoff {
-    return new Handoff(
-      this.conn,
-      record.id,
-      record.resources.map((r) => ({ lockspace: r.lockspace, identity: r.name })),
-      record.source,
-      record.destination,
-    );
-  }
-
   /** A host's current session, from its host record (the leases moved to it hang on it). */
   private async party(host: string): Promise<HandoffParty> {
     const kv = (await this.conn.range(this.conn.keys.host(host))).kvs[0];
@@ -27,7 +17,7 @@ export class EtcdSteps {
   }
 
   async run(record: MigrationRecord, command: MigrationCommand): Promise<MigrationStepReply> {
-    const h = this.handoff(record);
+    const h = Handoff.of(this.conn, record);
     const owner = { uuid: record.vm.uuid, name: record.vm.name };
     const t = record.tokens;
     try {

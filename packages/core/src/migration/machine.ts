@@ -10,9 +10,10 @@ import { currentRevision, isSettled, type VmDefinition, type MigrationRecord, ty
 
 /**
  * What a step's executor answers. An etcd step that wrote reports the revision it wrote (and
- * begin, the source's grant token of each resource); an agent step reports nothing but success.
+ * begin, the source's grant token of each resource); an agent step reports success, and prepare
+ * where the source is to send the VM's state.
  */
-export type MigrationStepReply = { ok: true; revision?: Token; grants?: Token[] } | { ok: false; error: ErrorBody };
+export type MigrationStepReply = { ok: true; revision?: Token; grants?: Token[]; incoming?: string } | { ok: false; error: ErrorBody };
 
 /** A step's outcome, as the machine consumes it. */
 export type MigrationEvent = MigrationStepReply & { step: MigrationStep };
@@ -61,7 +62,9 @@ export function transition(record: MigrationRecord, event: MigrationEvent, atMs:
     if (rule.failed === undefined) throw refuse(record, event, `${event.step} has no failure path in ${record.phase}: retry it`);
     return enter(record, rule.failed, atMs, record.tokens, event.error);
   }
-  return enter(record, rule.ok, atMs, written(record, event));
+  if (event.incoming !== undefined && event.step !== 'prepare') throw refuse(record, event, 'only prepare reports an incoming address');
+  const next = enter(record, rule.ok, atMs, written(record, event));
+  return event.incoming === undefined ? next : { ...next, incoming: event.incoming };
 }
 
 /**

@@ -66,6 +66,8 @@ export const MigrationRecordSchema = z
      * never applied to either copy during the handoff, only to the surviving one at the end.
      */
     staged: z.strictObject({ definition: z.json(), atMs: z.number().nonnegative() }).nullable(),
+    /** Where the source sends the VM's state: the destination's answer to prepare (a socket, a URI). */
+    incoming: z.string().min(1).max(4096).nullable().default(null),
   })
   .superRefine((r, ctx) => {
     const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
@@ -98,7 +100,7 @@ function parse(value: unknown, code: ErrorCode, what: string): MigrationRecord {
 
 /** A new record in `begun`; a bad request is refused with INVALID_REQUEST naming every bad field. */
 export function newMigration(request: MigrationRequest, atMs: number): MigrationRecord {
-  const record = { version: MIGRATION_RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null };
+  const record = { version: MIGRATION_RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null, incoming: null };
   return parse(record, 'INVALID_REQUEST', 'invalid migration request');
 }
 

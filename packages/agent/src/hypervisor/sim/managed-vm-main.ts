@@ -3,9 +3,8 @@ import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { asBatonError, BatonError, GrantSchema, type Grant } from '@baton/core';
+import { asBatonError, BatonError, GrantSchema, type Grant, type VmInfo, type VmState } from '@baton/core';
 import { LineReader } from '../../api/line-reader.js';
-import type { VmInfo, VmState } from '../driver.js';
 import { serveControl } from './control.js';
 import { emitter, Guest } from './guest.js';
 
@@ -31,6 +30,9 @@ const emit = emitter(values.name ?? 'vm');
 
 const ResumeSchema = z.object({ grants: z.array(GrantSchema), validUntil: z.number().nullable() });
 const SendSchema = z.object({ to: z.string(), delayMs: z.number().int().nonnegative().default(0), fail: z.boolean().default(false) });
+/** Faults for the sends to come (tests and the demo set them through the control socket). */
+const FaultsSchema = z.strictObject({ op: z.literal('inject'), failSends: z.number().int().nonnegative().default(0), sendDelayMs: z.number().int().nonnegative().default(0) });
+const faults = { failSends: 0, sendDelayMs: 0 };
 
 class ManagedVm {
   state: VmState;
@@ -86,10 +88,13 @@ class ManagedVm {
     }
   }
 
-  received(seq: number): void {
+  /** A repeated send (a re-issued perform) is taken again, until the VM runs: then it is refused. */
+  received(seq: number): boolean {
+    if (this.state === 'running') return false;
     this.guest.seq = seq;
     this.state = 'paused';
     emit({ event: 'received', seq });
+    return true;
   }
 
   write(): void {
@@ -106,11 +111,12 @@ function sendState(to: string, state: { seq: number }): Promise<void> {
       socket.destroy();
       resolve();
     });
+    socket.on('close', () => reject(new BatonError('IO_ERROR', `migration stream to ${to} closed without an ack`)));
     socket.write(JSON.stringify(state) + '\n');
   });
 }
 
-/** The incoming side: one migration stream, then it closes. */
+/** The incoming side: takes the state until the VM runs (a send may be repeated). */
 function listenIncoming(path: string, vm: ManagedVm): void {
   rmSync(path, { force: true });
   const server = createServer((socket) => {
@@ -119,9 +125,9 @@ function listenIncoming(path: string, vm: ManagedVm): void {
     socket.on('data', (chunk: Buffer) => {
       for (const ev of reader.push(chunk)) {
         if (ev.kind !== 'line') continue;
-        vm.received(Number((JSON.parse(ev.line) as { seq: number }).seq));
-        socket.end('ack\n');
-        server.close();
+        // No ack for a VM that already runs: the sender's send fails.
+        if (vm.received(Number((JSON.parse(ev.line) as { seq: number }).seq))) socket.end('ack\n');
+        else socket.destroy();
       }
     });
   });
@@ -148,7 +154,14 @@ async function main(): Promise<void> {
         return vm.pause();
       case 'send': {
         const p = SendSchema.parse(req);
-        return vm.send(p.to, p.delayMs, p.fail);
+        const injectedFail = faults.failSends > 0;
+        if (injectedFail) faults.failSends--;
+        return vm.send(p.to, p.delayMs || faults.sendDelayMs, p.fail || injectedFail);
+      }
+      case 'inject': {
+        const { failSends, sendDelayMs } = FaultsSchema.parse(req);
+        Object.assign(faults, { failSends, sendDelayMs });
+        return vm.info();
       }
       case 'destroy':
         emit({ event: 'destroyed', seq: vm.seq });

@@ -3,7 +3,8 @@ import { mkdirSync, openSync, closeSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError, type Grant } from '@baton/core';
-import type { HypervisorDriver, SendOptions, VmInfo, VmSpec } from '../driver.js';
+import type { VmInfo, VmSpec } from '@baton/core';
+import type { HypervisorDriver, SendOptions } from '../driver.js';
 import { controlRequest } from './control.js';
 
 export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', import.meta.url));
@@ -72,6 +73,11 @@ export class SimDriver implements HypervisorDriver {
 
   async send(uuid: string, incoming: string, opts: SendOptions = {}): Promise<VmInfo> {
     return (await this.control(uuid, { op: 'send', to: incoming, ...opts }, CONTROL_TIMEOUT_MS + (opts.delayMs ?? 0))) as VmInfo;
+  }
+
+  /** Faults for the VM's coming sends: the next `failSends` fail, each is delayed `sendDelayMs`. */
+  async inject(uuid: string, faults: { failSends?: number; sendDelayMs?: number }): Promise<VmInfo> {
+    return (await this.control(uuid, { op: 'inject', ...faults })) as VmInfo;
   }
 
   async pause(uuid: string): Promise<VmInfo> {

@@ -1,5 +1,5 @@
-import { BatonError, isClosedPhase, parseMigrationRecord, type MigrationRecord } from '@baton/core';
-import type { EtcdConnection } from '@baton/etcd';
+import { BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
+import type { EtcdConnection } from './connection.js';
 
 /** A record as stored, with the revision a later save must compare against. */
 export interface StoredMigration {
@@ -17,11 +17,11 @@ export class MigrationStore {
   constructor(private readonly conn: EtcdConnection) {}
 
   private key(id: string): string {
-    return `${this.conn.keys.prefix}migrations/${id}`;
+    return this.conn.keys.migration(id);
   }
 
   private vmKey(uuid: string): string {
-    return `${this.conn.keys.prefix}migrating/${uuid.toLowerCase()}`;
+    return this.conn.keys.migrating(uuid);
   }
 
   async create(record: MigrationRecord): Promise<StoredMigration> {
@@ -74,8 +74,26 @@ export class MigrationStore {
     return kv && { record: parseMigrationRecord(JSON.parse(kv.value.toString())), revision: String(kv.mod_revision) };
   }
 
+  /**
+   * Refuse (STALE_TOKEN) a command whose token is older than the record's newest revision: the
+   * coordinator saves each etcd step before it sends the next command, so a late or duplicated
+   * command of an earlier step, or of a deposed leader, is refused here before it acts.
+   */
+  async assertCurrent(id: string, token: Token): Promise<MigrationRecord> {
+    const stored = await this.get(id);
+    if (!stored) throw new BatonError('STALE_TOKEN', `migration ${id} is unknown here`, { details: { migration: id, presented: token } });
+    const current = currentRevision(stored.record);
+    if (isStale(token, current)) throw new BatonError('STALE_TOKEN', `migration ${id}: token ${token} is older than ${current}`, { details: { migration: id, presented: token, current } });
+    return stored.record;
+  }
+
+  /** The id of the VM's open migration, if it has one. */
+  async openFor(vm: string): Promise<string | undefined> {
+    return (await this.conn.range(this.vmKey(vm))).kvs[0]?.value.toString();
+  }
+
   async list(): Promise<StoredMigration[]> {
-    const res = await this.conn.range(`${this.conn.keys.prefix}migrations/`, { prefix: true });
+    const res = await this.conn.range(this.conn.keys.migrations, { prefix: true });
     return res.kvs.map((kv) => ({ record: parseMigrationRecord(JSON.parse(kv.value.toString())), revision: String(kv.mod_revision) }));
   }
 }

@@ -1,0 +1,259 @@
+import {
+  BatonError,
+  VM_COMMANDS,
+  AGENT_STEP_VERBS,
+  type AgentStepVerb,
+  type Grant,
+  type HostedVm,
+  type LeaseLoss,
+  type MigrationRecord,
+  type MigrationStepParams,
+  type VmCommandResult,
+  type VmInfo,
+  type VmSpec,
+} from '@baton/core';
+import { Handoff, MigrationStore } from '@baton/etcd';
+import type { Bus } from '@baton/bus';
+import type { ClusterLocks } from '../cluster/cluster-locks.js';
+import type { ClusterMember } from '../cluster/cluster-member.js';
+import type { HypervisorDriver } from '../hypervisor/driver.js';
+import type { LockManager } from '../locks/lock-manager.js';
+import type { Logger } from '../logger.js';
+import type { OwnerRecord, OwnerRegistry } from '../owners/owner-registry.js';
+import { KeyedSerial } from './keyed-serial.js';
+
+export interface VmHostOptions {
+  host: string;
+  driver: HypervisorDriver;
+  bus: Bus;
+  member: ClusterMember;
+  cluster: ClusterLocks;
+  locks: LockManager;
+  registry: OwnerRegistry;
+  log: Logger;
+}
+
+/** Which end of a migration carries out each agent step. */
+const STEP_ROLE: Record<AgentStepVerb, 'source' | 'destination'> = {
+  prepare: 'destination',
+  perform: 'source',
+  resume: 'destination',
+  confirm: 'source',
+  discard: 'destination',
+  restore: 'source',
+};
+
+/**
+ * The VMs this host's hypervisor driver runs, and this host's side of their migrations, served
+ * over NATS. A running VM is a pid-bound owner whose leases and local locks the agent holds as
+ * for any other owner; the agent-side rules of the handoff are those of core's steps.ts:
+ *
+ * - every migration command is refused (STALE_TOKEN) when the migration's record in etcd has moved
+ *   past the command's token, before anything else;
+ * - perform lets go of the source's local locks only once the state was sent (S4);
+ * - resume and restore run the VM only where etcd says this host holds every lease, with the
+ *   lease's token, after taking the local locks (S3, S5); a destination that cannot take them
+ *   destroys its copy before answering;
+ * - confirm and discard never destroy a running copy.
+ *
+ * Commands for one VM are handled one at a time; each is idempotent by its effect.
+ */
+export class VmHost implements AsyncDisposable {
+  private readonly serial = new KeyedSerial();
+  private readonly store: MigrationStore;
+  private readonly renewer: NodeJS.Timeout;
+  private renewing = false;
+  private closed = false;
+
+  constructor(private readonly opts: VmHostOptions) {
+    this.store = new MigrationStore(opts.member.conn);
+    const { bus, host } = opts;
+    bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(VM_COMMANDS['vm.start'].params.parse(p)));
+    bus.serve(bus.subjects.agent(host, 'vm.list'), () => this.list());
+    bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(VM_COMMANDS['vm.destroy'].params.parse(p).uuid));
+    for (const verb of AGENT_STEP_VERBS) {
+      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, VM_COMMANDS.migration.params.parse(p)));
+    }
+    // A running VM writes only until the host's session deadline; each keepalive moves it on.
+    this.renewer = setInterval(() => this.renewInBackground(), opts.member.timing.keepaliveMs);
+  }
+
+  private hosted(vm: VmInfo): HostedVm {
+    return { ...vm, host: this.opts.host, locks: this.opts.locks.grantsOf(vm.uuid) };
+  }
+
+  private register(vm: VmInfo, onLeaseLoss: LeaseLoss): OwnerRecord {
+    return this.opts.registry.get(vm.uuid) ?? this.opts.registry.register({ uuid: vm.uuid, name: vm.name, pid: vm.pid }, 'pid', 0, onLeaseLoss);
+  }
+
+  /** Drop the VM's local locks and its owner record (its leases are not touched). */
+  private forget(uuid: string): Grant[] {
+    this.opts.registry.remove(uuid);
+    return this.opts.locks.release(uuid);
+  }
+
+  /** Create the VM paused, take its leases and local locks, then run it. */
+  start(spec: VmSpec): Promise<HostedVm> {
+    const { driver, cluster, member } = this.opts;
+    return this.serial.run(spec.uuid, async () => {
+      const existing = await driver.find(spec.uuid);
+      if (existing?.state === 'running') return this.hosted(existing);
+      if (existing?.state === 'incoming') throw new BatonError('MIGRATING', `VM ${spec.name} is arriving here in a migration`, { details: { vm: spec.uuid } });
+      const vm = existing ?? (await driver.create(spec));
+      try {
+        const grants = this.opts.locks.holdsAny(spec.uuid)
+          ? this.opts.locks.grantsOf(spec.uuid)
+          : await cluster.acquire(this.register(vm, spec.onLeaseLoss), spec.disks.map((d) => ({ name: d.path, mode: d.mode, ...(d.lockspace === undefined ? {} : { lockspace: d.lockspace }) })));
+        const running = await driver.resume(spec.uuid, grants, member.validUntil);
+        this.opts.log.info({ vm: spec.uuid, name: spec.name, pid: running.pid, tokens: grants.map((g) => g.token) }, `VM ${spec.name} started`);
+        return this.hosted(running);
+      } catch (err) {
+        await this.stopAndRelease(spec.uuid);
+        throw err;
+      }
+    });
+  }
+
+  /** The VM's process goes first, then its local locks, then its leases: nothing writes unprotected. */
+  private async stopAndRelease(uuid: string): Promise<number> {
+    await this.opts.driver.destroy(uuid);
+    const released = this.forget(uuid);
+    await this.opts.cluster.release(uuid, released);
+    return released.length;
+  }
+
+  async list(): Promise<VmCommandResult<'vm.list'>> {
+    return { vms: (await this.opts.driver.list()).map((vm) => this.hosted(vm)) };
+  }
+
+  destroy(uuid: string): Promise<VmCommandResult<'vm.destroy'>> {
+    return this.serial.run(uuid, async () => {
+      const migration = await this.store.openFor(uuid);
+      if (migration !== undefined) throw new BatonError('MIGRATING', `VM ${uuid} is in migration ${migration}; destroy it once the migration has ended`, { details: { vm: uuid, migration } });
+      if (!(await this.opts.driver.find(uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${uuid} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
+      const released = await this.stopAndRelease(uuid);
+      this.opts.log.info({ vm: uuid, released }, `VM ${uuid} destroyed`);
+      return { uuid, released };
+    });
+  }
+
+  private step(verb: AgentStepVerb, params: MigrationStepParams): Promise<VmCommandResult<'migration'>> {
+    const { key, record } = params;
+    const role = STEP_ROLE[verb];
+    if (key.step !== verb || key.migration !== record.id) throw new BatonError('INVALID_REQUEST', `a ${verb} command carries the key of ${key.step} of ${key.migration}`);
+    if (record[role] !== this.opts.host) throw new BatonError('INVALID_REQUEST', `${verb} is the ${role}'s step; this host is not the ${role} of migration ${record.id}`, { details: { migration: record.id, [role]: record[role] } });
+    return this.serial.run(record.vm.uuid, async () => {
+      await this.store.assertCurrent(record.id, key.token);
+      this.opts.log.debug({ migration: record.id, step: verb, token: key.token }, `migration ${record.id}: ${verb}`);
+      switch (verb) {
+        case 'prepare':
+          return this.prepare(record);
+        case 'perform':
+          return this.perform(record);
+        case 'resume':
+        case 'restore':
+          return this.run(record, role);
+        case 'confirm':
+        case 'discard':
+          return this.discard(record);
+      }
+    });
+  }
+
+  /** Destination: the VM created paused, waiting for its state, with the definition in force. */
+  private async prepare(record: MigrationRecord): Promise<VmCommandResult<'migration'>> {
+    const { driver, locks } = this.opts;
+    const existing = await driver.find(record.vm.uuid);
+    if (existing?.state === 'running') throw new BatonError('RESOURCE_BUSY', `VM ${record.vm.name} already runs on ${this.opts.host}`, { details: { vm: record.vm.uuid } });
+    // Every disk must resolve in a lockspace of this host, or the destination could never lock it.
+    locks.plan(record.vm.uuid, refsOf(record));
+    const { vm, incoming } = await driver.createIncoming({
+      uuid: record.vm.uuid,
+      name: record.vm.name,
+      disks: record.resources.map((r) => ({ path: r.name, mode: r.mode, lockspace: r.lockspace })),
+      onLeaseLoss: { policy: 'kill' },
+    });
+    return { vm, incoming };
+  }
+
+  /** Source: send the state; only once it arrived, let go of the local locks (S4). */
+  private async perform(record: MigrationRecord): Promise<VmCommandResult<'migration'>> {
+    const { driver, log } = this.opts;
+    if (record.incoming === null) throw new BatonError('INVALID_REQUEST', `migration ${record.id} has no incoming address`);
+    if (!(await driver.find(record.vm.uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: record.vm.uuid } });
+    const vm = await driver.send(record.vm.uuid, record.incoming);
+    const released = this.forget(record.vm.uuid);
+    log.info({ migration: record.id, vm: record.vm.uuid, seq: vm.seq, released: released.length }, `VM ${record.vm.name} sent to ${record.destination}; local locks dropped`);
+    return { vm };
+  }
+
+  /**
+   * Run the VM here (resume on the destination, restore on the source), only if etcd says this
+   * host holds every lease now: local locks under the lease's tokens first, then unpause.
+   */
+  private async run(record: MigrationRecord, role: 'source' | 'destination'): Promise<VmCommandResult<'migration'>> {
+    const { driver, locks, member } = this.opts;
+    const uuid = record.vm.uuid;
+    const holders = await Handoff.of(member.conn, record).holders();
+    const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== uuid);
+    if (foreign) {
+      throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
+    }
+    if (member.state !== 'valid') throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);
+    const vm = await driver.find(uuid);
+    if (!vm) throw new BatonError('VM_NOT_FOUND', `no copy of VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: uuid } });
+    const tokens = holders.map((h) => h.token!);
+    const owner = this.register(vm, { policy: 'kill' });
+    try {
+      if (locks.holdsAny(uuid)) {
+        // Held already (a restore before the send, or a repeated command): the leases' tokens now.
+        locks.retoken(uuid, new Map(locks.grantsOf(uuid).map((g) => [locks.keyOf(g), tokens[holders.findIndex((h) => h.resource.identity === g.resource)]!])));
+      } else {
+        locks.commit(uuid, locks.plan(uuid, refsOf(record)), tokens);
+      }
+    } catch (err) {
+      this.forget(uuid);
+      // S5: a destination that cannot lock never runs; its copy goes, so no late resume can unpause it.
+      if (role === 'destination') await driver.destroy(uuid);
+      throw err;
+    }
+    const running = await driver.resume(uuid, locks.grantsOf(uuid), member.validUntil);
+    this.opts.log.info({ migration: record.id, vm: uuid, pid: running.pid, owner: owner.owner.uuid, tokens }, `VM ${record.vm.name} runs on ${this.opts.host} (${role === 'destination' ? 'migrated in' : 'restored'})`);
+    return { vm: running };
+  }
+
+  /** confirm (source) and discard (destination): the copy that does not run goes. */
+  private async discard(record: MigrationRecord): Promise<VmCommandResult<'migration'>> {
+    const vm = await this.opts.driver.find(record.vm.uuid);
+    if (!vm) return { vm: null };
+    if (vm.state === 'running') throw new BatonError('RESOURCE_BUSY', `VM ${record.vm.name} runs on ${this.opts.host}; a running copy is never destroyed`, { details: { vm: record.vm.uuid } });
+    await this.opts.driver.destroy(record.vm.uuid);
+    this.forget(record.vm.uuid);
+    return { vm: null };
+  }
+
+  private renewInBackground(): void {
+    if (this.renewing || this.closed) return;
+    this.renewing = true;
+    const { driver, locks, member, log } = this.opts;
+    driver
+      .list()
+      .then((vms) => Promise.all(vms.filter((vm) => vm.state === 'running' && locks.holdsAny(vm.uuid)).map((vm) => driver.renew(vm.uuid, member.validUntil))))
+      .catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not extend the write deadline of every VM'))
+      .finally(() => (this.renewing = false));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.renewer);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function refsOf(record: MigrationRecord): { name: string; lockspace: string; mode: MigrationRecord['resources'][number]['mode'] }[] {
+  return record.resources.map((r) => ({ name: r.name, lockspace: r.lockspace, mode: r.mode }));
+}
