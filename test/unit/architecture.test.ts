@@ -47,8 +47,8 @@ describe('architecture', () => {
     expect(nats.length).toBeGreaterThan(0);
     expect(nats.every((f) => f.startsWith('packages/bus/src/'))).toBe(true);
     expect(importers(all, /from 'pino'/)).toEqual(['packages/agent/src/logger.ts']);
-    expect(importers(all, /from 'prom-client'/)).toEqual(['packages/agent/src/http/http-server.ts', 'packages/agent/src/http/metrics.ts']);
-    expect(importers(all, /from 'fastify'/)).toEqual(['packages/agent/src/http/http-server.ts']);
+    expect(importers(all, /from 'prom-client'/)).toEqual(['packages/agent/src/http/http-server.ts', 'packages/agent/src/http/metrics.ts', 'packages/coordinator/src/http/metrics.ts']);
+    expect(importers(all, /from 'fastify'/)).toEqual(['packages/agent/src/http/http-server.ts', 'packages/coordinator/src/http/http-api.ts']);
     expect(importers(all, /from 'commander'/).every((f) => f.startsWith('packages/cli/'))).toBe(true);
   });
 

@@ -25,6 +25,7 @@ export const ERROR_CATALOGUE = {
   NOT_LEADER: { http: 421, exit: 4, summary: 'This coordinator replica is not the leader; the leader’s address is in details.' },
   MIGRATION_CONFLICT: { http: 409, exit: 3, summary: 'The VM already has a migration in flight.' },
   MIGRATING: { http: 409, exit: 3, summary: 'The VM is being migrated; destroying it waits until the migration ends.' },
+  MIGRATION_NOT_FOUND: { http: 404, exit: 2, summary: 'No migration with that id is on record.' },
   VM_NOT_FOUND: { http: 404, exit: 2, summary: 'No VM with that uuid or name runs on the host named.' },
   UNAVAILABLE: { http: 503, exit: 4, summary: 'A peer (agent, etcd, NATS) did not answer in time.' },
   IO_ERROR: { http: 500, exit: 6, summary: 'A system call failed unexpectedly; errno is in details.' },

@@ -25,7 +25,8 @@ export interface SessionOptions {
   clock: MonotonicClock;
   timing: LeaseTiming;
   log: SessionLog;
-  record: Omit<HostRecord, 'v'>;
+  /** The host record published on the session; none for a session that is not a host's (a coordinator's). */
+  record?: Omit<HostRecord, 'v'>;
   /** A session a previous process of this agent held: adopted if etcd still has it. */
   adopt?: string | undefined;
   onPhase(phase: SessionPhase, session: HostSession): void;
@@ -80,8 +81,10 @@ export class HostSession {
       const granted = await conn.leaseGrant(timing.ttlMs / 1000);
       session = new HostSession(String(granted.ID), sentAt, false, opts);
     }
-    const record: HostRecord = HostRecordSchema.parse({ v: 1, ...opts.record });
-    await conn.put(conn.keys.host(opts.record.host), JSON.stringify(record), session.id);
+    if (opts.record) {
+      const record: HostRecord = HostRecordSchema.parse({ v: 1, ...opts.record });
+      await conn.put(conn.keys.host(opts.record.host), JSON.stringify(record), session.id);
+    }
     session.schedule();
     return session;
   }

@@ -1,0 +1,256 @@
+import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  BatonError,
+  isSettled,
+  leaseTiming,
+  newMigration,
+  systemClock,
+  type ClusterLease,
+  type MigrationRecord,
+  type MonotonicClock,
+} from '@baton/core';
+import { Bus } from '@baton/bus';
+import { ClusterView, Election, EtcdConnection, HostSession, MigrationStore, type Leadership, type StoredMigration } from '@baton/etcd';
+import type { CoordinatorConfig } from './config.js';
+import type { Log } from './log.js';
+import { CoordinatorMetrics } from './http/metrics.js';
+import { AgentSteps } from './saga/agent-steps.js';
+import { EtcdSteps } from './saga/etcd-steps.js';
+import { MigrationDriver } from './saga/migration-driver.js';
+
+export interface CoordinatorOptions {
+  config: CoordinatorConfig;
+  log: Log;
+  clock?: MonotonicClock;
+  /** This replica's HTTP address, as followers and the CLI reach it (known once the server listens). */
+  url: string;
+}
+
+/** What a candidacy tells the other replicas and the CLI. */
+export interface ReplicaInfo {
+  id: string;
+  url: string;
+}
+
+export interface MigrateRequest {
+  /** The VM's uuid or name. */
+  vm: string;
+  to: string;
+}
+
+const ELECTION = 'coordinator';
+
+/**
+ * One coordinator replica. All replicas campaign; the leader drives every open migration record
+ * (resuming those an earlier leader left the moment it is elected) and takes new migrations.
+ * Leadership is an AbortSignal: when it aborts, every drive stops before its next step, and the
+ * records wait, unchanged, for the next leader. Followers read records and the cluster from etcd.
+ */
+export class Coordinator implements AsyncDisposable {
+  readonly conn: EtcdConnection;
+  readonly store: MigrationStore;
+  readonly view: ClusterView;
+  readonly metrics = new CoordinatorMetrics();
+  private readonly driver: MigrationDriver;
+  private readonly clock: MonotonicClock;
+  private readonly log: Log;
+  private readonly stop = new AbortController();
+  private leadership: Leadership | undefined;
+  private readonly inflight = new Map<string, Promise<StoredMigration | undefined>>();
+  private campaigning: Promise<void> | undefined;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly opts: CoordinatorOptions,
+    private readonly bus: Bus,
+  ) {
+    const { config } = opts;
+    this.clock = opts.clock ?? systemClock;
+    this.log = opts.log;
+    this.conn = new EtcdConnection(config.etcd);
+    this.store = new MigrationStore(this.conn);
+    this.view = new ClusterView(this.conn);
+    this.driver = new MigrationDriver({
+      store: this.store,
+      etcd: new EtcdSteps(this.conn),
+      agents: new AgentSteps(bus, { stepMs: config.stepTimeoutMs, sendMs: config.sendTimeoutMs }),
+      clock: this.clock,
+      log: this.log,
+      retryMs: config.retryMs,
+      onSaved: (record, previous) => this.saved(record, previous),
+    });
+  }
+
+  static async start(opts: CoordinatorOptions): Promise<Coordinator> {
+    const bus = await Bus.connect(opts.config.nats, `baton-coordinator ${opts.config.id}`);
+    const coordinator = new Coordinator(opts, bus);
+    coordinator.campaigning = coordinator.campaignForever();
+    return coordinator;
+  }
+
+  get id(): string {
+    return this.opts.config.id;
+  }
+
+  get isLeader(): boolean {
+    return this.leadership !== undefined && !this.leadership.signal.aborted;
+  }
+
+  /** The replicas in line, the leader first. */
+  async replicas(): Promise<ReplicaInfo[]> {
+    return (await new Election(this.conn, ELECTION).candidates()).map((v) => JSON.parse(v) as ReplicaInfo);
+  }
+
+  async leader(): Promise<ReplicaInfo | undefined> {
+    return (await this.replicas())[0];
+  }
+
+  /** Campaign, lead until leadership is lost, campaign again: until closed. */
+  private async campaignForever(): Promise<void> {
+    const { config } = this.opts;
+    const signal = this.stop.signal;
+    while (!signal.aborted) {
+      let session: HostSession | undefined;
+      try {
+        session = await HostSession.open({
+          conn: this.conn,
+          clock: this.clock,
+          timing: leaseTiming(config.etcd.ttlSeconds),
+          log: { info: (f, m) => this.log.info(f, m), warn: (f, m) => this.log.warn(f, m), error: (f, m) => this.log.error(f, m) },
+          onPhase: () => undefined,
+        });
+        const leadership = await Election.campaign({ conn: this.conn, session, name: ELECTION, value: JSON.stringify({ id: this.id, url: this.opts.url } satisfies ReplicaInfo), signal });
+        await this.lead(leadership);
+      } catch (err) {
+        if (signal.aborted) break;
+        this.log.warn({ err: (err as Error).message }, 'campaign interrupted; campaigning again');
+        await delay(leaseTiming(config.etcd.ttlSeconds).keepaliveMs, undefined, { signal }).catch(() => undefined);
+      } finally {
+        this.leadership = undefined;
+        this.metrics.leader.set(0);
+        await session?.close({ revoke: true }).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Lead: drive every open record at once, then take new ones, until leadership is lost. */
+  private async lead(leadership: Leadership): Promise<void> {
+    this.leadership = leadership;
+    this.metrics.leader.set(1);
+    const open = (await this.store.list()).filter((s) => !isSettled(s.record));
+    this.log.info({ id: this.id, resuming: open.map((s) => `${s.record.id}:${s.record.phase}`) }, `leading; resuming ${open.length} open migration(s)`);
+    for (const stored of open) this.track(stored, leadership.signal);
+    const lost = Promise.withResolvers<void>();
+    if (leadership.signal.aborted) lost.resolve();
+    else leadership.signal.addEventListener('abort', () => lost.resolve(), { once: true });
+    await lost.promise;
+    this.log.warn({ id: this.id, reason: String((leadership.signal.reason as Error | undefined)?.message ?? leadership.signal.reason) }, 'leadership lost; every migration stops before its next step');
+    await Promise.allSettled(this.inflight.values());
+  }
+
+  private track(stored: StoredMigration, signal: AbortSignal): void {
+    const id = stored.record.id;
+    if (this.inflight.has(id)) return;
+    const run = this.driver.drive(stored, signal).then(
+      (done) => {
+        this.log.info({ migration: id, phase: done.record.phase }, `migration ${id} ${done.record.phase}`);
+        return done;
+      },
+      (err: unknown) => {
+        if (!signal.aborted) this.log.error({ migration: id, err: (err as Error).message }, `migration ${id} stopped: ${(err as Error).message}`);
+        return undefined;
+      },
+    );
+    this.inflight.set(id, run);
+    void run.finally(() => this.inflight.delete(id));
+  }
+
+  private saved(record: MigrationRecord, previous?: MigrationRecord): void {
+    this.metrics.saved(record, previous);
+    this.bus.publish(this.bus.subjects.event('migration', record.id), record);
+  }
+
+  /** Start a migration (leader only): the VM's exclusive leases, found in etcd, go from its host to `to`. */
+  async migrate(req: MigrateRequest): Promise<MigrationRecord> {
+    const leadership = this.leadership;
+    if (!leadership || leadership.signal.aborted) {
+      const leader = await this.leader();
+      throw new BatonError('NOT_LEADER', `replica ${this.id} is not the leader${leader ? `; ${leader.id} is, at ${leader.url}` : ''}`, { details: { leader: leader ?? null } });
+    }
+    const wanted = req.vm.toLowerCase();
+    const leases = (await this.view.leases()).filter((l) => l.owner.uuid === wanted || l.owner.name === req.vm);
+    const vm = uniqueVm(req.vm, leases);
+    const source = leases[0]!.host;
+    if (leases.some((l) => l.host !== source)) throw new BatonError('INTERNAL', `VM ${req.vm} holds leases on several hosts`, { details: { hosts: [...new Set(leases.map((l) => l.host))] } });
+    if (req.to === source) throw new BatonError('INVALID_REQUEST', `VM ${vm.name} already runs on ${source}`, { details: { vm: vm.uuid, host: source } });
+    const shared = leases.find((l) => l.mode !== 'exclusive');
+    if (shared) throw new BatonError('INVALID_REQUEST', `VM ${vm.name} holds a shared lease ("${shared.resource}"); only exclusive disks are handed off`, { details: { resource: shared.resource } });
+    const destination = (await this.view.hosts()).find((h) => h.host === req.to);
+    if (!destination || destination.ttlLeftSeconds < 0) throw new BatonError('UNAVAILABLE', `host ${req.to} has no live session`, { details: { host: req.to } });
+    const record = newMigration(
+      { id: randomUUID(), vm, source, destination: req.to, resources: leases.map((l) => ({ name: l.resource, lockspace: l.lockspace, mode: l.mode })) },
+      this.clock.now(),
+    );
+    const stored = await this.store.create(record);
+    this.saved(record);
+    this.log.info({ migration: record.id, vm, source, destination: req.to, resources: record.resources.length }, `migration ${record.id}: ${vm.name} ${source} → ${req.to}`);
+    this.track(stored, leadership.signal);
+    return record;
+  }
+
+  /** The record once closed, if this replica drives it; else undefined. */
+  async settled(id: string): Promise<MigrationRecord | undefined> {
+    return (await this.inflight.get(id))?.record;
+  }
+
+  async get(id: string): Promise<StoredMigration> {
+    const stored = await this.store.get(id);
+    if (!stored) throw new BatonError('MIGRATION_NOT_FOUND', `no migration ${id}`, { details: { migration: id } });
+    return stored;
+  }
+
+  /** Every version of a record from `stored` on, until it is settled or `signal` aborts. */
+  async follow(stored: StoredMigration, signal: AbortSignal, onRecord: (record: MigrationRecord) => void): Promise<void> {
+    onRecord(stored.record);
+    if (isSettled(stored.record)) return;
+    const done = Promise.withResolvers<void>();
+    const watch = await this.conn.watch(this.conn.keys.migration(stored.record.id), { fromRevision: String(BigInt(stored.revision) + 1n) }, {
+      put: (kv) => {
+        const record = JSON.parse(kv.value.toString()) as MigrationRecord;
+        onRecord(record);
+        if (isSettled(record)) done.resolve();
+      },
+    });
+    const abort = (): void => done.resolve();
+    signal.addEventListener('abort', abort, { once: true });
+    try {
+      await done.promise;
+    } finally {
+      signal.removeEventListener('abort', abort);
+      await watch.cancel();
+    }
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.stop.abort(new BatonError('SHUTTING_DOWN', `coordinator ${this.id} is stopping`));
+      await this.campaigning;
+      await this.bus.close();
+      this.conn.close();
+    })();
+    return this.closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+function uniqueVm(asked: string, leases: ClusterLease[]): MigrationRecord['vm'] {
+  const owners = new Map(leases.map((l) => [l.owner.uuid, l.owner.name]));
+  if (owners.size === 0) throw new BatonError('VM_NOT_FOUND', `no VM ${asked} holds a lease in this cluster`, { details: { vm: asked } });
+  if (owners.size > 1) throw new BatonError('INVALID_REQUEST', `"${asked}" names ${owners.size} VMs; give its uuid`, { details: { vms: [...owners.keys()] } });
+  const [uuid, name] = [...owners][0]!;
+  return { uuid, name };
+}

@@ -1,0 +1,156 @@
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { z } from 'zod';
+import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, type MigrationRecord } from '@baton/core';
+import type { Coordinator } from '../coordinator.js';
+
+export const MigrateBodySchema = z.strictObject({
+  /** The VM's uuid or name. */
+  vm: z.string().min(1).max(256),
+  to: z.string().min(1).max(253),
+});
+
+function send(reply: FastifyReply, err: unknown): FastifyReply {
+  const e = asBatonError(err);
+  return reply.code(ERROR_CATALOGUE[e.code].http).send({ error: e.toBody() });
+}
+
+function parse<T>(schema: z.ZodType<T>, value: unknown): T {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new BatonError('INVALID_REQUEST', `invalid request: ${describeIssues(parsed.error)}`);
+  return parsed.data;
+}
+
+/**
+ * The coordinator's HTTP API. Reads are answered by any replica from etcd; a new migration is
+ * taken by the leader, and a follower forwards it there (NOT_LEADER if there is no leader to ask).
+ */
+export class CoordinatorHttp {
+  private constructor(
+    private readonly app: FastifyInstance,
+    readonly url: string,
+    private readonly closing: AbortController,
+  ) {}
+
+  static async listen(opts: { host: string; port: number; coordinator: () => Coordinator | undefined }): Promise<CoordinatorHttp> {
+    const app = Fastify({ logger: false });
+    // Ends every progress stream when the server stops.
+    const closing = new AbortController();
+    const coordinatorOf = (): Coordinator => {
+      const c = opts.coordinator();
+      if (!c) throw new BatonError('SHUTTING_DOWN', 'the coordinator is starting');
+      return c;
+    };
+    app.setErrorHandler((err, _req, reply) => send(reply, err instanceof BatonError ? err : new BatonError('INVALID_REQUEST', (err as Error).message)));
+
+    app.post('/v1/migrations', async (req, reply) => {
+      try {
+        const body = parse(MigrateBodySchema, req.body);
+        const c = coordinatorOf();
+        if (c.isLeader) return reply.code(202).send(await c.migrate(body));
+        const leader = await c.leader();
+        if (!leader || leader.id === c.id) throw new BatonError('NOT_LEADER', 'no coordinator leads right now; try again', { details: { leader: null } });
+        const forwarded = await fetch(`${leader.url}/v1/migrations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) });
+        return reply.code(forwarded.status).send(await forwarded.json());
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.get('/v1/migrations', async (_req, reply) => {
+      try {
+        const all = await coordinatorOf().store.list();
+        return { migrations: all.map((s) => s.record).sort((a, b) => a.timeline[0]!.atMs - b.timeline[0]!.atMs) };
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (req, reply) => {
+      try {
+        return (await coordinatorOf().get(req.params.id)).record;
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    // Progress as server-sent events: every version of the record, until it is settled.
+    app.get<{ Params: { id: string } }>('/v1/migrations/:id/events', async (req, reply) => {
+      let stored;
+      const c = coordinatorOf();
+      try {
+        stored = await c.get(req.params.id);
+      } catch (err) {
+        return send(reply, err);
+      }
+      reply.hijack();
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      const gone = new AbortController();
+      req.raw.on('close', () => gone.abort());
+      closing.signal.addEventListener('abort', () => gone.abort(), { once: true });
+      const write = (record: MigrationRecord): void => {
+        reply.raw.write(`event: ${isSettled(record) ? 'end' : 'progress'}\ndata: ${JSON.stringify(record)}\n\n`);
+      };
+      try {
+        await c.follow(stored, gone.signal, write);
+      } catch (err) {
+        reply.raw.write(`event: error\ndata: ${JSON.stringify(asBatonError(err).toBody())}\n\n`);
+      }
+      reply.raw.end();
+    });
+
+    app.get('/v1/hosts', async (_req, reply) => {
+      try {
+        return { hosts: await coordinatorOf().view.hosts() };
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.get('/v1/leases', async (_req, reply) => {
+      try {
+        return { leases: await coordinatorOf().view.leases() };
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.get('/v1/status', async (_req, reply) => {
+      try {
+        const c = coordinatorOf();
+        const [replicas, hosts, migrations] = await Promise.all([c.replicas(), c.view.hosts(), c.store.list()]);
+        return {
+          replica: { id: c.id, leader: c.isLeader },
+          leader: replicas[0] ?? null,
+          replicas,
+          hosts,
+          open: migrations.filter((m) => !isSettled(m.record)).map((m) => m.record),
+        };
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.get('/metrics', async (_req, reply) => {
+      const { registry } = coordinatorOf().metrics;
+      reply.header('content-type', registry.contentType);
+      return registry.metrics();
+    });
+    app.get('/livez', async () => ({ status: 'ok' }));
+    app.get('/readyz', async (_req, reply) => {
+      const c = opts.coordinator();
+      if (!c) return reply.code(503).send({ status: 'not-ready', reason: 'starting' });
+      return { status: 'ready', leader: c.isLeader };
+    });
+
+    await app.listen({ host: opts.host, port: opts.port });
+    const address = app.server.address();
+    const port = typeof address === 'object' && address !== null ? address.port : opts.port;
+    const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+    return new CoordinatorHttp(app, `http://${host}:${port}`, closing);
+  }
+
+  async close(): Promise<void> {
+    this.closing.abort();
+    await this.app.close();
+  }
+}

@@ -1,0 +1,26 @@
+import { asBatonError, BatonError, VM_COMMANDS, type MigrationCommand, type MigrationRecord, type MigrationStepReply } from '@baton/core';
+import type { Bus } from '@baton/bus';
+
+/**
+ * The migration steps agents carry out, as NATS commands keyed by (migration, step, token). Like
+ * the etcd steps, a failure is a reply: no answer in time is UNAVAILABLE, and the same command is
+ * sent again (every agent step is idempotent by its effect).
+ */
+export class AgentSteps {
+  constructor(
+    private readonly bus: Bus,
+    private readonly timeouts: { stepMs: number; sendMs: number },
+  ) {}
+
+  async run(record: MigrationRecord, command: MigrationCommand): Promise<MigrationStepReply> {
+    if (command.target === 'etcd') throw new BatonError('INTERNAL', `${command.step} is not an agent step`);
+    const subject = this.bus.subjects.agent(command.host, `migration.${command.step}`);
+    try {
+      const raw = await this.bus.request(subject, { key: command.key, record }, { timeoutMs: command.step === 'perform' ? this.timeouts.sendMs : this.timeouts.stepMs });
+      const result = VM_COMMANDS.migration.result.parse(raw);
+      return result.incoming === undefined ? { ok: true } : { ok: true, incoming: result.incoming };
+    } catch (err) {
+      return { ok: false, error: asBatonError(err, 'UNAVAILABLE').toBody() };
+    }
+  }
+}
