@@ -68,3 +68,4 @@ export { TestPki, type CertPair, type TestCa } from './pki.js';
 export { etcdctl, EtcdctlError, type EtcdctlOptions } from './etcdctl.js';
 export { clusterName, startClusterHost, TwoHosts, type ClusterHostEtcd } from './cluster-host.js';
 export { connectEtcd, openSession, outcomeCode, quietLog, type TestSessionOptions } from './etcd-session.js';
+export { MigrationCluster, type MigrationClusterOptions } from './migration-cluster.js';

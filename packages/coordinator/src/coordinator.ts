@@ -6,8 +6,12 @@ import {
   leaseTiming,
   newMigration,
   systemClock,
+  VM_COMMANDS,
+  VmSpecSchema,
   type ClusterLease,
+  type HostedVm,
   type MigrationRecord,
+  type VmSpecInput,
   type MonotonicClock,
 } from '@baton/core';
 import { Bus } from '@baton/bus';
@@ -197,6 +201,29 @@ export class Coordinator implements AsyncDisposable {
     this.log.info({ migration: record.id, vm, source, destination: req.to, resources: record.resources.length }, `migration ${record.id}: ${vm.name} ${source} → ${req.to}`);
     this.track(stored, leadership.signal);
     return record;
+  }
+
+  /** The VMs every live host's agent runs (a host that does not answer is left out). */
+  async vms(): Promise<HostedVm[]> {
+    const hosts = (await this.view.hosts()).filter((h) => h.ttlLeftSeconds >= 0);
+    const lists = await Promise.all(hosts.map((h) => this.bus.request(this.bus.subjects.agent(h.host, 'vm.list'), {}).then((r) => VM_COMMANDS['vm.list'].result.parse(r).vms, () => [])));
+    return lists.flat();
+  }
+
+  /** Start a VM on a host: its agent creates it paused, takes its leases, then runs it. */
+  async startVm(host: string, spec: VmSpecInput): Promise<HostedVm> {
+    return VM_COMMANDS['vm.start'].result.parse(await this.bus.request(this.bus.subjects.agent(host, 'vm.start'), VmSpecSchema.parse(spec), { timeoutMs: this.opts.config.stepTimeoutMs }));
+  }
+
+  /** Destroy a VM wherever it runs (refused with MIGRATING while it migrates). */
+  async destroyVm(vm: string): Promise<{ uuid: string; host: string; released: number }> {
+    const found = (await this.vms()).filter((v) => v.uuid === vm.toLowerCase() || v.name === vm);
+    if (found.length === 0) throw new BatonError('VM_NOT_FOUND', `no host runs a VM ${vm}`, { details: { vm } });
+    if (new Set(found.map((v) => v.uuid)).size > 1) throw new BatonError('INVALID_REQUEST', `"${vm}" names several VMs; give its uuid`, { details: { vms: found.map((v) => v.uuid) } });
+    // A copy that runs (or holds locks) is the VM; an incoming copy elsewhere is the migration's to clean up.
+    const target = found.find((v) => v.state === 'running' || v.locks.length > 0) ?? found[0]!;
+    const result = VM_COMMANDS['vm.destroy'].result.parse(await this.bus.request(this.bus.subjects.agent(target.host, 'vm.destroy'), { uuid: target.uuid }, { timeoutMs: this.opts.config.stepTimeoutMs }));
+    return { ...result, host: target.host };
   }
 
   /** The record once closed, if this replica drives it; else undefined. */

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, type MigrationRecord } from '@baton/core';
+import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
 
 export const MigrateBodySchema = z.strictObject({
@@ -8,6 +8,8 @@ export const MigrateBodySchema = z.strictObject({
   vm: z.string().min(1).max(256),
   to: z.string().min(1).max(253),
 });
+
+export const StartVmBodySchema = VmSpecSchema.safeExtend({ host: z.string().min(1).max(253) });
 
 function send(reply: FastifyReply, err: unknown): FastifyReply {
   const e = asBatonError(err);
@@ -96,6 +98,31 @@ export class CoordinatorHttp {
         reply.raw.write(`event: error\ndata: ${JSON.stringify(asBatonError(err).toBody())}\n\n`);
       }
       reply.raw.end();
+    });
+
+    app.get('/v1/vms', async (_req, reply) => {
+      try {
+        return { vms: await coordinatorOf().vms() };
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.post('/v1/vms', async (req, reply) => {
+      try {
+        const { host, ...spec } = parse(StartVmBodySchema, req.body);
+        return reply.code(201).send(await coordinatorOf().startVm(host, spec));
+      } catch (err) {
+        return send(reply, err);
+      }
+    });
+
+    app.delete<{ Params: { vm: string } }>('/v1/vms/:vm', async (req, reply) => {
+      try {
+        return await coordinatorOf().destroyVm(req.params.vm);
+      } catch (err) {
+        return send(reply, err);
+      }
     });
 
     app.get('/v1/hosts', async (_req, reply) => {

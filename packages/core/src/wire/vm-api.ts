@@ -29,6 +29,7 @@ export const VmSpecSchema = z.strictObject({
   onLeaseLoss: LeaseLossSchema.prefault({}),
 });
 export type VmSpec = z.infer<typeof VmSpecSchema>;
+export type VmSpecInput = z.input<typeof VmSpecSchema>;
 
 export const VmInfoSchema = z.object({
   uuid: z.string(),

@@ -1,0 +1,88 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdServer, MigrationCluster, NatsServer, checkDisk, connectEtcd, waitFor } from '../support/index.js';
+
+/**
+ * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
+ * fence guard, coordinators in this process. Each VM's disks are checked for S1/S2 afterwards.
+ */
+let etcd: EtcdServer;
+let nats: NatsServer;
+beforeAll(async () => {
+  [etcd, nats] = await Promise.all([EtcdServer.start(), NatsServer.start({ jetstream: true })]);
+});
+afterAll(async () => {
+  await Promise.all([etcd?.close(), nats?.close()]);
+});
+
+/** The VM's copies on each host, as their hypervisors report them. */
+async function copies(mc: MigrationCluster, uuid: string): Promise<Record<string, string>> {
+  return Object.fromEntries((await mc.vms()).filter((v) => v.uuid === uuid).map((v) => [v.host, v.state]));
+}
+
+describe('live migration', () => {
+  it('hands the disks over: the VM runs on the destination with the commit token, the source copy is gone, the disks show one writer per token', async () => {
+    await using mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+    await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'web1', ['web1-root.img', 'web1-data.img']);
+    expect(vm.state).toBe('running');
+    expect(vm.locks.map((l) => l.token)).toHaveLength(2);
+    // Let the guest write a little on the source first.
+    await waitFor(() => checkDisk(mc.disk('web1-root.img')).length > 0, { what: 'writes on host-a', deadlineMs: 5_000 });
+
+    const record = await mc.migrate('web1', 'host-b');
+    expect(record.phase).toBe('done');
+    expect(record.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'confirming', 'done']);
+    expect(await copies(mc, vm.uuid)).toEqual({ 'host-b': 'running' });
+
+    // The leases are host-b's, with the commit token, and the guest writes under it.
+    await using conn = connectEtcd(etcd.endpoints, 3, mc.cluster);
+    const leases = (await mc.coordinators[0]!.coordinator.view.leases()).filter((l) => l.owner.uuid === vm.uuid);
+    expect(leases.map((l) => [l.host, l.token])).toEqual([
+      ['host-b', record.tokens.commit],
+      ['host-b', record.tokens.commit],
+    ]);
+    await waitFor(() => checkDisk(mc.disk('web1-data.img')).at(-1)?.token === record.tokens.commit, { what: 'writes under the commit token', deadlineMs: 5_000 });
+    for (const disk of ['web1-root.img', 'web1-data.img']) {
+      const epochs = checkDisk(mc.disk(disk));
+      expect(epochs.map((e) => e.host)).toEqual(['host-a', 'host-b']);
+      expect(epochs[1]!.token).toBe(record.tokens.commit);
+    }
+    expect(conn.keys.prefix).toContain(mc.cluster);
+  });
+
+  it('a failed send leaves everything with the source: the VM keeps running there under its old token, and migrates later', async () => {
+    await using mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+    await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'db1', ['db1.img']);
+    const token = vm.locks[0]!.token;
+    await mc.driver('host-a').inject(vm.uuid, { failSends: 1 });
+
+    const failed = await mc.migrate('db1', 'host-b');
+    expect(failed.phase).toBe('aborted');
+    expect(failed.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'unmarking', 'discarding', 'restoring', 'aborted']);
+    expect(failed.timeline.find((e) => e.phase === 'unmarking')?.error).toBe('IO_ERROR');
+    expect(await copies(mc, vm.uuid)).toEqual({ 'host-a': 'running' });
+    const writes = checkDisk(mc.disk('db1.img'));
+    await waitFor(() => checkDisk(mc.disk('db1.img')).at(-1)!.writes > writes.at(-1)!.writes, { what: 'db1 writing on host-a', deadlineMs: 5_000 });
+    expect(checkDisk(mc.disk('db1.img')).map((e) => [e.host, e.token])).toEqual([['host-a', token]]);
+
+    const again = await mc.migrate(vm.uuid, 'host-b');
+    expect(again.phase).toBe('done');
+    expect(await copies(mc, vm.uuid)).toEqual({ 'host-b': 'running' });
+  });
+
+  it('refuses a second migration of a VM in flight (MIGRATION_CONFLICT) and a destroy during one (MIGRATING)', async () => {
+    await using mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+    const { coordinator } = await mc.addCoordinator();
+    await mc.leader();
+    const vm = await mc.startVm('host-a', 'app1', ['app1.img']);
+    // A slow send keeps the migration open long enough to be raced.
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_500 });
+    const first = await coordinator.migrate({ vm: 'app1', to: 'host-b' });
+    await expect(coordinator.migrate({ vm: 'app1', to: 'host-b' })).rejects.toMatchObject({ code: 'MIGRATION_CONFLICT' });
+    await expect(coordinator.destroyVm('app1')).rejects.toMatchObject({ code: 'MIGRATING' });
+    expect((await mc.settled(first.id)).phase).toBe('done');
+    await expect(coordinator.destroyVm('app1')).resolves.toMatchObject({ host: 'host-b', released: 1 });
+    expect(await copies(mc, vm.uuid)).toEqual({});
+  });
+});

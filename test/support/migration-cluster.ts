@@ -1,0 +1,141 @@
+import { randomUUID } from 'node:crypto';
+import { realpathSync } from 'node:fs';
+import { isSettled, type HostedVm, type MigrationRecord, type VmSpecInput } from '@baton/core';
+import { CoordinatorConfigSchema, CoordinatorService, type Log } from '@baton/coordinator';
+import { SimDriver } from '@baton/agent';
+import { AgentProcess, SharedStorage } from './agent-process.js';
+import { clusterName } from './cluster-host.js';
+import { httpJson } from './http-json.js';
+import { waitFor } from './wait-for.js';
+
+export interface MigrationClusterOptions {
+  etcd: string[];
+  nats: string[];
+  hosts?: string[];
+  ttlSeconds?: number;
+}
+
+const quiet: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+
+/**
+ * A cluster for migrations: agent processes as hosts (sim hypervisor, NATS, one shared storage
+ * and one shared lock directory, as hosts sharing a lockspace would), and coordinator replicas
+ * in this process. Everything on loopback.
+ */
+export class MigrationCluster implements AsyncDisposable {
+  readonly coordinators: CoordinatorService[] = [];
+
+  private constructor(
+    readonly opts: Required<MigrationClusterOptions>,
+    readonly storage: SharedStorage,
+    readonly cluster: string,
+    readonly agents: Map<string, AgentProcess>,
+  ) {}
+
+  static async start(options: MigrationClusterOptions): Promise<MigrationCluster> {
+    const opts = { hosts: ['host-a', 'host-b'], ttlSeconds: 3, ...options };
+    const storage = await SharedStorage.create();
+    const cluster = clusterName();
+    const mc = new MigrationCluster(opts, storage, cluster, new Map());
+    try {
+      for (const host of opts.hosts) {
+        mc.agents.set(
+          host,
+          await AgentProcess.start({
+            storage,
+            hostId: host,
+            config: {
+              etcd: { endpoints: opts.etcd, cluster, ttlSeconds: opts.ttlSeconds },
+              nats: { servers: opts.nats, cluster },
+              hypervisor: { driver: 'sim' },
+            },
+          }),
+        );
+      }
+    } catch (err) {
+      await mc[Symbol.asyncDispose]();
+      throw err;
+    }
+    return mc;
+  }
+
+  coordinatorConfig(id: string): ReturnType<typeof CoordinatorConfigSchema.parse> {
+    return CoordinatorConfigSchema.parse({
+      id,
+      etcd: { endpoints: this.opts.etcd, cluster: this.cluster, ttlSeconds: this.opts.ttlSeconds },
+      nats: { servers: this.opts.nats, cluster: this.cluster },
+      http: { host: '127.0.0.1', port: 0 },
+      stepTimeoutMs: 2_000,
+      sendTimeoutMs: 10_000,
+    });
+  }
+
+  /** A coordinator replica in this process; resolves once it serves HTTP (it may not lead yet). */
+  async addCoordinator(id = `coord-${this.coordinators.length + 1}`, log: Log = quiet): Promise<CoordinatorService> {
+    const service = await CoordinatorService.start({ config: this.coordinatorConfig(id), log });
+    this.coordinators.push(service);
+    return service;
+  }
+
+  /** The replica that leads now. */
+  async leader(deadlineMs = 10_000): Promise<CoordinatorService> {
+    return waitFor(() => this.coordinators.find((c) => c.coordinator.isLeader) ?? false, { what: 'a coordinator leader', deadlineMs });
+  }
+
+  agent(host: string): AgentProcess {
+    const a = this.agents.get(host);
+    if (!a) throw new Error(`no host ${host}`);
+    return a;
+  }
+
+  /** A disk image on the shared storage, by its canonical path (the lease's resource). */
+  disk(name: string): string {
+    return realpathSync(this.storage.image(name));
+  }
+
+  /** Start a sim VM on `host` through the coordinator's API. */
+  async startVm(host: string, name: string, disks: string[], extra: Partial<VmSpecInput> = {}): Promise<HostedVm> {
+    const c = await this.leader();
+    return c.coordinator.startVm(host, { uuid: randomUUID(), name, disks: disks.map((d) => ({ path: this.disk(d) })), ...extra });
+  }
+
+  /** The sim driver of a host (fault injection, the VM's state as its hypervisor sees it). */
+  driver(host: string): SimDriver {
+    return new SimDriver(this.agent(host).stateDir, host);
+  }
+
+  /** POST /v1/migrations on any replica, then wait until the record is settled. */
+  async migrate(vm: string, to: string, deadlineMs = 20_000): Promise<MigrationRecord> {
+    const via = this.coordinators[0]!;
+    const res = await httpJson<MigrationRecord | { error: { code: string; message: string } }>(`${via.url}/v1/migrations`, { method: 'POST', body: { vm, to } });
+    if (res.status !== 202) throw new Error(`POST /v1/migrations: ${res.status} ${JSON.stringify(res.body)}`);
+    return this.settled((res.body as MigrationRecord).id, deadlineMs);
+  }
+
+  async settled(id: string, deadlineMs = 20_000): Promise<MigrationRecord> {
+    return waitFor(
+      async () => {
+        const stored = await this.coordinators[0]!.coordinator.store.get(id);
+        return stored && isSettled(stored.record) ? stored.record : false;
+      },
+      { what: `migration ${id} to end`, deadlineMs },
+    );
+  }
+
+  /** Where the VMs run, by their hosts' agents. */
+  async vms(): Promise<HostedVm[]> {
+    return (await this.leader()).coordinator.vms();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    for (const c of this.coordinators.splice(0)) await c.close();
+    // VMs are detached processes: destroy them before their agents' state dirs go.
+    for (const [host, agent] of this.agents) {
+      const driver = new SimDriver(agent.stateDir, host);
+      for (const vm of await driver.list().catch(() => [])) await driver.destroy(vm.uuid).catch(() => undefined);
+      await agent.close();
+    }
+    await this.storage[Symbol.asyncDispose]();
+  }
+}
+
