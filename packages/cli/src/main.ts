@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 import { registerAgentCommands } from './commands/agent.js';
+import { registerCoordinatorCommand } from './commands/coordinator.js';
 import { registerDemoCommand } from './commands/demo.js';
 import { registerHostCommands } from './commands/hosts.js';
 import { registerLockCommands } from './commands/lock.js';
@@ -14,6 +15,7 @@ registerAgentCommands(program);
 registerLockCommands(program);
 registerLocksCommand(program);
 registerHostCommands(program);
+registerCoordinatorCommand(program);
 registerDemoCommand(program);
 
 try {
