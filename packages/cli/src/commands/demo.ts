@@ -1,15 +1,18 @@
 import type { Command } from 'commander';
+import { runClusterDemo } from '../demo/cluster-demo.js';
 import { runLocalDemo } from '../demo/local-demo.js';
 import { reporting } from '../output.js';
 
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .description('run Baton’s story on this machine: an agent, VMs that want one disk, an upgrade that keeps every lock')
-    .option('--reexecs <n>', 'how many times the agent re-executes itself', '5')
-    .action(async (opts: { reexecs: string }) => {
+    .description('run Baton’s story on this machine: a cluster (etcd, NATS, three hosts, two coordinators) and live migrations; --local: one host and its upgrade')
+    .option('--local', 'the one-host story instead: an agent, VMs that want one disk, an upgrade that keeps every lock')
+    .option('--reexecs <n>', 'with --local: how many times the agent re-executes itself', '5')
+    .action(async (opts: { local?: boolean; reexecs: string }) => {
       await reporting({}, async () => {
-        await runLocalDemo({ reexecs: Number(opts.reexecs) });
+        if (opts.local) await runLocalDemo({ reexecs: Number(opts.reexecs) });
+        else await runClusterDemo();
       });
     });
 }

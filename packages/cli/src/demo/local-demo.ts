@@ -2,44 +2,15 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, LOCK_PROBE_ENTRY, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
 import { lockFileName } from '@baton/core';
 import { DemoChild } from './child.js';
+import { diskReport } from './disk-report.js';
+import { connectWhenUp, say, step, until } from './wait.js';
 
 const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
 const STEP_DEADLINE_MS = 15_000;
-
-function say(text: string): void {
-  process.stdout.write(`${text}\n`);
-}
-
-function step(n: number, text: string): void {
-  say(process.stdout.isTTY ? `\n\x1b[1m${n}. ${text}\x1b[0m` : `\n${n}. ${text}`);
-}
-
-/**
- * Ask `probe` every 20 ms until it answers something other than false, or the signal aborts.
- * A probe that throws is asked again: the thing it asks about is not there yet.
- */
-async function until<T>(probe: () => Promise<T | false>, signal: AbortSignal): Promise<T> {
-  for (;;) {
-    signal.throwIfAborted();
-    try {
-      const answer = await probe();
-      if (answer !== false) return answer;
-    } catch {
-      // not yet
-    }
-    await sleep(20, undefined, { signal });
-  }
-}
-
-/** The agent is not listening while it starts, nor for a few milliseconds of each re-exec. */
-function connectWhenUp(socketPath: string, signal: AbortSignal): Promise<AgentClient> {
-  return until(() => AgentClient.connect({ socketPath, signal }), signal);
-}
 
 function simVm(socket: string, name: string, disk: string): DemoChild {
   return new DemoChild([SIM_VM_ENTRY, '--socket', socket, '--uuid', randomUUID(), '--name', name, '--host', 'host-a', '--disk', disk]);
@@ -123,13 +94,8 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   await until(async () => readFileSync(disk, 'utf8').includes('web-01-clone'), deadline());
   await gamma.kill('SIGKILL');
 
-  const writers = new Map<string, number>();
-  for (const line of readFileSync(disk, 'utf8').split('\n').filter(Boolean)) {
-    const [vm, , token] = line.split(' ');
-    writers.set(`${vm} (token ${token})`, (writers.get(`${vm} (token ${token})`) ?? 0) + 1);
-  }
   say('\nWho wrote to the disk, in order:');
-  for (const [who, n] of writers) say(`   ${who}: ${n} records`);
+  for (const e of diskReport(disk).epochs) say(`   ${e.vm} (token ${e.token}): ${e.records} records`);
   await client.close();
 
   // Refused (LOCKS_HELD) until the last VM's lock is released, a moment after its process is gone.

@@ -1,0 +1,225 @@
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentClient, SimDriver, type AgentConfigInput } from '@baton/agent';
+import { asBatonError, BatonError, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
+import { handoffWindowMs, type CoordinatorConfigInput } from '@baton/coordinator';
+import { DemoChild } from './child.js';
+import { diskReport } from './disk-report.js';
+import { DemoServer } from './servers.js';
+import { connectWhenUp, say, step, until } from './wait.js';
+
+const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
+const STEP_DEADLINE_MS = 30_000;
+const HOSTS = ['host-a', 'host-b', 'host-c'] as const;
+const CLUSTER = 'demo';
+
+const deadline = (): AbortSignal => AbortSignal.timeout(STEP_DEADLINE_MS);
+
+async function api<T>(url: string, method: 'GET' | 'POST' | 'DELETE', body?: unknown): Promise<T> {
+  const res = await fetch(url, {
+    method,
+    signal: AbortSignal.timeout(10_000),
+    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
+  });
+  const json = (await res.json()) as T & { error?: { code: BatonError['code']; message: string } };
+  if (!res.ok) throw json.error ? BatonError.fromBody(json.error) : new Error(`${method} ${url}: ${res.status}`);
+  return json;
+}
+
+interface Replica {
+  id: string;
+  child: DemoChild;
+  url: string;
+}
+
+/** Every phase a record goes through, printed as it is reached, until it is settled. */
+async function follow(replicas: () => Replica[], id: string, onPhase?: (r: MigrationRecord) => void): Promise<MigrationRecord> {
+  let shown = 0;
+  return until(async () => {
+    // Any live replica answers from etcd.
+    const record = await Promise.any(replicas().map((r) => api<MigrationRecord>(`${r.url}/v1/migrations/${id}`, 'GET')));
+    const begun = record.timeline[0]!.atMs;
+    for (const e of record.timeline.slice(shown)) say(`   +${String(Math.round(e.atMs - begun)).padStart(5)} ms  ${e.phase}${e.error ? `  (after ${e.error})` : ''}`);
+    shown = record.timeline.length;
+    onPhase?.(record);
+    return isSettled(record) && record;
+  }, deadline());
+}
+
+function summary(record: MigrationRecord): string {
+  const window = handoffWindowMs(record);
+  const took = record.timeline.at(-1)!.atMs - record.timeline[0]!.atMs;
+  return `   ${record.phase} in ${Math.round(took)} ms${window === undefined ? '' : `; handoff window (state sent → destination running): ${window.toFixed(1)} ms`}`;
+}
+
+/**
+ * The cluster story: etcd and NATS, three hosts sharing one lock directory, two coordinator
+ * replicas, sim VMs writing to their disks through the fence guard; live migrations, a failed
+ * send, the coordinator leader killed mid-migration, and an intruder that never gets a disk.
+ */
+export async function runClusterDemo(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'baton-cluster-demo-'));
+  const images = join(dir, 'images');
+  const locks = join(dir, 'locks');
+  mkdirSync(images);
+  mkdirSync(locks);
+  say(`Baton demo: a cluster on this machine (loopback only). Working directory ${dir}`);
+
+  step(1, 'etcd and NATS start; three agents join as host-a, host-b and host-c; two coordinators campaign');
+  await using etcd = await DemoServer.etcd(join(dir, 'etcd'));
+  await using nats = await DemoServer.nats(join(dir, 'nats'));
+  say(`   etcd ${etcd.url}, NATS ${nats.url} (JetStream keeps the migration events)`);
+  const agents = new Map<string, { child: DemoChild; stateDir: string; socket: string }>();
+  await using stack = new AsyncDisposableStack();
+  // Sim VMs are detached from their agents (they outlive an agent crash): however the demo ends, they go.
+  stack.defer(async () => {
+    for (const [host, { stateDir }] of agents) {
+      const driver = new SimDriver(stateDir, host);
+      for (const vm of await driver.list()) await driver.destroy(vm.uuid);
+    }
+  });
+  for (const host of HOSTS) {
+    const stateDir = join(dir, host, 'state');
+    const socket = join(dir, host, 'agent.sock');
+    const config: AgentConfigInput = {
+      hostId: host,
+      stateDir,
+      socket: { path: socket },
+      http: { host: '127.0.0.1', port: 0 },
+      lockspaces: [{ name: 'images', kind: 'indirect', dir: locks, roots: [images] }],
+      etcd: { endpoints: [etcd.url], cluster: CLUSTER, ttlSeconds: 4 },
+      nats: { servers: [nats.url], cluster: CLUSTER },
+      hypervisor: { driver: 'sim' },
+      logLevel: 'warn',
+    };
+    mkdirSync(join(dir, host));
+    writeFileSync(join(dir, host, 'agent.json'), JSON.stringify(config, null, 2));
+    const child = stack.use(new DemoChild([CLI_ENTRY, 'agent', '--config', join(dir, host, 'agent.json')]));
+    await using client = await connectWhenUp(socket, deadline());
+    const hello = await client.request('hello');
+    agents.set(host, { child, stateDir, socket });
+    say(`   agent ${host}: pid ${hello.pid}, metrics on 127.0.0.1:${hello.httpPort}`);
+  }
+  const replicas: Replica[] = [];
+  for (const id of ['coord-1', 'coord-2']) {
+    const config: CoordinatorConfigInput = {
+      id,
+      etcd: { endpoints: [etcd.url], cluster: CLUSTER, ttlSeconds: 2 },
+      nats: { servers: [nats.url], cluster: CLUSTER },
+      http: { host: '127.0.0.1', port: 0 },
+    };
+    writeFileSync(join(dir, `${id}.json`), JSON.stringify(config, null, 2));
+    const child = stack.use(new DemoChild([CLI_ENTRY, 'coordinator', '--config', join(dir, `${id}.json`)]));
+    const serving = await child.event((e) => typeof e.url === 'string', deadline());
+    replicas.push({ id, child, url: serving.url as string });
+  }
+  const live = (): Replica[] => replicas.filter((r) => r.child.proc.exitCode === null && r.child.proc.signalCode === null);
+  const leader = async (): Promise<Replica> => {
+    const status = await until(() => api<{ leader: { id: string } | null }>(`${live()[0]!.url}/v1/status`, 'GET').then((s) => s.leader !== null && live().some((r) => r.id === s.leader!.id) && s), deadline());
+    return replicas.find((r) => r.id === status.leader!.id)!;
+  };
+  say(`   coordinators ${replicas.map((r) => `${r.id} at ${r.url}`).join(', ')}; ${(await leader()).id} leads`);
+
+  step(2, 'Three VMs start, each on its own host; each writes "vm host token seq" to its disks through the fence guard');
+  const disk = (name: string): string => {
+    writeFileSync(join(images, name), '', { flag: 'a' });
+    return realpathSync(join(images, name));
+  };
+  const vms: { name: string; host: string; disks: string[] }[] = [
+    { name: 'web-01', host: 'host-a', disks: [disk('web-01-root.img'), disk('web-01-data.img')] },
+    { name: 'db-01', host: 'host-b', disks: [disk('db-01.img')] },
+    { name: 'cache-01', host: 'host-c', disks: [disk('cache-01.img')] },
+  ];
+  const started = new Map<string, HostedVm>();
+  for (const vm of vms) {
+    const hosted = await api<HostedVm>(`${(await leader()).url}/v1/vms`, 'POST', { host: vm.host, uuid: randomUUID(), name: vm.name, disks: vm.disks.map((path) => ({ path })) });
+    started.set(vm.name, hosted);
+    say(`   ${vm.name} runs on ${vm.host} (pid ${hosted.pid}), tokens ${hosted.locks.map((l) => l.token).join(', ')}`);
+  }
+
+  step(3, 'An intruder on host-c tries to take web-01’s and db-01’s disks, over and over, for the rest of the demo');
+  const intruder = await AgentClient.connect({ socketPath: agents.get('host-c')!.socket });
+  await intruder.request('register', { owner: { uuid: randomUUID(), name: 'intruder' } });
+  const tries = { attempts: 0, granted: 0, stop: false };
+  const targets = [...vms[0]!.disks, ...vms[1]!.disks];
+  const intruding = (async () => {
+    while (!tries.stop) {
+      const name = targets[tries.attempts % targets.length]!;
+      tries.attempts++;
+      try {
+        await intruder.request('acquire', { resources: [{ name }] });
+        tries.granted++;
+        await intruder.request('release', { resources: [{ name }] });
+      } catch (err) {
+        if (asBatonError(err).code !== 'RESOURCE_BUSY') throw err;
+      }
+    }
+  })();
+
+  const migrate = async (vm: string, to: string, onPhase?: (r: MigrationRecord) => void): Promise<MigrationRecord> => {
+    const record = await api<MigrationRecord>(`${live()[0]!.url}/v1/migrations`, 'POST', { vm, to });
+    say(`   migration ${record.id}: ${vm} ${record.source} → ${to}`);
+    const done = await follow(live, record.id, onPhase);
+    say(summary(done));
+    return done;
+  };
+
+  step(4, 'Live migration: web-01 host-a → host-b');
+  await migrate('web-01', 'host-b');
+  step(5, 'Live migration: db-01 host-b → host-c');
+  await migrate('db-01', 'host-c');
+
+  step(6, 'A send that fails: cache-01 host-c → host-a, its migration stream broken on purpose');
+  const cache = started.get('cache-01')!;
+  await new SimDriver(agents.get('host-c')!.stateDir, 'host-c').inject(cache.uuid, { failSends: 1 });
+  await migrate('cache-01', 'host-a');
+  const where = (await api<{ vms: HostedVm[] }>(`${live()[0]!.url}/v1/vms`, 'GET')).vms.filter((v) => v.uuid === cache.uuid);
+  say(`   cache-01 now: ${where.map((v) => `${v.state} on ${v.host}, token ${v.locks.map((l) => l.token).join(', ')}`).join('; ')} (the source never let go)`);
+
+  step(7, 'The coordinator leader is killed (SIGKILL) in the middle of a migration: web-01 host-b → host-c, its send slowed to 1.5 s');
+  const web = started.get('web-01')!;
+  await new SimDriver(agents.get('host-b')!.stateDir, 'host-b').inject(web.uuid, { sendDelayMs: 1_500 });
+  const doomed = await leader();
+  let killed = false;
+  await migrate('web-01', 'host-c', (r) => {
+    if (killed || r.phase !== 'performing') return;
+    killed = true;
+    doomed.child.proc.kill('SIGKILL');
+    say(`   ${doomed.id} killed while web-01 was being sent; the other replica takes over once ${doomed.id}’s etcd session expires`);
+  });
+  say(`   ${(await leader()).id} leads now and finished it`);
+
+  step(8, 'The intruder gives up');
+  tries.stop = true;
+  await intruding;
+  await intruder.close();
+  say(`   ${tries.attempts} attempts to take a disk of a VM being migrated; granted ${tries.granted} times`);
+
+  step(9, 'Who wrote to each disk, in order (one writer per token, tokens only going up)');
+  let problems = 0;
+  for (const vm of vms) {
+    for (const path of vm.disks) {
+      const report = diskReport(path);
+      say(`   ${path.slice(images.length + 1)}: ${report.epochs.map((e) => `${e.host} token ${e.token} ×${e.records}`).join(' → ')}`);
+      for (const p of report.problems) say(`      VIOLATION: ${p}`);
+      problems += report.problems.length;
+    }
+  }
+  if (problems > 0 || tries.granted > 0) throw new BatonError('INTERNAL', `the demo saw ${problems} disk violation(s) and ${tries.granted} intruder grant(s)`);
+
+  for (const vm of vms) await api(`${(await leader()).url}/v1/vms/${vm.name}`, 'DELETE');
+  for (const r of live()) await r.child.kill('SIGTERM');
+  for (const { socket } of agents.values()) {
+    // Refused (LOCKS_HELD) until the agent has seen its last VM's process go.
+    await until(async () => {
+      await using c = await AgentClient.connect({ socketPath: socket });
+      return c.request('shutdown', { releaseAll: false });
+    }, deadline());
+  }
+  for (const { child } of agents.values()) await child.exited;
+  rmSync(dir, { recursive: true, force: true });
+  say('\ndemo finished');
+}
