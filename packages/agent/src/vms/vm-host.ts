@@ -143,8 +143,11 @@ export class VmHost implements AsyncDisposable {
     if (key.step !== verb || key.migration !== record.id) throw new BatonError('INVALID_REQUEST', `a ${verb} command carries the key of ${key.step} of ${key.migration}`);
     if (record[role] !== this.opts.host) throw new BatonError('INVALID_REQUEST', `${verb} is the ${role}'s step; this host is not the ${role} of migration ${record.id}`, { details: { migration: record.id, [role]: record[role] } });
     return this.serial.run(record.vm.uuid, async () => {
-      await this.store.assertCurrent(record.id, key.token);
       this.opts.log.debug({ migration: record.id, step: verb, token: key.token }, `migration ${record.id}: ${verb}`);
+      // resume and restore read the leases too: both reads at once (they sit on the handoff's critical path).
+      const holders = verb === 'resume' || verb === 'restore' ? Handoff.of(this.opts.member.conn, record).holders() : undefined;
+      holders?.catch(() => undefined);
+      await this.store.assertCurrent(record.id, key.token);
       switch (verb) {
         case 'prepare':
           return this.prepare(record);
@@ -152,7 +155,7 @@ export class VmHost implements AsyncDisposable {
           return this.perform(record);
         case 'resume':
         case 'restore':
-          return this.run(record, role);
+          return this.run(record, role, await holders!);
         case 'confirm':
         case 'discard':
           return this.discard(record);
@@ -191,10 +194,9 @@ export class VmHost implements AsyncDisposable {
    * Run the VM here (resume on the destination, restore on the source), only if etcd says this
    * host holds every lease now: local locks under the lease's tokens first, then unpause.
    */
-  private async run(record: MigrationRecord, role: 'source' | 'destination'): Promise<VmCommandResult<'migration'>> {
+  private async run(record: MigrationRecord, role: 'source' | 'destination', holders: Awaited<ReturnType<Handoff['holders']>>): Promise<VmCommandResult<'migration'>> {
     const { driver, locks, member } = this.opts;
     const uuid = record.vm.uuid;
-    const holders = await Handoff.of(member.conn, record).holders();
     const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== uuid);
     if (foreign) {
       throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { decideReply, nextStep, takeStagedDefinition, transition, type MigrationCommand, type MigrationStepReply, type MonotonicClock } from '@baton/core';
+import { decideReply, nextStep, transition, type MigrationCommand, type MigrationRecord, type MigrationStep, type MigrationStepReply, type MonotonicClock } from '@baton/core';
 import type { MigrationStore, StoredMigration } from '@baton/etcd';
 import type { Log } from '../log.js';
 import type { AgentSteps } from './agent-steps.js';
@@ -19,46 +19,58 @@ export interface MigrationDriverOptions {
 const MAX_RETRY_MS = 1_000;
 
 /**
+ * Steps sent while the record that asks for them is still being saved, because they lie on the
+ * handoff's critical path (source paused → destination running) and are safe early: `resume`
+ * runs the VM only where etcd itself says the destination holds every lease with its token, so a
+ * duplicate or a deposed leader's copy can do no harm; and a leader that dies before the save
+ * lands leaves `sent`, whose commit a successor re-issues and recognises as its own.
+ */
+const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
+
+/**
  * Drives one migration record to its end, as the leader: asks `nextStep` what the record waits
  * for, carries it out, feeds the reply through `decideReply` and `transition`, and saves the next
- * record by compare-on-revision before anything else is sent. A crash (or a lost leadership) loses
+ * record by compare-on-revision. A crash (or a lost leadership) loses
  * only the step in flight: the next leader reads the record and sends that step again.
  */
 export class MigrationDriver {
   constructor(private readonly opts: MigrationDriverOptions) {}
 
-  private execute(stored: StoredMigration, command: MigrationCommand): Promise<MigrationStepReply> {
-    return command.target === 'etcd' ? this.opts.etcd.run(stored.record, command) : this.opts.agents.run(stored.record, command);
+  private execute(record: MigrationRecord, command: MigrationCommand): Promise<MigrationStepReply> {
+    return command.target === 'etcd' ? this.opts.etcd.run(record, command) : this.opts.agents.run(record, command);
   }
 
-  /** Resolves with the closed (and settled) record; rejects if `signal` aborts or another writer took the record (NOT_LEADER). */
+  /**
+   * Resolves with the closed record as saved; rejects if `signal` aborts or another writer took
+   * the record (NOT_LEADER). Every command goes out after the record that asks for it is saved,
+   * except those in OVERLAPS_SAVE, which need not wait for it.
+   */
   async drive(initial: StoredMigration, signal: AbortSignal): Promise<StoredMigration> {
     const { clock, log } = this.opts;
-    let stored = initial;
+    let record = initial.record;
+    let saved: Promise<StoredMigration> = Promise.resolve(initial);
     let retryMs = this.opts.retryMs;
     for (;;) {
       signal.throwIfAborted();
-      const command = nextStep(stored.record);
-      if (command === undefined) {
-        // seed 002: a definition staged during the migration goes to the surviving copy only now.
-        const taken = takeStagedDefinition(stored.record);
-        if (taken === undefined) return stored;
-        log.info({ migration: stored.record.id, host: taken.host }, `applying the definition staged during migration ${stored.record.id} to the copy on ${taken.host}`);
-        stored = await this.save(stored, taken.record);
-        continue;
-      }
+      const command = nextStep(record);
+      if (command === undefined) return saved;
+      if (!OVERLAPS_SAVE.includes(command.step)) await saved;
       // A lost leadership does not wait for a slow agent: the next leader sends the step again.
-      const reply = await raceAbort(this.execute(stored, command), signal);
-      const decision = decideReply(stored.record, command, reply);
+      const reply = await raceAbort(this.execute(record, command), signal);
+      const decision = decideReply(record, command, reply);
       if (decision.kind === 'stale') continue;
       if (decision.kind === 'retry') {
-        log.warn({ migration: stored.record.id, step: command.step, code: decision.error.code, retryInMs: retryMs }, `${command.step} of migration ${stored.record.id} did not go through (${decision.error.message}); sending it again`);
+        log.warn({ migration: record.id, step: command.step, code: decision.error.code, retryInMs: retryMs }, `${command.step} of migration ${record.id} did not go through (${decision.error.message}); sending it again`);
         await delay(retryMs, undefined, { signal });
         retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
         continue;
       }
       retryMs = this.opts.retryMs;
-      stored = await this.save(stored, transition(stored.record, decision.event, clock.now()));
+      const next = transition(record, decision.event, clock.now());
+      saved = saved.then((prev) => this.save(prev, next));
+      // Awaited before the next command that needs it, or returned; never left unobserved.
+      saved.catch(() => undefined);
+      record = next;
     }
   }
 
