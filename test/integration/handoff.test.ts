@@ -77,4 +77,31 @@ describe('handoff transactions', () => {
     await src.close({ revoke: true });
     await dst.close({ revoke: true });
   });
+
+  it('gives back a lease that vanished with the destination’s session, but not one a third party took meanwhile', async () => {
+    await using conn = connectEtcd(etcd.endpoints, 5);
+    const [src, dst] = await Promise.all([session(conn, 'src'), session(conn, 'dst')]);
+    await new LeaseTable(conn, 'src').grant(src, [claim('/v/1'), claim('/v/2')]);
+    const handoffOf = (id: string, identity: string) => new Handoff(conn, id, [{ lockspace: 'disks', identity }], 'src', 'dst');
+    const [h1, h2] = [handoffOf('m-v1', '/v/1'), handoffOf('m-v2', '/v/2')];
+    const c1 = await h1.commit(await h1.mark((await h1.begin(VM.uuid)).token), VM, { host: 'dst', session: dst.id });
+    const c2 = await h2.commit(await h2.mark((await h2.begin(VM.uuid)).token), VM, { host: 'dst', session: dst.id });
+    // The destination's agent stays down past its TTL: its session, and the leases on it, go.
+    await dst.close({ revoke: true });
+    expect(await new ClusterView(conn).leases()).toEqual([]);
+    const intruder = await session(conn, 'intruder');
+    await new LeaseTable(conn, 'intruder').grant(intruder, [claim('/v/2', { uuid: 'other', name: 'other' })]);
+
+    const back = await h1.giveBack(c1, VM, { host: 'src', session: src.id });
+    expect(back).toBeGreaterThan(c1);
+    expect(await code(h2.giveBack(c2, VM, { host: 'src', session: src.id }))).toBe('MIGRATION_CONFLICT');
+    expect((await new ClusterView(conn).leases()).map((l) => [l.resource, l.host, l.owner.uuid])).toEqual(
+      expect.arrayContaining([
+        ['/v/1', 'src', VM.uuid],
+        ['/v/2', 'intruder', 'other'],
+      ]),
+    );
+    await src.close({ revoke: true });
+    await intruder.close({ revoke: true });
+  });
 });

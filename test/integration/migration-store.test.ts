@@ -34,6 +34,23 @@ describe('migration store', () => {
     await store.create(newMigration(request('m-3'), 3));
     expect((await store.list()).map((m) => m.record.id).sort()).toEqual(['m-1', 'm-3']);
   });
+
+  it('lets an agent refuse a command older than the record, of an ended migration, or of an unknown one (STALE_TOKEN)', async () => {
+    await using conn = connectEtcd(etcd.endpoints);
+    const store = new MigrationStore(conn);
+    const vm = { uuid: randomUUID(), name: 'db-1' };
+    const created = await store.create(newMigration({ id: 'm-s', vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-1.img', lockspace: 'images', mode: 'exclusive' }] }, 0));
+    const begun = await store.save(created, transition(created.record, { step: 'begin', ok: true, revision: 40, grants: [30] }, 1));
+    await expect(store.assertCurrent('m-s', 40)).resolves.toMatchObject({ phase: 'preparing' });
+    await expect(store.assertCurrent('m-s', 41)).resolves.toMatchObject({ phase: 'preparing' });
+    expect(await store.assertCurrent('m-s', 39).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', details: { presented: 39, current: 40 } });
+    expect(await store.assertCurrent('m-unknown', 99).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN' });
+    const failed = transition(begun.record, { step: 'prepare', ok: false, error: { code: 'IO_ERROR', message: 'no room' } }, 2);
+    const unmarked = transition(failed, { step: 'unmark', ok: true, revision: 50 }, 3);
+    const discarded = transition(unmarked, { step: 'discard', ok: true }, 4);
+    await store.save(begun, transition(discarded, { step: 'restore', ok: true }, 5));
+    expect(await store.assertCurrent('m-s', 50).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', message: expect.stringContaining('ended') });
+  });
 });
 
 describe('etcd steps of the saga', () => {

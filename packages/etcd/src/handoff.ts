@@ -2,7 +2,7 @@ import { BatonError, LeaseValueSchema, wallTimeIso, type LeaseValue, type Migrat
 import type { ICompare, IKeyValue, IRequestOp } from 'etcd3';
 import { z } from 'zod';
 import type { EtcdConnection } from './connection.js';
-import { KeyLayout } from './keys.js';
+import { KeyLayout, prefixEnd } from './keys.js';
 import { parseValue } from './values.js';
 
 /**
@@ -136,14 +136,14 @@ export class Handoff {
    * `compare`; a re-issue finds its own values and returns their revision. The key is overwritten,
    * never absent.
    */
-  private async moveLeases(step: 'commit' | 'give-back', compare: (t: Target) => ICompare, owner: LeaseValue['owner'], to: HandoffParty, extra: (t: Target) => IRequestOp[]): Promise<Token> {
+  private async moveLeases(step: 'commit' | 'give-back', compare: (t: Target, excl: IKeyValue | undefined) => ICompare, owner: LeaseValue['owner'], to: HandoffParty, extra: (t: Target) => IRequestOp[]): Promise<Token> {
     const { state } = await this.read();
     const grant = `${this.migration}:${step}`;
     if (state.every((s) => parseValue(LeaseValueSchema, s.excl)?.grant === grant)) return Number(state[0]!.excl!.mod_revision);
     const value = (t: Target): string =>
       JSON.stringify({ v: 1, host: to.host, owner, lockspace: t.resource.lockspace, resource: t.resource.identity, mode: 'exclusive', since: wallTimeIso(), grant } satisfies LeaseValue);
     return this.txn(
-      this.targets.map(compare),
+      this.targets.map((t, i) => compare(t, state[i]!.excl)),
       this.targets.flatMap((t) => [{ request_put: { key: buf(t.excl), value: buf(value(t)), lease: to.session } }, ...extra(t)]),
       step,
     );
@@ -166,8 +166,19 @@ export class Handoff {
     );
   }
 
-  /** After commit, the destination could not run the VM: the leases go back to the source, with a new token. */
+  /**
+   * After commit, the destination could not run the VM: the leases go back to the source, with a
+   * new token. A lease that vanished with the destination's session (its agent stayed down past
+   * the TTL) is taken back too, if nothing at all is held under the resource (no third party, no
+   * lock-delay marker): neither copy has run since commit.
+   */
   giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
-    return this.moveLeases('give-back', (t) => ({ key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit }), owner, to, () => []);
+    return this.moveLeases(
+      'give-back',
+      (t, excl) => (excl === undefined ? { key: buf(t.prefix), range_end: prefixEnd(t.prefix), target: 'Version', result: 'Equal', version: 0 } : { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit }),
+      owner,
+      to,
+      () => [],
+    );
   }
 }

@@ -76,12 +76,15 @@ export class MigrationStore {
 
   /**
    * Refuse (STALE_TOKEN) a command whose token is older than the record's newest revision: the
-   * coordinator saves each etcd step before it sends the next command, so a late or duplicated
-   * command of an earlier step, or of a deposed leader, is refused here before it acts.
+   * coordinator saves each etcd step before it sends the next command (resume aside, which checks
+   * the leases themselves), so a late or duplicated command of an earlier step, of a deposed
+   * leader, or of an ended migration is refused here before it acts.
    */
   async assertCurrent(id: string, token: Token): Promise<MigrationRecord> {
     const stored = await this.get(id);
     if (!stored) throw new BatonError('STALE_TOKEN', `migration ${id} is unknown here`, { details: { migration: id, presented: token } });
+    // An ended migration waits for nothing: whatever arrives for it now is a late duplicate.
+    if (isClosedPhase(stored.record.phase)) throw new BatonError('STALE_TOKEN', `migration ${id} has ended (${stored.record.phase})`, { details: { migration: id, presented: token } });
     const current = currentRevision(stored.record);
     if (isStale(token, current)) throw new BatonError('STALE_TOKEN', `migration ${id}: token ${token} is older than ${current}`, { details: { migration: id, presented: token, current } });
     return stored.record;
