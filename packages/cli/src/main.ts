@@ -6,6 +6,8 @@ import { registerDemoCommand } from './commands/demo.js';
 import { registerHostCommands } from './commands/hosts.js';
 import { registerLockCommands } from './commands/lock.js';
 import { registerLocksCommand } from './commands/locks.js';
+import { registerMigrationCommands } from './commands/migrate.js';
+import { registerVmCommands } from './commands/vm.js';
 
 const program = new Command('baton')
   .description('Baton: cluster-wide leases for VM disks, safe live migration')
@@ -16,6 +18,8 @@ registerLockCommands(program);
 registerLocksCommand(program);
 registerHostCommands(program);
 registerCoordinatorCommand(program);
+registerMigrationCommands(program);
+registerVmCommands(program);
 registerDemoCommand(program);
 
 try {

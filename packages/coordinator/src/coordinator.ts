@@ -6,6 +6,7 @@ import {
   leaseTiming,
   newMigration,
   systemClock,
+  wallTimeIso,
   VM_COMMANDS,
   VmSpecSchema,
   type ClusterLease,
@@ -193,7 +194,7 @@ export class Coordinator implements AsyncDisposable {
     const destination = (await this.view.hosts()).find((h) => h.host === req.to);
     if (!destination || destination.ttlLeftSeconds < 0) throw new BatonError('UNAVAILABLE', `host ${req.to} has no live session`, { details: { host: req.to } });
     const record = newMigration(
-      { id: randomUUID(), vm, source, destination: req.to, resources: leases.map((l) => ({ name: l.resource, lockspace: l.lockspace, mode: l.mode })) },
+      { id: randomUUID(), vm, source, destination: req.to, resources: leases.map((l) => ({ name: l.resource, lockspace: l.lockspace, mode: l.mode })), startedAt: wallTimeIso() },
       this.clock.now(),
     );
     const stored = await this.store.create(record);

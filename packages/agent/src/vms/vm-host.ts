@@ -126,10 +126,16 @@ export class VmHost implements AsyncDisposable {
     return { vms: (await this.opts.driver.list()).map((vm) => this.hosted(vm)) };
   }
 
-  destroy(uuid: string): Promise<VmCommandResult<'vm.destroy'>> {
+  private async assertNotMigrating(uuid: string): Promise<void> {
+    const migration = await this.store.openFor(uuid);
+    if (migration !== undefined) throw new BatonError('MIGRATING', `VM ${uuid} is in migration ${migration}; destroy it once the migration has ended`, { details: { vm: uuid, migration } });
+  }
+
+  async destroy(uuid: string): Promise<VmCommandResult<'vm.destroy'>> {
+    // Answered at once, not after the VM's queue (a send in it may take a minute); checked again in turn.
+    await this.assertNotMigrating(uuid);
     return this.serial.run(uuid, async () => {
-      const migration = await this.store.openFor(uuid);
-      if (migration !== undefined) throw new BatonError('MIGRATING', `VM ${uuid} is in migration ${migration}; destroy it once the migration has ended`, { details: { vm: uuid, migration } });
+      await this.assertNotMigrating(uuid);
       if (!(await this.opts.driver.find(uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${uuid} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
       const released = await this.stopAndRelease(uuid);
       this.opts.log.info({ vm: uuid, released }, `VM ${uuid} destroyed`);

@@ -61,7 +61,8 @@ export class CoordinatorHttp {
     app.get('/v1/migrations', async (_req, reply) => {
       try {
         const all = await coordinatorOf().store.list();
-        return { migrations: all.map((s) => s.record).sort((a, b) => a.timeline[0]!.atMs - b.timeline[0]!.atMs) };
+        // Wall-clock start orders records across leaders (their monotonic clocks differ after a failover).
+        return { migrations: all.map((s) => s.record).sort((a, b) => (a.startedAt ?? '').localeCompare(b.startedAt ?? '') || a.timeline[0]!.atMs - b.timeline[0]!.atMs) };
       } catch (err) {
         return send(reply, err);
       }

@@ -68,6 +68,8 @@ export const MigrationRecordSchema = z
     staged: z.strictObject({ definition: z.json(), atMs: z.number().nonnegative() }).nullable(),
     /** Where the source sends the VM's state: the destination's answer to prepare (a socket, a URI). */
     incoming: z.string().min(1).max(4096).nullable().default(null),
+    /** Wall-clock start, for people and for ordering lists across leaders; never used to decide. */
+    startedAt: z.string().max(64).optional(),
   })
   .superRefine((r, ctx) => {
     const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
@@ -90,6 +92,7 @@ export interface MigrationRequest {
   source: string;
   destination: string;
   resources: MigrationRecord['resources'];
+  startedAt?: string;
 }
 
 function parse(value: unknown, code: ErrorCode, what: string): MigrationRecord {

@@ -1,0 +1,115 @@
+import type { Command } from 'commander';
+import { BatonError, exitCodeFor, type MigrationRecord } from '@baton/core';
+import { CoordinatorClient, FOLLOW_TIMEOUT_MS, type CoordinatorStatus } from '../coordinator-client.js';
+import { abortCause, abortError, migrationHeader, migrationRows, MIGRATION_COLUMNS, printTimeline, progressLine } from '../migration-view.js';
+import { printJson, printTable, reporting } from '../output.js';
+
+export interface CoordinatorOpts {
+  coordinator?: string;
+  json?: boolean;
+}
+
+/** The options every command that talks to a coordinator takes. */
+export function coordinatorOptions(cmd: Command): Command {
+  return cmd
+    .option('--coordinator <url>', 'a coordinator replica’s HTTP address (default: BATON_COORDINATOR_URL, else http://127.0.0.1:9472)')
+    .option('--json', 'machine-readable output');
+}
+
+interface MigrateOpts extends CoordinatorOpts {
+  to: string;
+  wait: boolean;
+  timeout?: string;
+}
+
+function seconds(text: string | undefined, fallbackMs: number): number {
+  if (text === undefined) return fallbackMs;
+  const s = Number(text);
+  if (!Number.isFinite(s) || s <= 0) throw new BatonError('INVALID_REQUEST', `--timeout must be a positive number of seconds, not "${text}"`, { details: { timeout: text } });
+  return s * 1000;
+}
+
+async function migrate(vm: string, opts: MigrateOpts): Promise<void> {
+  const client = CoordinatorClient.from(opts);
+  const followMs = seconds(opts.timeout, FOLLOW_TIMEOUT_MS);
+  const accepted = await client.migrate(vm, opts.to);
+  if (!opts.wait) {
+    if (opts.json) printJson(accepted);
+    else process.stdout.write(`${migrationHeader(accepted)}\nstarted; follow it with: baton migrations ${accepted.id}\n`);
+    return;
+  }
+  // Print each timeline entry once, as it first appears in any version of the record.
+  let shown = 0;
+  const show = (record: MigrationRecord): void => {
+    if (opts.json) return;
+    for (const entry of record.timeline.slice(shown)) process.stdout.write(progressLine(record, entry) + '\n');
+    shown = Math.max(shown, record.timeline.length);
+  };
+  if (!opts.json) process.stdout.write(migrationHeader(accepted) + '\n');
+  show(accepted);
+  const settled = await client.follow(accepted.id, show, followMs);
+  if (opts.json) {
+    printJson(settled);
+    // The record is the output either way; the exit status still says how the migration ended.
+    if (settled.phase === 'aborted') process.exitCode = exitCodeFor(abortCause(settled).code);
+    return;
+  }
+  process.stdout.write('\n');
+  printTimeline(settled);
+  if (settled.phase === 'aborted') throw abortError(settled);
+  process.stdout.write(`VM ${settled.vm.name} runs on ${settled.destination}\n`);
+}
+
+function printStatus(status: CoordinatorStatus): void {
+  const leader = status.leader === null ? 'none (an election is under way)' : `${status.leader.id} at ${status.leader.url}`;
+  const lines = [
+    `leader:     ${leader}`,
+    `replicas:   ${status.replicas.map((r) => `${r.id} (${r.url})`).join(', ') || 'none'}`,
+    `answered:   ${status.replica.id} (${status.replica.leader ? 'leader' : 'follower'})`,
+    `hosts:      ${[...status.hosts].sort((a, b) => a.host.localeCompare(b.host)).map((h) => (h.ttlLeftSeconds < 0 ? `${h.host} (session expired)` : h.host)).join(', ') || 'none'}`,
+    `open:       ${status.open.length} migration(s)`,
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+  if (status.open.length > 0) printTable(migrationRows(status.open), MIGRATION_COLUMNS);
+}
+
+/** `baton migrate`, `baton migrations`, `baton status`: the coordinator's view, over its HTTP API. */
+export function registerMigrationCommands(program: Command): void {
+  coordinatorOptions(program.command('migrate <vm>'))
+    .description('live-migrate a VM (uuid or name): its disk leases go to --to without a gap or an overlap; shows each phase as it is reached')
+    .requiredOption('--to <host>', 'the destination host')
+    .option('--no-wait', 'return once the coordinator has taken the migration')
+    .option('--timeout <seconds>', `how long to follow the migration (default ${FOLLOW_TIMEOUT_MS / 1000}); it goes on without the command`)
+    .action(async (vm: string, opts: MigrateOpts) => {
+      await reporting(opts, () => migrate(vm, opts));
+    });
+
+  coordinatorOptions(program.command('migrations [id]'))
+    .description('every migration on record, oldest first; with ID, that one and its timeline')
+    .action(async (id: string | undefined, opts: CoordinatorOpts) => {
+      await reporting(opts, async () => {
+        const client = CoordinatorClient.from(opts);
+        if (id === undefined) {
+          const all = await client.migrations();
+          if (opts.json) printJson({ migrations: all });
+          else printTable(migrationRows(all), MIGRATION_COLUMNS);
+          return;
+        }
+        const record = await client.migration(id);
+        if (opts.json) return printJson(record);
+        process.stdout.write(`${migrationHeader(record)}\nphase: ${record.phase}\n`);
+        if (record.phase === 'aborted') process.stdout.write(`cause: ${abortError(record).message}\n`);
+        printTimeline(record);
+      });
+    });
+
+  coordinatorOptions(program.command('status'))
+    .description('the coordinators (leader, replicas), the live hosts and the open migrations')
+    .action(async (opts: CoordinatorOpts) => {
+      await reporting(opts, async () => {
+        const status = await CoordinatorClient.from(opts).status();
+        if (opts.json) printJson(status);
+        else printStatus(status);
+      });
+    });
+}

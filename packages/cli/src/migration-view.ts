@@ -1,0 +1,79 @@
+import { BatonError, migrationRule, type ErrorCode, type MigrationRecord, type TimelineEntry } from '@baton/core';
+import { handoffWindowMs } from '@baton/coordinator';
+import { printTable } from './output.js';
+
+/**
+ * How migration records read for people. Timeline times are the leader's monotonic clock, so
+ * they are shown relative to the record's own `begun` entry, never as a time of day.
+ */
+
+export const MIGRATION_COLUMNS = ['id', 'vm', 'source', 'destination', 'phase', 'started'] as const;
+const TIMELINE_COLUMNS = ['phase', 'at', 'step', 'error'] as const;
+
+export function formatMs(ms: number): string {
+  return `${ms.toFixed(1)} ms`;
+}
+
+function sinceBegun(record: MigrationRecord, entry: TimelineEntry): number {
+  return entry.atMs - record.timeline[0]!.atMs;
+}
+
+export function migrationRows(records: readonly MigrationRecord[]): Record<string, unknown>[] {
+  return records.map((r) => ({
+    id: r.id,
+    vm: r.vm.name,
+    source: r.source,
+    destination: r.destination,
+    phase: r.phase,
+    // Wall-clock start; records from before it was kept show the leader's monotonic clock instead.
+    started: r.startedAt ?? `${(r.timeline[0]!.atMs / 1000).toFixed(3)}s (monotonic)`,
+  }));
+}
+
+/** `  performing   +12.3 ms`, with the error code when a failure led into the phase. */
+export function progressLine(record: MigrationRecord, entry: TimelineEntry): string {
+  const line = `  ${entry.phase.padEnd(11)} +${formatMs(sinceBegun(record, entry))}`;
+  return entry.error === undefined ? line : `${line}  ${entry.error}`;
+}
+
+export function migrationHeader(record: MigrationRecord): string {
+  return `migration ${record.id}: VM ${record.vm.name} (${record.vm.uuid}) ${record.source} → ${record.destination}`;
+}
+
+/** The timeline as a table (since begun, and how long each step took) and the handoff window. */
+export function printTimeline(record: MigrationRecord): void {
+  printTable(
+    record.timeline.map((e, i) => ({
+      phase: e.phase,
+      at: `+${formatMs(sinceBegun(record, e))}`,
+      step: i === 0 ? undefined : formatMs(e.atMs - record.timeline[i - 1]!.atMs),
+      error: e.error,
+    })),
+    TIMELINE_COLUMNS,
+  );
+  const window = handoffWindowMs(record);
+  process.stdout.write(
+    window === undefined
+      ? 'handoff window: none (the destination never took over)\n'
+      : `handoff window: ${formatMs(window)} (sent → confirming: the commit transaction and the destination's resume)\n`,
+  );
+}
+
+/**
+ * Why an aborted migration aborted: the failure that led into the abort path (the first entry
+ * that carries an error) and the step that failed (the rule of the phase before it).
+ */
+export function abortCause(record: MigrationRecord): { code: ErrorCode; step: string } {
+  const i = record.timeline.findIndex((e) => e.error !== undefined);
+  if (i < 0) return { code: 'INTERNAL', step: 'unknown' };
+  const before = i > 0 ? migrationRule(record.timeline[i - 1]!.phase) : undefined;
+  return { code: record.timeline[i]!.error!, step: before?.step ?? 'unknown' };
+}
+
+/** An aborted migration as the error the CLI reports: the code of the failure that caused it. */
+export function abortError(record: MigrationRecord): BatonError {
+  const { code, step } = abortCause(record);
+  return new BatonError(code, `migration ${record.id} aborted: ${step} failed with ${code}; VM ${record.vm.name} stays on ${record.source}`, {
+    details: { migration: record.id, step, vm: record.vm.uuid, host: record.source },
+  });
+}

@@ -1,0 +1,250 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { exitCodeFor, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
+import { handoffWindowMs, type CoordinatorService } from '@baton/coordinator';
+import { runCli, type CliResult } from '../support/agent-io.js';
+import { EtcdServer, freePort, httpJson, MigrationCluster, NatsServer, TcpProxy, waitFor } from '../support/index.js';
+
+/**
+ * `baton vm`, `baton migrate`, `baton migrations` and `baton status` as an operator runs them: the
+ * real CLI as a process, against two coordinator replicas (a leader and a follower) over real
+ * etcd, NATS and agent processes with sim VMs. One cluster for the file; each test starts its own
+ * VMs, so the tests do not depend on each other's order.
+ */
+let etcd: EtcdServer;
+let nats: NatsServer;
+let mc: MigrationCluster;
+let leader: CoordinatorService;
+let follower: CoordinatorService;
+beforeAll(async () => {
+  [etcd, nats] = await Promise.all([EtcdServer.start(), NatsServer.start({ jetstream: true })]);
+  mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+  // The first replica is elected before the second campaigns, so which one leads is known.
+  await mc.addCoordinator('coord-1');
+  leader = await mc.leader();
+  follower = await mc.addCoordinator('coord-2');
+});
+afterAll(async () => {
+  await mc?.[Symbol.asyncDispose]();
+  await Promise.all([etcd?.close(), nats?.close()]);
+});
+
+const HANDOFF = ['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'confirming', 'done'];
+const FAILED_SEND = ['begun', 'preparing', 'prepared', 'performing', 'unmarking', 'discarding', 'restoring', 'aborted'];
+
+const why = (r: CliResult): string => `status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
+
+/** `baton ARGS --coordinator URL` (the leader's unless said). */
+function cli(args: string[], via: CoordinatorService = leader): Promise<CliResult> {
+  return runCli([...args, '--coordinator', via.url], { deadlineMs: 30_000 });
+}
+
+async function ok(args: string[], via?: CoordinatorService): Promise<CliResult> {
+  const r = await cli(args, via);
+  expect(r.status, why(r)).toBe(0);
+  return r;
+}
+
+/** A table printed by the CLI: cells split where printTable pads (two spaces or more). */
+function table(lines: string[]): { header: string[]; rows: string[][] } {
+  const [header, ...rows] = lines.map((l) => l.trim().split(/\s{2,}/));
+  return { header: header!, rows };
+}
+
+/** The lines of the timeline table `migrate` and `migrations ID` print, up to the handoff window line. */
+function timelineTable(stdout: string): { header: string[]; rows: string[][] } {
+  const lines = stdout.split('\n');
+  const start = lines.findIndex((l) => l.startsWith('PHASE'));
+  const end = lines.findIndex((l) => l.startsWith('handoff window:'));
+  expect(start, stdout).toBeGreaterThanOrEqual(0);
+  return table(lines.slice(start, end));
+}
+
+/** Where a VM's copies are, by host, as their agents report them. */
+async function copies(uuid: string): Promise<Record<string, string>> {
+  return Object.fromEntries((await mc.vms()).filter((v) => v.uuid === uuid).map((v) => [v.host, v.state]));
+}
+
+async function record(id: string): Promise<MigrationRecord> {
+  const res = await httpJson<MigrationRecord>(`${leader.url}/v1/migrations/${id}`);
+  expect(res.status).toBe(200);
+  return res.body;
+}
+
+/** Wait for a migration to settle; a timeout names the phase it stayed in and its timeline. */
+function settled(id: string): Promise<MigrationRecord> {
+  return waitFor(
+    async () => {
+      const r = await record(id);
+      if (isSettled(r)) return r;
+      throw new Error(`still ${r.phase}; timeline ${r.timeline.map((e) => `${e.phase}${e.error ? `(${e.error})` : ''}`).join(' → ')}`);
+    },
+    { what: `migration ${id} to end`, deadlineMs: 20_000 },
+  );
+}
+
+describe('baton CLI for VMs and live migration', () => {
+  it('vm start runs a VM on its host, and vm list shows it there (table and JSON)', async () => {
+    const disk = mc.disk('cli-web1.img');
+    const started = await ok(['vm', 'start', 'cli-web1', '--host', 'host-a', '--disk', disk, '--on-lease-loss', 'pause', '--json']);
+    const vm = JSON.parse(started.stdout) as HostedVm;
+    expect(vm).toMatchObject({ name: 'cli-web1', host: 'host-a', state: 'running' });
+    expect(vm.uuid).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(vm.locks.map((l) => [l.resource, l.mode])).toEqual([[disk, 'exclusive']]);
+
+    const [listedText, jsonText] = await Promise.all([ok(['vm', 'list']), ok(['vm', 'list', '--json'], follower)]);
+    const listed = table(listedText.stdout.trimEnd().split('\n'));
+    expect(listed.header).toEqual(['NAME', 'UUID', 'HOST', 'STATE', 'PID', 'TOKENS']);
+    expect(listed.rows.filter((r) => r[0] === 'cli-web1')).toEqual([['cli-web1', vm.uuid, 'host-a', 'running', String(vm.pid), String(vm.locks[0]!.token)]]);
+    const json = JSON.parse(jsonText.stdout) as { vms: HostedVm[] };
+    // seq is the guest's write counter: it moves on between the two answers.
+    expect(json.vms.filter((v) => v.uuid === vm.uuid)).toEqual([{ ...vm, seq: expect.any(Number) }]);
+    expect(await copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+  });
+
+  it('migrate --json, through a follower replica, ends with the record done and the VM running on the destination', async () => {
+    const vm = await mc.startVm('host-a', 'cli-web2', ['cli-web2.img']);
+    const r = await ok(['migrate', 'cli-web2', '--to', 'host-b', '--json'], follower);
+    const done = JSON.parse(r.stdout) as MigrationRecord;
+    expect(done).toMatchObject({ phase: 'done', vm: { uuid: vm.uuid, name: 'cli-web2' }, source: 'host-a', destination: 'host-b' });
+    expect(done.timeline.map((e) => e.phase)).toEqual(HANDOFF);
+    expect(await record(done.id)).toEqual(done);
+    const after = JSON.parse((await ok(['vm', 'list', '--json'])).stdout) as { vms: HostedVm[] };
+    expect(after.vms.filter((v) => v.uuid === vm.uuid).map((v) => [v.host, v.state, v.locks.map((l) => l.token)])).toEqual([['host-b', 'running', [done.tokens.commit]]]);
+  });
+
+  it('migrate shows every phase as it is reached, in order, then the timeline and the handoff window', async () => {
+    const vm = await mc.startVm('host-b', 'cli-web3', ['cli-web3.img']);
+    const r = await ok(['migrate', vm.uuid, '--to', 'host-a']);
+    const lines = r.stdout.split('\n');
+    const id = /^migration (\S+): VM cli-web3 \(([0-9a-f-]+)\) host-b → host-a$/.exec(lines[0]!);
+    expect(id?.[2], r.stdout).toBe(vm.uuid);
+    const progress = lines.slice(1).map((l) => /^ {2}(\S+) +\+(\d+\.\d) ms$/.exec(l)).filter((m) => m !== null);
+    expect(progress.map((m) => m[1])).toEqual(HANDOFF);
+    const since = progress.map((m) => Number(m[2]));
+    expect(since[0]).toBe(0);
+    expect([...since].sort((a, b) => a - b)).toEqual(since);
+
+    const done = await record(id![1]!);
+    const t = timelineTable(r.stdout);
+    expect(t.header).toEqual(['PHASE', 'AT', 'STEP', 'ERROR']);
+    expect(t.rows.map((row) => [row[0], row[3]])).toEqual(HANDOFF.map((p) => [p, '-']));
+    expect(t.rows.map((row) => row[1])).toEqual(done.timeline.map((e) => `+${(e.atMs - done.timeline[0]!.atMs).toFixed(1)} ms`));
+    const window = handoffWindowMs(done)!;
+    expect(window).toBeGreaterThan(0);
+    expect(lines).toContain(`handoff window: ${window.toFixed(1)} ms (sent → confirming: the commit transaction and the destination's resume)`);
+    expect(r.stdout.trimEnd().split('\n').at(-1)).toBe('VM cli-web3 runs on host-a');
+    expect(r.stderr).toBe('');
+    expect(await copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+  });
+
+  it('a failed send: migrate exits with IO_ERROR’s status and prints the aborted timeline; migrations lists the aborted and the later done one', async () => {
+    const vm = await mc.startVm('host-a', 'cli-db1', ['cli-db1.img']);
+    const driver = mc.driver('host-a');
+
+    await driver.inject(vm.uuid, { failSends: 1 });
+    const failed = await cli(['migrate', 'cli-db1', '--to', 'host-b']);
+    expect(failed.status, why(failed)).toBe(exitCodeFor('IO_ERROR'));
+    const firstId = /^migration (\S+): /.exec(failed.stdout)?.[1];
+    expect(failed.stderr).toMatch(/^error IO_ERROR: migration \S+ aborted: perform failed with IO_ERROR; VM cli-db1 stays on host-a$/m);
+    const t = timelineTable(failed.stdout);
+    expect(t.rows.map((row) => [row[0], row[3]])).toEqual(FAILED_SEND.map((p) => [p, p === 'unmarking' ? 'IO_ERROR' : '-']));
+    expect(failed.stdout).toMatch(/^ {2}unmarking +\+\d+\.\d ms {2}IO_ERROR$/m);
+    expect(failed.stdout).toContain('handoff window: none (the destination never took over)\n');
+    expect(await copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+
+    // --json: the aborted record is the output, the exit status still the failure's.
+    await driver.inject(vm.uuid, { failSends: 1 });
+    const failedJson = await cli(['migrate', 'cli-db1', '--to', 'host-b', '--json']);
+    expect(failedJson.status, why(failedJson)).toBe(exitCodeFor('IO_ERROR'));
+    const aborted = JSON.parse(failedJson.stdout) as MigrationRecord;
+    expect(aborted.phase).toBe('aborted');
+    expect(aborted.timeline.map((e) => [e.phase, e.error])).toEqual(FAILED_SEND.map((p) => [p, p === 'unmarking' ? 'IO_ERROR' : undefined]));
+
+    const done = JSON.parse((await ok(['migrate', 'cli-db1', '--to', 'host-b', '--json'])).stdout) as MigrationRecord;
+    expect(done.phase).toBe('done');
+
+    // The list: every record on file, oldest first, the same from either replica.
+    const all = (await httpJson<{ migrations: MigrationRecord[] }>(`${leader.url}/v1/migrations`)).body.migrations;
+    const [listText, listJson, one] = await Promise.all([ok(['migrations'], follower), ok(['migrations', '--json']), ok(['migrations', aborted.id])]);
+    const list = table(listText.stdout.trimEnd().split('\n'));
+    expect(list.header).toEqual(['ID', 'VM', 'SOURCE', 'DESTINATION', 'PHASE', 'STARTED']);
+    expect(list.rows.map((row) => row.slice(0, 5))).toEqual(all.map((m) => [m.id, m.vm.name, m.source, m.destination, m.phase]));
+    expect(list.rows.filter((row) => row[1] === 'cli-db1').map((row) => [row[0], row[4]])).toEqual([
+      [firstId, 'aborted'],
+      [aborted.id, 'aborted'],
+      [done.id, 'done'],
+    ]);
+    expect(JSON.parse(listJson.stdout)).toEqual({ migrations: all });
+
+    // One record: its outcome, why it aborted, and its timeline.
+    expect(one.stdout).toContain(`migration ${aborted.id}: VM cli-db1 (${vm.uuid}) host-a → host-b\nphase: aborted\n`);
+    expect(one.stdout).toContain(`cause: migration ${aborted.id} aborted: perform failed with IO_ERROR; VM cli-db1 stays on host-a\n`);
+    expect(timelineTable(one.stdout).rows.map((row) => row[0])).toEqual(FAILED_SEND);
+  });
+
+  it('status names the leader, the replicas and the hosts, from either replica (BATON_COORDINATOR_URL when no --coordinator)', async () => {
+    const [viaLeader, viaFollower, json] = await Promise.all([
+      ok(['status']),
+      runCli(['status'], { env: { BATON_COORDINATOR_URL: follower.url }, deadlineMs: 30_000 }),
+      ok(['status', '--json'], follower),
+    ]);
+    expect(viaFollower.status, why(viaFollower)).toBe(0);
+    for (const r of [viaLeader, viaFollower]) {
+      expect(r.stdout).toMatch(new RegExp(`^leader: +coord-1 at ${leader.url}$`, 'm'));
+      expect(r.stdout).toMatch(new RegExp(`^replicas: +coord-1 \\(${leader.url}\\), coord-2 \\(${follower.url}\\)$`, 'm'));
+      expect(r.stdout).toMatch(/^hosts: +host-a, host-b$/m);
+    }
+    expect(viaLeader.stdout).toMatch(/^answered: +coord-1 \(leader\)$/m);
+    expect(viaFollower.stdout).toMatch(/^answered: +coord-2 \(follower\)$/m);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      replica: { id: 'coord-2', leader: false },
+      leader: { id: 'coord-1', url: leader.url },
+      replicas: [{ id: 'coord-1' }, { id: 'coord-2' }],
+      hosts: [expect.objectContaining({ host: 'host-a' }), expect.objectContaining({ host: 'host-b' })],
+    });
+  });
+
+  it('vm destroy during a migration is refused with MIGRATING; once it has ended, destroy frees the VM', async () => {
+    const vm = await mc.startVm('host-a', 'cli-app1', ['cli-app1.img']);
+    // The destroy is sent through a paused link and let through once the migration is open: the
+    // CLI's own start-up (seconds on a loaded machine) must not race the 1.5 s send that keeps it open.
+    await using link = await TcpProxy.start({ target: { port: Number(new URL(leader.url).port) } });
+    link.pause();
+    const [refused, accepted] = await Promise.all([
+      runCli(['vm', 'destroy', 'cli-app1', '--coordinator', `http://${link.hostPort}`], { deadlineMs: 30_000 }),
+      (async (): Promise<MigrationRecord> => {
+        await waitFor(() => link.connectionCount > 0, { what: 'baton vm destroy to connect', deadlineMs: 20_000 });
+        await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_500 });
+        const migration = JSON.parse((await ok(['migrate', 'cli-app1', '--to', 'host-b', '--no-wait', '--json'])).stdout) as MigrationRecord;
+        link.heal();
+        return migration;
+      })(),
+    ]);
+    expect(accepted.phase).toBe('begun');
+    expect(refused.status, why(refused)).toBe(exitCodeFor('MIGRATING'));
+    expect(refused.stderr).toMatch(/^error MIGRATING: VM \S+ is in migration \S+; destroy it once the migration has ended$/m);
+
+    expect((await settled(accepted.id)).phase).toBe('done');
+    const destroyed = await ok(['vm', 'destroy', vm.uuid]);
+    expect(destroyed.stdout).toBe(`VM ${vm.uuid} destroyed on host-b; 1 lease(s) released\n`);
+    await waitFor(async () => Object.keys(await copies(vm.uuid)).length === 0, { what: 'cli-app1 gone from every host', deadlineMs: 5_000 });
+  });
+
+  it('answers MIGRATION_NOT_FOUND for an unknown migration and UNAVAILABLE, naming the URL, when nobody listens', async () => {
+    const nobody = `http://127.0.0.1:${await freePort()}`;
+    const [unknown, unknownJson, unreachable, unreachableJson] = await Promise.all([
+      cli(['migrations', 'no-such-migration']),
+      cli(['migrations', 'no-such-migration', '--json']),
+      runCli(['migrate', 'cli-web1', '--to', 'host-b', '--coordinator', nobody], { deadlineMs: 30_000 }),
+      runCli(['vm', 'list', '--json', '--coordinator', nobody], { deadlineMs: 30_000 }),
+    ]);
+    expect(unknown.status, why(unknown)).toBe(exitCodeFor('MIGRATION_NOT_FOUND'));
+    expect(unknown.stderr).toMatch(/^error MIGRATION_NOT_FOUND: no migration no-such-migration$/m);
+    expect(unknownJson.status, why(unknownJson)).toBe(exitCodeFor('MIGRATION_NOT_FOUND'));
+    expect(JSON.parse(unknownJson.stdout)).toEqual({ error: { code: 'MIGRATION_NOT_FOUND', message: 'no migration no-such-migration', details: { migration: 'no-such-migration' } } });
+    expect(unreachable.status, why(unreachable)).toBe(exitCodeFor('UNAVAILABLE'));
+    expect(unreachable.stderr).toContain(`error UNAVAILABLE: cannot reach the coordinator at ${nobody}/v1/migrations (ECONNREFUSED)`);
+    expect(unreachableJson.status, why(unreachableJson)).toBe(exitCodeFor('UNAVAILABLE'));
+    expect(JSON.parse(unreachableJson.stdout)).toMatchObject({ error: { code: 'UNAVAILABLE', details: { url: `${nobody}/v1/vms` } } });
+  });
+});
