@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { isSettled, type HostedVm, type MigrationRecord, type VmSpecInput } from '@baton/core';
-import { CoordinatorConfigSchema, CoordinatorService, type Log } from '@baton/coordinator';
+import { CoordinatorConfigSchema, CoordinatorService, type CoordinatorConfigInput, type Log } from '@baton/coordinator';
 import { SimDriver } from '@baton/agent';
 import { AgentProcess, SharedStorage } from './agent-process.js';
 import { clusterName } from './cluster-host.js';
@@ -14,6 +14,12 @@ export interface MigrationClusterOptions {
   hosts?: string[];
   ttlSeconds?: number;
 }
+
+/** Fields of a coordinator's configuration a test may replace; etcd and nats merge field by field. */
+export type CoordinatorOverrides = Omit<Partial<CoordinatorConfigInput>, 'etcd' | 'nats'> & {
+  etcd?: Partial<CoordinatorConfigInput['etcd']>;
+  nats?: Partial<CoordinatorConfigInput['nats']>;
+};
 
 const quiet: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
@@ -59,20 +65,26 @@ export class MigrationCluster implements AsyncDisposable {
     return mc;
   }
 
-  coordinatorConfig(id: string): ReturnType<typeof CoordinatorConfigSchema.parse> {
+  /**
+   * A replica's configuration on this cluster. `overrides` replace fields (etcd and nats are merged
+   * field by field), e.g. endpoints through a proxy or shorter step deadlines for a fault test.
+   */
+  coordinatorConfig(id: string, overrides: CoordinatorOverrides = {}): ReturnType<typeof CoordinatorConfigSchema.parse> {
+    const { etcd, nats, ...rest } = overrides;
     return CoordinatorConfigSchema.parse({
       id,
-      etcd: { endpoints: this.opts.etcd, cluster: this.cluster, ttlSeconds: this.opts.ttlSeconds },
-      nats: { servers: this.opts.nats, cluster: this.cluster },
       http: { host: '127.0.0.1', port: 0 },
       stepTimeoutMs: 2_000,
       sendTimeoutMs: 10_000,
+      ...rest,
+      etcd: { endpoints: this.opts.etcd, cluster: this.cluster, ttlSeconds: this.opts.ttlSeconds, ...etcd },
+      nats: { servers: this.opts.nats, cluster: this.cluster, ...nats },
     });
   }
 
   /** A coordinator replica in this process; resolves once it serves HTTP (it may not lead yet). */
-  async addCoordinator(id = `coord-${this.coordinators.length + 1}`, log: Log = quiet): Promise<CoordinatorService> {
-    const service = await CoordinatorService.start({ config: this.coordinatorConfig(id), log });
+  async addCoordinator(id = `coord-${this.coordinators.length + 1}`, log: Log = quiet, overrides: CoordinatorOverrides = {}): Promise<CoordinatorService> {
+    const service = await CoordinatorService.start({ config: this.coordinatorConfig(id, overrides), log });
     this.coordinators.push(service);
     return service;
   }
@@ -120,6 +132,15 @@ export class MigrationCluster implements AsyncDisposable {
       },
       { what: `migration ${id} to end`, deadlineMs },
     );
+  }
+
+  /**
+   * The copies of one VM as each host's hypervisor reports them (host → state), read from the sim
+   * driver directly: it needs no coordinator, and sees a host whose agent is down.
+   */
+  async copies(uuid: string): Promise<Record<string, string>> {
+    const found = await Promise.all([...this.agents.keys()].map(async (host) => [host, (await this.driver(host).find(uuid))?.state] as const));
+    return Object.fromEntries(found.flatMap(([host, state]) => (state === undefined ? [] : [[host, state]])));
   }
 
   /** Where the VMs run, by their hosts' agents. */

@@ -15,7 +15,7 @@ export const CoordinatorConfigSchema = z.strictObject({
       port: z.number().int().min(0).max(65535).default(9472),
     })
     .prefault({}),
-  /** The deadline of one agent step; `perform` (the send) gets `sendTimeoutMs`. */
+  /** The deadline of one agent step; `perform` (the send) and starting a VM get `sendTimeoutMs`. */
   stepTimeoutMs: z.number().int().positive().default(5_000),
   sendTimeoutMs: z.number().int().positive().default(60_000),
   /** The first delay before a step is sent again (doubling, up to 1 s). */

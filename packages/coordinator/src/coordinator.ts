@@ -211,9 +211,9 @@ export class Coordinator implements AsyncDisposable {
     return lists.flat();
   }
 
-  /** Start a VM on a host: its agent creates it paused, takes its leases, then runs it. */
+  /** Start a VM on a host: its agent creates it paused, takes its leases, then runs it (a process to spawn: the send's deadline, not a step's). */
   async startVm(host: string, spec: VmSpecInput): Promise<HostedVm> {
-    return VM_COMMANDS['vm.start'].result.parse(await this.bus.request(this.bus.subjects.agent(host, 'vm.start'), VmSpecSchema.parse(spec), { timeoutMs: this.opts.config.stepTimeoutMs }));
+    return VM_COMMANDS['vm.start'].result.parse(await this.bus.request(this.bus.subjects.agent(host, 'vm.start'), VmSpecSchema.parse(spec), { timeoutMs: this.opts.config.sendTimeoutMs }));
   }
 
   /** Destroy a VM wherever it runs (refused with MIGRATING while it migrates). */

@@ -205,6 +205,9 @@ export class VmHost implements AsyncDisposable {
     const uuid = record.vm.uuid;
     const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== uuid);
     if (foreign) {
+      // The destination's session was lost after commit: this copy must never run; it goes, as
+      // it would had the locks failed, so nothing is left paused here after the rollback.
+      if (role === 'destination' && (await driver.find(uuid))?.state !== 'running') await driver.destroy(uuid);
       throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
     }
     if (member.state !== 'valid') throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);

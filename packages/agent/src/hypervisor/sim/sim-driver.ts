@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, linkSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError, type Grant } from '@baton/core';
@@ -14,9 +14,16 @@ const CONTROL_TIMEOUT_MS = 5_000;
 /**
  * The `sim` hypervisor: each VM a real process (managed-vm-main), detached from the agent so it
  * survives the agent's re-exec and crash, found again by its directory under `<stateDir>/vms/`.
+ *
+ * A VM's events go to `<stateDir>/vm-logs/<uuid>.log`, outside its directory, so they outlive
+ * `destroy` (a migration's source copy is destroyed at confirm, and its `paused` event is what
+ * the handoff is measured from); each life of the VM on this host appends to the same file, as
+ * libvirt's per-domain QEMU log does. `vms/<uuid>/events.log` is a hard link to it while the VM's
+ * directory exists.
  */
 export class SimDriver implements HypervisorDriver {
   private readonly root: string;
+  private readonly logs: string;
 
   constructor(
     stateDir: string,
@@ -24,7 +31,14 @@ export class SimDriver implements HypervisorDriver {
     private readonly intervalMs = 20,
   ) {
     this.root = join(stateDir, 'vms');
+    this.logs = join(stateDir, 'vm-logs');
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
+    mkdirSync(this.logs, { recursive: true, mode: 0o700 });
+  }
+
+  /** The VM's event log on this host, every life of it appended: kept after `destroy`. */
+  eventLog(uuid: string): string {
+    return join(this.logs, `${uuid}.log`);
   }
 
   private dir(uuid: string): string {
@@ -38,7 +52,17 @@ export class SimDriver implements HypervisorDriver {
   private async spawnVm(spec: VmSpec, incoming: boolean): Promise<VmInfo> {
     const dir = this.dir(spec.uuid);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const log = openSync(join(dir, 'events.log'), 'a');
+    const logPath = this.eventLog(spec.uuid);
+    const log = openSync(logPath, 'a', 0o600);
+    try {
+      linkSync(logPath, join(dir, 'events.log'));
+    } catch (err) {
+      // A directory left by a VM process that died keeps its link: the same file.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        closeSync(log);
+        throw err;
+      }
+    }
     try {
       const child = spawn(
         process.execPath,
@@ -97,16 +121,24 @@ export class SimDriver implements HypervisorDriver {
     rmSync(this.dir(uuid), { recursive: true, force: true });
   }
 
+  /**
+   * Undefined only when there is provably no VM: no control socket, or nobody listening on it. A
+   * VM that is there but slow (stopped, overloaded) is UNAVAILABLE: taking it for absent would let
+   * a migration record `done` over a live copy, or start a second process for the same VM.
+   */
   async find(uuid: string): Promise<VmInfo | undefined> {
     try {
       return (await this.control(uuid, { op: 'status' }, 1_000)) as VmInfo;
-    } catch {
-      return undefined;
+    } catch (err) {
+      const errno = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+      if (errno === 'ENOENT' || errno === 'ECONNREFUSED') return undefined;
+      throw err;
     }
   }
 
   async list(): Promise<VmInfo[]> {
-    const found = await Promise.all(readdirSync(this.root).map((uuid) => this.find(uuid)));
+    // A VM too slow to answer now is left out of the list rather than failing it.
+    const found = (await Promise.allSettled(readdirSync(this.root).map((uuid) => this.find(uuid)))).map((r) => (r.status === 'fulfilled' ? r.value : undefined));
     return found.filter((v): v is VmInfo => v !== undefined);
   }
 }
