@@ -1,6 +1,6 @@
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { asBatonError, BatonError, GrantSchema, type Grant, type VmInfo, type VmState } from '@baton/core';
@@ -139,6 +139,12 @@ async function main(): Promise<void> {
   const vm = new ManagedVm(values.incoming);
   if (values.incoming) listenIncoming(join(values.dir, 'incoming.sock'), vm);
   setInterval(() => vm.write(), Number(values['interval-ms']));
+  // The sim's own hygiene (no real hypervisor does this): a VM whose directory was removed has no
+  // driver left that could ever reach it, so it goes instead of running on unseen.
+  const dir = values.dir;
+  setInterval(() => {
+    if (!existsSync(dir)) process.exit(0);
+  }, 1_000);
   await serveControl(join(values.dir, 'control.sock'), async (req) => {
     switch (req.op) {
       case 'status':
