@@ -8,7 +8,8 @@
 //   --agent-log-level=<level>   the agents' log level (default info, as the agent's default
 //                config); `warn` shows what the per-grant log lines cost
 //   --only <sections>   run only these sections, comma-separated: floors, latency (with the
-//                throughput and syscall lines), scale, cluster (etcd leases); default all
+//                throughput and syscall lines), scale, cluster (etcd leases), migration (live
+//                migration's handoff and a migration storm); default all
 //
 // It prints one table and writes the same, with every raw figure, to test/dist/bench/results.json.
 // Benchmarks report; they do not gate: the exit status is 0 even when a target is missed.
@@ -24,6 +25,7 @@ import { measureReclaim, type ReclaimResult } from './cluster-reclaim.js';
 import { measureClusterScale, type ClusterScaleResult } from './cluster-scale.js';
 import { received } from './etcd-metrics.js';
 import { measureFloors, type FloorResults } from './floors.js';
+import { measureMigration, MIGRATION_TARGET, migrationRows, type MigrationResults } from './migration.js';
 import { DIAGNOSTIC_KEYS, diagnosticLabel, LatencyRig, type Placement, type PlacementResults } from './latency.js';
 import { measureScale, type MemoryResult, type ReexecResult } from './scale.js';
 import type { Summary } from './stats.js';
@@ -32,7 +34,7 @@ import { countSyscalls, straceAvailable, type SyscallResult } from './syscalls.j
 import { measureThroughput, type ThroughputResult } from './throughput.js';
 import { formatMarkdown, formatTable, type Row } from './table.js';
 
-const SECTIONS = ['floors', 'latency', 'scale', 'cluster'] as const;
+const SECTIONS = ['floors', 'latency', 'scale', 'cluster', 'migration'] as const;
 type Section = (typeof SECTIONS)[number];
 const LOG_LEVEL_FLAG = '--agent-log-level=';
 const USAGE = `flags: --quick --disk --cpu-prof --agent-log-level=<level> --only <${SECTIONS.join('|')}>[,…]`;
@@ -80,6 +82,15 @@ const CLUSTER = QUICK
   : { latency: 10_000, rounds: 5, warmup: 500, tpRounds: 6, tpSecondsPerRound: 0.5, tpWarmupSeconds: 0.2, reclaimTrials: 10, scaleWindowPeriods: 10 };
 const CLUSTER_FIXED = { inFlight: 64, reclaimTtlSeconds: 2, reclaimPollMs: 5, scaleHosts: 100, scaleLeases: [10, 100], scaleTtlSeconds: 3 };
 const THROUGHPUT = { connections: 8, perConnection: 8 };
+/**
+ * The migration section: three etcd members on loopback, 5 agent hosts with sim VMs. The storm
+ * (20 VMs × 10 migrations, 20 in flight) keeps its size under --quick.
+ */
+const MIGRATION = {
+  hosts: 5,
+  ...(QUICK ? { handoffs: 60, rounds: 4, floorIterations: 300 } : { handoffs: 300, rounds: 5, floorIterations: 2_000 }),
+  storm: { vms: 20, perVm: 10 },
+};
 
 const CPUS = allCpus();
 const PLACEMENTS: Placement[] = [
@@ -122,6 +133,7 @@ interface Results {
   memory?: MemoryResult;
   reexec?: ReexecResult;
   cluster?: ClusterResults;
+  migration?: MigrationResults;
   errors: string[];
 }
 
@@ -385,6 +397,7 @@ function buildRows(r: Results): Row[] {
     });
   }
   if (r.cluster) rows.push(...clusterRows(r.cluster));
+  if (r.migration) rows.push(...migrationRows(r.migration));
   return rows;
 }
 
@@ -527,6 +540,13 @@ async function main(): Promise<void> {
     }
 
     if (ONLY.has('cluster')) await runCluster(root, results, step);
+
+    if (ONLY.has('migration')) {
+      // Its own etcd (three members) and nats-server; everything torn down before it returns.
+      await step(`migration (3 etcd members, ${MIGRATION.hosts} hosts with sim VMs, one coordinator in this process)`, async () => {
+        results.migration = await measureMigration(MIGRATION, step, log);
+      });
+    }
   } finally {
     pin(process.pid, initialAffinity);
     if (PROFILE) log(`CPU profile of the latency agent kept in ${join(root, 'profile')}`);
@@ -547,6 +567,11 @@ async function main(): Promise<void> {
       `[cluster]: one etcd member on loopback, data on ${results.cluster?.etcdDataDir?.startsWith('/dev/shm') ? 'tmpfs (/dev/shm)' : 'disk'}, every process unpinned; latency/throughput sessions TTL ${CLUSTER_TTL_SECONDS} s; ${CLUSTER_FIXED.inFlight} in flight.\n`,
     );
   }
+  if (ONLY.has('migration')) {
+    process.stdout.write(
+      `[migration]: three etcd members and one nats-server on loopback (data on /dev/shm), ${MIGRATION.hosts} agent processes (sim hypervisor), one coordinator in this process, every process unpinned; the handoff migrates one VM with one disk; the storm ${MIGRATION.storm.vms} VMs × ${MIGRATION.storm.perVm}.\n`,
+    );
+  }
   process.stdout.write(`Other processes used ${foreignCpu.toFixed(2)} CPUs on average during the run (${wall.toFixed(0)} s)${foreignCpu > 0.1 ? ': the machine was not quiet, expect noise' : ''}.\n`);
   const misses = rows.flatMap((r) => (r.checks ?? []).filter((c) => !c.pass).map((c) => `MISS  ${c.what}: ${fmt(c.value)} > ${fmt(c.limit)}`));
   if (misses.length > 0) process.stdout.write(`\n*** ${misses.length} target(s) MISSED ***\n${misses.join('\n')}\n`);
@@ -562,9 +587,9 @@ async function main(): Promise<void> {
         date: started.toISOString(),
         machine,
         flags: { quick: QUICK, disk: DISK, cpuProf: PROFILE, agentLogLevel: AGENT_LOG_LEVEL, only: [...ONLY] },
-        iterations: { ...N, cluster: { ...CLUSTER, ...CLUSTER_FIXED } },
+        iterations: { ...N, cluster: { ...CLUSTER, ...CLUSTER_FIXED }, migration: MIGRATION },
         placements: PLACEMENTS,
-        targets: TARGET,
+        targets: { ...TARGET, migration: MIGRATION_TARGET },
         wallSeconds: wall,
         foreignCpu,
         rows,
