@@ -1,4 +1,5 @@
 import {
+  asBatonError,
   BatonError,
   VM_COMMANDS,
   AGENT_STEP_VERBS,
@@ -228,7 +229,17 @@ export class VmHost implements AsyncDisposable {
       if (role === 'destination') await driver.destroy(uuid);
       throw err;
     }
-    const running = await driver.resume(uuid, locks.grantsOf(uuid), member.validUntil);
+    let running: VmInfo;
+    try {
+      running = await driver.resume(uuid, locks.grantsOf(uuid), member.validUntil);
+    } catch (err) {
+      // No answer: the copy may be running; only the same command again can tell (it is retried).
+      if (asBatonError(err).code === 'UNAVAILABLE') throw err;
+      // Refused to run: it never ran, so it holds nothing, as if the locks had failed (S5).
+      this.forget(uuid);
+      if (role === 'destination') await driver.destroy(uuid);
+      throw err;
+    }
     this.opts.log.info({ migration: record.id, vm: uuid, pid: running.pid, owner: owner.owner.uuid, tokens }, `VM ${record.vm.name} runs on ${this.opts.host} (${role === 'destination' ? 'migrated in' : 'restored'})`);
     return { vm: running };
   }

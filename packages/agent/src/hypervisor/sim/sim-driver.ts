@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, linkSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, linkSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError, type Grant } from '@baton/core';
+import { isProcessAlive, processStartTime } from '../../sys/proc.js';
 import type { VmInfo, VmSpec } from '@baton/core';
 import type { HypervisorDriver, SendOptions } from '../driver.js';
 import { controlRequest } from './control.js';
@@ -10,6 +11,8 @@ import { controlRequest } from './control.js';
 export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', import.meta.url));
 
 const CONTROL_TIMEOUT_MS = 5_000;
+/** How long a new VM process may take to answer on its control socket (node start-up, on a loaded host). */
+const START_TIMEOUT_MS = 15_000;
 
 /**
  * The `sim` hypervisor: each VM a real process (managed-vm-main), detached from the agent so it
@@ -63,6 +66,7 @@ export class SimDriver implements HypervisorDriver {
         throw err;
       }
     }
+    let pid: number;
     try {
       const child = spawn(
         process.execPath,
@@ -70,18 +74,42 @@ export class SimDriver implements HypervisorDriver {
         { detached: true, stdio: ['ignore', log, log] },
       );
       child.unref();
+      pid = child.pid!;
     } finally {
       closeSync(log);
     }
-    // Up once its control socket answers.
-    for (let i = 0; ; i++) {
+    // Recorded before anything can ask again: a VM still booting is "starting", never "absent".
+    writeFileSync(join(dir, 'pid'), `${pid} ${processStartTime(pid) ?? 0}\n`);
+    return this.whenUp(spec.uuid);
+  }
+
+  /** Up once its control socket answers; a VM that does not come up in time is killed, not left booting. */
+  private async whenUp(uuid: string): Promise<VmInfo> {
+    const deadline = performance.now() + START_TIMEOUT_MS;
+    for (;;) {
       try {
-        return (await this.control(spec.uuid, { op: 'status' }, 500)) as VmInfo;
+        return (await this.control(uuid, { op: 'status' }, 500)) as VmInfo;
       } catch (err) {
-        if (i >= 100) throw new BatonError('UNAVAILABLE', `sim VM ${spec.name} did not start`, { cause: err });
+        if (performance.now() >= deadline) {
+          const starting = this.startingPid(uuid);
+          if (starting !== undefined) process.kill(starting, 'SIGKILL');
+          throw new BatonError('UNAVAILABLE', `sim VM ${uuid} did not start within ${START_TIMEOUT_MS} ms`, { cause: err });
+        }
         await new Promise<void>((resolve) => setTimeout(resolve, 20));
       }
     }
+  }
+
+  /** The pid of the VM's process if it still runs (by pid and start time), whether or not it answers yet. */
+  private startingPid(uuid: string): number | undefined {
+    let text: string;
+    try {
+      text = readFileSync(join(this.dir(uuid), 'pid'), 'utf8');
+    } catch {
+      return undefined;
+    }
+    const [pid, start] = text.trim().split(' ').map(Number);
+    return pid !== undefined && start !== undefined && isProcessAlive(pid, start) ? pid : undefined;
   }
 
   async createIncoming(spec: VmSpec): Promise<{ vm: VmInfo; incoming: string }> {
@@ -131,8 +159,10 @@ export class SimDriver implements HypervisorDriver {
       return (await this.control(uuid, { op: 'status' }, 1_000)) as VmInfo;
     } catch (err) {
       const errno = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
-      if (errno === 'ENOENT' || errno === 'ECONNREFUSED') return undefined;
-      throw err;
+      if (errno !== 'ENOENT' && errno !== 'ECONNREFUSED') throw err;
+      // No socket yet, but the process runs: it is starting; wait for it rather than start another.
+      if (this.startingPid(uuid) !== undefined) return this.whenUp(uuid);
+      return undefined;
     }
   }
 
