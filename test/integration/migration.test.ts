@@ -77,7 +77,7 @@ describe('live migration', () => {
     await mc.leader();
     const vm = await mc.startVm('host-a', 'app1', ['app1.img']);
     // A slow send keeps the migration open long enough to be raced, even on a loaded machine.
-    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 5_000 });
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 3_000 });
     const first = await coordinator.migrate({ vm: 'app1', to: 'host-b' });
     await expect(coordinator.migrate({ vm: 'app1', to: 'host-b' })).rejects.toMatchObject({ code: 'MIGRATION_CONFLICT' });
     await expect(coordinator.destroyVm('app1')).rejects.toMatchObject({ code: 'MIGRATING' });

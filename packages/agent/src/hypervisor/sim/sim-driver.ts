@@ -13,6 +13,8 @@ export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', im
 const CONTROL_TIMEOUT_MS = 5_000;
 /** How long a new VM process may take to answer on its control socket (node start-up, on a loaded host). */
 const START_TIMEOUT_MS = 15_000;
+/** A send takes as long as the guest's memory takes to copy (an injected delay included): the caller's deadline governs. */
+const SEND_TIMEOUT_MS = 120_000;
 
 /**
  * The `sim` hypervisor: each VM a real process (managed-vm-main), detached from the agent so it
@@ -124,7 +126,7 @@ export class SimDriver implements HypervisorDriver {
   }
 
   async send(uuid: string, incoming: string, opts: SendOptions = {}): Promise<VmInfo> {
-    return (await this.control(uuid, { op: 'send', to: incoming, ...opts }, CONTROL_TIMEOUT_MS + (opts.delayMs ?? 0))) as VmInfo;
+    return (await this.control(uuid, { op: 'send', to: incoming, ...opts }, SEND_TIMEOUT_MS + (opts.delayMs ?? 0))) as VmInfo;
   }
 
   /** Faults for the VM's coming sends: the next `failSends` fail, each is delayed `sendDelayMs`. */
