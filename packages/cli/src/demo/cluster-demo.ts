@@ -73,14 +73,19 @@ export async function runClusterDemo(): Promise<void> {
   await using nats = await DemoServer.nats(join(dir, 'nats'));
   say(`   etcd ${etcd.url}, NATS ${nats.url} (JetStream keeps the migration events)`);
   const agents = new Map<string, { child: DemoChild; stateDir: string; socket: string }>();
-  await using stack = new AsyncDisposableStack();
-  // Sim VMs are detached from their agents (they outlive an agent crash): however the demo ends, they go.
-  stack.defer(async () => {
-    for (const [host, { stateDir }] of agents) {
-      const driver = new SimDriver(stateDir, host);
-      for (const vm of await driver.list()) await driver.destroy(vm.uuid);
-    }
-  });
+  // Processes to stop however the demo ends, last started first (no AsyncDisposableStack: Node 22 lacks it).
+  const children: DemoChild[] = [];
+  const spawned = <T extends DemoChild>(child: T): T => (children.push(child), child);
+  await using _cleanup = {
+    [Symbol.asyncDispose]: async () => {
+      // Sim VMs are detached from their agents (they outlive an agent crash): they go first.
+      for (const [host, { stateDir }] of agents) {
+        const driver = new SimDriver(stateDir, host);
+        for (const vm of await driver.list()) await driver.destroy(vm.uuid);
+      }
+      for (const child of children.reverse()) await child[Symbol.asyncDispose]();
+    },
+  };
   for (const host of HOSTS) {
     const stateDir = join(dir, host, 'state');
     const socket = join(dir, host, 'agent.sock');
@@ -97,7 +102,7 @@ export async function runClusterDemo(): Promise<void> {
     };
     mkdirSync(join(dir, host));
     writeFileSync(join(dir, host, 'agent.json'), JSON.stringify(config, null, 2));
-    const child = stack.use(new DemoChild([CLI_ENTRY, 'agent', '--config', join(dir, host, 'agent.json')]));
+    const child = spawned(new DemoChild([CLI_ENTRY, 'agent', '--config', join(dir, host, 'agent.json')]));
     await using client = await connectWhenUp(socket, deadline());
     const hello = await client.request('hello');
     agents.set(host, { child, stateDir, socket });
@@ -112,7 +117,7 @@ export async function runClusterDemo(): Promise<void> {
       http: { host: '127.0.0.1', port: 0 },
     };
     writeFileSync(join(dir, `${id}.json`), JSON.stringify(config, null, 2));
-    const child = stack.use(new DemoChild([CLI_ENTRY, 'coordinator', '--config', join(dir, `${id}.json`)]));
+    const child = spawned(new DemoChild([CLI_ENTRY, 'coordinator', '--config', join(dir, `${id}.json`)]));
     const serving = await child.event((e) => typeof e.url === 'string', deadline());
     replicas.push({ id, child, url: serving.url as string });
   }
