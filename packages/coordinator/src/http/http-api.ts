@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
@@ -10,11 +10,6 @@ export const MigrateBodySchema = z.strictObject({
 });
 
 export const StartVmBodySchema = VmSpecSchema.safeExtend({ host: z.string().min(1).max(253) });
-
-function send(reply: FastifyReply, err: unknown): FastifyReply {
-  const e = asBatonError(err);
-  return reply.code(ERROR_CATALOGUE[e.code].http).send({ error: e.toBody() });
-}
 
 function parse<T>(schema: z.ZodType<T>, value: unknown): T {
   const parsed = schema.safeParse(value);
@@ -42,49 +37,41 @@ export class CoordinatorHttp {
       if (!c) throw new BatonError('SHUTTING_DOWN', 'the coordinator is starting');
       return c;
     };
-    app.setErrorHandler((err, _req, reply) => send(reply, err instanceof BatonError ? err : new BatonError('INVALID_REQUEST', (err as Error).message)));
+    // Every route throws; this is where a failure becomes its catalogue status and body. Fastify's
+    // own refusals (a body that is not JSON) are the client's: INVALID_REQUEST.
+    app.setErrorHandler((err, _req, reply) => {
+      const status = (err as { statusCode?: number }).statusCode;
+      const e = err instanceof BatonError || status === undefined || status >= 500 ? asBatonError(err) : new BatonError('INVALID_REQUEST', (err as Error).message);
+      return reply.code(ERROR_CATALOGUE[e.code].http).send({ error: e.toBody() });
+    });
 
     app.post('/v1/migrations', async (req, reply) => {
-      try {
-        const body = parse(MigrateBodySchema, req.body);
-        const c = coordinatorOf();
-        if (c.isLeader) return reply.code(202).send(await c.migrate(body));
-        const leader = await c.leader();
-        if (!leader || leader.id === c.id) throw new BatonError('NOT_LEADER', 'no coordinator leads right now; try again', { details: { leader: null } });
-        const forwarded = await fetch(`${leader.url}/v1/migrations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) });
-        return reply.code(forwarded.status).send(await forwarded.json());
-      } catch (err) {
-        return send(reply, err);
-      }
+      const body = parse(MigrateBodySchema, req.body);
+      const c = coordinatorOf();
+      if (c.isLeader) return reply.code(202).send(await c.migrate(body));
+      const leader = await c.leader();
+      if (!leader || leader.id === c.id) throw new BatonError('NOT_LEADER', 'no coordinator leads right now; try again', { details: { leader: null } });
+      const forwarded = await fetch(`${leader.url}/v1/migrations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) }).catch((err: unknown) => {
+        throw new BatonError('UNAVAILABLE', `the leader ${leader.id} at ${leader.url} did not answer: ${(err as Error).message}`, { details: { leader } });
+      });
+      return reply.code(forwarded.status).send(await forwarded.json());
     });
 
-    app.get('/v1/migrations', async (_req, reply) => {
-      try {
-        const all = await coordinatorOf().store.list();
-        // Wall-clock start orders records across leaders (their monotonic clocks differ after a failover).
-        return { migrations: all.map((s) => s.record).sort((a, b) => (a.startedAt ?? '').localeCompare(b.startedAt ?? '') || a.timeline[0]!.atMs - b.timeline[0]!.atMs) };
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.get('/v1/migrations', async () => {
+      const all = await coordinatorOf().store.list();
+      // Wall-clock start orders records across leaders (their monotonic clocks differ after a failover).
+      return { migrations: all.map((s) => s.record).sort((a, b) => (a.startedAt ?? '').localeCompare(b.startedAt ?? '') || a.timeline[0]!.atMs - b.timeline[0]!.atMs) };
     });
 
-    app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (req, reply) => {
-      try {
-        return (await coordinatorOf().get(req.params.id)).record;
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (req) => {
+      return (await coordinatorOf().get(req.params.id)).record;
     });
 
     // Progress as server-sent events: every version of the record, until it is settled.
     app.get<{ Params: { id: string } }>('/v1/migrations/:id/events', async (req, reply) => {
       let stored;
       const c = coordinatorOf();
-      try {
-        stored = await c.get(req.params.id);
-      } catch (err) {
-        return send(reply, err);
-      }
+      stored = await c.get(req.params.id);
       reply.hijack();
       reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
       const gone = new AbortController();
@@ -101,61 +88,37 @@ export class CoordinatorHttp {
       reply.raw.end();
     });
 
-    app.get('/v1/vms', async (_req, reply) => {
-      try {
-        return { vms: await coordinatorOf().vms() };
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.get('/v1/vms', async () => {
+      return { vms: await coordinatorOf().vms() };
     });
 
     app.post('/v1/vms', async (req, reply) => {
-      try {
-        const { host, ...spec } = parse(StartVmBodySchema, req.body);
-        return reply.code(201).send(await coordinatorOf().startVm(host, spec));
-      } catch (err) {
-        return send(reply, err);
-      }
+      const { host, ...spec } = parse(StartVmBodySchema, req.body);
+      return reply.code(201).send(await coordinatorOf().startVm(host, spec));
     });
 
-    app.delete<{ Params: { vm: string } }>('/v1/vms/:vm', async (req, reply) => {
-      try {
-        return await coordinatorOf().destroyVm(req.params.vm);
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.delete<{ Params: { vm: string } }>('/v1/vms/:vm', async (req) => {
+      return await coordinatorOf().destroyVm(req.params.vm);
     });
 
-    app.get('/v1/hosts', async (_req, reply) => {
-      try {
-        return { hosts: await coordinatorOf().view.hosts() };
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.get('/v1/hosts', async () => {
+      return { hosts: await coordinatorOf().view.hosts() };
     });
 
-    app.get('/v1/leases', async (_req, reply) => {
-      try {
-        return { leases: await coordinatorOf().view.leases() };
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.get('/v1/leases', async () => {
+      return { leases: await coordinatorOf().view.leases() };
     });
 
-    app.get('/v1/status', async (_req, reply) => {
-      try {
-        const c = coordinatorOf();
-        const [replicas, hosts, migrations] = await Promise.all([c.replicas(), c.view.hosts(), c.store.list()]);
-        return {
-          replica: { id: c.id, leader: c.isLeader },
-          leader: replicas[0] ?? null,
-          replicas,
-          hosts,
-          open: migrations.filter((m) => !isSettled(m.record)).map((m) => m.record),
-        };
-      } catch (err) {
-        return send(reply, err);
-      }
+    app.get('/v1/status', async () => {
+      const c = coordinatorOf();
+      const [replicas, hosts, migrations] = await Promise.all([c.replicas(), c.view.hosts(), c.store.list()]);
+      return {
+        replica: { id: c.id, leader: c.isLeader },
+        leader: replicas[0] ?? null,
+        replicas,
+        hosts,
+        open: migrations.filter((m) => !isSettled(m.record)).map((m) => m.record),
+      };
     });
 
     app.get('/metrics', async (_req, reply) => {
