@@ -1,4 +1,5 @@
 // The benchmark's one table: a row per measured line, plain text, aligned.
+import type { Summary } from './stats.js';
 
 export interface Check {
   what: string;
@@ -45,3 +46,11 @@ export function formatMarkdown(rows: readonly Row[]): string {
   const body = rows.map((r) => `| ${[r.name, r.n === undefined ? '' : r.n.toLocaleString('en-US'), us(r.p50), us(r.p99), r.value ?? '', r.ratio ?? '', r.target ?? '', r.result === 'MISS' ? '**MISS**' : (r.result ?? '')].map(esc).join(' | ')} |`);
   return [`| ${header.join(' | ')} |`, `|${header.map((_, i) => ([1, 2, 3].includes(i) ? '---:' : '---')).join('|')}|`, ...body].join('\n');
 }
+
+/** A latency line from a summary: n, p50 and p99, and whatever else the line says. */
+export function latencyRow(name: string, s: Summary, extra: Partial<Row> = {}): Row {
+  return { name, n: s.n, p50: s.p50, p99: s.p99, ...extra };
+}
+
+/** How a section reports its progress: `what` is logged, timed, and its failure recorded. */
+export type Step = (what: string, fn: () => Promise<void>) => Promise<void>;

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exitCodeFor, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorService } from '@baton/coordinator';
 import { runCli, type CliResult } from '../support/agent-io.js';
-import { EtcdServer, freePort, httpJson, MigrationCluster, NatsServer, TcpProxy, waitFor } from '../support/index.js';
+import { freePort, httpJson, MigrationCluster, migrationServers, TcpProxy, waitFor } from '../support/index.js';
 
 /**
  * `baton vm`, `baton migrate`, `baton migrations` and `baton status` as an operator runs them: the
@@ -10,14 +10,12 @@ import { EtcdServer, freePort, httpJson, MigrationCluster, NatsServer, TcpProxy,
  * etcd, NATS and agent processes with sim VMs. One cluster for the file; each test starts its own
  * VMs, so the tests do not depend on each other's order.
  */
-let etcd: EtcdServer;
-let nats: NatsServer;
 let mc: MigrationCluster;
 let leader: CoordinatorService;
 let follower: CoordinatorService;
+const servers = migrationServers();
 beforeAll(async () => {
-  [etcd, nats] = await Promise.all([EtcdServer.start(), NatsServer.start({ jetstream: true })]);
-  mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+  mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
   // The first replica is elected before the second campaigns, so which one leads is known.
   await mc.addCoordinator('coord-1');
   leader = await mc.leader();
@@ -25,7 +23,6 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await mc?.[Symbol.asyncDispose]();
-  await Promise.all([etcd?.close(), nats?.close()]);
 });
 
 const HANDOFF = ['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'confirming', 'done'];

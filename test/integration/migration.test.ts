@@ -1,18 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EtcdServer, MigrationCluster, NatsServer, checkDisk, connectEtcd, waitFor } from '../support/index.js';
+import { describe, expect, it } from 'vitest';
+import { MigrationCluster, checkDisk, connectEtcd, migrationServers, waitFor } from '../support/index.js';
 
 /**
  * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
  * fence guard, coordinators in this process. Each VM's disks are checked for S1/S2 afterwards.
  */
-let etcd: EtcdServer;
-let nats: NatsServer;
-beforeAll(async () => {
-  [etcd, nats] = await Promise.all([EtcdServer.start(), NatsServer.start({ jetstream: true })]);
-});
-afterAll(async () => {
-  await Promise.all([etcd?.close(), nats?.close()]);
-});
+const servers = migrationServers();
 
 /** The VM's copies on each host, as their hypervisors report them. */
 async function copies(mc: MigrationCluster, uuid: string): Promise<Record<string, string>> {
@@ -21,7 +14,7 @@ async function copies(mc: MigrationCluster, uuid: string): Promise<Record<string
 
 describe('live migration', () => {
   it('hands the disks over: the VM runs on the destination with the commit token, the source copy is gone, the disks show one writer per token', async () => {
-    await using mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     await mc.addCoordinator();
     const vm = await mc.startVm('host-a', 'web1', ['web1-root.img', 'web1-data.img']);
     expect(vm.state).toBe('running');
@@ -35,7 +28,7 @@ describe('live migration', () => {
     expect(await copies(mc, vm.uuid)).toEqual({ 'host-b': 'running' });
 
     // The leases are host-b's, with the commit token, and the guest writes under it.
-    await using conn = connectEtcd(etcd.endpoints, 3, mc.cluster);
+    await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
     const leases = (await mc.coordinators[0]!.coordinator.view.leases()).filter((l) => l.owner.uuid === vm.uuid);
     expect(leases.map((l) => [l.host, l.token])).toEqual([
       ['host-b', record.tokens.commit],
@@ -51,7 +44,7 @@ describe('live migration', () => {
   });
 
   it('a failed send leaves everything with the source: the VM keeps running there under its old token, and migrates later', async () => {
-    await using mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     await mc.addCoordinator();
     const vm = await mc.startVm('host-a', 'db1', ['db1.img']);
     const token = vm.locks[0]!.token;
@@ -72,7 +65,7 @@ describe('live migration', () => {
   });
 
   it('refuses a second migration of a VM in flight (MIGRATION_CONFLICT) and a destroy during one (MIGRATING)', async () => {
-    await using mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url] });
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     const { coordinator } = await mc.addCoordinator();
     await mc.leader();
     const vm = await mc.startVm('host-a', 'app1', ['app1.img']);

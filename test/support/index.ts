@@ -58,7 +58,7 @@ export { encodeCommand, parseReply, RespError, type RespValue } from './resp.js'
 export { parseLine, TcpClient, type FrameParser } from './tcp-client.js';
 export { LinkDirection, TcpProxy, type FlowMode, type TcpProxyOptions } from './tcp-proxy.js';
 export { makeTempDir, removeDir } from './temp-dir.js';
-export { describe as describeError, waitFor, WaitTimeoutError, type Probe, type WaitForOptions } from './wait-for.js';
+export { describe as describeError, waitFor, WaitTimeoutError, within, type Probe, type WaitForOptions } from './wait-for.js';
 export { JsonProcess, type JsonEvent } from './json-process.js';
 export { AgentProcess, CLI_ENTRY, SharedStorage, startProbe, startSimVm, tryLockFrom, type AgentProcessOptions, type SimVmOptions } from './agent-process.js';
 export { checkDisk, GrantHistory, readDiskRecords, type DiskRecord, type GrantEvent } from './history.js';
@@ -68,5 +68,5 @@ export { TestPki, type CertPair, type TestCa } from './pki.js';
 export { etcdctl, EtcdctlError, type EtcdctlOptions } from './etcdctl.js';
 export { clusterName, startClusterHost, TwoHosts, type ClusterHostEtcd } from './cluster-host.js';
 export { connectEtcd, openSession, outcomeCode, quietLog, type TestSessionOptions } from './etcd-session.js';
-export { MigrationCluster, type CoordinatorOverrides, type MigrationClusterOptions } from './migration-cluster.js';
+export { MigrationCluster, migrationServers, type CoordinatorOverrides, type MigrationClusterOptions } from './migration-cluster.js';
 export { CoordinatorProcess } from './coordinator-process.js';

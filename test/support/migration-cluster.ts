@@ -1,9 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
+import { afterAll, beforeAll } from 'vitest';
 import { isSettled, type HostedVm, type MigrationRecord, type VmSpecInput } from '@baton/core';
 import { CoordinatorConfigSchema, CoordinatorService, type CoordinatorConfigInput, type Log } from '@baton/coordinator';
 import { SimDriver } from '@baton/agent';
 import { AgentProcess, SharedStorage } from './agent-process.js';
+import { EtcdServer } from './etcd-server.js';
+import { NatsServer } from './nats-server.js';
 import { clusterName } from './cluster-host.js';
 import { httpJson } from './http-json.js';
 import { waitFor } from './wait-for.js';
@@ -20,6 +23,18 @@ export type CoordinatorOverrides = Omit<Partial<CoordinatorConfigInput>, 'etcd' 
   etcd?: Partial<CoordinatorConfigInput['etcd']>;
   nats?: Partial<CoordinatorConfigInput['nats']>;
 };
+
+/** etcd and NATS for a test file, started before its tests and stopped after them. */
+export function migrationServers(): { readonly etcd: EtcdServer; readonly nats: NatsServer } {
+  const servers = {} as { etcd: EtcdServer; nats: NatsServer };
+  beforeAll(async () => {
+    [servers.etcd, servers.nats] = await Promise.all([EtcdServer.start(), NatsServer.start({ jetstream: true })]);
+  });
+  afterAll(async () => {
+    await Promise.all([servers.etcd?.close(), servers.nats?.close()]);
+  });
+  return servers;
+}
 
 const quiet: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 

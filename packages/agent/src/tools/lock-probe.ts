@@ -8,6 +8,7 @@ import { setLock, tryLock, unlock, type ByteRange, type LockKind } from '../sys/
  *
  *   --op try    one attempt; exit 0 if granted (then released), 3 if busy
  *   --op hold   take the locks and keep them until SIGTERM or SIGINT
+ *   --op grab   try again and again until granted, then keep them until SIGTERM or SIGINT
  *   --op probe  try again and again until SIGTERM or SIGINT; every success is reported
  */
 function emit(event: Record<string, unknown>): void {
@@ -57,6 +58,12 @@ function tryAll(): boolean {
 
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
+/** Wait `ms`, then let signals be noticed. */
+async function breathe(ms: number): Promise<void> {
+  Atomics.wait(pause, 0, 0, ms);
+  await new Promise((r) => setImmediate(r));
+}
+
 async function main(): Promise<void> {
   if (values.op === 'try') {
     const granted = tryAll();
@@ -65,8 +72,11 @@ async function main(): Promise<void> {
     closeSync(fd);
     process.exit(granted ? 0 : 3);
   }
-  if (values.op === 'hold') {
-    for (const r of ranges) setLock(fd, mode, r, ofd);
+  if (values.op === 'hold' || values.op === 'grab') {
+    if (values.op === 'hold') for (const r of ranges) setLock(fd, mode, r, ofd);
+    // A third party racing for the lock the moment its holder lets go.
+    else while (!stopping && !tryAll()) await breathe(Number(values['interval-us']) / 1000);
+    if (stopping) process.exit(0);
     emit({ event: 'holding', ranges });
     // A pending promise alone does not keep Node running; this timer does, until the signal.
     const keepAlive = setInterval(() => undefined, 1 << 30);

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { AgentClient, SimDriver, type AgentConfigInput } from '@baton/agent';
 import { asBatonError, BatonError, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorConfigInput } from '@baton/coordinator';
+import { CoordinatorClient } from '../coordinator-client.js';
 import { DemoChild } from './child.js';
 import { diskReport } from './disk-report.js';
 import { DemoServer } from './servers.js';
@@ -18,21 +19,11 @@ const CLUSTER = 'demo';
 
 const deadline = (): AbortSignal => AbortSignal.timeout(STEP_DEADLINE_MS);
 
-async function api<T>(url: string, method: 'GET' | 'POST' | 'DELETE', body?: unknown): Promise<T> {
-  const res = await fetch(url, {
-    method,
-    signal: AbortSignal.timeout(10_000),
-    ...(body === undefined ? {} : { headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) }),
-  });
-  const json = (await res.json()) as T & { error?: { code: BatonError['code']; message: string } };
-  if (!res.ok) throw json.error ? BatonError.fromBody(json.error) : new Error(`${method} ${url}: ${res.status}`);
-  return json;
-}
-
 interface Replica {
   id: string;
   child: DemoChild;
   url: string;
+  client: CoordinatorClient;
 }
 
 /** Every phase a record goes through, printed as it is reached, until it is settled. */
@@ -40,7 +31,7 @@ async function follow(replicas: () => Replica[], id: string, onPhase?: (r: Migra
   let shown = 0;
   return until(async () => {
     // Any live replica answers from etcd.
-    const record = await Promise.any(replicas().map((r) => api<MigrationRecord>(`${r.url}/v1/migrations/${id}`, 'GET')));
+    const record = await Promise.any(replicas().map((r) => r.client.migration(id)));
     const begun = record.timeline[0]!.atMs;
     for (const e of record.timeline.slice(shown)) say(`   +${String(Math.round(e.atMs - begun)).padStart(5)} ms  ${e.phase}${e.error ? `  (after ${e.error})` : ''}`);
     shown = record.timeline.length;
@@ -119,11 +110,11 @@ export async function runClusterDemo(): Promise<void> {
     writeFileSync(join(dir, `${id}.json`), JSON.stringify(config, null, 2));
     const child = spawned(new DemoChild([CLI_ENTRY, 'coordinator', '--config', join(dir, `${id}.json`)]));
     const serving = await child.event((e) => typeof e.url === 'string', deadline());
-    replicas.push({ id, child, url: serving.url as string });
+    replicas.push({ id, child, url: serving.url as string, client: new CoordinatorClient(serving.url as string) });
   }
   const live = (): Replica[] => replicas.filter((r) => r.child.proc.exitCode === null && r.child.proc.signalCode === null);
   const leader = async (): Promise<Replica> => {
-    const status = await until(() => api<{ leader: { id: string } | null }>(`${live()[0]!.url}/v1/status`, 'GET').then((s) => s.leader !== null && live().some((r) => r.id === s.leader!.id) && s), deadline());
+    const status = await until(() => live()[0]!.client.status().then((s) => s.leader !== null && live().some((r) => r.id === s.leader!.id) && s), deadline());
     return replicas.find((r) => r.id === status.leader!.id)!;
   };
   say(`   coordinators ${replicas.map((r) => `${r.id} at ${r.url}`).join(', ')}; ${(await leader()).id} leads`);
@@ -140,7 +131,7 @@ export async function runClusterDemo(): Promise<void> {
   ];
   const started = new Map<string, HostedVm>();
   for (const vm of vms) {
-    const hosted = await api<HostedVm>(`${(await leader()).url}/v1/vms`, 'POST', { host: vm.host, uuid: randomUUID(), name: vm.name, disks: vm.disks.map((path) => ({ path })) });
+    const hosted = await (await leader()).client.startVm(vm.host, { uuid: randomUUID(), name: vm.name, disks: vm.disks.map((path) => ({ path })) });
     started.set(vm.name, hosted);
     say(`   ${vm.name} runs on ${vm.host} (pid ${hosted.pid}), tokens ${hosted.locks.map((l) => l.token).join(', ')}`);
   }
@@ -165,7 +156,7 @@ export async function runClusterDemo(): Promise<void> {
   })();
 
   const migrate = async (vm: string, to: string, onPhase?: (r: MigrationRecord) => void): Promise<MigrationRecord> => {
-    const record = await api<MigrationRecord>(`${live()[0]!.url}/v1/migrations`, 'POST', { vm, to });
+    const record = await live()[0]!.client.migrate(vm, to);
     say(`   migration ${record.id}: ${vm} ${record.source} → ${to}`);
     const done = await follow(live, record.id, onPhase);
     say(summary(done));
@@ -181,7 +172,7 @@ export async function runClusterDemo(): Promise<void> {
   const cache = started.get('cache-01')!;
   await new SimDriver(agents.get('host-c')!.stateDir, 'host-c').inject(cache.uuid, { failSends: 1 });
   await migrate('cache-01', 'host-a');
-  const where = (await api<{ vms: HostedVm[] }>(`${live()[0]!.url}/v1/vms`, 'GET')).vms.filter((v) => v.uuid === cache.uuid);
+  const where = (await live()[0]!.client.vms()).filter((v) => v.uuid === cache.uuid);
   say(`   cache-01 now: ${where.map((v) => `${v.state} on ${v.host}, token ${v.locks.map((l) => l.token).join(', ')}`).join('; ')} (the source never let go)`);
 
   step(7, 'The coordinator leader is killed (SIGKILL) in the middle of a migration: web-01 host-b → host-c, its send slowed to 1.5 s');
@@ -215,7 +206,7 @@ export async function runClusterDemo(): Promise<void> {
   }
   if (problems > 0 || tries.granted > 0) throw new BatonError('INTERNAL', `the demo saw ${problems} disk violation(s) and ${tries.granted} intruder grant(s)`);
 
-  for (const vm of vms) await api(`${(await leader()).url}/v1/vms/${vm.name}`, 'DELETE');
+  for (const vm of vms) await (await leader()).client.destroyVm(vm.name);
   for (const r of live()) await r.child.kill('SIGTERM');
   for (const { socket } of agents.values()) {
     // Refused (LOCKS_HELD) until the agent has seen its last VM's process go.

@@ -1,0 +1,151 @@
+// The handoff's critical path, read from the VMs' own event logs (source `paused` → destination
+// `running`) and split into phases with the record's timeline and the instants of its saves.
+import { existsSync, readFileSync } from 'node:fs';
+import { migrationRule, systemClock, type MigrationRecord } from '@baton/core';
+import type { MigrationStore } from '@baton/etcd';
+import { MigrationCluster } from '../support/index.js';
+
+/** The critical path's phases, in order; their sum is the path (less a few µs of bookkeeping). */
+export const PATH_PHASES = ['stream', 'performReply', 'saveSent', 'commit', 'saveCommitted', 'resume'] as const;
+export type PathPhase = (typeof PATH_PHASES)[number];
+export const PHASE_LABELS: Record<PathPhase, string> = {
+  stream: 'paused → VM `sent`: migration stream + ack (source VM)',
+  performReply: 'VM `sent` → record `sent`: source agent drops its locks, NATS reply',
+  saveSent: 'record saved as `sent` (etcd write)',
+  commit: 'commit step: read host record + lease prefix, commit txn (etcd)',
+  saveCommitted: 'record saved as `committed` (etcd write)',
+  resume: 'resume → VM `running`: NATS request, agent reads record + leases, locks, unpause',
+};
+
+/** What sits between `paused` and `running`, read from a record's timeline. */
+export interface PathCount {
+  etcdWrites: number;
+  busMessages: number;
+  steps: string[];
+}
+
+/** The instants each record save started and ended, per migration (host monotonic ms). */
+export type SaveTimes = Map<string, { phase: string; startMs: number; endMs: number }[]>;
+
+/**
+ * Time the coordinator's record saves. The driver calls `store.save` on the coordinator's own
+ * MigrationStore instance, so wrapping that instance's method sees every save it makes; the
+ * wrapper adds two clock reads per save and changes nothing else.
+ */
+export function timeSaves(store: MigrationStore): SaveTimes {
+  const times: SaveTimes = new Map();
+  const save = store.save.bind(store);
+  store.save = async (prev, next) => {
+    const startMs = systemClock.now();
+    const saved = await save(prev, next);
+    const list = times.get(next.id) ?? [];
+    list.push({ phase: next.phase, startMs, endMs: systemClock.now() });
+    times.set(next.id, list);
+    return saved;
+  };
+  return times;
+}
+
+export interface VmEvent {
+  event: string;
+  t: number;
+}
+
+/** A VM's events on one host, every life of it (the sim driver keeps the log across destroy). */
+export class EventLogs {
+  private readonly cache = new Map<string, VmEvent[]>();
+
+  constructor(private readonly mc: MigrationCluster) {}
+
+  of(host: string, uuid: string): VmEvent[] {
+    const key = `${host}/${uuid}`;
+    let events = this.cache.get(key);
+    if (!events) {
+      const path = this.mc.driver(host).eventLog(uuid);
+      events = existsSync(path)
+        ? readFileSync(path, 'utf8')
+            .split('\n')
+            .filter((l) => l.startsWith('{'))
+            .map((l) => JSON.parse(l) as VmEvent)
+        : [];
+      this.cache.set(key, events);
+    }
+    return events;
+  }
+}
+
+/** The VM events of one migration's handoff, each found inside the timeline's window for it. */
+export function handoffEvents(record: MigrationRecord, logs: EventLogs): { paused: number; vmSent: number; running: number } | undefined {
+  const at = (phase: string): number | undefined => record.timeline.find((e) => e.phase === phase)?.atMs;
+  const [performing, sent, committed, confirming] = [at('performing'), at('sent'), at('committed'), at('confirming')];
+  if (performing === undefined || sent === undefined || committed === undefined || confirming === undefined) return undefined;
+  // The events' t is rounded to whole ms: widen each window to whole ms.
+  const within = (e: VmEvent, from: number, to: number): boolean => e.t >= Math.floor(from) && e.t <= Math.ceil(to);
+  const source = logs.of(record.source, record.vm.uuid);
+  const paused = source.find((e) => e.event === 'paused' && within(e, performing, sent));
+  const vmSent = source.find((e) => e.event === 'sent' && within(e, performing, sent));
+  const running = logs.of(record.destination, record.vm.uuid).find((e) => e.event === 'running' && within(e, committed, confirming));
+  return paused && vmSent && running ? { paused: paused.t, vmSent: vmSent.t, running: running.t } : undefined;
+}
+
+/**
+ * The etcd writes and bus messages between `paused` and `running`, from the timeline. `paused`
+ * happens inside the step the source carries out (perform), `running` inside the one the
+ * destination carries out (resume): the last phase entered before each event that awaits such a
+ * step is where the window opens and closes. The events' times are whole ms, but the phases are
+ * milliseconds apart from them (an etcd read and a NATS hop at least), so the half-ms slack
+ * cannot pick the wrong phase. Inside the window: the opening step's reply; each phase entered,
+ * by its step (an etcd transaction, or an agent's request and reply) and the record's save that
+ * follows; the closing step's request.
+ */
+export function pathOf(record: MigrationRecord, pausedMs: number, runningMs: number): PathCount {
+  const tl = record.timeline;
+  const lastAwaiting = (target: 'source' | 'destination', beforeMs: number): number =>
+    tl.findLastIndex((e) => e.atMs <= beforeMs + 0.5 && migrationRule(e.phase)?.target === target);
+  const open = lastAwaiting('source', pausedMs);
+  const close = lastAwaiting('destination', runningMs);
+  const out: PathCount = { etcdWrites: 0, busMessages: 0, steps: [] };
+  if (open < 0 || close < open) return out;
+  out.busMessages++;
+  out.steps.push(`${migrationRule(tl[open]!.phase)!.step} reply (NATS)`);
+  for (let i = open + 1; i <= close; i++) {
+    const rule = migrationRule(tl[i - 1]!.phase)!;
+    if (i > open + 1) {
+      if (rule.target === 'etcd') {
+        out.etcdWrites++;
+        out.steps.push(`${rule.step} txn`);
+      } else {
+        out.busMessages += 2;
+        out.steps.push(`${rule.step} request+reply (NATS)`);
+      }
+    }
+    out.etcdWrites++;
+    out.steps.push(`save ${tl[i]!.phase}`);
+  }
+  out.busMessages++;
+  out.steps.push(`${migrationRule(tl[close]!.phase)!.step} request (NATS)`);
+  return out;
+}
+
+/** Per migration: the critical path, its phases (µs), its timeline path; undefined if an event is missing. */
+export function analyse(record: MigrationRecord, logs: EventLogs, saves: SaveTimes): { path: number; phases: Record<PathPhase, number>; count: PathCount } | undefined {
+  const ev = handoffEvents(record, logs);
+  const at = (phase: string): number => record.timeline.find((e) => e.phase === phase)!.atMs;
+  const save = (phase: string): { startMs: number; endMs: number } | undefined => saves.get(record.id)?.find((s) => s.phase === phase);
+  const savedSent = save('sent');
+  const savedCommitted = save('committed');
+  if (!ev || !savedSent || !savedCommitted) return undefined;
+  const ms = (v: number): number => v * 1000;
+  return {
+    path: ms(ev.running - ev.paused),
+    phases: {
+      stream: ms(ev.vmSent - ev.paused),
+      performReply: ms(at('sent') - ev.vmSent),
+      saveSent: ms(savedSent.endMs - savedSent.startMs),
+      commit: ms(at('committed') - savedSent.endMs),
+      saveCommitted: ms(savedCommitted.endMs - savedCommitted.startMs),
+      resume: ms(ev.running - savedCommitted.endMs),
+    },
+    count: pathOf(record, ev.paused, ev.running),
+  };
+}

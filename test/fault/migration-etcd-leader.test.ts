@@ -1,0 +1,119 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { MigrationRecord } from '@baton/core';
+import { checkDisk, connectEtcd, EtcdCluster, MigrationCluster, migrationServers, monoNow, TcpProxy, waitFor, within } from '../support/index.js';
+import {
+  ClusterWatch,
+  EtcdContender,
+  REPLY_DELAY_MS,
+  capturingLog,
+  disposer,
+  ended,
+  expectSettledVm,
+  figure,
+  leaseState,
+  
+  
+} from './migration-kit.js';
+
+/** Live migration with the etcd leader killed around the commit (kit and the checks every history gets: migration-kit.ts). */
+const servers = migrationServers();
+
+// ---------------------------------------------------------------------------------------------
+// 4. The etcd leader killed during the commit transaction.
+// ---------------------------------------------------------------------------------------------
+
+
+type EtcdKill = 'before the commit is sent' | 'after the commit is applied';
+
+/**
+ * Migrations of one VM back and forth, the etcd leader SIGKILLed inside each one's commit step
+ * (`kill` says where), a direct etcd contender asking for the VM's disks throughout. After each:
+ * the migration ended, its history is clean, the member comes back. Returns the figures.
+ */
+async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise<void> {
+  await using mc = await MigrationCluster.start({ etcd: cluster.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
+  // The coordinator reaches each member through a link that holds replies back, so the kill lands
+  // inside its commit step: before the transaction is sent, or after it is applied and before the
+  // coordinator has heard. A killed member's link then stays silent, as a dead host's would.
+  const links: TcpProxy[] = [];
+  await using _links = disposer(() => Promise.all(links.map((l) => l.close())));
+  for (const m of cluster.members) {
+    const link = await TcpProxy.start({ target: { port: m.clientPort } });
+    link.toClient.delay(REPLY_DELAY_MS);
+    links.push(link);
+  }
+  const log: string[] = [];
+  const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log), { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) } });
+  await mc.leader();
+  await using conn = connectEtcd(cluster.endpoints, 5, mc.cluster);
+  await using watch = await ClusterWatch.start(conn);
+  const vm = await mc.startVm('host-a', 'e1', ['e1-root.img', 'e1-data.img']);
+  const disks = vm.locks.map((l) => l.resource);
+  await waitFor(() => checkDisk(disks[0]!).length > 0, { what: 'e1 writing on host-a', deadlineMs: 5_000 });
+  await using contenderConn = connectEtcd(cluster.endpoints, 5, mc.cluster);
+  const contender = await EtcdContender.start(contenderConn, () => disks);
+  await using _contender = disposer(() => within(contender.stop(), 10_000, 'the etcd contender'));
+
+  const records: MigrationRecord[] = [];
+  let host = 'host-a';
+  for (const kind of kills) {
+    const to = host === 'host-a' ? 'host-b' : 'host-a';
+    const leader = await cluster.leader();
+    const retriesBefore = log.filter((l) => l.startsWith('commit of migration')).length;
+    let killedAt = 0;
+    const kill = (): void => {
+      killedAt = monoNow();
+      leader.process!.kill('SIGKILL');
+    };
+    const started = await coordinator.migrate({ vm: 'e1', to });
+    if (kind === 'before the commit is sent') {
+      // The coordinator learns that `sent` is saved only REPLY_DELAY_MS after etcd applied it.
+      await watch.on((r) => r.id === started.id && r.phase === 'sent', kill, 'sent');
+    } else {
+      await watch.phase(started.id, 'sent');
+      await waitFor(async () => (await leaseState(conn, started)).every((s) => s.lease?.grant === `${started.id}:commit`), { what: 'the commit applied', deadlineMs: 10_000, intervalMs: 1 });
+      kill();
+    }
+    await within(leader.process!.exited, 5_000, `etcd ${leader.memberName} to exit`);
+    const record = await ended(mc, conn, watch, started.id, 20_000, log);
+    const newLeader = await cluster.leader();
+    records.push(record);
+    // Committed → the VM runs on the destination; rolled back → on the source (both are correct).
+    host = record.phase === 'done' ? to : host;
+    expect(['done', 'aborted']).toContain(record.phase);
+    await expectSettledVm(mc, conn, vm, records, host);
+    figure('F-mig-4 etcd leader killed', {
+      kill: kind,
+      killed: leader.memberName,
+      newLeader: newLeader.memberName,
+      outcome: record.phase,
+      commitSentAgain: log.filter((l) => l.startsWith('commit of migration')).length - retriesBefore,
+      endedAfterKillMs: Math.round(watch.versions(started.id).at(-1)!.at - killedAt),
+      timeline: record.timeline.map((e) => e.phase).join(' '),
+    });
+    // The member comes back (same ports, same data) before the next round, so each round starts
+    // from a full cluster and kills a leader of three.
+    await leader.start();
+    await waitFor(async () => (await Promise.all(cluster.members.map((m) => m.status().then(() => true, () => false)))).every(Boolean), { what: 'three healthy members', deadlineMs: 15_000 });
+  }
+  await within(contender.stop(), 10_000, 'the etcd contender');
+  figure('F-mig-4 etcd contender', { attempts: contender.attempts, answers: Object.fromEntries(contender.answers), wins: contender.wins });
+  // S6: the handoff never leaves the lease key free, so a grant straight from etcd never succeeds.
+  expect(contender.wins).toEqual([]);
+  expect(contender.answers.get('RESOURCE_BUSY') ?? 0).toBeGreaterThan(0);
+}
+
+describe('etcd leader killed during the commit transaction (3-member etcd)', () => {
+  let cluster: EtcdCluster;
+  beforeAll(async () => {
+    cluster = await EtcdCluster.start();
+  });
+  afterAll(async () => {
+    await cluster?.close();
+  });
+
+  it('killed before the commit is sent: each migration completes or rolls back, S1–S6 hold, a third party asking etcd never wins', () => etcdLeaderKills(cluster, ['before the commit is sent', 'before the commit is sent']), 90_000);
+
+  it('killed after the commit is applied, before the coordinator hears: each migration completes, S1–S6 hold, a third party asking etcd never wins', () => etcdLeaderKills(cluster, ['after the commit is applied', 'after the commit is applied']), 90_000);
+});
+

@@ -1,0 +1,177 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { asBatonError, nextStep, type MigrationRecord } from '@baton/core';
+import { Bus, BusConfigSchema } from '@baton/bus';
+import { checkDisk, connectEtcd, MigrationCluster, migrationServers, monoNow, NatsServer, waitFor } from '../support/index.js';
+import { ClusterWatch, type SeenRecord, capturingLog, expectSettledVm, figure, leaseState } from './migration-kit.js';
+
+/** Live migration across a NATS restart, with agent commands duplicated, reordered and replayed late (kit and the checks every history gets: migration-kit.ts). */
+const servers = migrationServers();
+
+// ---------------------------------------------------------------------------------------------
+// 3. NATS restarted mid-migration; agent commands duplicated, reordered and replayed late.
+// ---------------------------------------------------------------------------------------------
+
+interface AgentCommand {
+  label: string;
+  subject: string;
+  params: { key: NonNullable<ReturnType<typeof nextStep>>['key']; record: MigrationRecord };
+}
+
+/**
+ * The agent commands the coordinator sent for a migration, rebuilt exactly: for each version of
+ * the record that waited for an agent's step, the coordinator sent `{key: nextStep(record).key,
+ * record}` on `baton.<cluster>.agent.<host>.migration.<step>` (saga/agent-steps.ts).
+ */
+function agentCommands(bus: Bus, versions: SeenRecord[]): AgentCommand[] {
+  const out = new Map<string, AgentCommand>();
+  for (const { record } of versions) {
+    const command = nextStep(record);
+    if (!command || command.target === 'etcd') continue;
+    const label = `${record.id.slice(0, 8)} ${command.step}@${command.key.token} → ${command.host}`;
+    out.set(label, { label, subject: bus.subjects.agent(command.host, `migration.${command.step}`), params: { key: command.key, record } });
+  }
+  return [...out.values()];
+}
+
+/** Send each command (concurrently, as a burst of late deliveries would arrive); 'ok' or the refusal's code. */
+async function replay(bus: Bus, commands: AgentCommand[]): Promise<Record<string, string[]>> {
+  const answers = await Promise.all(
+    commands.map((c) =>
+      bus.request(c.subject, c.params, { timeoutMs: 10_000 }).then(
+        () => [c.label, 'ok'] as const,
+        (err: unknown) => [c.label, asBatonError(err).code] as const,
+      ),
+    ),
+  );
+  const out: Record<string, string[]> = {};
+  for (const [label, code] of answers) (out[label] ??= []).push(code);
+  return out;
+}
+
+/** Each command twice, the second round in reverse order: duplicated and reordered. */
+function duplicatedAndReordered(commands: AgentCommand[]): AgentCommand[] {
+  return [...commands, ...[...commands].reverse()];
+}
+
+
+describe('NATS restarted mid-migration; agent commands duplicated, reordered, replayed late', () => {
+  let ownNats: NatsServer;
+  beforeAll(async () => {
+    // Its own server: this test restarts it.
+    ownNats = await NatsServer.start({ jetstream: true });
+  });
+  afterAll(async () => {
+    await ownNats?.close();
+  });
+
+  it(
+    'NATS down mid-send and restarted at commit costs only time; every earlier command replayed afterwards, duplicated and reordered, is refused STALE_TOKEN and changes nothing',
+    async () => {
+      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [ownNats.url] });
+      const log: string[] = [];
+      const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log), { sendTimeoutMs: 3_000 });
+      await mc.leader();
+      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using watch = await ClusterWatch.start(conn);
+      const vm = await mc.startVm('host-a', 'n1', ['n1-root.img', 'n1-data.img']);
+      await waitFor(() => checkDisk(mc.disk('n1-root.img')).length > 0, { what: 'n1 writing on host-a', deadlineMs: 5_000 });
+      await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_000 });
+
+      // M1: NATS goes down while the source sends, and stays down until the coordinator has given
+      // up waiting for the perform's reply (it went nowhere): then it comes back on the same port.
+      const m1 = await coordinator.migrate({ vm: 'n1', to: 'host-b' });
+      await watch.phase(m1.id, 'performing');
+      await waitFor(async () => (await mc.driver('host-a').find(vm.uuid))?.state === 'paused', { what: 'n1 paused for the send', deadlineMs: 5_000, intervalMs: 5 });
+      const down = monoNow();
+      await ownNats.stop();
+      await waitFor(() => log.some((l) => l.startsWith(`perform of migration ${m1.id} did not go through`)), { what: 'the coordinator to give the perform up', deadlineMs: 10_000 });
+      await ownNats.start();
+      const outageMs = monoNow() - down;
+      const r1 = await watch.settled(m1.id, 30_000);
+      expect(r1.phase).toBe('done');
+      await expectSettledVm(mc, conn, vm, [r1], 'host-b');
+      figure('F-mig-3 NATS down mid-send', {
+        outcome: r1.phase,
+        outageMs: Math.round(outageMs),
+        migrationMs: Math.round(r1.timeline.at(-1)!.atMs - r1.timeline[0]!.atMs),
+        stepsSentAgain: log.filter((l) => l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
+      });
+
+      await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [ownNats.url], cluster: mc.cluster }), 'replayer');
+      const m1Commands = agentCommands(bus, watch.versions(m1.id));
+      expect(m1Commands.map((c) => c.params.key.step)).toEqual(['prepare', 'perform', 'resume', 'confirm']);
+      const leasesBefore = await leaseState(conn, r1);
+
+      // Right after M1: prepare and perform carry revisions older than the commit; resume and
+      // confirm carry the commit itself, but M1 has ended and waits for nothing: all refused.
+      const afterM1 = await replay(bus, duplicatedAndReordered(m1Commands));
+      figure('F-mig-3 late commands after the migration ended', { answers: afterM1 });
+      expect(afterM1).toEqual(Object.fromEntries(m1Commands.map((c) => [c.label, ['STALE_TOKEN', 'STALE_TOKEN']])));
+      expect(await leaseState(conn, r1)).toEqual(leasesBefore);
+      await expectSettledVm(mc, conn, vm, [r1], 'host-b');
+
+      // M2 moves the VM back, NATS restarted (stop, start) the moment it is committed, while the
+      // resume is on its way; then every command of M1 and M2 arrives late: every one is refused,
+      // whatever its order.
+      const m2 = await coordinator.migrate({ vm: 'n1', to: 'host-a' });
+      await watch.phase(m2.id, 'committed');
+      const restartedAt = monoNow();
+      await ownNats.restart();
+      const restartMs = monoNow() - restartedAt;
+      const r2 = await watch.settled(m2.id, 30_000);
+      expect(r2.phase).toBe('done');
+      figure('F-mig-3 NATS restarted at commit', { outcome: r2.phase, restartMs: Math.round(restartMs), migrationMs: Math.round(r2.timeline.at(-1)!.atMs - r2.timeline[0]!.atMs) });
+      const m2Commands = agentCommands(bus, watch.versions(m2.id));
+      const late = [...m1Commands, ...m2Commands];
+      const leasesAfterM2 = await leaseState(conn, r2);
+      const afterM2 = await replay(bus, duplicatedAndReordered(late));
+      figure('F-mig-3 late commands after the VM moved on', { answers: afterM2 });
+      expect.soft(afterM2, 'every late command refused STALE_TOKEN').toEqual(Object.fromEntries(late.map((c) => [c.label, ['STALE_TOKEN', 'STALE_TOKEN']])));
+      // Whatever the answers, nothing may have changed.
+      expect(await leaseState(conn, r2)).toEqual(leasesAfterM2);
+      await expectSettledVm(mc, conn, vm, [r1, r2], 'host-a');
+    },
+    90_000,
+  );
+
+  it(
+    'commands of closed migrations arriving during a later migration’s send are refused STALE_TOKEN and touch neither copy',
+    async () => {
+      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [ownNats.url] });
+      const { coordinator } = await mc.addCoordinator();
+      await mc.leader();
+      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using watch = await ClusterWatch.start(conn);
+      await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [ownNats.url], cluster: mc.cluster }), 'replayer');
+      const vm = await mc.startVm('host-a', 'n2', ['n2-root.img']);
+      await waitFor(() => checkDisk(mc.disk('n2-root.img')).length > 0, { what: 'n2 writing on host-a', deadlineMs: 5_000 });
+      const m1 = await coordinator.migrate({ vm: 'n2', to: 'host-b' });
+      const r1 = await watch.settled(m1.id);
+      const m2 = await coordinator.migrate({ vm: 'n2', to: 'host-a' });
+      const r2 = await watch.settled(m2.id);
+      expect([r1.phase, r2.phase]).toEqual(['done', 'done']);
+      // The last steps of M1 and M2 (resume, confirm), as a deposed leader or a slow network could
+      // still deliver them: each names a host that is a party to M3.
+      const late = [...agentCommands(bus, watch.versions(m1.id)), ...agentCommands(bus, watch.versions(m2.id))].filter((c) => c.params.key.step === 'resume' || c.params.key.step === 'confirm');
+
+      // M3, host-a → host-b, with a slow send: the source copy sits paused at switchover, the
+      // destination's incoming copy waits; the late commands arrive now.
+      await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_500 });
+      const m3 = await coordinator.migrate({ vm: 'n2', to: 'host-b' });
+      await watch.phase(m3.id, 'performing');
+      await waitFor(async () => (await mc.copies(vm.uuid))['host-a'] === 'paused', { what: 'n2 paused for the send', deadlineMs: 5_000, intervalMs: 5 });
+      // An agent handles a VM's commands one at a time: those for host-a are taken after the
+      // send, while the source copy is paused with its state sent, the riskiest moment for a
+      // confirm (destroy the copy that does not run) or a resume (unpause it).
+      const answers = await replay(bus, late);
+      figure('F-mig-3 late commands during a later send', { answers, phaseWhenAnswered: watch.latest(m3.id)!.phase });
+      expect.soft(answers, 'every command of a closed migration refused STALE_TOKEN').toEqual(Object.fromEntries(late.map((c) => [c.label, ['STALE_TOKEN']])));
+
+      const r3 = await watch.settled(m3.id, 20_000);
+      expect(r3.phase).toBe('done');
+      await expectSettledVm(mc, conn, vm, [r1, r2, r3], 'host-b');
+    },
+    60_000,
+  );
+});
+
