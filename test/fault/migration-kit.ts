@@ -14,7 +14,7 @@ import {
 } from '@baton/core';
 import type { Log } from '@baton/coordinator';
 import { LeaseTable, type EtcdConnection, type HandoffMarker } from '@baton/etcd';
-import { checkDisk, MigrationCluster, monoNow, openSession, readDiskRecords, waitFor } from '../support/index.js';
+import { checkDisk, describeError, MigrationCluster, monoNow, openSession, readDiskRecords, waitFor } from '../support/index.js';
 
 /**
  * The kit of the live-migration fault tests (test/fault/migration-*.test.ts). Live migration under faults (DESIGN §6, S1–S6), with real processes throughout: agents with sim
@@ -217,7 +217,11 @@ export async function ended(mc: MigrationCluster, conn: EtcdConnection, watch: C
   } catch (err) {
     const stuck = watch.latest(id);
     if (!stuck) throw err;
-    const leases = (await leaseState(conn, stuck)).map((s) => `${s.lease?.host}:${s.lease?.grant}${s.marker ? `+marker(${s.marker.step})` : ''}`).join(', ');
+    // A report, not a probe: etcd may still be failing over, and what it cannot read it says so.
+    const leases = await leaseState(conn, stuck).then(
+      (states) => states.map((s) => `${s.lease?.host}:${s.lease?.grant}${s.marker ? `+marker(${s.marker.step})` : ''}`).join(', '),
+      (e: unknown) => `unreadable (${describeError(e)})`,
+    );
     const leading = mc.coordinators.map((c) => `${c.coordinator.id}:${c.coordinator.isLeader ? 'leads' : 'follows'}`).join(' ');
     const said = log.filter((l) => l.includes(id)).slice(-3).join(' | ');
     throw new Error(

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asBatonError, newMigration, nextStep, transition } from '@baton/core';
 import { EtcdSteps } from '@baton/coordinator';
 import { ClusterView, LeaseTable, MigrationStore } from '@baton/etcd';
-import { connectEtcd, EtcdServer, openSession } from '../support/index.js';
+import { connectEtcd, EtcdServer, openSession, TcpProxy, waitFor } from '../support/index.js';
 
 /** Migration records in etcd: one migration per VM at a time, saved only by compare-on-revision. */
 let etcd: EtcdServer;
@@ -50,6 +50,60 @@ describe('migration store', () => {
     const discarded = transition(unmarked, { step: 'discard', ok: true }, 4);
     await store.save(begun, transition(discarded, { step: 'restore', ok: true }, 5));
     expect(await store.assertCurrent('m-s', 50).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', message: expect.stringContaining('ended') });
+  });
+});
+
+describe('saving a record through etcd hiccups', () => {
+  /** A store whose etcd is reached through a proxy the test can fault, and one that sees etcd directly. */
+  async function storesBehindProxy() {
+    const direct = connectEtcd(etcd.endpoints);
+    const proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.clientUrl).port) } });
+    const proxied = connectEtcd([`http://${proxy.hostPort}`], 3, direct.config.cluster);
+    const vm = { uuid: randomUUID(), name: 'app-1' };
+    const id = `m-${vm.uuid.slice(0, 8)}`;
+    const observer = new MigrationStore(direct);
+    const created = await observer.create(newMigration({ id, vm, source: 'host-a', destination: 'host-b', resources: [{ name: `/d/${vm.uuid}.img`, lockspace: 'images', mode: 'exclusive' }] }, 0));
+    const begun = transition(created.record, { step: 'begin', ok: true, revision: Number(created.revision) + 1, grants: [7] }, 1);
+    const store = new MigrationStore(proxied);
+    // Connected before any fault: the save, not the handshake, is what goes unanswered.
+    expect((await store.get(id))!.record).toEqual(created.record);
+    const unanswered: string[] = [];
+    const retry = { signal: AbortSignal.timeout(30_000), retryMs: 20, maxRetryMs: 100, onUnanswered: (err: { code: string }) => void unanswered.push(err.code) };
+    return {
+      store, observer, proxy, created, begun, unanswered, retry,
+      async [Symbol.asyncDispose]() {
+        await proxied.close();
+        await proxy.close();
+        await direct.close();
+      },
+    };
+  }
+
+  it('recognises its own save whose answer was lost, while the read-backs go unanswered too, instead of taking it for another writer', async () => {
+    await using s = await storesBehindProxy();
+    // Requests reach etcd; answers are held back: the save lands, nobody hears so.
+    s.proxy.toClient.pause();
+    const saving = s.store.saveThrough(s.created, s.begun, s.retry);
+    await waitFor(async () => (await s.observer.get(s.begun.id))?.record.phase === 'preparing' && s.unanswered.length >= 2, { what: 'the save landed, and a read-back went unanswered', deadlineMs: 20_000 });
+    s.proxy.toClient.heal();
+    const saved = await saving;
+    const stored = await s.observer.get(s.begun.id);
+    expect(saved).toEqual(stored);
+    expect(stored!.record).toEqual(s.begun);
+    expect(new Set(s.unanswered)).toEqual(new Set(['UNAVAILABLE']));
+  });
+
+  it('still refuses (NOT_LEADER) when another writer saved while its own save went unanswered, and leaves that writer’s record', async () => {
+    await using s = await storesBehindProxy();
+    // Requests are held back: the save has not reached etcd when another replica writes.
+    s.proxy.toTarget.pause();
+    const saving = s.store.saveThrough(s.created, s.begun, s.retry).catch(asBatonError);
+    const theirs = transition(s.created.record, { step: 'begin', ok: false, error: { code: 'MIGRATION_CONFLICT', message: 'not held' } }, 2);
+    await waitFor(() => s.unanswered.length >= 1, { what: 'the save went unanswered', deadlineMs: 20_000 });
+    await s.observer.save(s.created, theirs);
+    s.proxy.toTarget.heal();
+    expect(await saving).toMatchObject({ code: 'NOT_LEADER' });
+    expect((await s.observer.get(s.begun.id))!.record).toEqual(theirs);
   });
 });
 

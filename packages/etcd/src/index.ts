@@ -7,4 +7,4 @@ export { ClusterView } from './cluster-view.js';
 export { Election, type CampaignOptions, type Leadership } from './election.js';
 export { Handoff, HandoffMarkerSchema, type HandoffMarker, type HandoffParty, type HandoffResource } from './handoff.js';
 export { parseValue } from './values.js';
-export { MigrationStore, type StoredMigration } from './migration-store.js';
+export { MigrationStore, type SaveRetry, type StoredMigration } from './migration-store.js';

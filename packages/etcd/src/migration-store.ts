@@ -1,10 +1,20 @@
-import { BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
+import { setTimeout as delay } from 'node:timers/promises';
+import { asBatonError, BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
 import type { EtcdConnection } from './connection.js';
 
 /** A record as stored, with the revision a later save must compare against. */
 export interface StoredMigration {
   record: MigrationRecord;
   revision: string;
+}
+
+/** How `saveThrough` waits between attempts, and whom it tells about an unanswered one. */
+export interface SaveRetry {
+  signal: AbortSignal;
+  /** The first pause; doubled after each unanswered attempt up to `maxRetryMs`. */
+  retryMs: number;
+  maxRetryMs: number;
+  onUnanswered?(err: BatonError): void;
 }
 
 /**
@@ -65,8 +75,50 @@ export class MigrationStore {
       },
       `saving migration ${next.id}`,
     );
-    if (!res.succeeded) throw new BatonError('NOT_LEADER', `migration ${next.id} was written by someone else; this replica no longer drives it`, { details: { migration: next.id } });
+    if (!res.succeeded) throw writtenByOther(next.id);
     return { record: next, revision: String(res.header.revision) };
+  }
+
+  /**
+   * `save` through etcd hiccups. An unanswered save may have landed, so it is never sent again
+   * blind: a second copy would fail its compare against our own first one and look like another
+   * writer's. The record is read back until etcd answers: still `prev`, the save has not landed
+   * and goes again; exactly `next`, it did; anything else is another writer's (NOT_LEADER).
+   */
+  async saveThrough(prev: StoredMigration, next: MigrationRecord, retry: SaveRetry): Promise<StoredMigration> {
+    const written = JSON.stringify(next);
+    let pauseMs = retry.retryMs;
+    const pause = async (err: unknown): Promise<void> => {
+      retry.onUnanswered?.(asBatonError(err));
+      await delay(pauseMs, undefined, { signal: retry.signal });
+      pauseMs = Math.min(pauseMs * 2, retry.maxRetryMs);
+    };
+    let unanswered = false;
+    for (;;) {
+      retry.signal.throwIfAborted();
+      try {
+        return await this.save(prev, next);
+      } catch (err) {
+        // A refused compare after an unanswered attempt may be that attempt landing late: read it.
+        if (asBatonError(err).code !== 'NOT_LEADER') {
+          unanswered = true;
+          await pause(err);
+        } else if (!unanswered) throw err;
+      }
+      for (;;) {
+        let kv;
+        try {
+          kv = (await this.conn.range(this.key(next.id))).kvs[0];
+        } catch (err) {
+          await pause(err);
+          continue;
+        }
+        if (kv === undefined) throw new BatonError('NOT_LEADER', `migration ${next.id} was deleted by someone else; this replica no longer drives it`, { details: { migration: next.id } });
+        if (String(kv.mod_revision) === prev.revision) break;
+        if (kv.value.toString() !== written) throw writtenByOther(next.id);
+        return { record: next, revision: String(kv.mod_revision) };
+      }
+    }
   }
 
   async get(id: string): Promise<StoredMigration | undefined> {
@@ -99,4 +151,8 @@ export class MigrationStore {
     const res = await this.conn.range(this.conn.keys.migrations, { prefix: true });
     return res.kvs.map((kv) => ({ record: parseMigrationRecord(JSON.parse(kv.value.toString())), revision: String(kv.mod_revision) }));
   }
+}
+
+function writtenByOther(id: string): BatonError {
+  return new BatonError('NOT_LEADER', `migration ${id} was written by someone else; this replica no longer drives it`, { details: { migration: id } });
 }

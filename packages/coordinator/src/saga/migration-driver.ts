@@ -1,6 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { isDeepStrictEqual } from 'node:util';
-import { asBatonError, BatonError, decideReply, nextStep, transition, type MigrationCommand, type MigrationRecord, type MigrationStep, type MigrationStepReply, type MonotonicClock } from '@baton/core';
+import { decideReply, nextStep, transition, type MigrationCommand, type MigrationRecord, type MigrationStep, type MigrationStepReply, type MonotonicClock } from '@baton/core';
 import type { MigrationStore, StoredMigration } from '@baton/etcd';
 import type { Log } from '../log.js';
 import type { AgentSteps } from './agent-steps.js';
@@ -75,33 +74,17 @@ export class MigrationDriver {
     }
   }
 
-  /**
-   * Save by compare-on-revision. An answer lost to an etcd hiccup is not a lost leadership: the
-   * record is read back; if it is already `next`, that was our write; if it is still `prev`, the
-   * save is sent again. Only somebody else's write ends the drive (NOT_LEADER).
-   */
+  /** Save by compare-on-revision, through etcd hiccups; only another writer's save ends the drive (NOT_LEADER). */
   private async save(prev: StoredMigration, next: MigrationRecord, signal: AbortSignal): Promise<StoredMigration> {
-    const { store, log } = this.opts;
-    let retryMs = this.opts.retryMs;
-    for (;;) {
-      try {
-        const saved = await store.save(prev, next);
-        this.opts.onSaved(saved.record, prev.record);
-        return saved;
-      } catch (err) {
-        if (asBatonError(err).code === 'NOT_LEADER') throw err;
-        log.warn({ migration: next.id, phase: next.phase, err: (err as Error).message }, `saving migration ${next.id} (${next.phase}) did not answer; reading it back`);
-      }
-      await delay(retryMs, undefined, { signal });
-      retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
-      const stored = await store.get(next.id).catch(() => undefined);
-      if (stored === undefined) continue;
-      if (stored.revision !== prev.revision) {
-        if (!isDeepStrictEqual(stored.record, next)) throw new BatonError('NOT_LEADER', `migration ${next.id} was written by someone else; this replica no longer drives it`, { details: { migration: next.id } });
-        this.opts.onSaved(stored.record, prev.record);
-        return stored;
-      }
-    }
+    const { store, log, retryMs } = this.opts;
+    const saved = await store.saveThrough(prev, next, {
+      signal,
+      retryMs,
+      maxRetryMs: MAX_RETRY_MS,
+      onUnanswered: (err) => log.warn({ migration: next.id, phase: next.phase, err: err.message }, `saving migration ${next.id} (${next.phase}) did not answer; reading it back`),
+    });
+    this.opts.onSaved(saved.record, prev.record);
+    return saved;
   }
 }
 
