@@ -1,20 +1,18 @@
 // The handoff's critical path, read from the VMs' own event logs (source `paused` → destination
-// `running`) and split into phases with the record's timeline and the instants of its saves.
+// `running`) and split into phases with the record's timeline.
 import { existsSync, readFileSync } from 'node:fs';
-import { migrationRule, systemClock, type MigrationRecord } from '@baton/core';
-import type { MigrationStore } from '@baton/etcd';
+import { migrationRule, type MigrationRecord } from '@baton/core';
+import { OVERLAPS_SAVE } from '@baton/coordinator';
 import { MigrationCluster } from '../support/index.js';
 
-/** The critical path's phases, in order; their sum is the path (less a few µs of bookkeeping). */
-export const PATH_PHASES = ['stream', 'performReply', 'saveSent', 'commit', 'saveCommitted', 'resume'] as const;
+/** The critical path's phases, in order; their sum is the path. */
+export const PATH_PHASES = ['stream', 'performReply', 'commit', 'resume'] as const;
 export type PathPhase = (typeof PATH_PHASES)[number];
 export const PHASE_LABELS: Record<PathPhase, string> = {
   stream: 'paused → VM `sent`: migration stream + ack (source VM)',
   performReply: 'VM `sent` → record `sent`: source agent drops its locks, NATS reply',
-  saveSent: 'record saved as `sent` (etcd write)',
-  commit: 'commit step: read host record + lease prefix, commit txn (etcd)',
-  saveCommitted: 'record saved as `committed` (etcd write)',
-  resume: 'resume → VM `running`: NATS request, agent reads record + leases, locks, unpause',
+  commit: 'commit: one etcd txn (moves the leases, saves the record `sent`)',
+  resume: 'resume → VM `running`: NATS request, agent reads leases + record (one txn), locks, unpause',
 };
 
 /** What sits between `paused` and `running`, read from a record's timeline. */
@@ -22,28 +20,6 @@ export interface PathCount {
   etcdWrites: number;
   busMessages: number;
   steps: string[];
-}
-
-/** The instants each record save started and ended, per migration (host monotonic ms). */
-export type SaveTimes = Map<string, { phase: string; startMs: number; endMs: number }[]>;
-
-/**
- * Time the coordinator's record saves. The driver calls `store.save` on the coordinator's own
- * MigrationStore instance, so wrapping that instance's method sees every save it makes; the
- * wrapper adds two clock reads per save and changes nothing else.
- */
-export function timeSaves(store: MigrationStore): SaveTimes {
-  const times: SaveTimes = new Map();
-  const save = store.save.bind(store);
-  store.save = async (prev, next) => {
-    const startMs = systemClock.now();
-    const saved = await save(prev, next);
-    const list = times.get(next.id) ?? [];
-    list.push({ phase: next.phase, startMs, endMs: systemClock.now() });
-    times.set(next.id, list);
-    return saved;
-  };
-  return times;
 }
 
 export interface VmEvent {
@@ -96,7 +72,8 @@ export function handoffEvents(record: MigrationRecord, logs: EventLogs): { pause
  * milliseconds apart from them (an etcd read and a NATS hop at least), so the half-ms slack
  * cannot pick the wrong phase. Inside the window: the opening step's reply; each phase entered,
  * by its step (an etcd transaction, or an agent's request and reply) and the record's save that
- * follows; the closing step's request.
+ * follows, unless the next step's transaction carries it (an etcd step) or the step is sent
+ * while it is saved (OVERLAPS_SAVE); the closing step's request.
  */
 export function pathOf(record: MigrationRecord, pausedMs: number, runningMs: number): PathCount {
   const tl = record.timeline;
@@ -113,14 +90,17 @@ export function pathOf(record: MigrationRecord, pausedMs: number, runningMs: num
     if (i > open + 1) {
       if (rule.target === 'etcd') {
         out.etcdWrites++;
-        out.steps.push(`${rule.step} txn`);
+        out.steps.push(`${rule.step} txn (+ save ${tl[i - 1]!.phase})`);
       } else {
         out.busMessages += 2;
         out.steps.push(`${rule.step} request+reply (NATS)`);
       }
     }
-    out.etcdWrites++;
-    out.steps.push(`save ${tl[i]!.phase}`);
+    const next = migrationRule(tl[i]!.phase)!;
+    if (next.target !== 'etcd' && !(i === close && OVERLAPS_SAVE.includes(next.step))) {
+      out.etcdWrites++;
+      out.steps.push(`save ${tl[i]!.phase}`);
+    }
   }
   out.busMessages++;
   out.steps.push(`${migrationRule(tl[close]!.phase)!.step} request (NATS)`);
@@ -128,23 +108,18 @@ export function pathOf(record: MigrationRecord, pausedMs: number, runningMs: num
 }
 
 /** Per migration: the critical path, its phases (µs), its timeline path; undefined if an event is missing. */
-export function analyse(record: MigrationRecord, logs: EventLogs, saves: SaveTimes): { path: number; phases: Record<PathPhase, number>; count: PathCount } | undefined {
+export function analyse(record: MigrationRecord, logs: EventLogs): { path: number; phases: Record<PathPhase, number>; count: PathCount } | undefined {
   const ev = handoffEvents(record, logs);
   const at = (phase: string): number => record.timeline.find((e) => e.phase === phase)!.atMs;
-  const save = (phase: string): { startMs: number; endMs: number } | undefined => saves.get(record.id)?.find((s) => s.phase === phase);
-  const savedSent = save('sent');
-  const savedCommitted = save('committed');
-  if (!ev || !savedSent || !savedCommitted) return undefined;
+  if (!ev) return undefined;
   const ms = (v: number): number => v * 1000;
   return {
     path: ms(ev.running - ev.paused),
     phases: {
       stream: ms(ev.vmSent - ev.paused),
       performReply: ms(at('sent') - ev.vmSent),
-      saveSent: ms(savedSent.endMs - savedSent.startMs),
-      commit: ms(at('committed') - savedSent.endMs),
-      saveCommitted: ms(savedCommitted.endMs - savedCommitted.startMs),
-      resume: ms(ev.running - savedCommitted.endMs),
+      commit: ms(at('committed') - at('sent')),
+      resume: ms(ev.running - at('committed')),
     },
     count: pathOf(record, ev.paused, ev.running),
   };

@@ -7,7 +7,7 @@ import type { Coordinator } from '@baton/coordinator';
 import { checkDisk, MigrationCluster, waitFor } from '../support/index.js';
 import { summarize } from './stats.js';
 import { cpuTimes } from './sys.js';
-import { EventLogs, type SaveTimes, analyse } from './migration-path.js';
+import { EventLogs, analyse } from './migration-path.js';
 import { DIAGNOSTICS_DIR, type StormResult, countingLog, migrateOnce, wholeUs } from './migration-rig.js';
 
 /**
@@ -72,7 +72,6 @@ export async function storm(
   c: Coordinator,
   hosts: string[],
   opts: { vms: number; perVm: number },
-  saves: SaveTimes,
   coordLog: ReturnType<typeof countingLog>,
   log: (msg: string) => void,
 ): Promise<StormResult> {
@@ -177,7 +176,7 @@ export async function storm(
   const l = new EventLogs(mc);
   const paths = records
     .filter((r) => r.phase === 'done')
-    .map((r) => analyse(r, l, saves))
+    .map((r) => analyse(r, l))
     .filter((a): a is NonNullable<typeof a> => a !== undefined)
     .map((a) => a.path);
   const done = records.filter((r) => r.phase === 'done').length;

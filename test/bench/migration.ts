@@ -7,7 +7,7 @@
 //             critical path is read from the VMs' own event logs: the source VM's `paused` (at
 //             switchover, inside perform) to the destination VM's `running` (resume). It is split
 //             into phases with the record's timeline (the coordinator's monotonic clock, the same
-//             host clock as the VMs') and the instants the coordinator's record saves start and end.
+//             host clock as the VMs').
 //   floor     in the same run, interleaved with the migrations: one etcd compare-and-put plus two
 //             NATS request/reply round trips to a trivial responder in another process.
 //   lock      in the same run, interleaved too: a virtlockd-style handoff with the etcd3 package's
@@ -25,7 +25,7 @@ import { countersDelta, received, type EtcdCounters } from './etcd-metrics.js';
 import { summarize, type Summary } from './stats.js';
 import type { Step } from './table.js';
 import { FloorRig, scrapeMembers } from './migration-floor.js';
-import { EventLogs, PATH_PHASES, type PathPhase, type SaveTimes, analyse, timeSaves } from './migration-path.js';
+import { EventLogs, PATH_PHASES, type PathPhase, analyse } from './migration-path.js';
 import { type MigrationBenchOptions, type MigrationResults, TTL_SECONDS, countingLog, migrateOnce, wholeUs } from './migration-rig.js';
 import { storm, vmProcesses } from './migration-storm.js';
 
@@ -43,7 +43,6 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
   let rig: FloorRig | undefined;
   try {
     const coordLog = countingLog();
-    let saves: SaveTimes = new Map();
     let coordinator: Coordinator | undefined;
     await step(`start ${hosts.length} agents (sim VMs), a coordinator, the floor's responder`, async () => {
       mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url], hosts, ttlSeconds: TTL_SECONDS });
@@ -53,7 +52,6 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
       const service = await CoordinatorService.start({ config: CoordinatorConfigSchema.parse({ id: fixture.id, etcd: fixture.etcd, nats: fixture.nats, http: fixture.http }), log: coordLog.log });
       mc.coordinators.push(service);
       coordinator = (await mc.leader()).coordinator;
-      saves = timeSaves(coordinator.store);
       rig = await FloorRig.start(etcd.endpoints, nats.url);
     });
     if (!mc || !coordinator || !rig) return out;
@@ -110,9 +108,9 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
       out.lock = { handoff: summary('lock.handoff'), free: summary('lock.free') };
 
       const l = logs();
-      const analysed = timed.filter((rec) => rec.phase === 'done').map((rec) => analyse(rec, l, saves));
+      const analysed = timed.filter((rec) => rec.phase === 'done').map((rec) => analyse(rec, l));
       const ok = analysed.filter((a): a is NonNullable<typeof a> => a !== undefined);
-      if (ok.length < analysed.length) log(`${analysed.length - ok.length} of ${analysed.length} handoffs lacked an event or a save time; left out`);
+      if (ok.length < analysed.length) log(`${analysed.length - ok.length} of ${analysed.length} handoffs lacked an event; left out`);
       const first = ok[0]?.count ?? { etcdWrites: 0, busMessages: 0, steps: [] };
       out.handoff = {
         migrations: timed.length,
@@ -135,7 +133,7 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
     });
 
     await step(`storm: ${opts.storm.vms} VMs × ${opts.storm.perVm} migrations among ${hosts.length} hosts, ${opts.storm.vms} in flight`, async () => {
-      out.storm = await storm(cluster, c, hosts, opts.storm, saves, coordLog, log);
+      out.storm = await storm(cluster, c, hosts, opts.storm, coordLog, log);
     });
     return out;
   } finally {

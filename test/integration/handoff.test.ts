@@ -45,6 +45,9 @@ describe('handoff transactions', () => {
     await waitFor(async () => (await new ClusterView(conn).leases()).every((l) => l.host !== 'src'), { what: 'the source session to expire', deadlineMs: 10_000, intervalMs: 100 });
     expect(await tryThird()).toEqual(Array(4).fill('RESOURCE_BUSY'));
 
+    // A session the destination no longer has (a cached one, after its agent restarted) is refused, moving nothing.
+    expect(await code(handoff.commit(marked, VM, { host: 'dst', session: third.id }))).toBe('UNAVAILABLE');
+    expect(await tryThird()).toEqual(Array(4).fill('RESOURCE_BUSY'));
     const committed = await handoff.commit(marked, VM, { host: 'dst', session: dst.id });
     expect(committed).toBeGreaterThan(marked);
     expect(await handoff.commit(marked, VM, { host: 'dst', session: dst.id })).toBe(committed);

@@ -114,17 +114,36 @@ describe('etcd steps of the saga', () => {
     const vm = { uuid: randomUUID(), name: 'db-1' };
     await new LeaseTable(conn, 'host-a').grant(a, [{ lockspace: 'images', identity: '/d/db-1.img', mode: 'exclusive', owner: vm }]);
     const steps = new EtcdSteps(conn);
-    let record = newMigration({ id: 'm-x', vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-1.img', lockspace: 'images', mode: 'exclusive' }] }, 0);
-    // Agent steps answered as an agent that succeeds would: only the etcd side is under test here.
+    const store = new MigrationStore(conn);
+    let saved = await store.create(newMigration({ id: 'm-x', vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-1.img', lockspace: 'images', mode: 'exclusive' }] }, 0));
+    let record = saved.record;
+    // Agent steps answered as an agent that succeeds would, after the record that asks for them is
+    // saved; the etcd steps save theirs themselves, in their own transaction.
     const run = async (until: string) => {
       for (let cmd = nextStep(record); cmd && record.phase !== until; cmd = nextStep(record)) {
-        const reply = cmd.target === 'etcd' ? await steps.run(record, cmd) : { ok: true as const };
+        let reply;
+        if (cmd.target === 'etcd') {
+          const done = await steps.run(cmd, { record, saved });
+          saved = done.saved ?? saved;
+          reply = done.reply;
+        } else {
+          if (record !== saved.record) saved = await store.save(saved, record);
+          reply = { ok: true as const };
+        }
         record = transition(record, { ...reply, step: cmd.step }, 1);
       }
     };
     await run('committed');
     const leases = await new ClusterView(conn).leases();
     expect(leases).toMatchObject([{ host: 'host-b', token: record.tokens.commit }]);
+    // The record that asked for the commit was saved by the commit transaction itself.
+    const { commit, ...tokensBefore } = record.tokens;
+    expect(await store.get('m-x')).toEqual({ record: { ...record, phase: 'sent', tokens: tokensBefore, timeline: record.timeline.slice(0, -1) }, revision: String(commit) });
+    // A deposed leader (its last save is older than the record) is refused, and moves nothing.
+    const deposed = transition(record, { step: 'resume', ok: false, error: { code: 'RESOURCE_BUSY', message: 'cannot lock' } }, 2);
+    const stale = { record: deposed, saved: { ...saved, revision: String(record.tokens.prepare) } };
+    expect(await steps.run(nextStep(deposed)!, stale).catch(asBatonError)).toMatchObject({ code: 'NOT_LEADER' });
+    expect(await new ClusterView(conn).leases()).toMatchObject([{ host: 'host-b', token: record.tokens.commit }]);
     record = transition(record, { step: 'resume', ok: false, error: { code: 'RESOURCE_BUSY', message: 'cannot lock' } }, 2);
     await run('aborted');
     expect(await new ClusterView(conn).leases()).toMatchObject([{ host: 'host-a', token: record.tokens.revert }]);

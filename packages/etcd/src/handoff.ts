@@ -1,8 +1,9 @@
 import { BatonError, LeaseValueSchema, wallTimeIso, type LeaseValue, type MigrationRecord, type Token } from '@baton/core';
-import type { ICompare, IKeyValue, IRequestOp } from 'etcd3';
+import type { ICompare, IKeyValue, IRangeResponse, IRequestOp } from 'etcd3';
 import { z } from 'zod';
 import type { EtcdConnection } from './connection.js';
 import { KeyLayout, prefixEnd } from './keys.js';
+import { recordValue, storedMigration, type StoredMigration } from './migration-store.js';
 import { parseValue } from './values.js';
 
 /**
@@ -14,6 +15,13 @@ import { parseValue } from './values.js';
  *
  * Every step may be re-issued (a coordinator that crashed, a lost reply): it recognises its own
  * earlier success by the values it wrote (migration id and step) and returns that revision.
+ *
+ * A step may carry the migration record (a `RecordGuard`): the transaction then also compares the
+ * record's revision, so a deposed leader's step is refused (NOT_LEADER), and may put the record's
+ * next state, so the save that asks for the step costs no write of its own. Steps other than
+ * `begin` and `give-back` are optimistic: the transaction goes first, and only a refused one reads
+ * (in its failure branch, the same round trip) whether it was a re-issue of its own, another
+ * writer, or changed leases.
  */
 export const HandoffMarkerSchema = z.object({ v: z.literal(1), migration: z.string(), step: z.enum(['begin', 'mark']), source: z.string(), destination: z.string() });
 export type HandoffMarker = z.infer<typeof HandoffMarkerSchema>;
@@ -23,13 +31,40 @@ export interface HandoffResource {
   identity: string;
 }
 
+/** A resource's exclusive lease as etcd has it, with its token. */
+export interface Holder {
+  resource: HandoffResource;
+  lease: LeaseValue | undefined;
+  token: Token | undefined;
+}
+
 export interface HandoffParty {
   host: string;
   /** The host's session (its host record's lease): the moved leases hang on it. */
   session: string;
 }
 
+/** The migration record in a step's transaction: compared on `revision`; `write` is put if given. */
+export interface RecordGuard {
+  revision: string;
+  write?: MigrationRecord;
+}
+
 const buf = (s: string): Buffer => Buffer.from(s);
+
+/** Per resource, its exclusive lease and its marker, as one read (or a refused transaction) saw them. */
+type Seen = { excl: IKeyValue | undefined; marker: IKeyValue | undefined }[];
+
+/** One step's transaction, before the record guard and the failure reads are added. */
+interface Attempt {
+  step: string;
+  compare: ICompare[];
+  success: IRequestOp[];
+  /** The revision of this step's own earlier success, if what was seen is it. */
+  recognise(seen: Seen, revision: Token): Token | undefined;
+  /** The session moved leases go on: compared live on its host's record. */
+  to?: HandoffParty;
+}
 
 /** A resource of the handoff with its keys, computed once. */
 interface Target {
@@ -60,23 +95,36 @@ export class Handoff {
     return new Handoff(conn, record.id, record.resources.map((r) => ({ lockspace: r.lockspace, identity: r.name })), record.source, record.destination);
   }
 
-  /** What a step reads: per resource, its exclusive lease and its marker; and etcd's revision then. */
-  private async read(): Promise<{ state: { excl: IKeyValue | undefined; marker: IKeyValue | undefined }[]; revision: Token }> {
-    // One read of each resource's prefix sees both keys at one revision.
-    const replies = await Promise.all(this.targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
-    return {
-      state: replies.map((res, i) => ({
-        excl: res.kvs.find((kv) => kv.key.toString() === this.targets[i]!.excl),
-        marker: res.kvs.find((kv) => kv.key.toString() === this.targets[i]!.marker),
-      })),
-      revision: Math.max(...replies.map((res) => Number(res.header.revision))),
-    };
+  /** Each resource's exclusive lease and marker, from one range of its prefix (both keys at one revision). */
+  private seen(replies: IRangeResponse[]): Seen {
+    return replies.map((res, i) => ({
+      excl: res.kvs.find((kv) => kv.key.toString() === this.targets[i]!.excl),
+      marker: res.kvs.find((kv) => kv.key.toString() === this.targets[i]!.marker),
+    }));
   }
 
-  /** Each resource's exclusive lease as etcd has it now, with its token: what an agent checks before it runs the VM. */
-  async holders(): Promise<{ resource: HandoffResource; lease: LeaseValue | undefined; token: Token | undefined }[]> {
-    const { state } = await this.read();
-    return state.map((s, i) => ({ resource: this.targets[i]!.resource, lease: parseValue(LeaseValueSchema, s.excl), token: s.excl && Number(s.excl.mod_revision) }));
+  /** What a step reads first (begin, give-back), and etcd's revision then. */
+  private async read(): Promise<{ state: Seen; revision: Token }> {
+    const replies = await Promise.all(this.targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
+    return { state: this.seen(replies), revision: Math.max(...replies.map((res) => Number(res.header.revision))) };
+  }
+
+  /**
+   * What an agent checks before it runs the VM, in one round trip (it sits on the handoff's
+   * critical path): each resource's exclusive lease as etcd has it now, with its token, and the
+   * migration record.
+   */
+  async holders(): Promise<{ holders: Holder[]; record: StoredMigration | undefined }> {
+    const res = await this.conn.txn(
+      { success: [...this.targets.map((t) => ({ request_range: { key: buf(t.prefix), range_end: prefixEnd(t.prefix) } })), { request_range: { key: buf(this.conn.keys.migration(this.migration)) } }] },
+      'the leases and record of a handoff',
+    );
+    const reads = res.responses.map((r) => r.response_range);
+    const record = reads[this.targets.length]!.kvs[0];
+    return {
+      holders: this.seen(reads.slice(0, this.targets.length)).map((s, i) => ({ resource: this.targets[i]!.resource, lease: parseValue(LeaseValueSchema, s.excl), token: s.excl && Number(s.excl.mod_revision) })),
+      record: record && storedMigration(record),
+    };
   }
 
   private marker(step: HandoffMarker['step']): string {
@@ -84,20 +132,59 @@ export class Handoff {
   }
 
   /** Ours already at `step`? Then the revision that wrote it (a re-issued step). */
-  private ownMarkerRevision(state: { marker: IKeyValue | undefined }[], step: HandoffMarker['step']): Token | undefined {
+  private ownMarkerRevision(state: Seen, step: HandoffMarker['step']): Token | undefined {
     const markers = state.map((s) => parseValue(HandoffMarkerSchema, s.marker));
     if (markers.every((m) => m?.migration === this.migration && m.step === step)) return Number(state[0]!.marker!.mod_revision);
     return undefined;
   }
 
-  private async txn(compare: ICompare[], success: IRequestOp[], what: string): Promise<Token> {
-    const res = await this.conn.txn({ compare, success }, what);
-    if (!res.succeeded) throw new BatonError('MIGRATION_CONFLICT', `${what} of migration ${this.migration}: the leases changed under it`, { details: { migration: this.migration } });
-    return Number(res.header.revision);
+  /**
+   * One step's transaction with the record guard. Refused, its failure branch reads the leases,
+   * the record and the receiving host's record in the same round trip, to tell why: a re-issue of
+   * a step that already landed (its revision, the record's too if it carried one), another writer
+   * of the record (NOT_LEADER), a host whose session changed (UNAVAILABLE: read it again and
+   * retry), or leases that changed under the handoff (MIGRATION_CONFLICT).
+   */
+  private async attempt(a: Attempt, guard?: RecordGuard): Promise<Token> {
+    const recordKey = buf(this.conn.keys.migration(this.migration));
+    const value = guard?.write && recordValue(guard.write);
+    const to = a.to && { ...a.to, key: buf(this.conn.keys.host(a.to.host)) };
+    const res = await this.conn.txn(
+      {
+        compare: [
+          ...a.compare,
+          ...(guard ? [{ key: recordKey, target: 'Mod', result: 'Equal', mod_revision: guard.revision } satisfies ICompare] : []),
+          ...(to ? [{ key: to.key, target: 'Lease', result: 'Equal', lease: to.session } satisfies ICompare] : []),
+        ],
+        success: value === undefined ? a.success : [...a.success, { request_put: { key: recordKey, value: buf(value) } }],
+        failure: [
+          ...this.targets.map((t) => ({ request_range: { key: buf(t.prefix), range_end: prefixEnd(t.prefix) } })),
+          { request_range: { key: recordKey } },
+          ...(to ? [{ request_range: { key: to.key } }] : []),
+        ],
+      },
+      a.step,
+    );
+    if (res.succeeded) return Number(res.header.revision);
+    const reads = res.responses.map((r) => r.response_range);
+    const record = reads[this.targets.length]!.kvs[0];
+    const again = a.recognise(this.seen(reads.slice(0, this.targets.length)), Number(res.header.revision));
+    if (again !== undefined) {
+      if (value === undefined) return again;
+      // It landed with the record it carried, in one transaction: the record's revision is the step's.
+      if (record?.value.toString() === value) return Number(record.mod_revision);
+    }
+    if (guard && String(record?.mod_revision) !== guard.revision) {
+      throw new BatonError('NOT_LEADER', `${a.step} of migration ${this.migration}: the record was written by someone else; this replica no longer drives it`, { details: { migration: this.migration } });
+    }
+    if (to && String(reads[this.targets.length + 1]!.kvs[0]?.lease ?? '') !== to.session) {
+      throw new BatonError('UNAVAILABLE', `${a.step} of migration ${this.migration}: host ${to.host} is no longer on session ${to.session}`, { details: { host: to.host } });
+    }
+    throw new BatonError('MIGRATION_CONFLICT', `${a.step} of migration ${this.migration}: the leases changed under it`, { details: { migration: this.migration } });
   }
 
   /** Reserve the leases for this migration: each still the source's, with no other handoff. */
-  async begin(vm: string): Promise<{ token: Token; grants: Token[] }> {
+  async begin(vm: string, guard?: RecordGuard): Promise<{ token: Token; grants: Token[] }> {
     const { state } = await this.read();
     const again = this.ownMarkerRevision(state, 'begin');
     if (again !== undefined) return { token: again, grants: state.map((s) => Number(s.excl!.mod_revision)) };
@@ -109,25 +196,31 @@ export class Handoff {
       }
       if (s.marker) throw new BatonError('MIGRATION_CONFLICT', `"${identity}" is in another handoff`, { details: { resource: identity } });
     });
-    const token = await this.txn(
-      this.targets.flatMap((t, i) => [
-        { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: state[i]!.excl!.mod_revision },
-        { key: buf(t.marker), target: 'Version', result: 'Equal', version: 0 },
-      ]),
-      this.targets.map((t) => ({ request_put: { key: buf(t.marker), value: buf(this.marker('begin')) } })),
-      'begin',
+    const token = await this.attempt(
+      {
+        step: 'begin',
+        compare: this.targets.flatMap((t, i) => [
+          { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: state[i]!.excl!.mod_revision },
+          { key: buf(t.marker), target: 'Version', result: 'Equal', version: 0 },
+        ]),
+        success: this.targets.map((t) => ({ request_put: { key: buf(t.marker), value: buf(this.marker('begin')) } })),
+        recognise: (seen) => this.ownMarkerRevision(seen, 'begin'),
+      },
+      guard,
     );
     return { token, grants: state.map((s) => Number(s.excl!.mod_revision)) };
   }
 
   /** The destination is ready (prepare answered): mark the handoff, still owned by the source. */
-  async mark(begin: Token): Promise<Token> {
-    const again = this.ownMarkerRevision((await this.read()).state, 'mark');
-    if (again !== undefined) return again;
-    return this.txn(
-      this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: begin })),
-      this.targets.map((t) => ({ request_put: { key: buf(t.marker), value: buf(this.marker('mark')) } })),
-      'mark',
+  mark(begin: Token, guard?: RecordGuard): Promise<Token> {
+    return this.attempt(
+      {
+        step: 'mark',
+        compare: this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: begin })),
+        success: this.targets.map((t) => ({ request_put: { key: buf(t.marker), value: buf(this.marker('mark')) } })),
+        recognise: (seen) => this.ownMarkerRevision(seen, 'mark'),
+      },
+      guard,
     );
   }
 
@@ -136,33 +229,45 @@ export class Handoff {
    * `compare`; a re-issue finds its own values and returns their revision. The key is overwritten,
    * never absent.
    */
-  private async moveLeases(step: 'commit' | 'give-back', compare: (t: Target, excl: IKeyValue | undefined) => ICompare, owner: LeaseValue['owner'], to: HandoffParty, extra: (t: Target) => IRequestOp[]): Promise<Token> {
-    const { state } = await this.read();
+  private moveLeases(step: 'commit' | 'give-back', compare: ICompare[], owner: LeaseValue['owner'], to: HandoffParty, extra: (t: Target) => IRequestOp[], guard?: RecordGuard): Promise<Token> {
     const grant = `${this.migration}:${step}`;
-    if (state.every((s) => parseValue(LeaseValueSchema, s.excl)?.grant === grant)) return Number(state[0]!.excl!.mod_revision);
     const value = (t: Target): string =>
       JSON.stringify({ v: 1, host: to.host, owner, lockspace: t.resource.lockspace, resource: t.resource.identity, mode: 'exclusive', since: wallTimeIso(), grant } satisfies LeaseValue);
-    return this.txn(
-      this.targets.map((t, i) => compare(t, state[i]!.excl)),
-      this.targets.flatMap((t) => [{ request_put: { key: buf(t.excl), value: buf(value(t)), lease: to.session } }, ...extra(t)]),
-      step,
+    return this.attempt(
+      {
+        step,
+        compare,
+        success: this.targets.flatMap((t) => [{ request_put: { key: buf(t.excl), value: buf(value(t)), lease: to.session } }, ...extra(t)]),
+        recognise: (seen) => (seen.every((s) => parseValue(LeaseValueSchema, s.excl)?.grant === grant) ? Number(seen[0]!.excl!.mod_revision) : undefined),
+        to,
+      },
+      guard,
     );
   }
 
   /** The send succeeded: the leases move to the destination and the markers go, in one transaction. */
-  commit(prepare: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
-    return this.moveLeases('commit', (t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: prepare }), owner, to, (t) => [{ request_delete_range: { key: buf(t.marker) } }]);
+  commit(prepare: Token, owner: LeaseValue['owner'], to: HandoffParty, guard?: RecordGuard): Promise<Token> {
+    return this.moveLeases(
+      'commit',
+      this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: prepare })),
+      owner,
+      to,
+      (t) => [{ request_delete_range: { key: buf(t.marker) } }],
+      guard,
+    );
   }
 
   /** Give up before commit: the markers go, the source never stopped holding. */
-  async unmark(current: Token): Promise<Token> {
-    const { state, revision } = await this.read();
-    // Already done by an earlier issue of this step: the markers' deletion is at most `revision`.
-    if (state.every((s) => s.marker === undefined)) return revision;
-    return this.txn(
-      this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: current })),
-      this.targets.map((t) => ({ request_delete_range: { key: buf(t.marker) } })),
-      'unmark',
+  unmark(current: Token, guard?: RecordGuard): Promise<Token> {
+    return this.attempt(
+      {
+        step: 'unmark',
+        compare: this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: current })),
+        success: this.targets.map((t) => ({ request_delete_range: { key: buf(t.marker) } })),
+        // Already done by an earlier issue of this step: the markers' deletion is at most `revision`.
+        recognise: (seen, revision) => (seen.every((s) => s.marker === undefined) ? revision : undefined),
+      },
+      guard,
     );
   }
 
@@ -172,13 +277,17 @@ export class Handoff {
    * the TTL) is taken back too, if nothing at all is held under the resource (no third party, no
    * lock-delay marker): neither copy has run since commit.
    */
-  giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty): Promise<Token> {
+  async giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty, guard?: RecordGuard): Promise<Token> {
+    const { state } = await this.read();
     return this.moveLeases(
       'give-back',
-      (t, excl) => (excl === undefined ? { key: buf(t.prefix), range_end: prefixEnd(t.prefix), target: 'Version', result: 'Equal', version: 0 } : { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit }),
+      this.targets.map((t, i) =>
+        state[i]!.excl === undefined ? { key: buf(t.prefix), range_end: prefixEnd(t.prefix), target: 'Version', result: 'Equal', version: 0 } : { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit },
+      ),
       owner,
       to,
       () => [],
+      guard,
     );
   }
 }

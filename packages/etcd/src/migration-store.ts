@@ -1,11 +1,17 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { asBatonError, BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
+import type { IKeyValue } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 
 /** A record as stored, with the revision a later save must compare against. */
 export interface StoredMigration {
   record: MigrationRecord;
   revision: string;
+}
+
+/** A record as etcd stores it: the bytes a save writes, and a read-back recognises. */
+export function recordValue(record: MigrationRecord): string {
+  return JSON.stringify(record);
 }
 
 /** How `saveThrough` waits between attempts, and whom it tells about an unanswered one. */
@@ -44,7 +50,7 @@ export class MigrationStore {
           { key: vm, target: 'Version', result: 'Equal', version: 0 },
         ],
         success: [
-          { request_put: { key, value: Buffer.from(JSON.stringify(record)) } },
+          { request_put: { key, value: Buffer.from(recordValue(record)) } },
           { request_put: { key: vm, value: Buffer.from(record.id) } },
         ],
         failure: [{ request_range: { key: vm } }],
@@ -68,7 +74,7 @@ export class MigrationStore {
       {
         compare: [{ key, target: 'Mod', result: 'Equal', mod_revision: prev.revision }],
         success: [
-          { request_put: { key, value: Buffer.from(JSON.stringify(next)) } },
+          { request_put: { key, value: Buffer.from(recordValue(next)) } },
           // The VM is free to migrate again once its record is closed.
           ...(closing ? [{ request_delete_range: { key: Buffer.from(this.vmKey(next.vm.uuid)) } }] : []),
         ],
@@ -86,7 +92,7 @@ export class MigrationStore {
    * and goes again; exactly `next`, it did; anything else is another writer's (NOT_LEADER).
    */
   async saveThrough(prev: StoredMigration, next: MigrationRecord, retry: SaveRetry): Promise<StoredMigration> {
-    const written = JSON.stringify(next);
+    const written = recordValue(next);
     let pauseMs = retry.retryMs;
     const pause = async (err: unknown): Promise<void> => {
       retry.onUnanswered?.(asBatonError(err));
@@ -123,23 +129,12 @@ export class MigrationStore {
 
   async get(id: string): Promise<StoredMigration | undefined> {
     const kv = (await this.conn.range(this.key(id))).kvs[0];
-    return kv && { record: parseMigrationRecord(JSON.parse(kv.value.toString())), revision: String(kv.mod_revision) };
+    return kv && storedMigration(kv);
   }
 
-  /**
-   * Refuse (STALE_TOKEN) a command whose token is older than the record's newest revision: the
-   * coordinator saves each etcd step before it sends the next command (resume aside, which checks
-   * the leases themselves), so a late or duplicated command of an earlier step, of a deposed
-   * leader, or of an ended migration is refused here before it acts.
-   */
+  /** `assertCurrentIn` on the record as etcd has it now. */
   async assertCurrent(id: string, token: Token): Promise<MigrationRecord> {
-    const stored = await this.get(id);
-    if (!stored) throw new BatonError('STALE_TOKEN', `migration ${id} is unknown here`, { details: { migration: id, presented: token } });
-    // An ended migration waits for nothing: whatever arrives for it now is a late duplicate.
-    if (isClosedPhase(stored.record.phase)) throw new BatonError('STALE_TOKEN', `migration ${id} has ended (${stored.record.phase})`, { details: { migration: id, presented: token } });
-    const current = currentRevision(stored.record);
-    if (isStale(token, current)) throw new BatonError('STALE_TOKEN', `migration ${id}: token ${token} is older than ${current}`, { details: { migration: id, presented: token, current } });
-    return stored.record;
+    return assertCurrentIn(id, await this.get(id), token);
   }
 
   /** The id of the VM's open migration, if it has one. */
@@ -149,8 +144,28 @@ export class MigrationStore {
 
   async list(): Promise<StoredMigration[]> {
     const res = await this.conn.range(this.conn.keys.migrations, { prefix: true });
-    return res.kvs.map((kv) => ({ record: parseMigrationRecord(JSON.parse(kv.value.toString())), revision: String(kv.mod_revision) }));
+    return res.kvs.map(storedMigration);
   }
+}
+
+/** A record key as read from etcd. */
+export function storedMigration(kv: IKeyValue): StoredMigration {
+  return { record: parseMigrationRecord(JSON.parse(kv.value.toString())), revision: String(kv.mod_revision) };
+}
+
+/**
+ * Refuse (STALE_TOKEN) a command whose token is older than the record's newest revision: the
+ * coordinator saves each etcd step before it sends the next command (resume aside, which checks
+ * the leases themselves), so a late or duplicated command of an earlier step, of a deposed
+ * leader, or of an ended migration is refused here before it acts.
+ */
+export function assertCurrentIn(id: string, stored: StoredMigration | undefined, token: Token): MigrationRecord {
+  if (!stored) throw new BatonError('STALE_TOKEN', `migration ${id} is unknown here`, { details: { migration: id, presented: token } });
+  // An ended migration waits for nothing: whatever arrives for it now is a late duplicate.
+  if (isClosedPhase(stored.record.phase)) throw new BatonError('STALE_TOKEN', `migration ${id} has ended (${stored.record.phase})`, { details: { migration: id, presented: token } });
+  const current = currentRevision(stored.record);
+  if (isStale(token, current)) throw new BatonError('STALE_TOKEN', `migration ${id}: token ${token} is older than ${current}`, { details: { migration: id, presented: token, current } });
+  return stored.record;
 }
 
 function writtenByOther(id: string): BatonError {

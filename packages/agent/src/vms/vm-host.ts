@@ -13,7 +13,7 @@ import {
   type VmInfo,
   type VmSpec,
 } from '@baton/core';
-import { Handoff, MigrationStore } from '@baton/etcd';
+import { assertCurrentIn, Handoff, MigrationStore, type Holder } from '@baton/etcd';
 import type { Bus } from '@baton/bus';
 import type { ClusterLocks } from '../cluster/cluster-locks.js';
 import type { ClusterMember } from '../cluster/cluster-member.js';
@@ -151,18 +151,21 @@ export class VmHost implements AsyncDisposable {
     if (record[role] !== this.opts.host) throw new BatonError('INVALID_REQUEST', `${verb} is the ${role}'s step; this host is not the ${role} of migration ${record.id}`, { details: { migration: record.id, [role]: record[role] } });
     return this.serial.run(record.vm.uuid, async () => {
       this.opts.log.debug({ migration: record.id, step: verb, token: key.token }, `migration ${record.id}: ${verb}`);
-      // resume and restore read the leases too: both reads at once (they sit on the handoff's critical path).
-      const holders = verb === 'resume' || verb === 'restore' ? Handoff.of(this.opts.member.conn, record).holders() : undefined;
-      holders?.catch(() => undefined);
+      if (verb === 'resume' || verb === 'restore') {
+        // On the handoff's critical path: the leases and the record in one etcd round trip, and
+        // the VM's copy asked for at the same time.
+        const copy = this.opts.driver.find(record.vm.uuid);
+        copy.catch(() => undefined);
+        const { holders, record: stored } = await Handoff.of(this.opts.member.conn, record).holders();
+        assertCurrentIn(record.id, stored, key.token);
+        return this.run(record, role, holders, await copy);
+      }
       await this.store.assertCurrent(record.id, key.token);
       switch (verb) {
         case 'prepare':
           return this.prepare(record);
         case 'perform':
           return this.perform(record);
-        case 'resume':
-        case 'restore':
-          return this.run(record, role, await holders!);
         case 'confirm':
         case 'discard':
           return this.discard(record);
@@ -201,18 +204,17 @@ export class VmHost implements AsyncDisposable {
    * Run the VM here (resume on the destination, restore on the source), only if etcd says this
    * host holds every lease now: local locks under the lease's tokens first, then unpause.
    */
-  private async run(record: MigrationRecord, role: 'source' | 'destination', holders: Awaited<ReturnType<Handoff['holders']>>): Promise<VmCommandResult<'migration'>> {
+  private async run(record: MigrationRecord, role: 'source' | 'destination', holders: Holder[], vm: VmInfo | undefined): Promise<VmCommandResult<'migration'>> {
     const { driver, locks, member } = this.opts;
     const uuid = record.vm.uuid;
     const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== uuid);
     if (foreign) {
       // The destination's session was lost after commit: this copy must never run; it goes, as
       // it would had the locks failed, so nothing is left paused here after the rollback.
-      if (role === 'destination' && (await driver.find(uuid))?.state !== 'running') await driver.destroy(uuid);
+      if (role === 'destination' && vm?.state !== 'running') await driver.destroy(uuid);
       throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
     }
     if (member.state !== 'valid') throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);
-    const vm = await driver.find(uuid);
     if (!vm) throw new BatonError('VM_NOT_FOUND', `no copy of VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: uuid } });
     const tokens = holders.map((h) => h.token!);
     const owner = this.register(vm, { policy: 'kill' });

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { decideReply, nextStep, transition, type MigrationCommand, type MigrationRecord, type MigrationStep, type MigrationStepReply, type MonotonicClock } from '@baton/core';
+import { decideReply, nextStep, transition, type MigrationRecord, type MigrationStep, type MigrationStepReply, type MonotonicClock } from '@baton/core';
 import type { MigrationStore, StoredMigration } from '@baton/etcd';
 import type { Log } from '../log.js';
 import type { AgentSteps } from './agent-steps.js';
@@ -25,25 +25,23 @@ const MAX_RETRY_MS = 1_000;
  * duplicate or a deposed leader's copy can do no harm; and a leader that dies before the save
  * lands leaves `sent`, whose commit a successor re-issues and recognises as its own.
  */
-const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
+export const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
 
 /**
  * Drives one migration record to its end, as the leader: asks `nextStep` what the record waits
  * for, carries it out, feeds the reply through `decideReply` and `transition`, and saves the next
- * record by compare-on-revision. A crash (or a lost leadership) loses
- * only the step in flight: the next leader reads the record and sends that step again.
+ * record by compare-on-revision. A record whose step is an etcd transaction is saved by that
+ * transaction (it compares the last save's revision and puts the record), not by a write of its
+ * own. A crash (or a lost leadership) loses only the step in flight: the next leader reads the
+ * record and sends that step again.
  */
 export class MigrationDriver {
   constructor(private readonly opts: MigrationDriverOptions) {}
 
-  private execute(record: MigrationRecord, command: MigrationCommand): Promise<MigrationStepReply> {
-    return command.target === 'etcd' ? this.opts.etcd.run(record, command) : this.opts.agents.run(record, command);
-  }
-
   /**
    * Resolves with the closed record as saved; rejects if `signal` aborts or another writer took
-   * the record (NOT_LEADER). Every command goes out after the record that asks for it is saved,
-   * except those in OVERLAPS_SAVE, which need not wait for it.
+   * the record (NOT_LEADER). Every command goes out after the record that asks for it is saved
+   * (or with it, for etcd steps), except those in OVERLAPS_SAVE, which need not wait for it.
    */
   async drive(initial: StoredMigration, signal: AbortSignal): Promise<StoredMigration> {
     const { clock, log } = this.opts;
@@ -54,9 +52,21 @@ export class MigrationDriver {
       signal.throwIfAborted();
       const command = nextStep(record);
       if (command === undefined) return saved;
-      if (!OVERLAPS_SAVE.includes(command.step)) await saved;
-      // A lost leadership does not wait for a slow agent: the next leader sends the step again.
-      const reply = await raceAbort(this.execute(record, command), signal);
+      let reply: MigrationStepReply;
+      if (command.target === 'etcd') {
+        const base = await saved;
+        // A lost leadership does not wait for etcd either: the next leader sends the step again.
+        const done = await raceAbort(this.opts.etcd.run(command, { record, saved: base }), signal);
+        if (done.saved) {
+          this.opts.onSaved(done.saved.record, base.record);
+          saved = Promise.resolve(done.saved);
+        }
+        reply = done.reply;
+      } else {
+        if (!OVERLAPS_SAVE.includes(command.step)) await saved;
+        // A lost leadership does not wait for a slow agent: the next leader sends the step again.
+        reply = await raceAbort(this.opts.agents.run(record, command), signal);
+      }
       const decision = decideReply(record, command, reply);
       if (decision.kind === 'stale') continue;
       if (decision.kind === 'retry') {
@@ -67,9 +77,11 @@ export class MigrationDriver {
       }
       retryMs = this.opts.retryMs;
       const next = transition(record, decision.event, clock.now());
-      saved = saved.then((prev) => this.save(prev, next, signal));
-      // Awaited before the next command that needs it, or returned; never left unobserved.
-      saved.catch(() => undefined);
+      if (nextStep(next)?.target !== 'etcd') {
+        saved = saved.then((prev) => this.save(prev, next, signal));
+        // Awaited before the next command that needs it, or returned; never left unobserved.
+        saved.catch(() => undefined);
+      }
       record = next;
     }
   }
