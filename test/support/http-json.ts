@@ -10,7 +10,7 @@ export interface ClientTls {
 }
 
 export interface HttpJsonOptions {
-  method?: 'GET' | 'POST';
+  method?: 'GET' | 'POST' | 'PUT' | 'DELETE';
   body?: unknown;
   signal?: AbortSignal;
   /** @default 2000 */

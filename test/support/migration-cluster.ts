@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll } from 'vitest';
-import { isSettled, type HostedVm, type MigrationRecord, type VmSpecInput } from '@baton/core';
-import { CoordinatorConfigSchema, CoordinatorService, type CoordinatorConfigInput, type Log } from '@baton/coordinator';
+import { isSettled, type ClusterLease, type ErrorBody, type HostedVm, type MigrationPhase, type MigrationRecord, type VmDefinitionInput, type VmSpecInput } from '@baton/core';
+import { CoordinatorConfigSchema, CoordinatorService, type CoordinatorConfigInput, type DefineAnswer, type Log } from '@baton/coordinator';
 import { SimDriver } from '@baton/agent';
 import { AgentProcess, SharedStorage } from './agent-process.js';
 import { EtcdServer } from './etcd-server.js';
 import { NatsServer } from './nats-server.js';
 import { clusterName } from './cluster-host.js';
-import { httpJson } from './http-json.js';
+import { httpJson, type HttpJsonResponse } from './http-json.js';
 import { waitFor } from './wait-for.js';
 
 export interface MigrationClusterOptions {
@@ -131,12 +131,39 @@ export class MigrationCluster implements AsyncDisposable {
     return new SimDriver(this.agent(host).stateDir, host);
   }
 
-  /** POST /v1/migrations on any replica, then wait until the record is settled. */
-  async migrate(vm: string, to: string, deadlineMs = 20_000): Promise<MigrationRecord> {
+  /** POST /v1/migrations on any replica: the record as accepted (phase `begun`). */
+  async startMigration(vm: string, to: string): Promise<MigrationRecord> {
     const via = this.coordinators[0]!;
     const res = await httpJson<MigrationRecord | { error: { code: string; message: string } }>(`${via.url}/v1/migrations`, { method: 'POST', body: { vm, to } });
     if (res.status !== 202) throw new Error(`POST /v1/migrations: ${res.status} ${JSON.stringify(res.body)}`);
-    return this.settled((res.body as MigrationRecord).id, deadlineMs);
+    return res.body as MigrationRecord;
+  }
+
+  /** POST /v1/migrations on any replica, then wait until the record is settled. */
+  async migrate(vm: string, to: string, deadlineMs = 20_000): Promise<MigrationRecord> {
+    return this.settled((await this.startMigration(vm, to)).id, deadlineMs);
+  }
+
+  /** The record once it is in `phase` (a slow send keeps it in `performing`). */
+  async inPhase(id: string, phase: MigrationPhase, deadlineMs = 10_000): Promise<MigrationRecord> {
+    return waitFor(
+      async () => {
+        const stored = await this.coordinators[0]!.coordinator.store.get(id);
+        return stored?.record.phase === phase ? stored.record : false;
+      },
+      { what: `migration ${id} in ${phase}`, deadlineMs },
+    );
+  }
+
+  /** PUT /v1/vms/:vm/definition on a replica (the first unless said): the answer as sent. */
+  define(vm: string, definition: VmDefinitionInput, via = this.coordinators[0]!): Promise<HttpJsonResponse<DefineAnswer | { error: ErrorBody }>> {
+    return httpJson(`${via.url}/v1/vms/${encodeURIComponent(vm)}/definition`, { method: 'PUT', body: definition, timeoutMs: 15_000 });
+  }
+
+  /** A VM's leases as GET /v1/leases shows them, by resource. */
+  async leases(uuid: string): Promise<ClusterLease[]> {
+    const res = await httpJson<{ leases: ClusterLease[] }>(`${this.coordinators[0]!.url}/v1/leases`);
+    return res.body.leases.filter((l) => l.owner.uuid === uuid).sort((a, b) => a.resource.localeCompare(b.resource));
   }
 
   async settled(id: string, deadlineMs = 20_000): Promise<MigrationRecord> {

@@ -11,6 +11,7 @@ import {
   type ErrorBody,
   type HostedVm,
   type MigrationRecord,
+  type VmDefinitionInput,
   type VmSpecInput,
 } from '@baton/core';
 import { readSse, type SseEvent } from './sse.js';
@@ -48,6 +49,9 @@ const StatusSchema = z.object({
 });
 export type CoordinatorStatus = z.infer<typeof StatusSchema>;
 const DestroyedSchema = z.object({ uuid: z.string(), host: z.string(), released: z.number().int() });
+/** A definition change: applied to the VM now, or staged in its migration (applied when that ends). */
+const DefinedSchema = z.union([z.strictObject({ applied: z.literal(true), vm: HostedVmSchema }), z.strictObject({ staged: z.literal(true), migration: z.string() })]);
+export type Defined = z.infer<typeof DefinedSchema>;
 
 /** Why a request never got an answer, as the catalogue says it: the peer is unavailable. */
 function unreachable(url: string, err: unknown, timeoutMs: number): BatonError {
@@ -145,6 +149,10 @@ export class CoordinatorClient {
 
   destroyVm(vm: string): Promise<z.infer<typeof DestroyedSchema>> {
     return this.json(DestroyedSchema, `/v1/vms/${encodeURIComponent(vm)}`, { method: 'DELETE' });
+  }
+
+  defineVm(vm: string, definition: VmDefinitionInput): Promise<Defined> {
+    return this.json(DefinedSchema, `/v1/vms/${encodeURIComponent(vm)}/definition`, { method: 'PUT', body: definition });
   }
 
   status(): Promise<CoordinatorStatus> {

@@ -12,6 +12,7 @@ import {
   type ClusterLease,
   type HostedVm,
   type MigrationRecord,
+  type VmDefinition,
   type VmSpecInput,
   type MonotonicClock,
 } from '@baton/core';
@@ -44,6 +45,9 @@ export interface MigrateRequest {
   to: string;
 }
 
+/** A definition change: applied to the VM now, or staged in its migration's record, applied when that ends. */
+export type DefineAnswer = { applied: true; vm: HostedVm } | { staged: true; migration: string };
+
 const ELECTION = 'coordinator';
 
 /**
@@ -58,6 +62,7 @@ export class Coordinator implements AsyncDisposable {
   readonly view: ClusterView;
   readonly metrics = new CoordinatorMetrics();
   private readonly driver: MigrationDriver;
+  private readonly agents: AgentSteps;
   private readonly clock: MonotonicClock;
   private readonly log: Log;
   private readonly stop = new AbortController();
@@ -76,10 +81,11 @@ export class Coordinator implements AsyncDisposable {
     this.conn = new EtcdConnection(config.etcd);
     this.store = new MigrationStore(this.conn);
     this.view = new ClusterView(this.conn);
+    this.agents = new AgentSteps(bus, { stepMs: config.stepTimeoutMs, sendMs: config.sendTimeoutMs });
     this.driver = new MigrationDriver({
       store: this.store,
       etcd: new EtcdSteps(this.conn),
-      agents: new AgentSteps(bus, { stepMs: config.stepTimeoutMs, sendMs: config.sendTimeoutMs }),
+      agents: this.agents,
       clock: this.clock,
       log: this.log,
       retryMs: config.retryMs,
@@ -139,13 +145,18 @@ export class Coordinator implements AsyncDisposable {
     }
   }
 
-  /** Lead: drive every open record at once, then take new ones, until leadership is lost. */
+  /**
+   * Lead: drive every unsettled record at once (open, or closed with a staged definition still
+   * to apply), then take new requests, until leadership is lost. Requests are taken only once
+   * every such record is driven here, so a definition for a VM whose record still holds a staged
+   * one is staged after it, never applied before it.
+   */
   private async lead(leadership: Leadership): Promise<void> {
-    this.leadership = leadership;
-    this.metrics.leader.set(1);
     const open = (await this.store.list()).filter((s) => !isSettled(s.record));
     this.log.info({ id: this.id, resuming: open.map((s) => `${s.record.id}:${s.record.phase}`) }, `leading; resuming ${open.length} open migration(s)`);
     for (const stored of open) this.track(stored, leadership.signal);
+    this.leadership = leadership;
+    this.metrics.leader.set(1);
     const lost = Promise.withResolvers<void>();
     if (leadership.signal.aborted) lost.resolve();
     else leadership.signal.addEventListener('abort', () => lost.resolve(), { once: true });
@@ -176,18 +187,31 @@ export class Coordinator implements AsyncDisposable {
     this.bus.publish(this.bus.subjects.event('migration', record.id), record);
   }
 
+  /** This replica's leadership, or NOT_LEADER naming the leader. */
+  private async leading(): Promise<Leadership> {
+    const leadership = this.leadership;
+    if (leadership && !leadership.signal.aborted) return leadership;
+    const leader = await this.leader();
+    throw new BatonError('NOT_LEADER', `replica ${this.id} is not the leader${leader ? `; ${leader.id} is, at ${leader.url}` : ''}`, { details: { leader: leader ?? null } });
+  }
+
+  /** A VM (uuid or name) by its leases in etcd, and the one host that holds them. */
+  private async locate(asked: string): Promise<{ vm: MigrationRecord['vm']; host: string; leases: ClusterLease[] }> {
+    const wanted = asked.toLowerCase();
+    const leases = (await this.view.leases()).filter((l) => l.owner.uuid === wanted || l.owner.name === asked);
+    const vm = uniqueVm(asked, leases);
+    const host = leases[0]!.host;
+    if (leases.some((l) => l.host !== host)) throw new BatonError('INTERNAL', `VM ${asked} holds leases on several hosts`, { details: { hosts: [...new Set(leases.map((l) => l.host))] } });
+    return { vm, host, leases };
+  }
+
   /** Start a migration (leader only): the VM's exclusive leases, found in etcd, go from its host to `to`. */
   async migrate(req: MigrateRequest): Promise<MigrationRecord> {
-    const leadership = this.leadership;
-    if (!leadership || leadership.signal.aborted) {
-      const leader = await this.leader();
-      throw new BatonError('NOT_LEADER', `replica ${this.id} is not the leader${leader ? `; ${leader.id} is, at ${leader.url}` : ''}`, { details: { leader: leader ?? null } });
-    }
-    const wanted = req.vm.toLowerCase();
-    const leases = (await this.view.leases()).filter((l) => l.owner.uuid === wanted || l.owner.name === req.vm);
-    const vm = uniqueVm(req.vm, leases);
-    const source = leases[0]!.host;
-    if (leases.some((l) => l.host !== source)) throw new BatonError('INTERNAL', `VM ${req.vm} holds leases on several hosts`, { details: { hosts: [...new Set(leases.map((l) => l.host))] } });
+    const leadership = await this.leading();
+    const { vm, host: source, leases } = await this.locate(req.vm);
+    // A closed record whose staged definition is not applied yet: a second migration would race its apply.
+    const pending = this.driver.drivingFor(vm.uuid);
+    if (pending !== undefined) throw new BatonError('MIGRATION_CONFLICT', `VM ${vm.name} has migration ${pending} still in flight or applying its staged definition`, { details: { vm: vm.uuid, migration: pending } });
     if (req.to === source) throw new BatonError('INVALID_REQUEST', `VM ${vm.name} already runs on ${source}`, { details: { vm: vm.uuid, host: source } });
     const shared = leases.find((l) => l.mode !== 'exclusive');
     if (shared) throw new BatonError('INVALID_REQUEST', `VM ${vm.name} holds a shared lease ("${shared.resource}"); only exclusive disks are handed off`, { details: { resource: shared.resource } });
@@ -202,6 +226,47 @@ export class Coordinator implements AsyncDisposable {
     this.log.info({ migration: record.id, vm, source, destination: req.to, resources: record.resources.length }, `migration ${record.id}: ${vm.name} ${source} → ${req.to}`);
     this.track(stored, leadership.signal);
     return record;
+  }
+
+  /**
+   * Change a VM's definition (leader only). A VM in flight gets it staged in its migration's
+   * record (answered once that is saved), applied to the surviving copy when the migration ends;
+   * any other VM gets it at once from the host that holds its leases.
+   */
+  async define(asked: string, definition: VmDefinition): Promise<DefineAnswer> {
+    await this.leading();
+    let located = await this.locate(asked);
+    const migration = this.driver.drivingFor(located.vm.uuid) ?? (await this.store.openFor(located.vm.uuid));
+    if (migration !== undefined) {
+      await this.assertLockspaces(migration, definition);
+      const staged = this.driver.stage(migration, definition);
+      if (staged) {
+        await staged;
+        this.log.info({ migration, vm: located.vm.uuid }, `definition of ${located.vm.name} staged in migration ${migration}`);
+        return { staged: true, migration };
+      }
+      // Settled meanwhile (its own staged definition applied first): this one applies directly,
+      // where the VM is now. A record open but not driven here is refused by the agent (MIGRATING).
+      await this.inflight.get(migration);
+      located = await this.locate(asked);
+    }
+    return { applied: true, vm: await this.agents.define(located.host, located.vm.uuid, definition) };
+  }
+
+  /**
+   * A staged definition is applied later, on the source or the destination: a lockspace either
+   * host lacks is refused now (NO_LOCKSPACE), not found out at the end. Unnamed lockspaces are
+   * each host's default; a host with no live record is not checked.
+   */
+  private async assertLockspaces(migration: string, definition: VmDefinition): Promise<void> {
+    const named = [...new Set(definition.disks.flatMap((d) => (d.lockspace === undefined ? [] : [d.lockspace])))];
+    if (named.length === 0) return;
+    const [{ record }, hosts] = await Promise.all([this.get(migration), this.view.hosts()]);
+    for (const host of [record.source, record.destination]) {
+      const known = hosts.find((h) => h.host === host)?.lockspaces;
+      const missing = known && named.find((l) => !known.includes(l));
+      if (missing !== undefined) throw new BatonError('NO_LOCKSPACE', `host ${host}, where the definition may be applied, has no lockspace "${missing}"`, { details: { lockspace: missing, host, known } });
+    }
   }
 
   /** The VMs every live host's agent runs (a host that does not answer is left out). */

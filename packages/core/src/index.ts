@@ -10,4 +10,5 @@ export * from './timing.js';
 export * from './fence-guard.js';
 export * from './wire/cluster.js';
 export * from './migration/index.js';
+export * from './wire/vm-definition.js';
 export * from './wire/vm-api.js';

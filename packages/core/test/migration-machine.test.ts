@@ -6,6 +6,7 @@ import {
   MIGRATION_STEPS,
   MIGRATION_STEP_WRITES,
   MigrationRecordSchema,
+  VmDefinitionSchema,
   currentRevision,
   decideReply,
   migrationRule,
@@ -152,19 +153,30 @@ describe('nextStep and decideReply', () => {
 });
 
 describe('staged definitions (seed 002)', () => {
+  /** The n-th version of vm1's definition: its disk set grows by one each time. */
+  const definition = (n: number) => VmDefinitionSchema.parse({ disks: Array.from({ length: n + 1 }, (_, i) => ({ path: `/images/vm1-${i}.img` })), onLeaseLoss: { policy: 'pause' } });
+
   it('stages changes while in flight, the newest winning, and hands them over only once closed', () => {
-    const staged = stageDefinition(stageDefinition(recordIn('performing'), { memory: 1 }, 1), { memory: 2 }, 2);
-    expect(staged.staged).toEqual({ definition: { memory: 2 }, atMs: 2 });
+    const staged = stageDefinition(stageDefinition(recordIn('performing'), definition(1), 1), definition(2), 2);
+    expect(staged.staged).toEqual({ definition: definition(2), atMs: 2 });
     expect(takeStagedDefinition(staged)).toBeUndefined();
-    expect(takeStagedDefinition({ ...staged, phase: 'done' })).toEqual({ record: { ...staged, phase: 'done', staged: null }, definition: { memory: 2 }, host: 'h2' });
+    expect(takeStagedDefinition({ ...staged, phase: 'done' })).toEqual({ record: { ...staged, phase: 'done', staged: null }, definition: definition(2), host: 'h2' });
     expect(takeStagedDefinition({ ...staged, phase: 'aborted' })?.host).toBe('h1');
   });
 
   it('keeps the staged change through the last step, still stages until it is applied, and refuses once settled', () => {
-    const closed = transition(stageDefinition(recordIn('confirming'), { memory: 1 }, 1), { step: 'confirm', ok: true }, 3);
-    expect(closed).toMatchObject({ phase: 'done', staged: { definition: { memory: 1 } } });
-    expect(stageDefinition(closed, { memory: 2 }, 4).staged?.definition).toEqual({ memory: 2 });
-    expect(refusal(() => stageDefinition(recordIn('done'), { memory: 1 }, 1)).code).toBe('INVALID_REQUEST');
+    const closed = transition(stageDefinition(recordIn('confirming'), definition(1), 1), { step: 'confirm', ok: true }, 3);
+    expect(closed).toMatchObject({ phase: 'done', staged: { definition: definition(1) } });
+    expect(stageDefinition(closed, definition(2), 4).staged?.definition).toEqual(definition(2));
+    expect(refusal(() => stageDefinition(recordIn('done'), definition(1), 1)).code).toBe('INVALID_REQUEST');
+  });
+
+  it('stores the staged definition as a VM definition: read back whole, anything else refused', () => {
+    const staged = stageDefinition(recordIn('performing'), definition(1), 1);
+    expect(parseMigrationRecord(JSON.parse(JSON.stringify(staged)))).toEqual(staged);
+    const relative = { ...staged, staged: { definition: { disks: [{ path: 'vm1.img' }] }, atMs: 1 } };
+    expect(refusal(() => parseMigrationRecord(relative)).code).toBe('STATE_INVALID');
+    expect(refusal(() => parseMigrationRecord({ ...staged, staged: { definition: { memory: 1 }, atMs: 1 } })).code).toBe('STATE_INVALID');
   });
 });
 

@@ -9,7 +9,8 @@ export interface SendOptions {
 /**
  * What the agent asks of a hypervisor. Shaped after what libvirt offers, so a libvirt driver fits
  * later: create an incoming domain paused (`virsh migrate --live --suspend` leaves the destination
- * paused until the lease is committed), send (migrate), pause (suspend), resume, destroy, list.
+ * paused until the lease is committed), send (migrate), pause (suspend), resume, destroy, list,
+ * and disk hot-plug (attach-device / detach-device) for a definition change.
  */
 export interface HypervisorDriver {
   /** A VM created paused and waiting for its state; `incoming` is where the source sends it. */
@@ -21,6 +22,11 @@ export interface HypervisorDriver {
   pause(uuid: string): Promise<VmInfo>;
   /** Unpause with the grants (tokens) the VM writes under, valid until `validUntil` (host monotonic ms, null: no deadline). */
   resume(uuid: string, grants: readonly Grant[], validUntil: number | null): Promise<VmInfo>;
+  /**
+   * Hot-plug and unplug disks: from its answer on, the VM (running or paused) writes exactly the
+   * disks of `grants`, under their tokens. Added disks are locked before, removed ones released after.
+   */
+  regrant(uuid: string, grants: readonly Grant[]): Promise<VmInfo>;
   /** Extend the write deadline of a running VM (after each keepalive). */
   renew(uuid: string, validUntil: number | null): Promise<void>;
   destroy(uuid: string): Promise<void>;

@@ -1,6 +1,8 @@
+import type { z } from 'zod';
 import {
   asBatonError,
   BatonError,
+  describeIssues,
   VM_COMMANDS,
   AGENT_STEP_VERBS,
   type AgentStepVerb,
@@ -9,7 +11,11 @@ import {
   type LeaseLoss,
   type MigrationRecord,
   type MigrationStepParams,
+  type ResourceRef,
+  type VmCommand,
   type VmCommandResult,
+  type VmDefinition,
+  type VmDisk,
   type VmInfo,
   type VmSpec,
 } from '@baton/core';
@@ -69,11 +75,15 @@ export class VmHost implements AsyncDisposable {
   constructor(private readonly opts: VmHostOptions) {
     this.store = new MigrationStore(opts.member.conn);
     const { bus, host } = opts;
-    bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(VM_COMMANDS['vm.start'].params.parse(p)));
+    bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(paramsOf('vm.start', VM_COMMANDS['vm.start'].params, p)));
     bus.serve(bus.subjects.agent(host, 'vm.list'), () => this.list());
-    bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(VM_COMMANDS['vm.destroy'].params.parse(p).uuid));
+    bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(paramsOf('vm.destroy', VM_COMMANDS['vm.destroy'].params, p).uuid));
+    bus.serve(bus.subjects.agent(host, 'vm.define'), (p) => {
+      const { uuid, definition } = paramsOf('vm.define', VM_COMMANDS['vm.define'].params, p);
+      return this.define(uuid, definition);
+    });
     for (const verb of AGENT_STEP_VERBS) {
-      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, VM_COMMANDS.migration.params.parse(p)));
+      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, paramsOf('migration', VM_COMMANDS.migration.params, p)));
     }
     // A running VM writes only until the host's session deadline; each keepalive moves it on.
     this.renewer = setInterval(() => this.renewInBackground(), opts.member.timing.keepaliveMs);
@@ -95,16 +105,14 @@ export class VmHost implements AsyncDisposable {
 
   /** Create the VM paused, take its leases and local locks, then run it. */
   start(spec: VmSpec): Promise<HostedVm> {
-    const { driver, cluster, member } = this.opts;
+    const { driver, member } = this.opts;
     return this.serial.run(spec.uuid, async () => {
       const existing = await driver.find(spec.uuid);
       if (existing?.state === 'running') return this.hosted(existing);
       if (existing?.state === 'incoming') throw new BatonError('MIGRATING', `VM ${spec.name} is arriving here in a migration`, { details: { vm: spec.uuid } });
       const vm = existing ?? (await driver.create(spec));
       try {
-        const grants = this.opts.locks.holdsAny(spec.uuid)
-          ? this.opts.locks.grantsOf(spec.uuid)
-          : await cluster.acquire(this.register(vm, spec.onLeaseLoss), spec.disks.map((d) => ({ name: d.path, mode: d.mode, ...(d.lockspace === undefined ? {} : { lockspace: d.lockspace }) })));
+        const grants = this.opts.locks.holdsAny(spec.uuid) ? this.opts.locks.grantsOf(spec.uuid) : await this.acquireDisks(this.register(vm, spec.onLeaseLoss), spec.disks);
         const running = await driver.resume(spec.uuid, grants, member.validUntil);
         this.opts.log.info({ vm: spec.uuid, name: spec.name, pid: running.pid, tokens: grants.map((g) => g.token) }, `VM ${spec.name} started`);
         return this.hosted(running);
@@ -113,6 +121,21 @@ export class VmHost implements AsyncDisposable {
         throw err;
       }
     });
+  }
+
+  /** Cluster leases, then local locks, for a VM's disks: all of them or none. */
+  private acquireDisks(owner: OwnerRecord, disks: readonly VmDisk[]): Promise<Grant[]> {
+    return this.opts.cluster.acquire(
+      owner,
+      disks.map((d) => ({ name: d.path, mode: d.mode, ...(d.lockspace === undefined ? {} : { lockspace: d.lockspace }) })),
+    );
+  }
+
+  /** Local locks, then leases, of some of a VM's disks (the VM no longer writes them). */
+  private async releaseDisks(uuid: string, grants: readonly Grant[]): Promise<Grant[]> {
+    const released = this.opts.locks.release(uuid, grants.map((g): ResourceRef => ({ name: g.resource, lockspace: g.lockspace, mode: g.mode })));
+    await this.opts.cluster.release(uuid, released);
+    return released;
   }
 
   /** The VM's process goes first, then its local locks, then its leases: nothing writes unprotected. */
@@ -127,21 +150,84 @@ export class VmHost implements AsyncDisposable {
     return { vms: (await this.opts.driver.list()).map((vm) => this.hosted(vm)) };
   }
 
-  private async assertNotMigrating(uuid: string): Promise<void> {
+  /** `action` says what waits for the migration's end, in the refusal's message. */
+  private async assertNotMigrating(uuid: string, action: string): Promise<void> {
     const migration = await this.store.openFor(uuid);
-    if (migration !== undefined) throw new BatonError('MIGRATING', `VM ${uuid} is in migration ${migration}; destroy it once the migration has ended`, { details: { vm: uuid, migration } });
+    if (migration !== undefined) throw new BatonError('MIGRATING', `VM ${uuid} is in migration ${migration}; ${action} once the migration has ended`, { details: { vm: uuid, migration } });
   }
 
   async destroy(uuid: string): Promise<VmCommandResult<'vm.destroy'>> {
     // Answered at once, not after the VM's queue (a send in it may take a minute); checked again in turn.
-    await this.assertNotMigrating(uuid);
+    await this.assertNotMigrating(uuid, 'destroy it');
     return this.serial.run(uuid, async () => {
-      await this.assertNotMigrating(uuid);
+      await this.assertNotMigrating(uuid, 'destroy it');
       if (!(await this.opts.driver.find(uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${uuid} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
       const released = await this.stopAndRelease(uuid);
       this.opts.log.info({ vm: uuid, released }, `VM ${uuid} destroyed`);
       return { uuid, released };
     });
+  }
+
+  /**
+   * Replace a running VM's definition, in its turn after the VM's other commands (a start or a
+   * destroy in progress ends first). Disks added are leased and locked first, as a start does, so
+   * if that fails nothing has changed. Then the VM is given its new disk set, and only once it no
+   * longer writes the removed disks are their locks and leases released. Refused while the VM
+   * migrates: the coordinator stages the change in the migration's record instead.
+   */
+  async define(uuid: string, definition: VmDefinition): Promise<HostedVm> {
+    // Answered at once, like destroy; checked again in turn.
+    const action = 'redefine it (the coordinator stages the change in the migration meanwhile)';
+    await this.assertNotMigrating(uuid, action);
+    return this.serial.run(uuid, async () => {
+      await this.assertNotMigrating(uuid, action);
+      const { driver, log } = this.opts;
+      const vm = await driver.find(uuid);
+      if (!vm) throw new BatonError('VM_NOT_FOUND', `no VM ${uuid} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
+      if (vm.state === 'incoming') throw new BatonError('MIGRATING', `VM ${vm.name} is arriving here in a migration`, { details: { vm: uuid } });
+      const change = this.diskChange(uuid, definition.disks);
+      const owner = this.register(vm, definition.onLeaseLoss);
+      const added = change.added.length === 0 ? [] : await this.acquireDisks(owner, change.added);
+      let changed: VmInfo;
+      try {
+        changed = await driver.regrant(uuid, [...change.kept, ...added]);
+      } catch (err) {
+        // No answer: the VM may write the added disks already, so they stay held; the same define
+        // again finds them held and finishes the change.
+        if (asBatonError(err).code !== 'UNAVAILABLE') await this.releaseDisks(uuid, added);
+        throw err;
+      }
+      const released = await this.releaseDisks(uuid, change.removed);
+      owner.onLeaseLoss = definition.onLeaseLoss;
+      log.info({ vm: uuid, added: added.map((g) => [g.resource, g.token]), released: released.map((g) => g.resource), onLeaseLoss: definition.onLeaseLoss.policy }, `VM ${vm.name} redefined`);
+      return this.hosted(changed);
+    });
+  }
+
+  /**
+   * What a new disk set changes for a VM: the grants it keeps, the disks to add, the grants to
+   * drop. Every disk is resolved in its lockspace first (NO_LOCKSPACE, OUTSIDE_LOCKSPACE,
+   * RESOURCE_NOT_FOUND); nothing is changed here.
+   */
+  private diskChange(uuid: string, disks: readonly VmDisk[]): { kept: Grant[]; added: VmDisk[]; removed: Grant[] } {
+    const { locks } = this.opts;
+    const held = locks.grantsOf(uuid);
+    const kept: Grant[] = [];
+    const added: VmDisk[] = [];
+    const named = new Set<string>();
+    for (const disk of disks) {
+      const lockspace = locks.lockspace(disk.lockspace);
+      const identity = lockspace.identify(disk.path);
+      const key = `${lockspace.name}\0${identity}`;
+      if (named.has(key)) throw new BatonError('INVALID_REQUEST', `"${disk.path}" is named twice in one definition`, { details: { resource: identity } });
+      named.add(key);
+      const grant = held.find((g) => g.lockspace === lockspace.name && g.resource === identity);
+      if (grant === undefined) added.push(disk);
+      else if (grant.mode !== disk.mode) {
+        throw new BatonError('INVALID_REQUEST', `"${disk.path}" is held ${grant.mode}; to change its mode, remove the disk, then add it again`, { details: { resource: identity, heldMode: grant.mode } });
+      } else kept.push(grant);
+    }
+    return { kept, added, removed: held.filter((g) => !kept.includes(g)) };
   }
 
   private step(verb: AgentStepVerb, params: MigrationStepParams): Promise<VmCommandResult<'migration'>> {
@@ -276,6 +362,13 @@ export class VmHost implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** A command's params, or INVALID_REQUEST naming every bad field (nothing is done). */
+function paramsOf<T>(command: VmCommand, schema: z.ZodType<T>, params: unknown): T {
+  const parsed = schema.safeParse(params);
+  if (!parsed.success) throw new BatonError('INVALID_REQUEST', `${command}: ${describeIssues(parsed.error)}`);
+  return parsed.data;
 }
 
 function refsOf(record: MigrationRecord): { name: string; lockspace: string; mode: MigrationRecord['resources'][number]['mode'] }[] {

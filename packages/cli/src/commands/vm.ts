@@ -1,18 +1,52 @@
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
-import { BatonError, type HostedVm } from '@baton/core';
+import { BatonError, describeIssues, LEASE_LOSS_POLICIES, LeaseLossSchema, LOCK_MODES, type HostedVm, type LeaseLoss, type LockMode, type VmDefinitionInput } from '@baton/core';
 import { CoordinatorClient } from '../coordinator-client.js';
 import { printJson, printTable, reporting } from '../output.js';
 import { coordinatorOptions, type CoordinatorOpts } from './migrate.js';
 
 const VM_COLUMNS = ['name', 'uuid', 'host', 'state', 'pid', 'tokens'] as const;
-const LEASE_LOSS = ['kill', 'pause'] as const;
 
-interface StartOpts extends CoordinatorOpts {
-  host: string;
+/** The options that say what a VM is: its disks and its lease-loss policy (vm start, vm define). */
+interface DefinitionOpts extends CoordinatorOpts {
   disk: string[];
-  uuid?: string;
   onLeaseLoss?: string;
+  killpath?: string[];
+}
+
+interface StartOpts extends DefinitionOpts {
+  host: string;
+  uuid?: string;
+}
+
+const repeated = (value: string, all: string[] = []): string[] => [...all, value];
+
+function definitionOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--disk <path[:mode[:lockspace]]>', `a disk image, an absolute path as the host sees it; mode ${LOCK_MODES.join(' or ')} (default exclusive), lockspace the agent's default unless named (repeat for more)`, repeated)
+    .option('--on-lease-loss <policy>', `what the host does to the VM if it loses its leases: ${LEASE_LOSS_POLICIES.join(', ')} (default kill)`)
+    .option('--killpath <arg>', 'with --on-lease-loss killpath: the command to run, one argument per --killpath (the VM’s uuid and pid are appended)', repeated);
+}
+
+/** `PATH[:mode[:lockspace]]`; the path's own form is checked by the coordinator (absolute). */
+function diskOf(spec: string): VmDefinitionInput['disks'][number] {
+  const [path = '', mode = '', lockspace, ...rest] = spec.split(':');
+  if (rest.length > 0 || (mode !== '' && !(LOCK_MODES as readonly string[]).includes(mode)) || lockspace === '') {
+    throw new BatonError('INVALID_REQUEST', `--disk "${spec}" is not PATH[:mode[:lockspace]] (mode ${LOCK_MODES.join(' or ')})`, { details: { disk: spec } });
+  }
+  return { path, ...(mode === '' ? {} : { mode: mode as LockMode }), ...(lockspace === undefined ? {} : { lockspace }) };
+}
+
+function leaseLossOf(opts: DefinitionOpts): LeaseLoss | undefined {
+  if (opts.onLeaseLoss === undefined && opts.killpath === undefined) return undefined;
+  const parsed = LeaseLossSchema.safeParse({ policy: opts.onLeaseLoss, killpath: opts.killpath });
+  if (!parsed.success) throw new BatonError('INVALID_REQUEST', `--on-lease-loss ${opts.onLeaseLoss ?? ''}: ${describeIssues(parsed.error)}`, { details: { onLeaseLoss: opts.onLeaseLoss ?? null } });
+  return parsed.data;
+}
+
+function definitionOf(opts: DefinitionOpts): VmDefinitionInput {
+  const onLeaseLoss = leaseLossOf(opts);
+  return { disks: opts.disk.map(diskOf), ...(onLeaseLoss === undefined ? {} : { onLeaseLoss }) };
 }
 
 function vmRows(vms: readonly HostedVm[]): Record<string, unknown>[] {
@@ -26,30 +60,30 @@ function printVm(vm: HostedVm, verb: string): void {
   if (vm.locks.length > 0) printTable(vm.locks, ['resource', 'lockspace', 'mode', 'token', 'since']);
 }
 
-/** `baton vm start|list|destroy`: VMs on any host of the cluster, through the coordinator. */
+/** `baton vm start|list|define|destroy`: VMs on any host of the cluster, through the coordinator. */
 export function registerVmCommands(program: Command): void {
-  const vm = program.command('vm').description('start, list or destroy VMs on the cluster’s hosts, through the coordinator');
+  const vm = program.command('vm').description('start, list, redefine or destroy VMs on the cluster’s hosts, through the coordinator');
 
-  coordinatorOptions(vm.command('start <name>'))
+  definitionOptions(coordinatorOptions(vm.command('start <name>')))
     .description('start a VM on a host: its agent creates it paused, takes its disks’ leases, then runs it')
     .requiredOption('--host <host>', 'the host to run it on')
-    .requiredOption('--disk <path>', 'a disk image, an absolute path as the host sees it (repeat for more)', (path: string, all: string[] = []) => [...all, path])
     .option('--uuid <uuid>', 'the VM’s uuid (default: a new random one)')
-    .option('--on-lease-loss <policy>', `what the host does to the VM if it loses its leases: ${LEASE_LOSS.join(' or ')} (default kill)`)
     .action(async (name: string, opts: StartOpts) => {
       await reporting(opts, async () => {
-        const policy = opts.onLeaseLoss;
-        if (policy !== undefined && !(LEASE_LOSS as readonly string[]).includes(policy)) {
-          throw new BatonError('INVALID_REQUEST', `--on-lease-loss must be ${LEASE_LOSS.join(' or ')}, not "${policy}"`, { details: { onLeaseLoss: policy } });
-        }
-        const started = await CoordinatorClient.from(opts).startVm(opts.host, {
-          uuid: opts.uuid ?? randomUUID(),
-          name,
-          disks: opts.disk.map((path) => ({ path })),
-          ...(policy === undefined ? {} : { onLeaseLoss: { policy: policy as (typeof LEASE_LOSS)[number] } }),
-        });
+        const started = await CoordinatorClient.from(opts).startVm(opts.host, { uuid: opts.uuid ?? randomUUID(), name, ...definitionOf(opts) });
         if (opts.json) printJson(started);
         else printVm(started, started.state);
+      });
+    });
+
+  definitionOptions(coordinatorOptions(vm.command('define <vm>')))
+    .description('replace a VM’s definition (uuid or name): its whole disk set and its lease-loss policy; staged while it migrates, applied when the migration ends')
+    .action(async (target: string, opts: DefinitionOpts) => {
+      await reporting(opts, async () => {
+        const answer = await CoordinatorClient.from(opts).defineVm(target, definitionOf(opts));
+        if (opts.json) printJson(answer);
+        else if ('staged' in answer) process.stdout.write(`VM ${target} is migrating: definition staged in migration ${answer.migration}; it applies where the VM runs when the migration ends\n`);
+        else printVm(answer.vm, 'redefined');
       });
     });
 

@@ -1,6 +1,6 @@
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, VmSpecSchema, type MigrationRecord } from '@baton/core';
+import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
 
 export const MigrateBodySchema = z.strictObject({
@@ -18,8 +18,26 @@ function parse<T>(schema: z.ZodType<T>, value: unknown): T {
 }
 
 /**
- * The coordinator's HTTP API. Reads are answered by any replica from etcd; a new migration is
- * taken by the leader, and a follower forwards it there (NOT_LEADER if there is no leader to ask).
+ * A leader-only request that reached a follower: sent on to the leader, whose answer (status and
+ * body) is relayed. NOT_LEADER if no replica leads, UNAVAILABLE if the leader does not answer.
+ */
+async function forward(c: Coordinator, method: string, path: string, body: unknown, reply: FastifyReply, timeoutMs: number): Promise<FastifyReply> {
+  const leader = await c.leader();
+  if (!leader || leader.id === c.id) throw new BatonError('NOT_LEADER', 'no coordinator leads right now; try again', { details: { leader: null } });
+  const forwarded = await fetch(`${leader.url}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(timeoutMs) }).catch((err: unknown) => {
+    throw new BatonError('UNAVAILABLE', `the leader ${leader.id} at ${leader.url} did not answer: ${(err as Error).message}`, { details: { leader } });
+  });
+  return reply.code(forwarded.status).send(await forwarded.json());
+}
+
+/** How long a follower waits for the leader's answer to a new migration (taken at once) and to a definition change (an agent's). */
+const FORWARD_MIGRATE_MS = 10_000;
+const FORWARD_DEFINE_MS = 30_000;
+
+/**
+ * The coordinator's HTTP API. Reads are answered by any replica from etcd; a new migration and a
+ * definition change are taken by the leader, and a follower forwards them there (NOT_LEADER if
+ * there is no leader to ask).
  */
 export class CoordinatorHttp {
   private constructor(
@@ -49,12 +67,7 @@ export class CoordinatorHttp {
       const body = parse(MigrateBodySchema, req.body);
       const c = coordinatorOf();
       if (c.isLeader) return reply.code(202).send(await c.migrate(body));
-      const leader = await c.leader();
-      if (!leader || leader.id === c.id) throw new BatonError('NOT_LEADER', 'no coordinator leads right now; try again', { details: { leader: null } });
-      const forwarded = await fetch(`${leader.url}/v1/migrations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) }).catch((err: unknown) => {
-        throw new BatonError('UNAVAILABLE', `the leader ${leader.id} at ${leader.url} did not answer: ${(err as Error).message}`, { details: { leader } });
-      });
-      return reply.code(forwarded.status).send(await forwarded.json());
+      return forward(c, 'POST', '/v1/migrations', body, reply, FORWARD_MIGRATE_MS);
     });
 
     app.get('/v1/migrations', async () => {
@@ -99,6 +112,15 @@ export class CoordinatorHttp {
 
     app.delete<{ Params: { vm: string } }>('/v1/vms/:vm', async (req) => {
       return await coordinatorOf().destroyVm(req.params.vm);
+    });
+
+    // 200 when applied to the VM now, 202 when staged in the VM's migration (applied when it ends).
+    app.put<{ Params: { vm: string } }>('/v1/vms/:vm/definition', async (req, reply) => {
+      const definition = parse(VmDefinitionSchema, req.body);
+      const c = coordinatorOf();
+      if (!c.isLeader) return forward(c, 'PUT', `/v1/vms/${encodeURIComponent(req.params.vm)}/definition`, definition, reply, FORWARD_DEFINE_MS);
+      const answer = await c.define(req.params.vm, definition);
+      return reply.code('staged' in answer ? 202 : 200).send(answer);
     });
 
     app.get('/v1/hosts', async () => {

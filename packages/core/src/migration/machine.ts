@@ -1,7 +1,8 @@
 import { BatonError, type ErrorBody } from '../errors.js';
 import { isStale, maxToken, type Token } from '../fencing.js';
 import { MIGRATION_STEP_WRITES, isClosedPhase, migrationRule, type MigrationPhase, type MigrationStep } from './phases.js';
-import { currentRevision, isSettled, type VmDefinition, type MigrationRecord, type MigrationTokens } from './record.js';
+import type { VmDefinition } from '../wire/vm-definition.js';
+import { currentRevision, isSettled, type MigrationRecord, type MigrationTokens } from './record.js';
 
 /**
  * The pure migration state machine: a record and an event in, the next record out. No I/O, no

@@ -4,6 +4,7 @@ import { compareTokens, type Token } from '../fencing.js';
 import { LOCK_MODES, UUID } from '../model.js';
 import { MAX_RESOURCES_PER_REQUEST } from '../wire/agent-api.js';
 import { describeIssues } from '../wire/envelope.js';
+import { VmDefinitionSchema } from '../wire/vm-definition.js';
 import { MIGRATION_PHASES, MIGRATION_PHASE_NEEDS, MIGRATION_TOKEN_SLOTS, isClosedPhase } from './phases.js';
 
 /**
@@ -65,7 +66,7 @@ export const MigrationRecordSchema = z
      * seed 002's `newdef`: a definition change that arrived while the VM was in flight. It is
      * never applied to either copy during the handoff, only to the surviving one at the end.
      */
-    staged: z.strictObject({ definition: z.json(), atMs: z.number().nonnegative() }).nullable(),
+    staged: z.strictObject({ definition: VmDefinitionSchema, atMs: z.number().nonnegative() }).nullable(),
     /** Where the source sends the VM's state: the destination's answer to prepare (a socket, a URI). */
     incoming: z.string().min(1).max(4096).nullable().default(null),
     /** Wall-clock start, for people and for ordering lists across leaders; never used to decide. */
@@ -84,7 +85,6 @@ export const MigrationRecordSchema = z
     if (r.timeline.at(-1)?.phase !== r.phase) issue(['timeline'], 'the last entry must be the current phase');
   });
 export type MigrationRecord = z.infer<typeof MigrationRecordSchema>;
-export type VmDefinition = NonNullable<MigrationRecord['staged']>['definition'];
 
 export interface MigrationRequest {
   id: string;

@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { LOCK_MODES, UUID } from '../model.js';
+import { UUID } from '../model.js';
 import { MIGRATION_STEPS } from '../migration/phases.js';
 import { MigrationRecordSchema } from '../migration/record.js';
-import { GrantSchema, MAX_RESOURCES_PER_REQUEST } from './agent-api.js';
-import { LeaseLossSchema } from './cluster.js';
+import { GrantSchema } from './agent-api.js';
+import { VmDefinitionSchema } from './vm-definition.js';
 
 /**
  * The agent's commands over NATS (`baton.<cluster>.agent.<host>.<verb>`): the VMs its hypervisor
@@ -13,20 +13,13 @@ import { LeaseLossSchema } from './cluster.js';
 export const VM_STATES = ['incoming', 'paused', 'running'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
-export const VmDiskSchema = z.strictObject({
-  path: z.string().startsWith('/', 'must be an absolute path').max(4096),
-  mode: z.enum(LOCK_MODES).default('exclusive'),
-  /** The agent's default lockspace when unset. */
-  lockspace: z.string().min(1).max(64).optional(),
-});
-export type VmDisk = z.infer<typeof VmDiskSchema>;
+const VmUuidSchema = UUID.transform((u) => u.toLowerCase());
 
-/** What it takes to start a VM (a libvirt domain definition, reduced to what locking needs). */
+/** What it takes to start a VM: who it is, and its definition. */
 export const VmSpecSchema = z.strictObject({
-  uuid: UUID.transform((u) => u.toLowerCase()),
+  uuid: VmUuidSchema,
   name: z.string().min(1).max(256),
-  disks: z.array(VmDiskSchema).min(1).max(MAX_RESOURCES_PER_REQUEST),
-  onLeaseLoss: LeaseLossSchema.prefault({}),
+  ...VmDefinitionSchema.shape,
 });
 export type VmSpec = z.infer<typeof VmSpecSchema>;
 export type VmSpecInput = z.input<typeof VmSpecSchema>;
@@ -64,7 +57,9 @@ export type AgentStepVerb = (typeof AGENT_STEP_VERBS)[number];
 export const VM_COMMANDS = {
   'vm.start': { params: VmSpecSchema, result: HostedVmSchema },
   'vm.list': { params: z.strictObject({}).default({}), result: z.object({ vms: z.array(HostedVmSchema) }) },
-  'vm.destroy': { params: z.strictObject({ uuid: UUID.transform((u) => u.toLowerCase()) }), result: z.object({ uuid: z.string(), released: z.number().int() }) },
+  'vm.destroy': { params: z.strictObject({ uuid: VmUuidSchema }), result: z.object({ uuid: z.string(), released: z.number().int() }) },
+  /** Replace a VM's definition (disks, lease-loss policy), in its turn after the VM's other commands; refused (MIGRATING) while it migrates. */
+  'vm.define': { params: z.strictObject({ uuid: VmUuidSchema, definition: VmDefinitionSchema }), result: HostedVmSchema },
   /** Every agent step answers with its VM as it is now; prepare adds where to send the state. */
   migration: { params: MigrationStepParamsSchema, result: z.object({ vm: VmInfoSchema.nullable(), incoming: z.string().optional() }) },
 } as const;

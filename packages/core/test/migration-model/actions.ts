@@ -1,4 +1,4 @@
-import { isSettled, stageDefinition, transition, type MigrationStep, type MigrationStepReply } from '../../src/index.js';
+import { isSettled, stageDefinition, transition, VmDefinitionSchema, type MigrationStep, type MigrationStepReply } from '../../src/index.js';
 import { crash, handle, restart } from './agents.js';
 import { apply, commandOf, failover, issue, timeout, type Machine } from './coordinator.js';
 import { ROLES, msgKey, withNet, type Budget, type Msg, type Mutation, type World } from './world.js';
@@ -9,6 +9,9 @@ export interface ModelOptions {
   /** The machine under test; the real one unless a test mutates it. */
   machine?: Machine;
 }
+
+/** The change that arrives in flight; the model follows its version (World.defVersion), not its contents. */
+const CHANGED_DEFINITION = VmDefinitionSchema.parse({ disks: [{ path: '/images/vm.img' }, { path: '/images/vm-data.img' }] });
 
 /** One step of the world. Faults (and outside inputs) are excluded from the liveness argument. */
 export interface Edge {
@@ -66,7 +69,7 @@ export function successors(w: World, options: ModelOptions): Edge[] {
     add('a third party takes the free resource', false, { ...w, lease: { owner: 'third', token: rev, rev, mark: 'none' } });
   }
   if (w.budget.change > 0 && !isSettled(w.record)) {
-    add('a definition change arrives', true, spend({ ...w, record: stageDefinition(w.record, { version: 1 }, 0), defVersion: 1 }, 'change'));
+    add('a definition change arrives', true, spend({ ...w, record: stageDefinition(w.record, CHANGED_DEFINITION, 0), defVersion: 1 }, 'change'));
   }
   return out;
 }

@@ -27,9 +27,14 @@ export class Guest {
     private readonly emit: Emit,
   ) {}
 
-  /** The grants (tokens) the guest writes under from now on. */
+  /** The grants (tokens) the guest writes under from now on; a disk no longer granted is closed (unplugged). */
   holdGrants(grants: Grant[]): void {
     this.grants = grants;
+    for (const [resource, disk] of this.disks) {
+      if (grants.some((g) => g.resource === resource && g.mode === 'exclusive')) continue;
+      disk.close();
+      this.disks.delete(resource);
+    }
     for (const g of grants) if (g.mode === 'exclusive' && !this.disks.has(g.resource)) this.disks.set(g.resource, new FencedDisk(g.resource, true));
   }
 

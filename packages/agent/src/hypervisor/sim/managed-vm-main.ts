@@ -59,6 +59,14 @@ class ManagedVm {
     return this.info();
   }
 
+  /** Disks plugged in or out; the VM's state (running or paused) stays as it is. */
+  regrant(grants: Grant[]): VmInfo {
+    if (this.state === 'incoming') throw new BatonError('INVALID_REQUEST', 'an incoming VM has no disks to change yet');
+    this.guest.holdGrants(grants);
+    emit({ event: 'regranted', seq: this.seq, grants });
+    return this.info();
+  }
+
   renew(validUntil: number | null): VmInfo {
     this.guest.validUntil = validUntil ?? Infinity;
     return this.info();
@@ -165,6 +173,8 @@ async function main(): Promise<void> {
         const p = ResumeSchema.parse(req);
         return vm.resume(p.grants, p.validUntil);
       }
+      case 'regrant':
+        return vm.regrant(ResumeSchema.pick({ grants: true }).parse(req).grants);
       case 'renew': {
         return vm.renew(ResumeSchema.pick({ validUntil: true }).parse(req).validUntil);
       }

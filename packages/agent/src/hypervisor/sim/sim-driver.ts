@@ -142,6 +142,10 @@ export class SimDriver implements HypervisorDriver {
     return (await this.control(uuid, { op: 'resume', grants, validUntil })) as VmInfo;
   }
 
+  async regrant(uuid: string, grants: readonly Grant[]): Promise<VmInfo> {
+    return (await this.control(uuid, { op: 'regrant', grants })) as VmInfo;
+  }
+
   async renew(uuid: string, validUntil: number | null): Promise<void> {
     await this.control(uuid, { op: 'renew', validUntil });
   }

@@ -1,0 +1,233 @@
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  asBatonError,
+  decideReply,
+  isSettled,
+  nextStep,
+  RETRYABLE_STEP_CODES,
+  stageDefinition,
+  takeStagedDefinition,
+  transition,
+  type MigrationCommand,
+  type MigrationRecord,
+  type MigrationStep,
+  type MigrationStepReply,
+  type VmDefinition,
+} from '@baton/core';
+import type { StoredMigration } from '@baton/etcd';
+import type { MigrationDriverOptions } from './migration-driver.js';
+
+const MAX_RETRY_MS = 1_000;
+
+/**
+ * Steps sent while the record that asks for them is still being saved, because they lie on the
+ * handoff's critical path (source paused → destination running) and are safe early: `resume`
+ * runs the VM only where etcd itself says the destination holds every lease with its token, so a
+ * duplicate or a deposed leader's copy can do no harm; and a leader that dies before the save
+ * lands leaves `sent`, whose commit a successor re-issues and recognises as its own.
+ */
+export const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
+
+/** A `stage` call waiting for a save that carries its definition (or a newer one). */
+interface StageWaiter {
+  staged: MigrationRecord['staged'];
+  done: PromiseWithResolvers<StoredMigration>;
+}
+
+/**
+ * One record driven by the leader until it is settled (MigrationDriver.drive): its steps until it
+ * is closed, then the definition staged in flight, if any, applied to the surviving copy.
+ *
+ * `record` is the record as it stands; `saved` the chain of its saves, each chained after the one
+ * before, so they land in order. A record whose next step is an etcd transaction is not saved on
+ * its own: it rides inside that transaction. `stage` follows the same rule, so the record keeps
+ * one writer: a definition staged while the record waits for an etcd step (in flight or not yet
+ * sent) rides with it; otherwise it gets a save of its own on the chain.
+ */
+export class Drive {
+  private record: MigrationRecord;
+  private saved: Promise<StoredMigration>;
+  private retryMs: number;
+  private readonly waiters: StageWaiter[] = [];
+  /** Why the drive stopped, once it has (NOT_LEADER, the leadership's abort). */
+  private failure: unknown;
+
+  constructor(
+    initial: StoredMigration,
+    private readonly signal: AbortSignal,
+    private readonly opts: MigrationDriverOptions,
+  ) {
+    this.record = initial.record;
+    this.saved = Promise.resolve(initial);
+    this.retryMs = opts.retryMs;
+  }
+
+  /** The VM whose record this is, while something is left to do for it. */
+  get pendingVm(): string | undefined {
+    return this.failure === undefined && !isSettled(this.record) ? this.record.vm.uuid : undefined;
+  }
+
+  /** Resolves with the settled record as saved; rejects if the signal aborts or another writer took the record (NOT_LEADER). */
+  async run(): Promise<StoredMigration> {
+    try {
+      await this.steps();
+      await this.applyStaged();
+      return await this.saved;
+    } catch (err) {
+      this.failure = err;
+      for (const w of this.waiters.splice(0)) w.done.reject(asBatonError(err));
+      throw err;
+    }
+  }
+
+  /**
+   * Stage a definition change (the newest wins), applied when the record closes. Resolves once a
+   * save carrying it (or a newer one) has landed; rejects if the drive stops first. Undefined when
+   * the record is settled: there is nothing left to stage into, the change applies directly.
+   */
+  stage(definition: VmDefinition): Promise<StoredMigration> | undefined {
+    if (this.failure !== undefined) throw asBatonError(this.failure);
+    if (isSettled(this.record)) return undefined;
+    this.record = stageDefinition(this.record, definition, this.opts.clock.now());
+    const done = Promise.withResolvers<StoredMigration>();
+    this.waiters.push({ staged: this.record.staged, done });
+    if (nextStep(this.record)?.target !== 'etcd') this.chainSave(this.record);
+    return done.promise;
+  }
+
+  /**
+   * Each step the record waits for, until it is closed: carried out, its reply fed through
+   * `decideReply` and `transition`, the next record saved (or left to ride on its etcd step).
+   * `this.record` is read again after every wait: a definition staged meanwhile is carried on.
+   */
+  private async steps(): Promise<void> {
+    const { clock, log } = this.opts;
+    for (;;) {
+      this.signal.throwIfAborted();
+      const command = nextStep(this.record);
+      if (command === undefined) return;
+      const reply = await this.carryOut(command);
+      const decision = decideReply(this.record, command, reply);
+      if (decision.kind === 'stale') continue;
+      if (decision.kind === 'retry') {
+        log.warn({ migration: this.record.id, step: command.step, code: decision.error.code, retryInMs: this.retryMs }, `${command.step} of migration ${this.record.id} did not go through (${decision.error.message}); sending it again`);
+        await this.pause();
+        continue;
+      }
+      this.retryMs = this.opts.retryMs;
+      const next = transition(this.record, decision.event, clock.now());
+      if (nextStep(next)?.target !== 'etcd') this.chainSave(next);
+      this.record = next;
+    }
+  }
+
+  /**
+   * One step. An etcd step carries the record that asks for it, as it is when the saves before it
+   * have landed; an agent step goes once its record is saved, except those in OVERLAPS_SAVE. A
+   * lost leadership waits for neither: the next leader sends the step again.
+   */
+  private async carryOut(command: MigrationCommand): Promise<MigrationStepReply> {
+    if (command.target === 'etcd') {
+      const base = await this.saved;
+      const done = await raceAbort(this.opts.etcd.run(command, { record: this.record, saved: base }), this.signal);
+      if (done.saved) {
+        this.landed(done.saved, base.record);
+        // Nothing was chained meanwhile: the record waited for this step, so a stage rode with it.
+        this.saved = Promise.resolve(done.saved);
+      }
+      return done.reply;
+    }
+    if (!OVERLAPS_SAVE.includes(command.step)) await this.saved;
+    return raceAbort(this.opts.agents.run(this.record, command), this.signal);
+  }
+
+  /**
+   * Closed: a definition staged in flight goes to the surviving copy (the host
+   * `takeStagedDefinition` names), only once it is saved, then the record is saved without it. A
+   * crash in between applies the same definition again, which is harmless. One staged during the
+   * apply goes next. A failed apply keeps the definition staged and is tried again, with a pause
+   * that doubles up to a second; a newer definition (staged into this same record) replaces it. A
+   * VM that is gone (destroyed since) drops it.
+   */
+  private async applyStaged(): Promise<void> {
+    const { agents, log } = this.opts;
+    for (;;) {
+      await this.allSaved();
+      const taken = takeStagedDefinition(this.record);
+      if (taken === undefined) return;
+      const { id, vm, staged } = this.record;
+      try {
+        await raceAbort(agents.define(taken.host, vm.uuid, taken.definition), this.signal);
+      } catch (err) {
+        if (this.signal.aborted) throw err;
+        const e = asBatonError(err);
+        if (e.code === 'VM_NOT_FOUND') {
+          // The VM was destroyed since the migration ended: there is nothing left to apply it to,
+          // and a record kept open for it would refuse the VM's name any new migration for ever.
+          log.warn({ migration: id, vm: vm.uuid, host: taken.host }, `the definition staged in migration ${id} is dropped: ${vm.name} is no longer on ${taken.host}`);
+          this.record = taken.record;
+          this.chainSave(this.record);
+          continue;
+        }
+        const level = RETRYABLE_STEP_CODES.includes(e.code) ? 'warn' : 'error';
+        log[level]({ migration: id, vm: vm.uuid, host: taken.host, code: e.code, retryInMs: this.retryMs }, `the definition staged in migration ${id} could not be applied to ${vm.name} on ${taken.host} (${e.message}); it stays staged and is tried again`);
+        await this.pause();
+        continue;
+      }
+      this.retryMs = this.opts.retryMs;
+      if (this.record.staged !== staged) continue;
+      log.info({ migration: id, vm: vm.uuid, host: taken.host }, `the definition staged in migration ${id} was applied to ${vm.name} on ${taken.host}`);
+      this.record = taken.record;
+      this.chainSave(this.record);
+    }
+  }
+
+  /** The last save, once every save chained before it, and while waiting, has landed. */
+  private async allSaved(): Promise<StoredMigration> {
+    for (;;) {
+      const last = this.saved;
+      const stored = await last;
+      if (last === this.saved) return stored;
+    }
+  }
+
+  private chainSave(record: MigrationRecord): void {
+    this.saved = this.saved.then((prev) => this.save(prev, record));
+    // Awaited before the next command that needs it, or at the end; never left unobserved.
+    this.saved.catch(() => undefined);
+  }
+
+  /** Save by compare-on-revision, through etcd hiccups; only another writer's save ends the drive (NOT_LEADER). */
+  private async save(prev: StoredMigration, next: MigrationRecord): Promise<StoredMigration> {
+    const { store, log, retryMs } = this.opts;
+    const saved = await store.saveThrough(prev, next, {
+      signal: this.signal,
+      retryMs,
+      maxRetryMs: MAX_RETRY_MS,
+      onUnanswered: (err) => log.warn({ migration: next.id, phase: next.phase, err: err.message }, `saving migration ${next.id} (${next.phase}) did not answer; reading it back`),
+    });
+    this.landed(saved, prev.record);
+    return saved;
+  }
+
+  /** A save landed: it is published, and each stage it carries (or supersedes) is answered. */
+  private landed(saved: StoredMigration, previous: MigrationRecord): void {
+    this.opts.onSaved(saved.record, previous);
+    const last = this.waiters.findLastIndex((w) => w.staged === saved.record.staged);
+    for (const w of this.waiters.splice(0, last + 1)) w.done.resolve(saved);
+  }
+
+  private async pause(): Promise<void> {
+    await delay(this.retryMs, undefined, { signal: this.signal });
+    this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);
+  }
+}
+
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  signal.throwIfAborted();
+  return new Promise<T>((resolve, reject) => {
+    const abort = (): void => reject(signal.reason);
+    signal.addEventListener('abort', abort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
+  });
+}

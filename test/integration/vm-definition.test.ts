@@ -1,0 +1,141 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HostedVmSchema, VM_COMMANDS, type ErrorCode, type HostedVm, type VmDefinitionInput } from '@baton/core';
+import { Bus, BusConfigSchema } from '@baton/bus';
+import { runCli } from '../support/agent-io.js';
+import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor } from '../support/index.js';
+
+/**
+ * A VM's definition changed while it is not migrating (seed 002's other half is in
+ * vm-definition-migration.test.ts): `PUT /v1/vms/:vm/definition` applies it at once on the host
+ * that holds the VM's leases. Real etcd, NATS and agent processes with sim VMs writing through the
+ * fence guard; one cluster for the file, each test with its own VMs and disks.
+ */
+let mc: MigrationCluster;
+const servers = migrationServers();
+beforeAll(async () => {
+  mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+  await mc.addCoordinator('coord-1');
+  await mc.leader();
+});
+afterAll(async () => {
+  await mc?.[Symbol.asyncDispose]();
+});
+
+/** The VM's leases as GET /v1/leases shows them: resource → [host, token]. */
+async function leased(uuid: string): Promise<Record<string, [string, number]>> {
+  return Object.fromEntries((await mc.leases(uuid)).map((l) => [l.resource, [l.host, l.token]]));
+}
+
+/** Until the disk's newest writes carry `token` (at least `writes` of them). */
+function writtenWith(path: string, token: number, writes = 3): Promise<unknown> {
+  return waitFor(() => (checkDisk(path).at(-1)?.token === token && checkDisk(path).at(-1)!.writes >= writes) || false, { what: `${path} written with token ${token}`, deadlineMs: 5_000 });
+}
+
+describe('a VM definition change, not in flight', () => {
+  it('is applied at once: an added disk is leased and written, a removed one released and no longer written', async () => {
+    const vm = await mc.startVm('host-a', 'def-apply', ['def-apply-root.img']);
+    const [root, data] = [mc.disk('def-apply-root.img'), mc.disk('def-apply-data.img')];
+    const rootToken = vm.locks[0]!.token;
+
+    const added = await mc.define('def-apply', { disks: [{ path: root }, { path: data }], onLeaseLoss: { policy: 'pause' } });
+    expect(added.status, JSON.stringify(added.body)).toBe(200);
+    expect(added.body).toMatchObject({ applied: true, vm: { uuid: vm.uuid, host: 'host-a', state: 'running' } });
+    const leases = await leased(vm.uuid);
+    // The kept disk keeps its lease and token; the new one is leased to the same host.
+    expect(leases[root]).toEqual(['host-a', rootToken]);
+    expect(leases[data]?.[0]).toBe('host-a');
+    const dataToken = leases[data]![1];
+    expect((added.body as { vm: HostedVm }).vm.locks.map((l) => [l.resource, l.token]).sort()).toEqual([[data, dataToken], [root, rootToken]].sort());
+    await writtenWith(data, dataToken);
+    expect(checkDisk(data).map((e) => [e.host, e.token])).toEqual([['host-a', dataToken]]);
+
+    const removed = await mc.define(vm.uuid, { disks: [{ path: data }] });
+    expect(removed.status, JSON.stringify(removed.body)).toBe(200);
+    expect(await leased(vm.uuid)).toEqual({ [data]: ['host-a', dataToken] });
+    // The VM stopped writing the root disk before the define answered: later writes go to data only.
+    const rootWrites = readDiskRecords(root).length;
+    const dataWrites = readDiskRecords(data).length;
+    await waitFor(() => readDiskRecords(data).length >= dataWrites + 5, { what: 'five more writes to the data disk', deadlineMs: 5_000 });
+    expect(readDiskRecords(root)).toHaveLength(rootWrites);
+    // Released for real (lease and local lock): another VM on another host can take it.
+    const other = await mc.startVm('host-b', 'def-apply-2', ['def-apply-root.img']);
+    expect(other.locks.map((l) => l.resource)).toEqual([root]);
+    await writtenWith(root, other.locks[0]!.token);
+    expect(checkDisk(root).map((e) => e.host)).toEqual(['host-a', 'host-b']);
+  });
+
+  it('refuses bad input with its catalogue code and changes nothing', async () => {
+    const vm = await mc.startVm('host-a', 'def-bad', ['def-bad.img']);
+    const busy = await mc.startVm('host-a', 'def-busy', ['def-busy.img']);
+    const [disk, other] = [mc.disk('def-bad.img'), mc.disk('def-busy.img')];
+    const before = await leased(vm.uuid);
+
+    const refusals: [VmDefinitionInput, number, ErrorCode][] = [
+      [{ disks: [{ path: 'def-bad.img' }] }, 400, 'INVALID_REQUEST'],
+      [{ disks: [{ path: disk }, { path: mc.disk('def-bad-2.img'), lockspace: 'nowhere' }] }, 404, 'NO_LOCKSPACE'],
+      [{ disks: [{ path: disk }, { path: mc.storage.lockDir }] }, 400, 'OUTSIDE_LOCKSPACE'],
+      [{ disks: [{ path: disk }, { path: `${mc.storage.imagesDir}/def-bad-missing.img` }] }, 404, 'RESOURCE_NOT_FOUND'],
+      [{ disks: [{ path: disk, mode: 'shared' }] }, 400, 'INVALID_REQUEST'],
+      [{ disks: [{ path: disk }], onLeaseLoss: { policy: 'killpath' } }, 400, 'INVALID_REQUEST'],
+      // Another VM's disk: refused when its lease is asked for, so the kept disk is untouched too.
+      [{ disks: [{ path: disk }, { path: other }] }, 409, 'RESOURCE_BUSY'],
+    ];
+    for (const [definition, status, code] of refusals) {
+      const res = await mc.define('def-bad', definition);
+      expect([res.status, (res.body as { error?: { code: string } }).error?.code], JSON.stringify(definition)).toEqual([status, code]);
+    }
+    expect((await mc.define('no-such-vm', { disks: [{ path: disk }] })).status).toBe(404);
+    expect(await leased(vm.uuid)).toEqual(before);
+    expect((await mc.leases(busy.uuid)).map((l) => l.resource)).toEqual([other]);
+    const now = (await mc.vms()).find((v) => v.uuid === vm.uuid)!;
+    expect(now.locks.map((l) => [l.resource, l.token])).toEqual(vm.locks.map((l) => [l.resource, l.token]));
+    await writtenWith(disk, vm.locks[0]!.token);
+  });
+
+  it('on the agent, waits for a start in progress: a define sent right after vm.start is applied after it', async () => {
+    await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [servers.nats.url], cluster: mc.cluster }), 'vm-definition test');
+    const uuid = randomUUID();
+    const [root, data] = [mc.disk('def-queue-root.img'), mc.disk('def-queue-data.img')];
+    const answered: string[] = [];
+    const send = (verb: 'vm.start' | 'vm.define', params: unknown): Promise<HostedVm> =>
+      bus.request(bus.subjects.agent('host-a', verb), params, { timeoutMs: 20_000 }).then((r) => {
+        answered.push(verb);
+        return HostedVmSchema.parse(r);
+      });
+    // Sent back to back: the define reaches the agent while the VM's process is still being spawned.
+    const start = send('vm.start', VM_COMMANDS['vm.start'].params.parse({ uuid, name: 'def-queue', disks: [{ path: root }] }));
+    const define = send('vm.define', { uuid, definition: { disks: [{ path: root }, { path: data }] } });
+    const [started, defined] = await Promise.all([start, define]);
+
+    expect(answered).toEqual(['vm.start', 'vm.define']);
+    expect(started.locks.map((l) => l.resource)).toEqual([root]);
+    expect(defined.locks.map((l) => l.resource).sort()).toEqual([root, data].sort());
+    const leases = await leased(uuid);
+    expect(Object.keys(leases).sort()).toEqual([root, data].sort());
+    await writtenWith(data, leases[data]![1]);
+    const log = mc.agent('host-a').json.events().map((e) => e.msg);
+    expect(log.indexOf('VM def-queue redefined')).toBeGreaterThan(log.indexOf('VM def-queue started'));
+  });
+
+  it('baton vm define: prints the VM as redefined, or the answer with --json; a bad --disk is a usage error', async () => {
+    const vm = await mc.startVm('host-a', 'def-cli', ['def-cli-root.img']);
+    const [root, data] = [mc.disk('def-cli-root.img'), mc.disk('def-cli-data.img')];
+    const url = mc.coordinators[0]!.url;
+    const r = await runCli(['vm', 'define', 'def-cli', '--disk', root, '--disk', `${data}:exclusive:images`, '--on-lease-loss', 'pause', '--coordinator', url], { deadlineMs: 30_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`VM def-cli (${vm.uuid}) redefined on host-a`);
+    expect(r.stdout).toContain(data);
+
+    const json = await runCli(['vm', 'define', vm.uuid, '--disk', data, '--json', '--coordinator', url], { deadlineMs: 30_000 });
+    expect(json.status, json.stderr).toBe(0);
+    const answer = JSON.parse(json.stdout) as { applied: boolean; vm: HostedVm };
+    expect(answer.applied).toBe(true);
+    expect(answer.vm.locks.map((l) => l.resource)).toEqual([data]);
+
+    const bad = await runCli(['vm', 'define', 'def-cli', '--disk', `${data}:sometimes`, '--coordinator', url], { deadlineMs: 30_000 });
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toContain('error INVALID_REQUEST');
+    expect(Object.keys(await leased(vm.uuid))).toEqual([data]);
+  });
+});
