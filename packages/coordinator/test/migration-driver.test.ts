@@ -157,7 +157,7 @@ describe('staging a definition in a migration the driver drives', () => {
   it('keeps the newest of several, applies it on the source after an abort, and tries a refused apply again', async () => {
     const world = new World(begun());
     const perform = world.hold('perform');
-    world.defineFailures.push(new BatonError('VM_NOT_FOUND', 'not yet'), new BatonError('UNAVAILABLE', 'no answer'));
+    world.defineFailures.push(new BatonError('RESOURCE_NOT_FOUND', 'not yet'), new BatonError('UNAVAILABLE', 'no answer'));
     const { driver, done } = start(world);
     await perform.reached;
     const first = driver.stage('m-1', definition('first'))!;
