@@ -8,7 +8,6 @@ import {
   expectSettledVm,
   figure,
   leaseState,
-  
   quiet,
   runningEvents,
 } from './migration-kit.js';

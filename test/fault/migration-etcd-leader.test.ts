@@ -11,8 +11,6 @@ import {
   expectSettledVm,
   figure,
   leaseState,
-  
-  
 } from './migration-kit.js';
 
 /** Live migration with the etcd leader killed around the commit (kit and the checks every history gets: migration-kit.ts). */

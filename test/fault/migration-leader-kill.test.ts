@@ -30,7 +30,6 @@ import {
   electionLine,
   expectSettledVm,
   figure,
-  
   stepEffect,
 } from './migration-kit.js';
 

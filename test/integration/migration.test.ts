@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MigrationCluster, checkDisk, connectEtcd, migrationServers, waitFor } from '../support/index.js';
+import { MigrationCluster, checkDisk, connectEtcd, migrationServers, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
@@ -34,7 +34,7 @@ describe('live migration', () => {
       ['host-b', record.tokens.commit],
       ['host-b', record.tokens.commit],
     ]);
-    await waitFor(() => checkDisk(mc.disk('web1-data.img')).at(-1)?.token === record.tokens.commit, { what: 'writes under the commit token', deadlineMs: 5_000 });
+    await writtenUnder(mc.disk('web1-data.img'), record.tokens.commit!);
     for (const disk of ['web1-root.img', 'web1-data.img']) {
       const epochs = checkDisk(mc.disk(disk));
       expect(epochs.map((e) => e.host)).toEqual(['host-a', 'host-b']);

@@ -3,7 +3,7 @@ import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationRecord } from '@baton/core';
 import type { Log } from '@baton/coordinator';
-import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor, within } from '../support/index.js';
+import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor, within, writtenUnder } from '../support/index.js';
 
 /**
  * seed 002: a VM definition change that arrives while the VM migrates is staged in the migration's
@@ -24,16 +24,6 @@ afterAll(async () => {
 
 /** Long enough for a test to stage definitions mid-send, even on a loaded machine. */
 const SEND_DELAY_MS = 2_000;
-
-/** The VM's leases as GET /v1/leases shows them: resource → [host, token]. */
-async function leased(cluster: MigrationCluster, uuid: string): Promise<Record<string, [string, number]>> {
-  return Object.fromEntries((await cluster.leases(uuid)).map((l) => [l.resource, [l.host, l.token]]));
-}
-
-/** Until the disk's newest writes carry `token`. */
-function writtenWith(path: string, token: number): Promise<unknown> {
-  return waitFor(() => (checkDisk(path).at(-1)?.token === token && checkDisk(path).at(-1)!.writes >= 3) || false, { what: `${path} written with token ${token}`, deadlineMs: 5_000 });
-}
 
 /** A VM on host-a with one disk, and a migration of it to host-b held in its send (optionally failing). */
 async function migrating(cluster: MigrationCluster, name: string, faults: { failSends?: number } = {}): Promise<{ uuid: string; root: string; rootToken: number; migration: MigrationRecord }> {
@@ -64,7 +54,7 @@ describe('a VM definition change during a migration', () => {
     const during = (await mc.coordinators[0]!.coordinator.store.get(migration.id))!.record;
     expect(during.phase).toBe('performing');
     expect(during.staged?.definition).toEqual({ disks: [{ path: root, mode: 'exclusive' }, { path: data, mode: 'exclusive' }], onLeaseLoss: { policy: 'pause' } });
-    expect(await leased(mc, uuid)).toEqual({ [root]: ['host-a', rootToken] });
+    expect(await mc.leaseMap(uuid)).toEqual({ [root]: ['host-a', rootToken] });
     expect(readDiskRecords(data)).toEqual([]);
 
     const done = await mc.settled(migration.id);
@@ -72,11 +62,11 @@ describe('a VM definition change during a migration', () => {
     expect(done.staged).toBeNull();
     // The handoff moved exactly the disks the VM had; the new one was leased on the destination after the commit.
     expect(done.resources.map((r) => r.name)).toEqual([root]);
-    const leases = await leased(mc, uuid);
+    const leases = await mc.leaseMap(uuid);
     expect(leases[root]).toEqual(['host-b', done.tokens.commit]);
     expect(leases[data]?.[0]).toBe('host-b');
     expect(leases[data]![1]).toBeGreaterThan(done.tokens.commit!);
-    await writtenWith(data, leases[data]![1]);
+    await writtenUnder(data, leases[data]![1], 3);
     expect(checkDisk(data).map((e) => [e.host, e.token])).toEqual([['host-b', leases[data]![1]]]);
     expect(await mc.copies(uuid)).toEqual({ 'host-b': 'running' });
 
@@ -94,10 +84,10 @@ describe('a VM definition change during a migration', () => {
     const aborted = await mc.settled(migration.id);
     expect(aborted.phase).toBe('aborted');
     expect(aborted.staged).toBeNull();
-    const leases = await leased(mc, uuid);
+    const leases = await mc.leaseMap(uuid);
     expect(leases[root]).toEqual(['host-a', rootToken]);
     expect(leases[data]?.[0]).toBe('host-a');
-    await writtenWith(data, leases[data]![1]);
+    await writtenUnder(data, leases[data]![1], 3);
     expect(checkDisk(data).map((e) => e.host)).toEqual(['host-a']);
     expect(await mc.copies(uuid)).toEqual({ 'host-a': 'running' });
   });
@@ -113,9 +103,9 @@ describe('a VM definition change during a migration', () => {
 
     const done = await mc.settled(migration.id);
     expect(done.phase).toBe('done');
-    const leases = await leased(mc, uuid);
+    const leases = await mc.leaseMap(uuid);
     expect(Object.keys(leases).sort()).toEqual([root, second].sort());
-    await writtenWith(second, leases[second]![1]);
+    await writtenUnder(second, leases[second]![1], 3);
     expect(readDiskRecords(first)).toEqual([]);
   });
 });
@@ -167,8 +157,8 @@ describe('a staged definition the leader could not apply', () => {
     expect(second.coordinator.id).toBe('coord-2');
     const settled = await cluster.settled(migration.id);
     expect(settled.staged).toBeNull();
-    const leases = await leased(cluster, uuid);
+    const leases = await cluster.leaseMap(uuid);
     expect(leases[late]?.[0]).toBe('host-b');
-    await writtenWith(late, leases[late]![1]);
+    await writtenUnder(late, leases[late]![1], 3);
   });
 });

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HostedVmSchema, VM_COMMANDS, type ErrorCode, type HostedVm, type VmDefinitionInput } from '@baton/core';
 import { Bus, BusConfigSchema } from '@baton/bus';
 import { runCli } from '../support/agent-io.js';
-import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor } from '../support/index.js';
+import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * A VM's definition changed while it is not migrating (seed 002's other half is in
@@ -22,16 +22,6 @@ afterAll(async () => {
   await mc?.[Symbol.asyncDispose]();
 });
 
-/** The VM's leases as GET /v1/leases shows them: resource → [host, token]. */
-async function leased(uuid: string): Promise<Record<string, [string, number]>> {
-  return Object.fromEntries((await mc.leases(uuid)).map((l) => [l.resource, [l.host, l.token]]));
-}
-
-/** Until the disk's newest writes carry `token` (at least `writes` of them). */
-function writtenWith(path: string, token: number, writes = 3): Promise<unknown> {
-  return waitFor(() => (checkDisk(path).at(-1)?.token === token && checkDisk(path).at(-1)!.writes >= writes) || false, { what: `${path} written with token ${token}`, deadlineMs: 5_000 });
-}
-
 describe('a VM definition change, not in flight', () => {
   it('is applied at once: an added disk is leased and written, a removed one released and no longer written', async () => {
     const vm = await mc.startVm('host-a', 'def-apply', ['def-apply-root.img']);
@@ -41,18 +31,18 @@ describe('a VM definition change, not in flight', () => {
     const added = await mc.define('def-apply', { disks: [{ path: root }, { path: data }], onLeaseLoss: { policy: 'pause' } });
     expect(added.status, JSON.stringify(added.body)).toBe(200);
     expect(added.body).toMatchObject({ applied: true, vm: { uuid: vm.uuid, host: 'host-a', state: 'running' } });
-    const leases = await leased(vm.uuid);
+    const leases = await mc.leaseMap(vm.uuid);
     // The kept disk keeps its lease and token; the new one is leased to the same host.
     expect(leases[root]).toEqual(['host-a', rootToken]);
     expect(leases[data]?.[0]).toBe('host-a');
     const dataToken = leases[data]![1];
     expect((added.body as { vm: HostedVm }).vm.locks.map((l) => [l.resource, l.token]).sort()).toEqual([[data, dataToken], [root, rootToken]].sort());
-    await writtenWith(data, dataToken);
+    await writtenUnder(data, dataToken, 3);
     expect(checkDisk(data).map((e) => [e.host, e.token])).toEqual([['host-a', dataToken]]);
 
     const removed = await mc.define(vm.uuid, { disks: [{ path: data }] });
     expect(removed.status, JSON.stringify(removed.body)).toBe(200);
-    expect(await leased(vm.uuid)).toEqual({ [data]: ['host-a', dataToken] });
+    expect(await mc.leaseMap(vm.uuid)).toEqual({ [data]: ['host-a', dataToken] });
     // The VM stopped writing the root disk before the define answered: later writes go to data only.
     const rootWrites = readDiskRecords(root).length;
     const dataWrites = readDiskRecords(data).length;
@@ -61,7 +51,7 @@ describe('a VM definition change, not in flight', () => {
     // Released for real (lease and local lock): another VM on another host can take it.
     const other = await mc.startVm('host-b', 'def-apply-2', ['def-apply-root.img']);
     expect(other.locks.map((l) => l.resource)).toEqual([root]);
-    await writtenWith(root, other.locks[0]!.token);
+    await writtenUnder(root, other.locks[0]!.token, 3);
     expect(checkDisk(root).map((e) => e.host)).toEqual(['host-a', 'host-b']);
   });
 
@@ -69,7 +59,7 @@ describe('a VM definition change, not in flight', () => {
     const vm = await mc.startVm('host-a', 'def-bad', ['def-bad.img']);
     const busy = await mc.startVm('host-a', 'def-busy', ['def-busy.img']);
     const [disk, other] = [mc.disk('def-bad.img'), mc.disk('def-busy.img')];
-    const before = await leased(vm.uuid);
+    const before = await mc.leaseMap(vm.uuid);
 
     const refusals: [VmDefinitionInput, number, ErrorCode][] = [
       [{ disks: [{ path: 'def-bad.img' }] }, 400, 'INVALID_REQUEST'],
@@ -86,11 +76,11 @@ describe('a VM definition change, not in flight', () => {
       expect([res.status, (res.body as { error?: { code: string } }).error?.code], JSON.stringify(definition)).toEqual([status, code]);
     }
     expect((await mc.define('no-such-vm', { disks: [{ path: disk }] })).status).toBe(404);
-    expect(await leased(vm.uuid)).toEqual(before);
+    expect(await mc.leaseMap(vm.uuid)).toEqual(before);
     expect((await mc.leases(busy.uuid)).map((l) => l.resource)).toEqual([other]);
     const now = (await mc.vms()).find((v) => v.uuid === vm.uuid)!;
     expect(now.locks.map((l) => [l.resource, l.token])).toEqual(vm.locks.map((l) => [l.resource, l.token]));
-    await writtenWith(disk, vm.locks[0]!.token);
+    await writtenUnder(disk, vm.locks[0]!.token, 3);
   });
 
   it('on the agent, waits for a start in progress: a define sent right after vm.start is applied after it', async () => {
@@ -111,9 +101,9 @@ describe('a VM definition change, not in flight', () => {
     expect(answered).toEqual(['vm.start', 'vm.define']);
     expect(started.locks.map((l) => l.resource)).toEqual([root]);
     expect(defined.locks.map((l) => l.resource).sort()).toEqual([root, data].sort());
-    const leases = await leased(uuid);
+    const leases = await mc.leaseMap(uuid);
     expect(Object.keys(leases).sort()).toEqual([root, data].sort());
-    await writtenWith(data, leases[data]![1]);
+    await writtenUnder(data, leases[data]![1], 3);
     const log = mc.agent('host-a').json.events().map((e) => e.msg);
     expect(log.indexOf('VM def-queue redefined')).toBeGreaterThan(log.indexOf('VM def-queue started'));
   });
@@ -136,6 +126,6 @@ describe('a VM definition change, not in flight', () => {
     const bad = await runCli(['vm', 'define', 'def-cli', '--disk', `${data}:sometimes`, '--coordinator', url], { deadlineMs: 30_000 });
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('error INVALID_REQUEST');
-    expect(Object.keys(await leased(vm.uuid))).toEqual([data]);
+    expect(Object.keys(await mc.leaseMap(vm.uuid))).toEqual([data]);
   });
 });

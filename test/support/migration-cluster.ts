@@ -160,6 +160,11 @@ export class MigrationCluster implements AsyncDisposable {
     return httpJson(`${via.url}/v1/vms/${encodeURIComponent(vm)}/definition`, { method: 'PUT', body: definition, timeoutMs: 15_000 });
   }
 
+  /** A VM's leases as GET /v1/leases shows them: resource → [host, token]. */
+  async leaseMap(uuid: string): Promise<Record<string, [string, number]>> {
+    return Object.fromEntries((await this.leases(uuid)).map((l) => [l.resource, [l.host, l.token]]));
+  }
+
   /** A VM's leases as GET /v1/leases shows them, by resource. */
   async leases(uuid: string): Promise<ClusterLease[]> {
     const res = await httpJson<{ leases: ClusterLease[] }>(`${this.coordinators[0]!.url}/v1/leases`);

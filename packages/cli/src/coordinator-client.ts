@@ -6,7 +6,7 @@ import {
   HostedVmSchema,
   HostViewSchema,
   MigrationRecordSchema,
-  describeIssues,
+  parseOrRefuse,
   isSettled,
   type ErrorBody,
   type HostedVm,
@@ -122,9 +122,7 @@ export class CoordinatorClient {
     } catch {
       throw new BatonError('INTERNAL', `${init.method ?? 'GET'} ${url}: the answer is not JSON: ${text.slice(0, 200)}`, { details: { url } });
     }
-    const parsed = schema.safeParse(body);
-    if (!parsed.success) throw new BatonError('INTERNAL', `${init.method ?? 'GET'} ${url}: unexpected answer: ${describeIssues(parsed.error)}`, { details: { url } });
-    return parsed.data;
+    return parseOrRefuse(schema, body, `${init.method ?? 'GET'} ${url}: unexpected answer`, 'INTERNAL', { url });
   }
 
   migrate(vm: string, to: string): Promise<MigrationRecord> {
@@ -210,7 +208,5 @@ function eventRecord(id: string, event: SseEvent): MigrationRecord | undefined {
     const body = ErrorBodySchema.safeParse(data);
     throw body.success ? BatonError.fromBody(body.data as ErrorBody) : new BatonError('INTERNAL', `migration ${id}: malformed error event`);
   }
-  const parsed = MigrationRecordSchema.safeParse(data);
-  if (!parsed.success) throw new BatonError('INTERNAL', `migration ${id}: unexpected record in the progress stream: ${describeIssues(parsed.error)}`);
-  return parsed.data;
+  return parseOrRefuse(MigrationRecordSchema, data, `migration ${id}: unexpected record in the progress stream`, 'INTERNAL');
 }

@@ -67,7 +67,6 @@ export class Coordinator implements AsyncDisposable {
   private readonly log: Log;
   private readonly stop = new AbortController();
   private leadership: Leadership | undefined;
-  private readonly inflight = new Map<string, Promise<StoredMigration | undefined>>();
   private campaigning: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
 
@@ -162,24 +161,20 @@ export class Coordinator implements AsyncDisposable {
     else leadership.signal.addEventListener('abort', () => lost.resolve(), { once: true });
     await lost.promise;
     this.log.warn({ id: this.id, reason: String((leadership.signal.reason as Error | undefined)?.message ?? leadership.signal.reason) }, 'leadership lost; every migration stops before its next step');
-    await Promise.allSettled(this.inflight.values());
+    await Promise.allSettled(this.driver.runs());
   }
 
   private track(stored: StoredMigration, signal: AbortSignal): void {
     const id = stored.record.id;
-    if (this.inflight.has(id)) return;
-    const run = this.driver.drive(stored, signal).then(
+    if (this.driver.running(id)) return;
+    void this.driver.drive(stored, signal).then(
       (done) => {
         this.log.info({ migration: id, phase: done.record.phase }, `migration ${id} ${done.record.phase}`);
-        return done;
       },
       (err: unknown) => {
         if (!signal.aborted) this.log.error({ migration: id, err: (err as Error).message }, `migration ${id} stopped: ${(err as Error).message}`);
-        return undefined;
       },
     );
-    this.inflight.set(id, run);
-    void run.finally(() => this.inflight.delete(id));
   }
 
   private saved(record: MigrationRecord, previous?: MigrationRecord): void {
@@ -247,7 +242,7 @@ export class Coordinator implements AsyncDisposable {
       }
       // Settled meanwhile (its own staged definition applied first): this one applies directly,
       // where the VM is now. A record open but not driven here is refused by the agent (MIGRATING).
-      await this.inflight.get(migration);
+      await this.driver.running(migration)?.catch(() => undefined);
       located = await this.locate(asked);
     }
     return { applied: true, vm: await this.agents.define(located.host, located.vm.uuid, definition) };
@@ -294,7 +289,7 @@ export class Coordinator implements AsyncDisposable {
 
   /** The record once closed, if this replica drives it; else undefined. */
   async settled(id: string): Promise<MigrationRecord | undefined> {
-    return (await this.inflight.get(id))?.record;
+    return (await this.driver.running(id)?.catch(() => undefined))?.record;
   }
 
   async get(id: string): Promise<StoredMigration> {

@@ -1,5 +1,5 @@
 import { BatonError, LeaseValueSchema, wallTimeIso, type LeaseValue, type MigrationRecord, type Token } from '@baton/core';
-import type { ICompare, IKeyValue, IRangeResponse, IRequestOp } from 'etcd3';
+import type { ICompare, IKeyValue, IRangeResponse, IRequestOp, ITxnResponse } from 'etcd3';
 import { z } from 'zod';
 import type { EtcdConnection } from './connection.js';
 import { KeyLayout, prefixEnd } from './keys.js';
@@ -76,6 +76,7 @@ interface Target {
 
 export class Handoff {
   private readonly targets: Target[];
+  private readonly recordKey: Buffer;
 
   constructor(
     private readonly conn: EtcdConnection,
@@ -84,6 +85,7 @@ export class Handoff {
     private readonly source: string,
     private readonly destination: string,
   ) {
+    this.recordKey = buf(conn.keys.migration(migration));
     this.targets = resources.map((resource) => {
       const prefix = conn.keys.resource(resource.lockspace, resource.identity);
       return { resource, prefix, excl: KeyLayout.exclusive(prefix), marker: KeyLayout.handoffMarker(prefix) };
@@ -115,16 +117,24 @@ export class Handoff {
    * migration record.
    */
   async holders(): Promise<{ holders: Holder[]; record: StoredMigration | undefined }> {
-    const res = await this.conn.txn(
-      { success: [...this.targets.map((t) => ({ request_range: { key: buf(t.prefix), range_end: prefixEnd(t.prefix) } })), { request_range: { key: buf(this.conn.keys.migration(this.migration)) } }] },
-      'the leases and record of a handoff',
-    );
-    const reads = res.responses.map((r) => r.response_range);
-    const record = reads[this.targets.length]!.kvs[0];
+    const res = await this.conn.txn({ success: this.stateReads() }, 'the leases and record of a handoff');
+    const { seen, record } = this.stateRead(res);
     return {
-      holders: this.seen(reads.slice(0, this.targets.length)).map((s, i) => ({ resource: this.targets[i]!.resource, lease: parseValue(LeaseValueSchema, s.excl), token: s.excl && Number(s.excl.mod_revision) })),
+      holders: seen.map((s, i) => ({ resource: this.targets[i]!.resource, lease: parseValue(LeaseValueSchema, s.excl), token: s.excl && Number(s.excl.mod_revision) })),
       record: record && storedMigration(record),
     };
+  }
+
+  /** A transaction's reads of every resource's prefix and of the record, in that order (then any more). */
+  private stateReads(): IRequestOp[] {
+    return [...this.targets.map((t) => ({ request_range: { key: buf(t.prefix), range_end: prefixEnd(t.prefix) } })), { request_range: { key: this.recordKey } }];
+  }
+
+  /** What `stateReads` read; `more`, the replies to the reads after them. */
+  private stateRead(res: ITxnResponse): { seen: Seen; record: IKeyValue | undefined; more: IRangeResponse[] } {
+    const reads = res.responses.map((r) => r.response_range);
+    const n = this.targets.length;
+    return { seen: this.seen(reads.slice(0, n)), record: reads[n]!.kvs[0], more: reads.slice(n + 1) };
   }
 
   private marker(step: HandoffMarker['step']): string {
@@ -146,7 +156,7 @@ export class Handoff {
    * retry), or leases that changed under the handoff (MIGRATION_CONFLICT).
    */
   private async attempt(a: Attempt, guard?: RecordGuard): Promise<Token> {
-    const recordKey = buf(this.conn.keys.migration(this.migration));
+    const { recordKey } = this;
     const value = guard?.write && recordValue(guard.write);
     const to = a.to && { ...a.to, key: buf(this.conn.keys.host(a.to.host)) };
     const res = await this.conn.txn(
@@ -157,18 +167,13 @@ export class Handoff {
           ...(to ? [{ key: to.key, target: 'Lease', result: 'Equal', lease: to.session } satisfies ICompare] : []),
         ],
         success: value === undefined ? a.success : [...a.success, { request_put: { key: recordKey, value: buf(value) } }],
-        failure: [
-          ...this.targets.map((t) => ({ request_range: { key: buf(t.prefix), range_end: prefixEnd(t.prefix) } })),
-          { request_range: { key: recordKey } },
-          ...(to ? [{ request_range: { key: to.key } }] : []),
-        ],
+        failure: [...this.stateReads(), ...(to ? [{ request_range: { key: to.key } }] : [])],
       },
       a.step,
     );
     if (res.succeeded) return Number(res.header.revision);
-    const reads = res.responses.map((r) => r.response_range);
-    const record = reads[this.targets.length]!.kvs[0];
-    const again = a.recognise(this.seen(reads.slice(0, this.targets.length)), Number(res.header.revision));
+    const { seen, record, more } = this.stateRead(res);
+    const again = a.recognise(seen, Number(res.header.revision));
     if (again !== undefined) {
       if (value === undefined) return again;
       // It landed with the record it carried, in one transaction: the record's revision is the step's.
@@ -177,7 +182,7 @@ export class Handoff {
     if (guard && String(record?.mod_revision) !== guard.revision) {
       throw new BatonError('NOT_LEADER', `${a.step} of migration ${this.migration}: the record was written by someone else; this replica no longer drives it`, { details: { migration: this.migration } });
     }
-    if (to && String(reads[this.targets.length + 1]!.kvs[0]?.lease ?? '') !== to.session) {
+    if (to && String(more[0]!.kvs[0]?.lease ?? '') !== to.session) {
       throw new BatonError('UNAVAILABLE', `${a.step} of migration ${this.migration}: host ${to.host} is no longer on session ${to.session}`, { details: { host: to.host } });
     }
     throw new BatonError('MIGRATION_CONFLICT', `${a.step} of migration ${this.migration}: the leases changed under it`, { details: { migration: this.migration } });

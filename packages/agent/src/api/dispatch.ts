@@ -2,6 +2,7 @@ import {
   AGENT_METHODS,
   BatonError,
   describeIssues,
+  parseOrRefuse,
   isAgentMethod,
   PROTOCOL_VERSION,
   RequestEnvelope,
@@ -55,9 +56,7 @@ export function dispatch(handlers: Handlers, ctx: ConnectionContext, line: strin
     }
     const method = env.data.method;
     if (!isAgentMethod(method)) throw new BatonError('UNKNOWN_METHOD', `unknown method "${method}"`, { details: { methods: Object.keys(AGENT_METHODS) } });
-    const params = AGENT_METHODS[method].params.safeParse(env.data.params);
-    if (!params.success) throw new BatonError('INVALID_REQUEST', `${method}: ${describeIssues(params.error)}`);
-    return invoke(handlers, ctx, env.data.id, method, params.data);
+    return invoke(handlers, ctx, env.data.id, method, parseOrRefuse(AGENT_METHODS[method].params, env.data.params, method));
   } catch (err) {
     return errorReply(id, err);
   }

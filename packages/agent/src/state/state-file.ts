@@ -1,7 +1,7 @@
 import { readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
-import { asBatonError, BatonError, describeIssues, wallTimeIso } from '@baton/core';
+import { asBatonError, BatonError, parseOrRefuse, wallTimeIso } from '@baton/core';
 import { LockSnapshotSchema } from '../locks/lock-manager.js';
 import { OwnerRecordSchema } from '../owners/owner-registry.js';
 import { bootId, processStartTime } from '../sys/index.js';
@@ -70,10 +70,8 @@ function parse(text: string): AgentState {
   } catch (err) {
     throw new BatonError('STATE_INVALID', `state file is not JSON: ${(err as Error).message}`);
   }
-  const parsed = AgentStateSchema.safeParse(raw);
-  if (!parsed.success) throw new BatonError('STATE_INVALID', `state file does not match version ${STATE_VERSION}: ${describeIssues(parsed.error)}`);
+  const s = parseOrRefuse(AgentStateSchema, raw, `state file does not match version ${STATE_VERSION}`, 'STATE_INVALID');
   const me = processIdentity();
-  const s = parsed.data;
   if (s.pid !== me.pid || s.startTime !== me.startTime || s.bootId !== me.bootId) {
     throw new BatonError('STATE_INVALID', `state file belongs to process ${s.pid} (started ${s.startTime}, boot ${s.bootId}), not to this one`, {
       details: { filePid: s.pid, pid: me.pid },

@@ -1,8 +1,7 @@
-import type { z } from 'zod';
 import {
   asBatonError,
   BatonError,
-  describeIssues,
+  parseOrRefuse,
   VM_COMMANDS,
   AGENT_STEP_VERBS,
   type AgentStepVerb,
@@ -12,7 +11,6 @@ import {
   type MigrationRecord,
   type MigrationStepParams,
   type ResourceRef,
-  type VmCommand,
   type VmCommandResult,
   type VmDefinition,
   type VmDisk,
@@ -75,15 +73,15 @@ export class VmHost implements AsyncDisposable {
   constructor(private readonly opts: VmHostOptions) {
     this.store = new MigrationStore(opts.member.conn);
     const { bus, host } = opts;
-    bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(paramsOf('vm.start', VM_COMMANDS['vm.start'].params, p)));
+    bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(parseOrRefuse(VM_COMMANDS['vm.start'].params, p, 'vm.start')));
     bus.serve(bus.subjects.agent(host, 'vm.list'), () => this.list());
-    bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(paramsOf('vm.destroy', VM_COMMANDS['vm.destroy'].params, p).uuid));
+    bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(parseOrRefuse(VM_COMMANDS['vm.destroy'].params, p, 'vm.destroy').uuid));
     bus.serve(bus.subjects.agent(host, 'vm.define'), (p) => {
-      const { uuid, definition } = paramsOf('vm.define', VM_COMMANDS['vm.define'].params, p);
+      const { uuid, definition } = parseOrRefuse(VM_COMMANDS['vm.define'].params, p, 'vm.define');
       return this.define(uuid, definition);
     });
     for (const verb of AGENT_STEP_VERBS) {
-      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, paramsOf('migration', VM_COMMANDS.migration.params, p)));
+      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration')));
     }
     // A running VM writes only until the host's session deadline; each keepalive moves it on.
     this.renewer = setInterval(() => this.renewInBackground(), opts.member.timing.keepaliveMs);
@@ -362,13 +360,6 @@ export class VmHost implements AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
-}
-
-/** A command's params, or INVALID_REQUEST naming every bad field (nothing is done). */
-function paramsOf<T>(command: VmCommand, schema: z.ZodType<T>, params: unknown): T {
-  const parsed = schema.safeParse(params);
-  if (!parsed.success) throw new BatonError('INVALID_REQUEST', `${command}: ${describeIssues(parsed.error)}`);
-  return parsed.data;
 }
 
 function refsOf(record: MigrationRecord): { name: string; lockspace: string; mode: MigrationRecord['resources'][number]['mode'] }[] {

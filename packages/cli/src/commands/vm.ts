@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
-import { BatonError, describeIssues, LEASE_LOSS_POLICIES, LeaseLossSchema, LOCK_MODES, type HostedVm, type LeaseLoss, type LockMode, type VmDefinitionInput } from '@baton/core';
+import { BatonError, parseOrRefuse, LEASE_LOSS_POLICIES, LeaseLossSchema, LOCK_MODES, type HostedVm, type LeaseLoss, type LockMode, type VmDefinitionInput } from '@baton/core';
 import { CoordinatorClient } from '../coordinator-client.js';
 import { printJson, printTable, reporting } from '../output.js';
 import { coordinatorOptions, type CoordinatorOpts } from './migrate.js';
@@ -39,9 +39,7 @@ function diskOf(spec: string): VmDefinitionInput['disks'][number] {
 
 function leaseLossOf(opts: DefinitionOpts): LeaseLoss | undefined {
   if (opts.onLeaseLoss === undefined && opts.killpath === undefined) return undefined;
-  const parsed = LeaseLossSchema.safeParse({ policy: opts.onLeaseLoss, killpath: opts.killpath });
-  if (!parsed.success) throw new BatonError('INVALID_REQUEST', `--on-lease-loss ${opts.onLeaseLoss ?? ''}: ${describeIssues(parsed.error)}`, { details: { onLeaseLoss: opts.onLeaseLoss ?? null } });
-  return parsed.data;
+  return parseOrRefuse(LeaseLossSchema, { policy: opts.onLeaseLoss, killpath: opts.killpath }, `--on-lease-loss ${opts.onLeaseLoss ?? ''}`, 'INVALID_REQUEST', { onLeaseLoss: opts.onLeaseLoss ?? null });
 }
 
 function definitionOf(opts: DefinitionOpts): VmDefinitionInput {

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { asBatonError, BatonError, describeIssues, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
+import { asBatonError, BatonError, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
 
 export const MigrateBodySchema = z.strictObject({
@@ -10,12 +10,6 @@ export const MigrateBodySchema = z.strictObject({
 });
 
 export const StartVmBodySchema = VmSpecSchema.safeExtend({ host: z.string().min(1).max(253) });
-
-function parse<T>(schema: z.ZodType<T>, value: unknown): T {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) throw new BatonError('INVALID_REQUEST', `invalid request: ${describeIssues(parsed.error)}`);
-  return parsed.data;
-}
 
 /**
  * A leader-only request that reached a follower: sent on to the leader, whose answer (status and
@@ -64,7 +58,7 @@ export class CoordinatorHttp {
     });
 
     app.post('/v1/migrations', async (req, reply) => {
-      const body = parse(MigrateBodySchema, req.body);
+      const body = parseOrRefuse(MigrateBodySchema, req.body, 'invalid request');
       const c = coordinatorOf();
       if (c.isLeader) return reply.code(202).send(await c.migrate(body));
       return forward(c, 'POST', '/v1/migrations', body, reply, FORWARD_MIGRATE_MS);
@@ -106,7 +100,7 @@ export class CoordinatorHttp {
     });
 
     app.post('/v1/vms', async (req, reply) => {
-      const { host, ...spec } = parse(StartVmBodySchema, req.body);
+      const { host, ...spec } = parseOrRefuse(StartVmBodySchema, req.body, 'invalid request');
       return reply.code(201).send(await coordinatorOf().startVm(host, spec));
     });
 
@@ -116,7 +110,7 @@ export class CoordinatorHttp {
 
     // 200 when applied to the VM now, 202 when staged in the VM's migration (applied when it ends).
     app.put<{ Params: { vm: string } }>('/v1/vms/:vm/definition', async (req, reply) => {
-      const definition = parse(VmDefinitionSchema, req.body);
+      const definition = parseOrRefuse(VmDefinitionSchema, req.body, 'invalid request');
       const c = coordinatorOf();
       if (!c.isLeader) return forward(c, 'PUT', `/v1/vms/${encodeURIComponent(req.params.vm)}/definition`, definition, reply, FORWARD_DEFINE_MS);
       const answer = await c.define(req.params.vm, definition);

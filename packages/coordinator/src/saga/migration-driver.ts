@@ -27,7 +27,8 @@ export interface MigrationDriverOptions {
  * driver (`stage`), the record's one writer, and applied once the record is closed (seed 002).
  */
 export class MigrationDriver {
-  private readonly drives = new Map<string, Drive>();
+  /** Every record this replica drives, with its run: the one registry of migrations in flight here. */
+  private readonly drives = new Map<string, { drive: Drive; run: Promise<StoredMigration> }>();
 
   constructor(private readonly opts: MigrationDriverOptions) {}
 
@@ -35,22 +36,31 @@ export class MigrationDriver {
    * Resolves with the settled record as saved (closed, its staged definition applied); rejects if
    * `signal` aborts or another writer took the record (NOT_LEADER). Every command goes out after
    * the record that asks for it is saved (or with it, for etcd steps), except those in
-   * OVERLAPS_SAVE, which need not wait for it.
+   * OVERLAPS_SAVE, which need not wait for it. A record driven here already gets that run.
    */
-  async drive(initial: StoredMigration, signal: AbortSignal): Promise<StoredMigration> {
+  drive(initial: StoredMigration, signal: AbortSignal): Promise<StoredMigration> {
     const id = initial.record.id;
+    const known = this.drives.get(id);
+    if (known) return known.run;
     const drive = new Drive(initial, signal, this.opts);
-    this.drives.set(id, drive);
-    try {
-      return await drive.run();
-    } finally {
-      if (this.drives.get(id) === drive) this.drives.delete(id);
-    }
+    const run = drive.run().finally(() => this.drives.delete(id));
+    this.drives.set(id, { drive, run });
+    return run;
+  }
+
+  /** The run of a record this replica drives; undefined if it drives none with that id. */
+  running(id: string): Promise<StoredMigration> | undefined {
+    return this.drives.get(id)?.run;
+  }
+
+  /** Every run in flight here. */
+  runs(): Promise<StoredMigration>[] {
+    return [...this.drives.values()].map((d) => d.run);
   }
 
   /** The migration this replica drives for a VM, while anything is left to do for its record. */
   drivingFor(vm: string): string | undefined {
-    return [...this.drives].find(([, drive]) => drive.pendingVm === vm)?.[0];
+    return [...this.drives].find(([, d]) => d.drive.pendingVm === vm)?.[0];
   }
 
   /**
@@ -58,6 +68,6 @@ export class MigrationDriver {
    * Undefined when there is nothing to stage into (no such drive here, or its record settled).
    */
   stage(migration: string, definition: VmDefinition): Promise<StoredMigration> | undefined {
-    return this.drives.get(migration)?.stage(definition);
+    return this.drives.get(migration)?.drive.stage(definition);
   }
 }

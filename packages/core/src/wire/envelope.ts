@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ERROR_CODES } from '../errors.js';
+import { BatonError, ERROR_CODES, type ErrorCode, type ErrorDetails } from '../errors.js';
 
 /**
  * The envelope every request and reply carries, on the agent socket (newline-delimited JSON)
@@ -40,4 +40,14 @@ export function describeIssues(error: z.ZodError): string {
   return error.issues
     .map((issue) => `${issue.path.length > 0 ? issue.path.join('.') : '(root)'}: ${issue.message}`)
     .join('; ');
+}
+
+/**
+ * `value` as `schema` has it, or the one refusal every boundary gives: a BatonError with `code`
+ * (INVALID_REQUEST unless said) whose message is `what: ` and the issues.
+ */
+export function parseOrRefuse<S extends z.ZodType>(schema: S, value: unknown, what: string, code: ErrorCode = 'INVALID_REQUEST', details?: ErrorDetails): z.output<S> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new BatonError(code, `${what}: ${describeIssues(parsed.error)}`, details === undefined ? undefined : { details });
+  return parsed.data;
 }

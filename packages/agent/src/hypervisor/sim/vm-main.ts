@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { asBatonError, BatonError, describeIssues, LeaseLossSchema, type LeaseLoss } from '@baton/core';
+import { asBatonError, BatonError, parseOrRefuse, LeaseLossSchema, type LeaseLoss } from '@baton/core';
 import { AgentClient } from '../../client/agent-client.js';
 import { emitter, Guest } from './guest.js';
 
@@ -108,9 +108,8 @@ class SimVm {
 
 async function main(): Promise<void> {
   if (!values.socket || !values.uuid || !values.name) throw new BatonError('INVALID_REQUEST', 'sim VM needs --socket, --uuid and --name');
-  const onLeaseLoss = LeaseLossSchema.safeParse({ policy: values.policy, ...(values.killpath === undefined ? {} : { killpath: JSON.parse(values.killpath) as unknown }) });
-  if (!onLeaseLoss.success) throw new BatonError('INVALID_REQUEST', `bad --policy/--killpath: ${describeIssues(onLeaseLoss.error)}`);
-  const vm = new SimVm(values.socket, { uuid: values.uuid, name: values.name, pid: process.pid }, onLeaseLoss.data);
+  const onLeaseLoss = parseOrRefuse(LeaseLossSchema, { policy: values.policy, ...(values.killpath === undefined ? {} : { killpath: JSON.parse(values.killpath) as unknown }) }, 'bad --policy/--killpath');
+  const vm = new SimVm(values.socket, { uuid: values.uuid, name: values.name, pid: process.pid }, onLeaseLoss);
   const ok = await vm.start([...values.disk.map((name) => ({ name, mode: 'exclusive' as const })), ...values.shared.map((name) => ({ name, mode: 'shared' as const }))]);
   if (!ok) process.exitCode = 3;
 }
