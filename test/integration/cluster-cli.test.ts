@@ -110,7 +110,8 @@ describe('baton CLI on a cluster', () => {
           resource: e.resource,
           mode: e.mode,
           host: e.host,
-          owner: { uuid: e.owner.uuid, name: e.owner.name },
+          // The policy the owner registered with (the default): a VM's, kept with its leases.
+          owner: { uuid: e.owner.uuid, name: e.owner.name, onLeaseLoss: { policy: 'kill' } },
           token: e.grant.token,
           // Written into etcd by the grant's transaction, a few ms before the local lock's own `since`.
           since: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),

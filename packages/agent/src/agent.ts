@@ -7,6 +7,7 @@ import {
   wallTimeIso,
   type AgentParsedParams,
   type AgentResult,
+  type Grant,
   type MonotonicClock,
 } from '@baton/core';
 import type { ClientConnection } from './api/connection.js';
@@ -222,7 +223,14 @@ export class Agent implements AsyncDisposable {
       fencer: this.fencer,
       log: this.log,
       host: this.config.hostId,
-      ...(driver ? { localVm: (uuid: string) => driver.find(uuid) } : {}),
+      ...(driver
+        ? {
+            localVm: (uuid: string) => driver.find(uuid),
+            regranted: async (uuid: string, grants: readonly Grant[]) => {
+              if (await driver.find(uuid)) await driver.regrant(uuid, grants);
+            },
+          }
+        : {}),
     });
     if (!adopted && member.session.adopted) await this.cluster.adopt(member.session);
   }

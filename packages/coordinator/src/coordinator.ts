@@ -212,8 +212,18 @@ export class Coordinator implements AsyncDisposable {
     if (shared) throw new BatonError('INVALID_REQUEST', `VM ${vm.name} holds a shared lease ("${shared.resource}"); only exclusive disks are handed off`, { details: { resource: shared.resource } });
     const destination = (await this.view.hosts()).find((h) => h.host === req.to);
     if (!destination || destination.ttlLeftSeconds < 0) throw new BatonError('UNAVAILABLE', `host ${req.to} has no live session`, { details: { host: req.to } });
+    // The policy the leases were granted with; the source reports the one it runs the VM under when it sends it.
+    const onLeaseLoss = leases.find((l) => l.owner.onLeaseLoss !== undefined)?.owner.onLeaseLoss;
     const record = newMigration(
-      { id: randomUUID(), vm, source, destination: req.to, resources: leases.map((l) => ({ name: l.resource, lockspace: l.lockspace, mode: l.mode })), startedAt: wallTimeIso() },
+      {
+        id: randomUUID(),
+        vm,
+        source,
+        destination: req.to,
+        resources: leases.map((l) => ({ name: l.resource, lockspace: l.lockspace, mode: l.mode })),
+        ...(onLeaseLoss === undefined ? {} : { onLeaseLoss }),
+        startedAt: wallTimeIso(),
+      },
       this.clock.now(),
     );
     const stored = await this.store.create(record);

@@ -180,6 +180,26 @@ describe('staged definitions (seed 002)', () => {
   });
 });
 
+describe('the lease-loss policy a migration carries', () => {
+  it('starts as the leases were granted, takes what perform reports, and is reported by no other step', () => {
+    const begun = newMigration({ ...request, onLeaseLoss: { policy: 'kill' } }, 0);
+    expect(begun.onLeaseLoss).toEqual({ policy: 'kill' });
+    expect(newMigration(request, 0).onLeaseLoss).toBeNull();
+    const sent = transition(recordIn('performing'), { step: 'perform', ok: true, onLeaseLoss: { policy: 'pause' } }, 1);
+    expect(sent).toMatchObject({ phase: 'sent', onLeaseLoss: { policy: 'pause' } });
+    // A perform that reports nothing (a repeat after the VM was sent) keeps what the record has.
+    expect(transition({ ...recordIn('performing'), onLeaseLoss: { policy: 'pause' } }, { step: 'perform', ok: true }, 1).onLeaseLoss).toEqual({ policy: 'pause' });
+    const prepare = recordIn('preparing');
+    expect(refusal(() => transition(recordIn('begun'), { ...success(recordIn('begun'), 'begin'), onLeaseLoss: { policy: 'pause' } }, 1)).code).toBe('INVALID_REQUEST');
+    expect(refusal(() => transition(prepare, { step: 'prepare', ok: true, onLeaseLoss: { policy: 'pause' } }, 1)).code).toBe('INVALID_REQUEST');
+  });
+
+  it('reads back a record saved before the field existed as carrying none', () => {
+    const { onLeaseLoss: _, ...older } = recordIn('sent');
+    expect(parseMigrationRecord(JSON.parse(JSON.stringify(older))).onLeaseLoss).toBeNull();
+  });
+});
+
 describe('the record at its boundaries', () => {
   it('refuses a request whose source is its destination, naming the field', () => {
     const err = refusal(() => newMigration({ ...request, destination: 'h1' }, 0));

@@ -43,7 +43,7 @@ export class ClusterView {
       const v = parseValue(LeaseValueSchema, kv);
       if (!v) return [];
       const { host, owner, lockspace, resource, mode, since } = v;
-      const lease = { lockspace, resource, mode, host, owner: { uuid: owner.uuid, name: owner.name }, token: Number(kv.mod_revision), since, session: sessionHex(kv.lease) };
+      const lease = { lockspace, resource, mode, host, owner: { uuid: owner.uuid, name: owner.name, ...(owner.onLeaseLoss === undefined ? {} : { onLeaseLoss: owner.onLeaseLoss }) }, token: Number(kv.mod_revision), since, session: sessionHex(kv.lease) };
       return [{ lease, sessionId: String(kv.lease) }];
     });
   }

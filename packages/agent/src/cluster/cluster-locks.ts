@@ -16,6 +16,8 @@ export interface ClusterLocksOptions {
   host: string;
   /** The process of a VM this host's hypervisor driver runs (a lease moved here by a migration names no pid). */
   localVm?: (uuid: string) => Promise<{ pid: number } | undefined>;
+  /** Hand an owner's new tokens to its VM, when this host's hypervisor driver runs it (it writes under them). */
+  regranted?: (uuid: string, grants: readonly Grant[]) => Promise<void>;
 }
 
 /**
@@ -117,6 +119,11 @@ export class ClusterLocks {
         locks.retoken(owner, new Map(grants.map((g, i) => [locks.keyOf(g), leases[i]!.token])));
         record.state = 'live';
         fencer.resume(record);
+        // After the resume: a stopped VM cannot take them. Until then it writes under its old
+        // tokens, which every disk refuses if anyone wrote under a newer one meanwhile.
+        await this.opts.regranted?.(owner, locks.grantsOf(owner)).catch((err: unknown) => {
+          log.error({ owner: record.owner, err: (err as Error).message }, `${record.owner.name} was resumed but its VM did not take its new tokens`);
+        });
         log.warn({ owner: record.owner, tokens: leases.map((l) => l.token) }, `${record.owner.name} got its leases back with new tokens and was resumed`);
       } catch (err) {
         log.error({ owner: record.owner, err: (err as Error).message }, `${record.owner.name} stays fenced: its leases could not be re-granted`);

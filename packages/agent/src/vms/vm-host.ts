@@ -268,7 +268,7 @@ export class VmHost implements AsyncDisposable {
       uuid: record.vm.uuid,
       name: record.vm.name,
       disks: record.resources.map((r) => ({ path: r.name, mode: r.mode, lockspace: r.lockspace })),
-      onLeaseLoss: { policy: 'kill' },
+      onLeaseLoss: record.onLeaseLoss ?? { policy: 'kill' },
     });
     return { vm, incoming };
   }
@@ -279,9 +279,11 @@ export class VmHost implements AsyncDisposable {
     if (record.incoming === null) throw new BatonError('INVALID_REQUEST', `migration ${record.id} has no incoming address`);
     if (!(await driver.find(record.vm.uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: record.vm.uuid } });
     const vm = await driver.send(record.vm.uuid, record.incoming);
+    // The policy it ran under goes with it (a definition may have changed it since its leases were granted).
+    const onLeaseLoss = this.opts.registry.get(record.vm.uuid)?.onLeaseLoss;
     const released = this.forget(record.vm.uuid);
     log.info({ migration: record.id, vm: record.vm.uuid, seq: vm.seq, released: released.length }, `VM ${record.vm.name} sent to ${record.destination}; local locks dropped`);
-    return { vm };
+    return onLeaseLoss === undefined ? { vm } : { vm, onLeaseLoss };
   }
 
   /**
@@ -301,7 +303,10 @@ export class VmHost implements AsyncDisposable {
     if (member.state !== 'valid') throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);
     if (!vm) throw new BatonError('VM_NOT_FOUND', `no copy of VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: uuid } });
     const tokens = holders.map((h) => h.token!);
-    const owner = this.register(vm, { policy: 'kill' });
+    // The destination runs the VM under the policy the source ran it under; a source that still
+    // knows the VM (the send failed) keeps its own, which is at least as new.
+    const owner = this.register(vm, record.onLeaseLoss ?? { policy: 'kill' });
+    if (role === 'destination' && record.onLeaseLoss !== null) owner.onLeaseLoss = record.onLeaseLoss;
     try {
       if (locks.holdsAny(uuid)) {
         // Held already (a restore before the send, or a repeated command): the leases' tokens now.

@@ -19,7 +19,7 @@ export class AgentSteps {
     try {
       const raw = await this.bus.request(subject, { key: command.key, record }, { timeoutMs: command.step === 'perform' ? this.timeouts.sendMs : this.timeouts.stepMs });
       const result = VM_COMMANDS.migration.result.parse(raw);
-      return result.incoming === undefined ? { ok: true } : { ok: true, incoming: result.incoming };
+      return { ok: true, ...(result.incoming === undefined ? {} : { incoming: result.incoming }), ...(result.onLeaseLoss === undefined ? {} : { onLeaseLoss: result.onLeaseLoss }) };
     } catch (err) {
       return { ok: false, error: asBatonError(err, 'UNAVAILABLE').toBody() };
     }

@@ -40,7 +40,8 @@ export class EtcdSteps {
   /** The reply, and the record as saved by the step's transaction when it carried one. */
   async run(command: MigrationCommand, { record, saved }: StepRecord): Promise<{ reply: MigrationStepReply; saved?: StoredMigration }> {
     const h = Handoff.of(this.conn, record);
-    const owner = { uuid: record.vm.uuid, name: record.vm.name };
+    // The moved leases name the VM's policy: an agent restarted after a crash re-adopts the VM with it.
+    const owner = { uuid: record.vm.uuid, name: record.vm.name, ...(record.onLeaseLoss === null ? {} : { onLeaseLoss: record.onLeaseLoss }) };
     const t = record.tokens;
     const writes = record !== saved.record;
     const guard: RecordGuard = writes ? { revision: saved.revision, write: record } : { revision: saved.revision };

@@ -1,6 +1,7 @@
 import { BatonError, type ErrorBody } from '../errors.js';
 import { isStale, maxToken, type Token } from '../fencing.js';
 import { MIGRATION_STEP_WRITES, isClosedPhase, migrationRule, type MigrationPhase, type MigrationStep } from './phases.js';
+import type { LeaseLoss } from '../wire/cluster.js';
 import type { VmDefinition } from '../wire/vm-definition.js';
 import { currentRevision, isSettled, type MigrationRecord, type MigrationTokens } from './record.js';
 
@@ -11,10 +12,10 @@ import { currentRevision, isSettled, type MigrationRecord, type MigrationTokens 
 
 /**
  * What a step's executor answers. An etcd step that wrote reports the revision it wrote (and
- * begin, the source's grant token of each resource); an agent step reports success, and prepare
- * where the source is to send the VM's state.
+ * begin, the source's grant token of each resource); an agent step reports success, prepare
+ * where the source is to send the VM's state, and perform the lease-loss policy the VM ran under.
  */
-export type MigrationStepReply = { ok: true; revision?: Token; grants?: Token[]; incoming?: string } | { ok: false; error: ErrorBody };
+export type MigrationStepReply = { ok: true; revision?: Token; grants?: Token[]; incoming?: string; onLeaseLoss?: LeaseLoss } | { ok: false; error: ErrorBody };
 
 /** A step's outcome, as the machine consumes it. */
 export type MigrationEvent = MigrationStepReply & { step: MigrationStep };
@@ -64,8 +65,9 @@ export function transition(record: MigrationRecord, event: MigrationEvent, atMs:
     return enter(record, rule.failed, atMs, record.tokens, event.error);
   }
   if (event.incoming !== undefined && event.step !== 'prepare') throw refuse(record, event, 'only prepare reports an incoming address');
+  if (event.onLeaseLoss !== undefined && event.step !== 'perform') throw refuse(record, event, 'only perform reports the lease-loss policy');
   const next = enter(record, rule.ok, atMs, written(record, event));
-  return event.incoming === undefined ? next : { ...next, incoming: event.incoming };
+  return { ...next, ...(event.incoming === undefined ? {} : { incoming: event.incoming }), ...(event.onLeaseLoss === undefined ? {} : { onLeaseLoss: event.onLeaseLoss }) };
 }
 
 /**

@@ -4,6 +4,7 @@ import { compareTokens, type Token } from '../fencing.js';
 import { LOCK_MODES, UUID } from '../model.js';
 import { MAX_RESOURCES_PER_REQUEST } from '../wire/agent-api.js';
 import { describeIssues } from '../wire/envelope.js';
+import { LeaseLossSchema, type LeaseLoss } from '../wire/cluster.js';
 import { VmDefinitionSchema } from '../wire/vm-definition.js';
 import { MIGRATION_PHASES, MIGRATION_PHASE_NEEDS, MIGRATION_TOKEN_SLOTS, isClosedPhase } from './phases.js';
 
@@ -69,6 +70,12 @@ export const MigrationRecordSchema = z
     staged: z.strictObject({ definition: VmDefinitionSchema, atMs: z.number().nonnegative() }).nullable(),
     /** Where the source sends the VM's state: the destination's answer to prepare (a socket, a URI). */
     incoming: z.string().min(1).max(4096).nullable().default(null),
+    /**
+     * The VM's lease-loss policy, which travels with it: first as its leases were granted, then as
+     * the source ran it when it sent the VM (perform's answer). The destination runs the VM under
+     * it and the moved leases carry it, so a restarted agent re-adopts the VM with it too.
+     */
+    onLeaseLoss: LeaseLossSchema.nullable().default(null),
     /** Wall-clock start, for people and for ordering lists across leaders; never used to decide. */
     startedAt: z.string().max(64).optional(),
   })
@@ -92,6 +99,8 @@ export interface MigrationRequest {
   source: string;
   destination: string;
   resources: MigrationRecord['resources'];
+  /** The policy the VM's leases were granted with, if they name one. */
+  onLeaseLoss?: LeaseLoss;
   startedAt?: string;
 }
 
@@ -103,7 +112,7 @@ function parse(value: unknown, code: ErrorCode, what: string): MigrationRecord {
 
 /** A new record in `begun`; a bad request is refused with INVALID_REQUEST naming every bad field. */
 export function newMigration(request: MigrationRequest, atMs: number): MigrationRecord {
-  const record = { version: MIGRATION_RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null, incoming: null };
+  const record = { version: MIGRATION_RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null, incoming: null, onLeaseLoss: request.onLeaseLoss ?? null };
   return parse(record, 'INVALID_REQUEST', 'invalid migration request');
 }
 

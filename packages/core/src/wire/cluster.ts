@@ -68,7 +68,7 @@ export const ClusterLeaseSchema = z.object({
   resource: z.string(),
   mode: z.enum(LOCK_MODES),
   host: z.string(),
-  owner: z.object({ uuid: z.string(), name: z.string() }),
+  owner: z.object({ uuid: z.string(), name: z.string(), onLeaseLoss: LeaseLossSchema.optional() }),
   token: z.number(),
   since: z.string(),
   session: z.string(),

@@ -3,6 +3,7 @@ import { UUID } from '../model.js';
 import { MIGRATION_STEPS } from '../migration/phases.js';
 import { MigrationRecordSchema } from '../migration/record.js';
 import { GrantSchema } from './agent-api.js';
+import { LeaseLossSchema } from './cluster.js';
 import { VmDefinitionSchema } from './vm-definition.js';
 
 /**
@@ -61,7 +62,7 @@ export const VM_COMMANDS = {
   /** Replace a VM's definition (disks, lease-loss policy), in its turn after the VM's other commands; refused (MIGRATING) while it migrates. */
   'vm.define': { params: z.strictObject({ uuid: VmUuidSchema, definition: VmDefinitionSchema }), result: HostedVmSchema },
   /** Every agent step answers with its VM as it is now; prepare adds where to send the state. */
-  migration: { params: MigrationStepParamsSchema, result: z.object({ vm: VmInfoSchema.nullable(), incoming: z.string().optional() }) },
+  migration: { params: MigrationStepParamsSchema, result: z.object({ vm: VmInfoSchema.nullable(), incoming: z.string().optional(), onLeaseLoss: LeaseLossSchema.optional() }) },
 } as const;
 export type VmCommand = keyof typeof VM_COMMANDS;
 export type VmCommandResult<C extends VmCommand> = z.infer<(typeof VM_COMMANDS)[C]['result']>;
