@@ -45,9 +45,11 @@ export function clusterRows(c: ClusterResults): Row[] {
     rows.push(latencyRow('[cluster] LeaseTable.grant in-process (@baton/etcd, no agent)', l['table.acquire'], { ratio: x(l['table.acquire'].p50, put, 'put') }));
     rows.push(latencyRow('[cluster] LeaseTable grant+release in-process', l['table.cycle'], { ratio: x(l['table.cycle'].p50, put, 'put') }));
     rows.push(latencyRow('[cluster] local grant, agent without etcd (AgentClient)', l['local.acquire'], { ratio: x(l['local.acquire'].p50, put, 'put') }));
+    const relay = l['relay.acquire'].p50;
+    rows.push(latencyRow('[cluster] relay floor: a process that only forwards the grant txn (socket line → etcd3 txn)', l['relay.acquire'], { ratio: x(relay, put, 'put') }));
     rows.push(
       latencyRow('[cluster] fenced acquire: agent + etcd txn (AgentClient)', l['fenced.acquire'], {
-        ratio: `${vsPut.toFixed(2)}× put, ${vsLock.toFixed(2)}× Lock a+r`,
+        ratio: `${vsPut.toFixed(2)}× put, ${vsLock.toFixed(2)}× Lock a+r, ${x(l['fenced.acquire'].p50, relay, 'relay')}`,
         target: `≤ ${CLUSTER_TARGET.fencedVsPut}× put, ≤ ${CLUSTER_TARGET.fencedVsLock}× Lock a+r`,
         result: vsPut <= CLUSTER_TARGET.fencedVsPut && vsLock <= CLUSTER_TARGET.fencedVsLock ? 'PASS' : 'MISS',
         checks: [

@@ -19,11 +19,12 @@ import { Etcd3 } from 'etcd3';
 import type { AgentClient } from '@baton/agent';
 import { PROTOCOL_VERSION } from '@baton/core';
 import { LeaseTable, type EtcdConnection, type HeldLease, type HostSession, type LeaseClaim } from '@baton/etcd';
-import { connectEtcd, openSession, type EtcdServer } from '../support/index.js';
+import { connectEtcd, openSession, type EtcdServer, type ManagedProcess } from '../support/index.js';
 import { buf, RawBatched, RawGrant, sampleValue } from './raw-etcd.js';
 import { BenchAgent } from './agent-host.js';
 import { countersDelta, received, scrapeEtcd, type EtcdCounters } from './etcd-metrics.js';
 import { LineClient } from './line-client.js';
+import { startLineServer } from './line-server.js';
 import { nowUs, runInterleaved, Samples, type Loop, type Summary } from './stats.js';
 import { cpuSeconds } from './sys.js';
 
@@ -37,6 +38,7 @@ export const CLUSTER_SERIES = [
   'table.acquire',
   'table.cycle',
   'local.acquire',
+  'relay.acquire',
   'fenced.acquire',
   'fenced.cycle',
   'lock.acquire',
@@ -123,6 +125,8 @@ export class ClusterRig implements AsyncDisposable {
     readonly local: BenchAgent,
     readonly localClient: AgentClient,
     readonly inProcess: { conn: EtcdConnection; session: HostSession; table: LeaseTable },
+    readonly relay: ManagedProcess,
+    private readonly relayClient: LineClient,
   ) {}
 
   static async start(etcd: EtcdServer, dir: string, opts: { logLevel?: string }): Promise<ClusterRig> {
@@ -151,7 +155,12 @@ export class ClusterRig implements AsyncDisposable {
       closers.push(() => localClient.close());
       await localClient.request('register', { owner: { uuid: randomUUID(), name: 'bench-vm' } });
       const inProcess = await openHost(etcd, 'bench-inproc', 'bench-inproc', CLUSTER_TTL_SECONDS);
-      return new ClusterRig(etcd, etcd3, rawLease, fenced, fencedClient, local, localClient, inProcess);
+      closers.push(() => inProcess.conn.close());
+      const relaySocket = join(dir, 'relay.sock');
+      const relay = await startLineServer('relay server', 'relay-server', [relaySocket, etcd.clientUrl, rawLease]);
+      closers.push(() => relay.close());
+      const relayClient = await LineClient.connect(relaySocket);
+      return new ClusterRig(etcd, etcd3, rawLease, fenced, fencedClient, local, localClient, inProcess, relay, relayClient);
     } catch (err) {
       for (const close of closers.reverse()) await Promise.resolve(close()).catch(() => undefined);
       throw err;
@@ -207,6 +216,18 @@ export class ClusterRig implements AsyncDisposable {
           const t1 = nowUs();
           await this.localClient.request('release', { resources });
           record('local.acquire', t1 - t0);
+        },
+      },
+      {
+        name: 'relay floor',
+        iteration: async (record) => {
+          const t0 = nowUs();
+          const revision = await this.relayClient.request('a');
+          const t1 = nowUs();
+          if (!/^\d+$/.test(revision)) throw new Error(`relay grant: ${revision}`);
+          const released = await this.relayClient.request(`r ${revision}`);
+          if (released !== 'ok') throw new Error(`relay release: ${released}`);
+          record('relay.acquire', t1 - t0);
         },
       },
       {
@@ -389,8 +410,8 @@ export class ClusterRig implements AsyncDisposable {
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([this.fencedClient.close(), this.localClient.close()]);
-    await Promise.allSettled([this.fenced.shutdown(), this.local.shutdown()]);
+    await Promise.allSettled([this.fencedClient.close(), this.localClient.close(), this.relayClient.close()]);
+    await Promise.allSettled([this.fenced.shutdown(), this.local.shutdown(), this.relay.close()]);
     await this.inProcess.session.close({ revoke: true }).catch(() => undefined);
     this.inProcess.conn.close();
     await this.etcd3.leaseClient.leaseRevoke({ ID: this.rawLease }).catch(() => undefined);

@@ -4,17 +4,15 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import type { AgentClient } from '@baton/agent';
 import { PROTOCOL_VERSION } from '@baton/core';
-import { ManagedProcess, RedisServer, waitFor } from '../support/index.js';
+import { RedisServer, type ManagedProcess } from '../support/index.js';
 import { BenchAgent } from './agent-host.js';
 import { LineClient } from './line-client.js';
+import { startLineServer } from './line-server.js';
 import { runInterleaved, nowUs, Samples, type Loop, type Summary } from './stats.js';
 import { pin } from './sys.js';
-
-const ECHO_ENTRY = fileURLToPath(new URL('./echo-server.js', import.meta.url));
 
 /** Redlock's release: delete the key only if it still holds our token. */
 const RELEASE_LUA = `if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end`;
@@ -86,11 +84,7 @@ export class LatencyRig implements AsyncDisposable {
 
   static async start(dir: string, lockDir: string, opts: LatencyRigOptions): Promise<LatencyRig> {
     const echoPath = join(dir, 'echo.sock');
-    const echo = await ManagedProcess.spawn({ name: 'echo server', command: process.execPath, args: [ECHO_ENTRY, echoPath] });
-    await waitFor(() => {
-      if (!echo.running) throw new Error(`echo server exited: ${echo.output()}`);
-      return echo.output().includes('ready');
-    }, { what: 'the echo server', deadlineMs: 10_000, intervalMs: 5 });
+    const echo = await startLineServer('echo server', 'echo-server', [echoPath]);
     const echoClient = await LineClient.connect(echoPath);
 
     const agent = await BenchAgent.start({ dir, lockDir, ...(opts.nodeFlags ? { nodeFlags: opts.nodeFlags } : {}), ...(opts.logLevel ? { logLevel: opts.logLevel } : {}) });
