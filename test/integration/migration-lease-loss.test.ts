@@ -1,12 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ClusterLease } from '@baton/core';
 import { checkDisk, MigrationCluster, migrationServers, pidAlive, processState, waitFor, writtenUnder } from '../support/index.js';
 
 /**
- * A VM's lease-loss policy goes with it when it migrates: the destination runs it under the policy
- * the source ran it under (here one set by a definition after the VM's leases were granted), and
- * the moved leases name it. Shown by what the policy is for: etcd goes away past the hosts' TTL,
- * and the migrated VM is paused by its new host, not killed; when etcd is back it gets its leases
- * again with new tokens and runs on. Real etcd, NATS, agent processes and a sim VM.
+ * A VM's lease-loss policy, set by a definition after its leases were granted, holds where the
+ * VM goes: across a migration (the destination runs it under the policy the source ran it under,
+ * and the moved leases name it) and across a crash of its agent (the restarted agent re-adopts it
+ * with that policy, not the one its leases were granted with). Shown by what the policy is for:
+ * etcd goes away past the hosts' TTL, and the VM is paused by its host, not killed; when etcd is
+ * back it gets its leases again with new tokens and runs on. Real etcd, NATS, agent processes and
+ * sim VMs.
  */
 const servers = migrationServers();
 let mc: MigrationCluster;
@@ -19,8 +22,23 @@ afterAll(async () => {
   await mc?.[Symbol.asyncDispose]();
 });
 
-describe('a migrated VM', () => {
-  it('keeps the lease-loss policy it ran under: paused, not killed, by its new host when etcd is lost, and resumed with new tokens after', async () => {
+/** etcd away past the TTL, then back: the VM (pid) is paused by its host's fence, then re-granted a lease newer than `token` and resumed. */
+async function pausedThroughOutage(uuid: string, pid: number, token: number): Promise<ClusterLease> {
+  await servers.etcd.kill('SIGKILL');
+  await waitFor(() => processState(pid) === 'T', { what: `the VM (pid ${pid}) paused by its host's fence`, deadlineMs: 15_000, intervalMs: 20 });
+  expect(pidAlive(pid)).toBe(true);
+  await servers.etcd.start();
+  return waitFor(
+    async () => {
+      const l = (await mc.leases(uuid).catch(() => []))[0];
+      return l !== undefined && l.token > token && processState(pid) !== 'T' ? l : false;
+    },
+    { what: 'the VM re-granted its lease and resumed', deadlineMs: 30_000, intervalMs: 50 },
+  );
+}
+
+describe('a redefined VM', () => {
+  it('migrated keeps the lease-loss policy it ran under: paused, not killed, by its new host when etcd is lost, and resumed with new tokens after', async () => {
     const vm = await mc.startVm('host-a', 'policy-vm', ['policy-vm-root.img']);
     const root = mc.disk('policy-vm-root.img');
     // Granted under the default (kill); the definition changes the policy only in the agent's hands.
@@ -36,18 +54,7 @@ describe('a migrated VM', () => {
     await writtenUnder(root, done.tokens.commit!, 3);
 
     // etcd gone (its data kept) past the TTL: every host fences on its own clock.
-    await servers.etcd.kill('SIGKILL');
-    await waitFor(() => processState(pid) === 'T', { what: `the migrated VM (pid ${pid}) paused by host-b's fence`, deadlineMs: 15_000, intervalMs: 20 });
-    expect(pidAlive(pid)).toBe(true);
-
-    await servers.etcd.start();
-    const regranted = await waitFor(
-      async () => {
-        const l = (await mc.leases(vm.uuid).catch(() => []))[0];
-        return l !== undefined && l.token > done.tokens.commit! && processState(pid) !== 'T' ? l : false;
-      },
-      { what: 'the VM re-granted its lease and resumed on host-b', deadlineMs: 30_000, intervalMs: 50 },
-    );
+    const regranted = await pausedThroughOutage(vm.uuid, pid, done.tokens.commit!);
     expect(regranted).toMatchObject({ host: 'host-b', owner: { onLeaseLoss: { policy: 'pause' } } });
     await writtenUnder(root, regranted.token, 3);
     // One writer per token; the destination's tokens only grew.
@@ -56,6 +63,28 @@ describe('a migrated VM', () => {
       ['host-a', vm.locks[0]!.token],
       ['host-b', done.tokens.commit],
       ['host-b', regranted.token],
+    ]);
+  });
+
+  it('keeps its policy when its agent crashes and restarts: re-adopted under it, paused (not killed) when etcd is lost', async () => {
+    const vm = await mc.startVm('host-a', 'crash-vm', ['crash-vm-root.img']);
+    const root = mc.disk('crash-vm-root.img');
+    expect((await mc.define('crash-vm', { disks: [{ path: root }], onLeaseLoss: { policy: 'pause' } })).status).toBe(200);
+    // The lease still names the policy it was granted with: the agent's state dir keeps the new one.
+    expect((await mc.leases(vm.uuid))[0]?.owner.onLeaseLoss).toEqual({ policy: 'kill' });
+
+    await mc.agent('host-a').crash();
+    await mc.agent('host-a').restart();
+    // Re-adopted: the same VM process, holding its lease under the same token.
+    const adopted = await waitFor(async () => (await mc.vms()).find((v) => v.uuid === vm.uuid && v.locks.length === 1) ?? false, { what: 'the VM re-adopted by the restarted agent', deadlineMs: 15_000 });
+    expect([adopted.pid, adopted.locks[0]!.token]).toEqual([vm.pid, vm.locks[0]!.token]);
+
+    const regranted = await pausedThroughOutage(vm.uuid, vm.pid, vm.locks[0]!.token);
+    expect(regranted).toMatchObject({ host: 'host-a', owner: { onLeaseLoss: { policy: 'pause' } } });
+    await writtenUnder(root, regranted.token, 3);
+    expect(checkDisk(root).map((e) => [e.host, e.token])).toEqual([
+      ['host-a', vm.locks[0]!.token],
+      ['host-a', regranted.token],
     ]);
   });
 });

@@ -33,6 +33,7 @@ import type { PeerCred } from './sys/index.js';
 import { VERSION } from './version.js';
 import { Bus } from '@baton/bus';
 import type { HypervisorDriver } from './hypervisor/driver.js';
+import { PolicyFile } from './state/policy-file.js';
 import { SimDriver } from './hypervisor/sim/sim-driver.js';
 import { VmHost } from './vms/vm-host.js';
 
@@ -58,6 +59,8 @@ export class Agent implements AsyncDisposable {
   private cluster: ClusterLocks | undefined;
   private fencer: Fencer | undefined;
   private driver: HypervisorDriver | undefined;
+  /** The policies definitions gave the driver's VMs (with a driver only). */
+  private policies: PolicyFile | undefined;
   private bus: Bus | undefined;
   private vms: VmHost | undefined;
   private monitor!: LivenessMonitor;
@@ -216,6 +219,8 @@ export class Agent implements AsyncDisposable {
     this.member = member;
     this.fencer = new Fencer({ log: this.log, killGraceMs: member.timing.fenceKillGraceMs });
     const driver = this.driver;
+    const policies = driver && new PolicyFile(this.config.stateDir, this.config.hostId, (problem) => this.log.warn({ problem }, 'the policy file is ignored'));
+    this.policies = policies;
     this.cluster = new ClusterLocks({
       member,
       locks: this.locks,
@@ -226,6 +231,7 @@ export class Agent implements AsyncDisposable {
       ...(driver
         ? {
             localVm: (uuid: string) => driver.find(uuid),
+            definedPolicy: (uuid: string) => policies?.get(uuid),
             regranted: async (uuid: string, grants: readonly Grant[]) => {
               if (await driver.find(uuid)) await driver.regrant(uuid, grants);
             },
@@ -238,7 +244,7 @@ export class Agent implements AsyncDisposable {
   /** The coordinator's commands: this host's VMs and its steps of their migrations (needs etcd and a driver: the config says so). */
   private async serveVms(config: NonNullable<AgentConfig['nats']>): Promise<void> {
     this.bus = await Bus.connect(config, `baton-agent ${this.config.hostId}`);
-    this.vms = new VmHost({ host: this.config.hostId, driver: this.driver!, bus: this.bus, member: this.member!, cluster: this.cluster!, locks: this.locks, registry: this.registry, log: this.log });
+    this.vms = new VmHost({ host: this.config.hostId, driver: this.driver!, bus: this.bus, member: this.member!, cluster: this.cluster!, locks: this.locks, registry: this.registry, policies: this.policies!, log: this.log });
   }
 
   private degrade(err: BatonError): void {

@@ -1,4 +1,4 @@
-import { BatonError, type Grant, type LockMode, type ResourceRef } from '@baton/core';
+import { BatonError, type Grant, type LeaseLoss, type LockMode, type ResourceRef } from '@baton/core';
 import type { HeldLease, HostSession, LeaseClaim } from '@baton/etcd';
 import type { LockManager } from '../locks/lock-manager.js';
 import type { Logger } from '../logger.js';
@@ -16,6 +16,8 @@ export interface ClusterLocksOptions {
   host: string;
   /** The process of a VM this host's hypervisor driver runs (a lease moved here by a migration names no pid). */
   localVm?: (uuid: string) => Promise<{ pid: number } | undefined>;
+  /** The policy a definition gave a VM since its leases were granted, if one did. */
+  definedPolicy?: (uuid: string) => LeaseLoss | undefined;
   /** Hand an owner's new tokens to its VM, when this host's hypervisor driver runs it (it writes under them). */
   regranted?: (uuid: string, grants: readonly Grant[]) => Promise<void>;
 }
@@ -153,7 +155,7 @@ export class ClusterLocks {
         log.info({ owner: uuid, released: leases.length }, `owner ${o.name} died while the agent was down; its leases are released`);
         continue;
       }
-      const record = registry.adopt({ uuid, name: o.name, pid }, startTime, o.onLeaseLoss ?? { policy: 'kill' });
+      const record = registry.adopt({ uuid, name: o.name, pid }, startTime, this.opts.definedPolicy?.(uuid) ?? o.onLeaseLoss ?? { policy: 'kill' });
       try {
         const plan = locks.plan(uuid, leases.map((l) => ({ name: l.value.resource, lockspace: l.value.lockspace, mode: l.value.mode })));
         locks.commit(uuid, plan, leases.map((l) => l.token));

@@ -1,7 +1,8 @@
-import { readFileSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { writeFileAtomic } from '../state/atomic-file.js';
+import { readHostFile } from '../state/host-file.js';
 
 /**
  * The id of the host's etcd session, kept in the state dir so an agent restarted after a crash
@@ -18,22 +19,8 @@ export class SessionFile {
 
   /** The recorded session of `host`; a file for another host or unreadable is ignored (and said so). */
   read(host: string): { session?: string; problem?: string } {
-    let text: string;
-    try {
-      text = readFileSync(this.path, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
-      return { problem: (err as Error).message };
-    }
-    let parsed;
-    try {
-      parsed = SessionFileSchema.safeParse(JSON.parse(text));
-    } catch {
-      return { problem: `${this.path} is not JSON` };
-    }
-    if (!parsed.success) return { problem: `${this.path} has an unknown format` };
-    if (parsed.data.host !== host) return { problem: `${this.path} belongs to host ${parsed.data.host}` };
-    return { session: parsed.data.session };
+    const { value, problem } = readHostFile(this.path, SessionFileSchema, host);
+    return { ...(value === undefined ? {} : { session: value.session }), ...(problem === undefined ? {} : { problem }) };
   }
 
   write(host: string, session: string): void {

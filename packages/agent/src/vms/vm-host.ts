@@ -25,6 +25,7 @@ import type { HypervisorDriver } from '../hypervisor/driver.js';
 import type { LockManager } from '../locks/lock-manager.js';
 import type { Logger } from '../logger.js';
 import type { OwnerRecord, OwnerRegistry } from '../owners/owner-registry.js';
+import type { PolicyFile } from '../state/policy-file.js';
 import { KeyedSerial } from './keyed-serial.js';
 
 export interface VmHostOptions {
@@ -35,6 +36,8 @@ export interface VmHostOptions {
   cluster: ClusterLocks;
   locks: LockManager;
   registry: OwnerRegistry;
+  /** Where a definition's policy is kept for a restart after a crash. */
+  policies: PolicyFile;
   log: Logger;
 }
 
@@ -98,6 +101,7 @@ export class VmHost implements AsyncDisposable {
   /** Drop the VM's local locks and its owner record (its leases are not touched). */
   private forget(uuid: string): Grant[] {
     this.opts.registry.remove(uuid);
+    this.opts.policies.delete(uuid);
     return this.opts.locks.release(uuid);
   }
 
@@ -197,6 +201,7 @@ export class VmHost implements AsyncDisposable {
       }
       const released = await this.releaseDisks(uuid, change.removed);
       owner.onLeaseLoss = definition.onLeaseLoss;
+      this.opts.policies.set(uuid, definition.onLeaseLoss);
       log.info({ vm: uuid, added: added.map((g) => [g.resource, g.token]), released: released.map((g) => g.resource), onLeaseLoss: definition.onLeaseLoss.policy }, `VM ${vm.name} redefined`);
       return this.hosted(changed);
     });
