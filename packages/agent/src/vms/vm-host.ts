@@ -98,10 +98,13 @@ export class VmHost implements AsyncDisposable {
     return this.opts.registry.get(vm.uuid) ?? this.opts.registry.register({ uuid: vm.uuid, name: vm.name, pid: vm.pid }, 'pid', 0, onLeaseLoss);
   }
 
-  /** Drop the VM's local locks and its owner record (its leases are not touched). */
-  private forget(uuid: string): Grant[] {
+  /**
+   * Drop the VM's local locks and its owner record (its leases are not touched), and the policy a
+   * definition gave it unless the VM may still run here (sent, but not yet confirmed gone).
+   */
+  private forget(uuid: string, { keepPolicy = false } = {}): Grant[] {
     this.opts.registry.remove(uuid);
-    this.opts.policies.delete(uuid);
+    if (!keepPolicy) this.opts.policies.delete(uuid);
     return this.opts.locks.release(uuid);
   }
 
@@ -284,9 +287,11 @@ export class VmHost implements AsyncDisposable {
     if (record.incoming === null) throw new BatonError('INVALID_REQUEST', `migration ${record.id} has no incoming address`);
     if (!(await driver.find(record.vm.uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: record.vm.uuid } });
     const vm = await driver.send(record.vm.uuid, record.incoming);
-    // The policy it ran under goes with it (a definition may have changed it since its leases were granted).
-    const onLeaseLoss = this.opts.registry.get(record.vm.uuid)?.onLeaseLoss;
-    const released = this.forget(record.vm.uuid);
+    // The policy it ran under goes with it (a definition may have changed it since its leases were
+    // granted). Kept here until the copy is confirmed gone: a repeated perform reports it again,
+    // and a restore after an abort runs under it.
+    const onLeaseLoss = this.opts.registry.get(record.vm.uuid)?.onLeaseLoss ?? this.opts.policies.get(record.vm.uuid);
+    const released = this.forget(record.vm.uuid, { keepPolicy: true });
     log.info({ migration: record.id, vm: record.vm.uuid, seq: vm.seq, released: released.length }, `VM ${record.vm.name} sent to ${record.destination}; local locks dropped`);
     return onLeaseLoss === undefined ? { vm } : { vm, onLeaseLoss };
   }
