@@ -7,7 +7,6 @@ import {
   wallTimeIso,
   type AgentParsedParams,
   type AgentResult,
-  type Grant,
   type MonotonicClock,
 } from '@baton/core';
 import type { ClientConnection } from './api/connection.js';
@@ -228,15 +227,7 @@ export class Agent implements AsyncDisposable {
       fencer: this.fencer,
       log: this.log,
       host: this.config.hostId,
-      ...(driver
-        ? {
-            localVm: (uuid: string) => driver.find(uuid),
-            definedPolicy: (uuid: string) => policies?.get(uuid),
-            regranted: async (uuid: string, grants: readonly Grant[]) => {
-              if (await driver.find(uuid)) await driver.regrant(uuid, grants);
-            },
-          }
-        : {}),
+      ...(driver && policies ? { vms: { driver, policies } } : {}),
     });
     if (!adopted && member.session.adopted) await this.cluster.adopt(member.session);
   }

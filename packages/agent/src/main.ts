@@ -1,26 +1,16 @@
-import { readFileSync } from 'node:fs';
-import { asBatonError, exitCodeFor, loadConfig } from '@baton/core';
+import { asBatonError, exitCodeFor } from '@baton/core';
 import { Agent } from './agent.js';
 import { AgentConfigSchema } from './config.js';
 import { createLogger } from './logger.js';
+import { loadProcessConfig } from './process-config.js';
 
 /**
- * The agent as a process: the only place that reads the environment, installs signal handlers
- * and exits. SIGUSR1 re-executes (an upgrade, every lock kept); SIGTERM and SIGINT stop only if
+ * The agent as a process: with process-config.ts (shared with the coordinator's process), the
+ * only place that reads the environment, installs signal handlers and exits. SIGUSR1 re-executes (an upgrade, every lock kept); SIGTERM and SIGINT stop only if
  * no lock is held.
  */
 export async function runAgentProcess(opts: { configPath?: string | undefined }): Promise<void> {
-  let config;
-  try {
-    config = loadConfig(AgentConfigSchema, {
-      env: process.env,
-      ...(opts.configPath === undefined ? {} : { file: { path: opts.configPath, text: readFileSync(opts.configPath, 'utf8') } }),
-    });
-  } catch (err) {
-    const e = asBatonError(err, 'INVALID_CONFIG');
-    process.stderr.write(`baton agent: ${e.code}: ${e.message}\n`);
-    process.exit(exitCodeFor(e.code));
-  }
+  const config = loadProcessConfig(AgentConfigSchema, 'baton agent', opts.configPath);
   const logger = createLogger(config.logLevel, { host: config.hostId, pid: process.pid });
   // Handlers go in before the agent boots: Node's default SIGUSR1 action starts the inspector,
   // and a signal that arrives while booting must not be lost. It is acted on once the agent serves.

@@ -7,8 +7,6 @@ import {
   newMigration,
   systemClock,
   wallTimeIso,
-  VM_COMMANDS,
-  VmSpecSchema,
   type ClusterLease,
   type HostedVm,
   type MigrationRecord,
@@ -17,7 +15,7 @@ import {
   type MonotonicClock,
 } from '@baton/core';
 import { Bus } from '@baton/bus';
-import { ClusterView, Election, EtcdConnection, HostSession, MigrationStore, type Leadership, type StoredMigration } from '@baton/etcd';
+import { ClusterView, Election, EtcdConnection, HostSession, MigrationStore, storedMigration, type Leadership, type StoredMigration } from '@baton/etcd';
 import type { CoordinatorConfig } from './config.js';
 import type { Log } from './log.js';
 import { CoordinatorMetrics } from './http/metrics.js';
@@ -277,13 +275,13 @@ export class Coordinator implements AsyncDisposable {
   /** The VMs every live host's agent runs (a host that does not answer is left out). */
   async vms(): Promise<HostedVm[]> {
     const hosts = (await this.view.hosts()).filter((h) => h.ttlLeftSeconds >= 0);
-    const lists = await Promise.all(hosts.map((h) => this.bus.request(this.bus.subjects.agent(h.host, 'vm.list'), {}).then((r) => VM_COMMANDS['vm.list'].result.parse(r).vms, () => [])));
+    const lists = await Promise.all(hosts.map((h) => this.agents.command(h.host, 'vm.list', {}).then((r) => r.vms, () => [])));
     return lists.flat();
   }
 
   /** Start a VM on a host: its agent creates it paused, takes its leases, then runs it (a process to spawn: the send's deadline, not a step's). */
   async startVm(host: string, spec: VmSpecInput): Promise<HostedVm> {
-    return VM_COMMANDS['vm.start'].result.parse(await this.bus.request(this.bus.subjects.agent(host, 'vm.start'), VmSpecSchema.parse(spec), { timeoutMs: this.opts.config.sendTimeoutMs }));
+    return this.agents.command(host, 'vm.start', spec, 'send');
   }
 
   /** Destroy a VM wherever it runs (refused with MIGRATING while it migrates). */
@@ -293,7 +291,7 @@ export class Coordinator implements AsyncDisposable {
     if (new Set(found.map((v) => v.uuid)).size > 1) throw new BatonError('INVALID_REQUEST', `"${vm}" names several VMs; give its uuid`, { details: { vms: found.map((v) => v.uuid) } });
     // A copy that runs (or holds locks) is the VM; an incoming copy elsewhere is the migration's to clean up.
     const target = found.find((v) => v.state === 'running' || v.locks.length > 0) ?? found[0]!;
-    const result = VM_COMMANDS['vm.destroy'].result.parse(await this.bus.request(this.bus.subjects.agent(target.host, 'vm.destroy'), { uuid: target.uuid }, { timeoutMs: this.opts.config.stepTimeoutMs }));
+    const result = await this.agents.command(target.host, 'vm.destroy', { uuid: target.uuid }, 'step');
     return { ...result, host: target.host };
   }
 
@@ -315,7 +313,7 @@ export class Coordinator implements AsyncDisposable {
     const done = Promise.withResolvers<void>();
     const watch = await this.conn.watch(this.conn.keys.migration(stored.record.id), { fromRevision: String(BigInt(stored.revision) + 1n) }, {
       put: (kv) => {
-        const record = JSON.parse(kv.value.toString()) as MigrationRecord;
+        const { record } = storedMigration(kv);
         onRecord(record);
         if (isSettled(record)) done.resolve();
       },

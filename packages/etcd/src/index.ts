@@ -7,4 +7,4 @@ export { ClusterView } from './cluster-view.js';
 export { Election, type CampaignOptions, type Leadership } from './election.js';
 export { Handoff, HandoffMarkerSchema, type HandoffMarker, type Holder, type HandoffParty, type HandoffResource, type RecordGuard } from './handoff.js';
 export { parseValue } from './values.js';
-export { assertCurrentIn, MigrationStore, type SaveRetry, type StoredMigration } from './migration-store.js';
+export { assertCurrentIn, MigrationStore, storedMigration, type SaveRetry, type StoredMigration } from './migration-store.js';

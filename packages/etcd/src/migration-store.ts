@@ -119,7 +119,8 @@ export class MigrationStore {
           await pause(err);
           continue;
         }
-        if (kv === undefined) throw new BatonError('NOT_LEADER', `migration ${next.id} was deleted by someone else; this replica no longer drives it`, { details: { migration: next.id } });
+        // Deleted, or other bytes than ours: another writer's.
+        if (kv === undefined) throw writtenByOther(next.id);
         if (String(kv.mod_revision) === prev.revision) break;
         if (kv.value.toString() !== written) throw writtenByOther(next.id);
         return { record: next, revision: String(kv.mod_revision) };

@@ -1,8 +1,10 @@
-import { BatonError, type Grant, type LeaseLoss, type LockMode, type ResourceRef } from '@baton/core';
+import { BatonError, type Grant, type LockMode, type ResourceRef } from '@baton/core';
 import type { HeldLease, HostSession, LeaseClaim } from '@baton/etcd';
+import type { HypervisorDriver } from '../hypervisor/driver.js';
 import type { LockManager } from '../locks/lock-manager.js';
 import type { Logger } from '../logger.js';
 import type { OwnerRecord, OwnerRegistry } from '../owners/owner-registry.js';
+import type { PolicyFile } from '../state/policy-file.js';
 import { isProcessAlive, processStartTime } from '../sys/index.js';
 import type { ClusterMember } from './cluster-member.js';
 import type { Fencer } from './fencer.js';
@@ -14,12 +16,12 @@ export interface ClusterLocksOptions {
   fencer: Fencer;
   log: Logger;
   host: string;
-  /** The process of a VM this host's hypervisor driver runs (a lease moved here by a migration names no pid). */
-  localVm?: (uuid: string) => Promise<{ pid: number } | undefined>;
-  /** The policy a definition gave a VM since its leases were granted, if one did. */
-  definedPolicy?: (uuid: string) => LeaseLoss | undefined;
-  /** Hand an owner's new tokens to its VM, when this host's hypervisor driver runs it (it writes under them). */
-  regranted?: (uuid: string, grants: readonly Grant[]) => Promise<void>;
+  /**
+   * The VMs this host's hypervisor driver runs, if it has one: their processes (a lease moved here
+   * by a migration names no pid), the policies definitions gave them since their leases were
+   * granted, and the new tokens handed to them after a lost session (they write under them).
+   */
+  vms?: { driver: Pick<HypervisorDriver, 'find' | 'regrant'>; policies: PolicyFile };
 }
 
 /**
@@ -123,7 +125,7 @@ export class ClusterLocks {
         fencer.resume(record);
         // After the resume: a stopped VM cannot take them. Until then it writes under its old
         // tokens, which every disk refuses if anyone wrote under a newer one meanwhile.
-        await this.opts.regranted?.(owner, locks.grantsOf(owner)).catch((err: unknown) => {
+        await this.regrantVm(owner, locks.grantsOf(owner)).catch((err: unknown) => {
           log.error({ owner: record.owner, err: (err as Error).message }, `${record.owner.name} was resumed but its VM did not take its new tokens`);
         });
         log.warn({ owner: record.owner, tokens: leases.map((l) => l.token) }, `${record.owner.name} got its leases back with new tokens and was resumed`);
@@ -147,7 +149,7 @@ export class ClusterLocks {
     }
     for (const [uuid, leases] of byOwner) {
       const o = leases[0]!.value.owner;
-      const pid = o.pid ?? (await this.opts.localVm?.(uuid))?.pid;
+      const pid = o.pid ?? (await this.opts.vms?.driver.find(uuid))?.pid;
       const startTime = o.startTime ?? (pid === undefined ? undefined : processStartTime(pid));
       const alive = pid !== undefined && startTime !== undefined && isProcessAlive(pid, startTime);
       if (!alive) {
@@ -155,7 +157,7 @@ export class ClusterLocks {
         log.info({ owner: uuid, released: leases.length }, `owner ${o.name} died while the agent was down; its leases are released`);
         continue;
       }
-      const record = registry.adopt({ uuid, name: o.name, pid }, startTime, this.opts.definedPolicy?.(uuid) ?? o.onLeaseLoss ?? { policy: 'kill' });
+      const record = registry.adopt({ uuid, name: o.name, pid }, startTime, this.opts.vms?.policies.get(uuid) ?? o.onLeaseLoss ?? { policy: 'kill' });
       try {
         const plan = locks.plan(uuid, leases.map((l) => ({ name: l.value.resource, lockspace: l.value.lockspace, mode: l.value.mode })));
         locks.commit(uuid, plan, leases.map((l) => l.token));
@@ -166,6 +168,12 @@ export class ClusterLocks {
         fencer.fence(record);
       }
     }
+  }
+
+  /** A VM the driver runs takes its new tokens; an owner that is not one (it asks `watchdog`) is left alone. */
+  private async regrantVm(uuid: string, grants: readonly Grant[]): Promise<void> {
+    const driver = this.opts.vms?.driver;
+    if (driver && (await driver.find(uuid))) await driver.regrant(uuid, grants);
   }
 
   async close(): Promise<void> {

@@ -161,12 +161,32 @@ export class VmHost implements AsyncDisposable {
     if (migration !== undefined) throw new BatonError('MIGRATING', `VM ${uuid} is in migration ${migration}; ${action} once the migration has ended`, { details: { vm: uuid, migration } });
   }
 
-  async destroy(uuid: string): Promise<VmCommandResult<'vm.destroy'>> {
-    // Answered at once, not after the VM's queue (a send in it may take a minute); checked again in turn.
-    await this.assertNotMigrating(uuid, 'destroy it');
+  /**
+   * `fn` in the VM's turn, unless the VM migrates: refused at once, not after the VM's queue (a
+   * send in it may take a minute), and checked again in turn.
+   */
+  private async unlessMigrating<T>(uuid: string, action: string, fn: () => Promise<T>): Promise<T> {
+    await this.assertNotMigrating(uuid, action);
     return this.serial.run(uuid, async () => {
-      await this.assertNotMigrating(uuid, 'destroy it');
-      if (!(await this.opts.driver.find(uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${uuid} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
+      await this.assertNotMigrating(uuid, action);
+      return fn();
+    });
+  }
+
+  /** The VM as this host's hypervisor has it, or VM_NOT_FOUND. */
+  private async found(uuid: string, name = uuid): Promise<VmInfo> {
+    const vm = await this.opts.driver.find(uuid);
+    if (!vm) throw this.notFound(uuid, name);
+    return vm;
+  }
+
+  private notFound(uuid: string, name: string): BatonError {
+    return new BatonError('VM_NOT_FOUND', `no VM ${name} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
+  }
+
+  destroy(uuid: string): Promise<VmCommandResult<'vm.destroy'>> {
+    return this.unlessMigrating(uuid, 'destroy it', async () => {
+      await this.found(uuid);
       const released = await this.stopAndRelease(uuid);
       this.opts.log.info({ vm: uuid, released }, `VM ${uuid} destroyed`);
       return { uuid, released };
@@ -180,15 +200,10 @@ export class VmHost implements AsyncDisposable {
    * longer writes the removed disks are their locks and leases released. Refused while the VM
    * migrates: the coordinator stages the change in the migration's record instead.
    */
-  async define(uuid: string, definition: VmDefinition): Promise<HostedVm> {
-    // Answered at once, like destroy; checked again in turn.
-    const action = 'redefine it (the coordinator stages the change in the migration meanwhile)';
-    await this.assertNotMigrating(uuid, action);
-    return this.serial.run(uuid, async () => {
-      await this.assertNotMigrating(uuid, action);
+  define(uuid: string, definition: VmDefinition): Promise<HostedVm> {
+    return this.unlessMigrating(uuid, 'redefine it (the coordinator stages the change in the migration meanwhile)', async () => {
       const { driver, log } = this.opts;
-      const vm = await driver.find(uuid);
-      if (!vm) throw new BatonError('VM_NOT_FOUND', `no VM ${uuid} on host ${this.opts.host}`, { details: { vm: uuid, host: this.opts.host } });
+      const vm = await this.found(uuid);
       if (vm.state === 'incoming') throw new BatonError('MIGRATING', `VM ${vm.name} is arriving here in a migration`, { details: { vm: uuid } });
       const change = this.diskChange(uuid, definition.disks);
       const owner = this.register(vm, definition.onLeaseLoss);
@@ -271,7 +286,7 @@ export class VmHost implements AsyncDisposable {
     const existing = await driver.find(record.vm.uuid);
     if (existing?.state === 'running') throw new BatonError('RESOURCE_BUSY', `VM ${record.vm.name} already runs on ${this.opts.host}`, { details: { vm: record.vm.uuid } });
     // Every disk must resolve in a lockspace of this host, or the destination could never lock it.
-    locks.plan(record.vm.uuid, refsOf(record));
+    locks.plan(record.vm.uuid, record.resources);
     const { vm, incoming } = await driver.createIncoming({
       uuid: record.vm.uuid,
       name: record.vm.name,
@@ -285,7 +300,7 @@ export class VmHost implements AsyncDisposable {
   private async perform(record: MigrationRecord): Promise<VmCommandResult<'migration'>> {
     const { driver, log } = this.opts;
     if (record.incoming === null) throw new BatonError('INVALID_REQUEST', `migration ${record.id} has no incoming address`);
-    if (!(await driver.find(record.vm.uuid))) throw new BatonError('VM_NOT_FOUND', `no VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: record.vm.uuid } });
+    await this.found(record.vm.uuid, record.vm.name);
     const vm = await driver.send(record.vm.uuid, record.incoming);
     // The policy it ran under goes with it (a definition may have changed it since its leases were
     // granted). Kept here until the copy is confirmed gone: a repeated perform reports it again,
@@ -311,7 +326,7 @@ export class VmHost implements AsyncDisposable {
       throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
     }
     if (member.state !== 'valid') throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);
-    if (!vm) throw new BatonError('VM_NOT_FOUND', `no copy of VM ${record.vm.name} on ${this.opts.host}`, { details: { vm: uuid } });
+    if (!vm) throw this.notFound(uuid, record.vm.name);
     const tokens = holders.map((h) => h.token!);
     // The destination runs the VM under the policy the source ran it under; a source that still
     // knows the VM (the send failed) keeps its own, which is at least as new.
@@ -322,7 +337,7 @@ export class VmHost implements AsyncDisposable {
         // Held already (a restore before the send, or a repeated command): the leases' tokens now.
         locks.retoken(uuid, new Map(locks.grantsOf(uuid).map((g) => [locks.keyOf(g), tokens[holders.findIndex((h) => h.resource.identity === g.resource)]!])));
       } else {
-        locks.commit(uuid, locks.plan(uuid, refsOf(record)), tokens);
+        locks.commit(uuid, locks.plan(uuid, record.resources), tokens);
       }
     } catch (err) {
       this.forget(uuid);
@@ -377,6 +392,3 @@ export class VmHost implements AsyncDisposable {
   }
 }
 
-function refsOf(record: MigrationRecord): { name: string; lockspace: string; mode: MigrationRecord['resources'][number]['mode'] }[] {
-  return record.resources.map((r) => ({ name: r.name, lockspace: r.lockspace, mode: r.mode }));
-}

@@ -1,7 +1,6 @@
-import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { asBatonError, exitCodeFor, loadConfig } from '@baton/core';
-import { createLogger } from '@baton/agent';
+import { asBatonError, exitCodeFor } from '@baton/core';
+import { createLogger, loadProcessConfig } from '@baton/agent';
 import { CoordinatorConfigSchema, CoordinatorService } from '@baton/coordinator';
 
 /** `baton coordinator`: one coordinator replica, until SIGTERM or SIGINT. */
@@ -11,17 +10,7 @@ export function registerCoordinatorCommand(program: Command): void {
     .description('run a coordinator replica (config: --config file < BATON_* environment)')
     .option('-c, --config <file>', 'JSON configuration file')
     .action(async (opts: { config?: string }) => {
-      let config;
-      try {
-        config = loadConfig(CoordinatorConfigSchema, {
-          env: process.env,
-          ...(opts.config === undefined ? {} : { file: { path: opts.config, text: readFileSync(opts.config, 'utf8') } }),
-        });
-      } catch (err) {
-        const e = asBatonError(err, 'INVALID_CONFIG');
-        process.stderr.write(`baton coordinator: ${e.code}: ${e.message}\n`);
-        process.exit(exitCodeFor(e.code));
-      }
+      const config = loadProcessConfig(CoordinatorConfigSchema, 'baton coordinator', opts.config);
       const log = createLogger('info', { coordinator: config.id, pid: process.pid });
       const stopping = Promise.withResolvers<void>();
       for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => stopping.resolve());

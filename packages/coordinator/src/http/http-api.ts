@@ -76,9 +76,8 @@ export class CoordinatorHttp {
 
     // Progress as server-sent events: every version of the record, until it is settled.
     app.get<{ Params: { id: string } }>('/v1/migrations/:id/events', async (req, reply) => {
-      let stored;
       const c = coordinatorOf();
-      stored = await c.get(req.params.id);
+      const stored = await c.get(req.params.id);
       reply.hijack();
       reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
       const gone = new AbortController();

@@ -1,4 +1,5 @@
-import { asBatonError, BatonError, VM_COMMANDS, type HostedVm, type MigrationCommand, type MigrationRecord, type MigrationStepReply, type VmDefinition } from '@baton/core';
+import { z } from 'zod';
+import { asBatonError, BatonError, VM_COMMANDS, type HostedVm, type MigrationCommand, type MigrationRecord, type MigrationStepReply, type VmCommand, type VmCommandResult, type VmDefinition } from '@baton/core';
 import type { Bus } from '@baton/bus';
 
 /**
@@ -25,9 +26,19 @@ export class AgentSteps {
     }
   }
 
-  /** Apply a VM's definition on its host; a failure throws. It may wait in the VM's queue behind a start: the send's deadline. */
-  async define(host: string, uuid: string, definition: VmDefinition): Promise<HostedVm> {
-    const raw = await this.bus.request(this.bus.subjects.agent(host, 'vm.define'), { uuid, definition }, { timeoutMs: this.timeouts.sendMs });
-    return VM_COMMANDS['vm.define'].result.parse(raw);
+  /**
+   * One of a host's VM commands, its answer checked against the command's result schema; a
+   * failure throws. `deadline`: a step's, a send's for what may wait behind one in the VM's queue
+   * or spawns a process, or (unset) the bus's own request deadline.
+   */
+  async command<C extends Exclude<VmCommand, 'migration'>>(host: string, verb: C, params: z.input<(typeof VM_COMMANDS)[C]['params']>, deadline?: 'step' | 'send'): Promise<VmCommandResult<C>> {
+    const timeoutMs = deadline === undefined ? undefined : deadline === 'send' ? this.timeouts.sendMs : this.timeouts.stepMs;
+    const raw = await this.bus.request(this.bus.subjects.agent(host, verb), params, timeoutMs === undefined ? {} : { timeoutMs });
+    return VM_COMMANDS[verb].result.parse(raw) as VmCommandResult<C>;
+  }
+
+  /** Apply a VM's definition on its host; a failure throws. It may wait in the VM's queue behind a start. */
+  define(host: string, uuid: string, definition: VmDefinition): Promise<HostedVm> {
+    return this.command(host, 'vm.define', { uuid, definition }, 'send');
   }
 }
