@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkDisk, connectEtcd, MigrationCluster, migrationServers, monoNow, processState, waitFor } from '../support/index.js';
+import { connectEtcd, MigrationCluster, migrationServers, monoNow, quiet, processState, waitFor, writtenUnder } from '../support/index.js';
 import {
   ClusterWatch,
   capturingLog,
@@ -8,7 +8,6 @@ import {
   expectSettledVm,
   figure,
   leaseState,
-  quiet,
   runningEvents,
 } from './migration-kit.js';
 
@@ -31,7 +30,7 @@ describe('agents SIGKILLed mid-migration', () => {
       await using conn = connectEtcd(servers.etcd.endpoints, 5, mc.cluster);
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 's1', ['s1-root.img', 's1-data.img']);
-      await waitFor(() => checkDisk(mc.disk('s1-root.img')).length > 0, { what: 's1 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('s1-root.img'), vm.locks[0]!.token);
       // A slow send: the VM sits paused at switchover, its state not yet sent, while the agent dies.
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_500 });
 
@@ -64,7 +63,7 @@ describe('agents SIGKILLed mid-migration', () => {
       await using conn = connectEtcd(servers.etcd.endpoints, 5, mc.cluster);
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'd1', ['d1-root.img', 'd1-data.img']);
-      await waitFor(() => checkDisk(mc.disk('d1-root.img')).length > 0, { what: 'd1 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('d1-root.img'), vm.locks[0]!.token);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 300 });
       const dest = mc.agent('host-b');
 
@@ -111,7 +110,7 @@ describe('the source VM process stalled while it is confirmed away', () => {
       await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'z1', ['z1-root.img']);
-      await waitFor(() => checkDisk(mc.disk('z1-root.img')).length > 0, { what: 'z1 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('z1-root.img'), vm.locks[0]!.token);
       // The source copy's process (a QEMU busy or swapped out, here SIGSTOPped) stops answering
       // its control socket from the commit on, so the confirm finds it unresponsive, not gone.
       const sourcePid = vm.pid;
@@ -150,7 +149,7 @@ describe('the destination agent down past its session TTL after commit', () => {
       await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'x1', ['x1-root.img', 'x1-data.img']);
-      await waitFor(() => checkDisk(mc.disk('x1-root.img')).length > 0, { what: 'x1 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('x1-root.img'), vm.locks[0]!.token);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 300 });
       const dest = mc.agent('host-b');
 

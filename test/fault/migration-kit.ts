@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
@@ -37,7 +38,6 @@ export function disposer(fn: () => Promise<unknown>): AsyncDisposable {
   return { [Symbol.asyncDispose]: async () => void (await fn()) };
 }
 
-export const quiet: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
 // ---------------------------------------------------------------------------------------------
 // What the test sees of the cluster: every version of every migration record, and the election.
@@ -351,10 +351,7 @@ export class EtcdContender {
         this.answers.set(code, (this.answers.get(code) ?? 0) + 1);
       }
       // A short breath between rounds, bounded by the stop signal (not a sleep a test waits on).
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 2);
-        this.stopping.signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
-      });
+      await delay(2, undefined, { signal: this.stopping.signal }).catch(() => undefined);
     }
   }
 

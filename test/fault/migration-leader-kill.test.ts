@@ -11,18 +11,7 @@ import {
   type MigrationRecord,
   type MigrationStep,
 } from '@baton/core';
-import {
-  checkDisk,
-  connectEtcd,
-  CoordinatorProcess,
-  httpJson,
-  MigrationCluster,
-  migrationServers,
-  monoNow,
-  startProbe,
-  TcpProxy,
-  waitFor,
-} from '../support/index.js';
+import { connectEtcd, CoordinatorProcess, TcpProxy, httpJson, MigrationCluster, migrationServers, monoNow, startProbe, waitFor, writtenUnder } from '../support/index.js';
 import {
   ClusterWatch,
   REPLY_DELAY_MS,
@@ -100,7 +89,7 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
       });
       expect(created.status).toBe(201);
       const vm = created.body;
-      await waitFor(() => checkDisk(mc.disk('k1-root.img')).length > 0, { what: 'k1 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('k1-root.img'), vm.locks[0]!.token);
 
       const figures: KillFigure[] = [];
       const migrate = async (to: string): Promise<string> => {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { asBatonError, nextStep, type MigrationRecord } from '@baton/core';
 import { Bus, BusConfigSchema } from '@baton/bus';
-import { checkDisk, connectEtcd, MigrationCluster, migrationServers, monoNow, NatsServer, waitFor } from '../support/index.js';
+import { connectEtcd, MigrationCluster, migrationServers, monoNow, NatsServer, waitFor, writtenUnder } from '../support/index.js';
 import { ClusterWatch, type SeenRecord, capturingLog, expectSettledVm, figure, leaseState } from './migration-kit.js';
 
 /** Live migration across a NATS restart, with agent commands duplicated, reordered and replayed late (kit and the checks every history gets: migration-kit.ts). */
@@ -74,7 +74,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'n1', ['n1-root.img', 'n1-data.img']);
-      await waitFor(() => checkDisk(mc.disk('n1-root.img')).length > 0, { what: 'n1 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('n1-root.img'), vm.locks[0]!.token);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_000 });
 
       // M1: NATS goes down while the source sends, and stays down until the coordinator has given
@@ -144,7 +144,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       await using watch = await ClusterWatch.start(conn);
       await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [ownNats.url], cluster: mc.cluster }), 'replayer');
       const vm = await mc.startVm('host-a', 'n2', ['n2-root.img']);
-      await waitFor(() => checkDisk(mc.disk('n2-root.img')).length > 0, { what: 'n2 writing on host-a', deadlineMs: 5_000 });
+      await writtenUnder(mc.disk('n2-root.img'), vm.locks[0]!.token);
       const m1 = await coordinator.migrate({ vm: 'n2', to: 'host-b' });
       const r1 = await watch.settled(m1.id);
       const m2 = await coordinator.migrate({ vm: 'n2', to: 'host-a' });

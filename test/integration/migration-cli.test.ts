@@ -56,11 +56,6 @@ function timelineTable(stdout: string): { header: string[]; rows: string[][] } {
   return table(lines.slice(start, end));
 }
 
-/** Where a VM's copies are, by host, as their agents report them. */
-async function copies(uuid: string): Promise<Record<string, string>> {
-  return Object.fromEntries((await mc.vms()).filter((v) => v.uuid === uuid).map((v) => [v.host, v.state]));
-}
-
 async function record(id: string): Promise<MigrationRecord> {
   const res = await httpJson<MigrationRecord>(`${leader.url}/v1/migrations/${id}`);
   expect(res.status).toBe(200);
@@ -95,7 +90,7 @@ describe('baton CLI for VMs and live migration', () => {
     const json = JSON.parse(jsonText.stdout) as { vms: HostedVm[] };
     // seq is the guest's write counter: it moves on between the two answers.
     expect(json.vms.filter((v) => v.uuid === vm.uuid)).toEqual([{ ...vm, seq: expect.any(Number) }]);
-    expect(await copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
   });
 
   it('migrate --json, through a follower replica, ends with the record done and the VM running on the destination', async () => {
@@ -131,7 +126,7 @@ describe('baton CLI for VMs and live migration', () => {
     expect(lines).toContain(`handoff window: ${window.toFixed(1)} ms (sent → confirming: the commit transaction and the destination's resume)`);
     expect(r.stdout.trimEnd().split('\n').at(-1)).toBe('VM cli-web3 runs on host-a');
     expect(r.stderr).toBe('');
-    expect(await copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
   });
 
   it('a failed send: migrate exits with IO_ERROR’s status and prints the aborted timeline; migrations lists the aborted and the later done one', async () => {
@@ -147,7 +142,7 @@ describe('baton CLI for VMs and live migration', () => {
     expect(t.rows.map((row) => [row[0], row[3]])).toEqual(FAILED_SEND.map((p) => [p, p === 'unmarking' ? 'IO_ERROR' : '-']));
     expect(failed.stdout).toMatch(/^ {2}unmarking +\+\d+\.\d ms {2}IO_ERROR$/m);
     expect(failed.stdout).toContain('handoff window: none (the destination never took over)\n');
-    expect(await copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
 
     // --json: the aborted record is the output, the exit status still the failure's.
     await driver.inject(vm.uuid, { failSends: 1 });
@@ -224,7 +219,7 @@ describe('baton CLI for VMs and live migration', () => {
     expect((await settled(accepted.id)).phase).toBe('done');
     const destroyed = await ok(['vm', 'destroy', vm.uuid]);
     expect(destroyed.stdout).toBe(`VM ${vm.uuid} destroyed on host-b; 1 lease(s) released\n`);
-    await waitFor(async () => Object.keys(await copies(vm.uuid)).length === 0, { what: 'cli-app1 gone from every host', deadlineMs: 5_000 });
+    await waitFor(async () => Object.keys(await mc.copies(vm.uuid)).length === 0, { what: 'cli-app1 gone from every host', deadlineMs: 5_000 });
   });
 
   it('answers MIGRATION_NOT_FOUND for an unknown migration and UNAVAILABLE, naming the URL, when nobody listens', async () => {

@@ -1,6 +1,6 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ClusterLease } from '@baton/core';
-import { checkDisk, MigrationCluster, migrationServers, pidAlive, processState, waitFor, writtenUnder } from '../support/index.js';
+import { checkDisk, migrationFile, pidAlive, processState, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * A VM's lease-loss policy, set by a definition after its leases were granted, holds where the
@@ -11,16 +11,8 @@ import { checkDisk, MigrationCluster, migrationServers, pidAlive, processState, 
  * back it gets its leases again with new tokens and runs on. Real etcd, NATS, agent processes and
  * sim VMs.
  */
-const servers = migrationServers();
-let mc: MigrationCluster;
-beforeAll(async () => {
-  mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
-  await mc.addCoordinator('coord-1');
-  await mc.leader();
-});
-afterAll(async () => {
-  await mc?.[Symbol.asyncDispose]();
-});
+const file = migrationFile();
+const { servers } = file;
 
 /** etcd away past the TTL, then back: the VM (pid) is paused by its host's fence, then re-granted a lease newer than `token` and resumed. */
 async function pausedThroughOutage(uuid: string, pid: number, token: number): Promise<ClusterLease> {
@@ -30,7 +22,7 @@ async function pausedThroughOutage(uuid: string, pid: number, token: number): Pr
   await servers.etcd.start();
   return waitFor(
     async () => {
-      const l = (await mc.leases(uuid).catch(() => []))[0];
+      const l = (await file.mc.leases(uuid).catch(() => []))[0];
       return l !== undefined && l.token > token && processState(pid) !== 'T' ? l : false;
     },
     { what: 'the VM re-granted its lease and resumed', deadlineMs: 30_000, intervalMs: 50 },
@@ -39,18 +31,18 @@ async function pausedThroughOutage(uuid: string, pid: number, token: number): Pr
 
 describe('a redefined VM', () => {
   it('migrated keeps the lease-loss policy it ran under: paused, not killed, by its new host when etcd is lost, and resumed with new tokens after', async () => {
-    const vm = await mc.startVm('host-a', 'policy-vm', ['policy-vm-root.img']);
-    const root = mc.disk('policy-vm-root.img');
+    const vm = await file.mc.startVm('host-a', 'policy-vm', ['policy-vm-root.img']);
+    const root = file.mc.disk('policy-vm-root.img');
     // Granted under the default (kill); the definition changes the policy only in the agent's hands.
-    const defined = await mc.define('policy-vm', { disks: [{ path: root }], onLeaseLoss: { policy: 'pause' } });
+    const defined = await file.mc.define('policy-vm', { disks: [{ path: root }], onLeaseLoss: { policy: 'pause' } });
     expect(defined.status, JSON.stringify(defined.body)).toBe(200);
 
-    const done = await mc.migrate('policy-vm', 'host-b');
+    const done = await file.mc.migrate('policy-vm', 'host-b');
     expect(done.phase).toBe('done');
     expect(done.onLeaseLoss).toEqual({ policy: 'pause' });
-    const [lease] = await mc.leases(vm.uuid);
+    const [lease] = await file.mc.leases(vm.uuid);
     expect(lease).toMatchObject({ host: 'host-b', token: done.tokens.commit, owner: { uuid: vm.uuid, onLeaseLoss: { policy: 'pause' } } });
-    const pid = (await mc.vms()).find((v) => v.uuid === vm.uuid && v.host === 'host-b')!.pid;
+    const pid = (await file.mc.vms()).find((v) => v.uuid === vm.uuid && v.host === 'host-b')!.pid;
     await writtenUnder(root, done.tokens.commit!, 3);
 
     // etcd gone (its data kept) past the TTL: every host fences on its own clock.
@@ -67,16 +59,16 @@ describe('a redefined VM', () => {
   });
 
   it('keeps its policy when its agent crashes and restarts: re-adopted under it, paused (not killed) when etcd is lost', async () => {
-    const vm = await mc.startVm('host-a', 'crash-vm', ['crash-vm-root.img']);
-    const root = mc.disk('crash-vm-root.img');
-    expect((await mc.define('crash-vm', { disks: [{ path: root }], onLeaseLoss: { policy: 'pause' } })).status).toBe(200);
+    const vm = await file.mc.startVm('host-a', 'crash-vm', ['crash-vm-root.img']);
+    const root = file.mc.disk('crash-vm-root.img');
+    expect((await file.mc.define('crash-vm', { disks: [{ path: root }], onLeaseLoss: { policy: 'pause' } })).status).toBe(200);
     // The lease still names the policy it was granted with: the agent's state dir keeps the new one.
-    expect((await mc.leases(vm.uuid))[0]?.owner.onLeaseLoss).toEqual({ policy: 'kill' });
+    expect((await file.mc.leases(vm.uuid))[0]?.owner.onLeaseLoss).toEqual({ policy: 'kill' });
 
-    await mc.agent('host-a').crash();
-    await mc.agent('host-a').restart();
+    await file.mc.agent('host-a').crash();
+    await file.mc.agent('host-a').restart();
     // Re-adopted: the same VM process, holding its lease under the same token.
-    const adopted = await waitFor(async () => (await mc.vms()).find((v) => v.uuid === vm.uuid && v.locks.length === 1) ?? false, { what: 'the VM re-adopted by the restarted agent', deadlineMs: 15_000 });
+    const adopted = await waitFor(async () => (await file.mc.vms()).find((v) => v.uuid === vm.uuid && v.locks.length === 1) ?? false, { what: 'the VM re-adopted by the restarted agent', deadlineMs: 15_000 });
     expect([adopted.pid, adopted.locks[0]!.token]).toEqual([vm.pid, vm.locks[0]!.token]);
 
     const regranted = await pausedThroughOutage(vm.uuid, vm.pid, vm.locks[0]!.token);

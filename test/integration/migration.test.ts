@@ -1,16 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { MigrationCluster, checkDisk, connectEtcd, migrationServers, waitFor, writtenUnder } from '../support/index.js';
+import { checkDisk, connectEtcd, MigrationCluster, migrationServers, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
  * fence guard, coordinators in this process. Each VM's disks are checked for S1/S2 afterwards.
  */
 const servers = migrationServers();
-
-/** The VM's copies on each host, as their hypervisors report them. */
-async function copies(mc: MigrationCluster, uuid: string): Promise<Record<string, string>> {
-  return Object.fromEntries((await mc.vms()).filter((v) => v.uuid === uuid).map((v) => [v.host, v.state]));
-}
 
 describe('live migration', () => {
   it('hands the disks over: the VM runs on the destination with the commit token, the source copy is gone, the disks show one writer per token', async () => {
@@ -20,12 +15,12 @@ describe('live migration', () => {
     expect(vm.state).toBe('running');
     expect(vm.locks.map((l) => l.token)).toHaveLength(2);
     // Let the guest write a little on the source first.
-    await waitFor(() => checkDisk(mc.disk('web1-root.img')).length > 0, { what: 'writes on host-a', deadlineMs: 5_000 });
+    await writtenUnder(mc.disk('web1-root.img'), vm.locks[0]!.token);
 
     const record = await mc.migrate('web1', 'host-b');
     expect(record.phase).toBe('done');
     expect(record.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'confirming', 'done']);
-    expect(await copies(mc, vm.uuid)).toEqual({ 'host-b': 'running' });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
 
     // The leases are host-b's, with the commit token, and the guest writes under it.
     await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
@@ -54,14 +49,14 @@ describe('live migration', () => {
     expect(failed.phase).toBe('aborted');
     expect(failed.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'unmarking', 'discarding', 'restoring', 'aborted']);
     expect(failed.timeline.find((e) => e.phase === 'unmarking')?.error).toBe('IO_ERROR');
-    expect(await copies(mc, vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
     const writes = checkDisk(mc.disk('db1.img'));
     await waitFor(() => checkDisk(mc.disk('db1.img')).at(-1)!.writes > writes.at(-1)!.writes, { what: 'db1 writing on host-a', deadlineMs: 5_000 });
     expect(checkDisk(mc.disk('db1.img')).map((e) => [e.host, e.token])).toEqual([['host-a', token]]);
 
     const again = await mc.migrate(vm.uuid, 'host-b');
     expect(again.phase).toBe('done');
-    expect(await copies(mc, vm.uuid)).toEqual({ 'host-b': 'running' });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
   });
 
   it('refuses a second migration of a VM in flight (MIGRATION_CONFLICT) and a destroy during one (MIGRATING)', async () => {
@@ -76,6 +71,6 @@ describe('live migration', () => {
     await expect(coordinator.destroyVm('app1')).rejects.toMatchObject({ code: 'MIGRATING' });
     expect((await mc.settled(first.id)).phase).toBe('done');
     await expect(coordinator.destroyVm('app1')).resolves.toMatchObject({ host: 'host-b', released: 1 });
-    expect(await copies(mc, vm.uuid)).toEqual({});
+    expect(await mc.copies(vm.uuid)).toEqual({});
   });
 });

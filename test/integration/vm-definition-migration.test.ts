@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import { realpathSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MigrationRecord } from '@baton/core';
 import type { Log } from '@baton/coordinator';
-import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor, within, writtenUnder } from '../support/index.js';
+import { checkDisk, MigrationCluster, migrationFile, readDiskRecords, waitFor, within, writtenUnder } from '../support/index.js';
 
 /**
  * seed 002: a VM definition change that arrives while the VM migrates is staged in the migration's
@@ -11,16 +11,8 @@ import { checkDisk, MigrationCluster, migrationServers, readDiskRecords, waitFor
  * the copy that survives: the destination when it is done, the source when it aborted. Real etcd,
  * NATS and agent processes with sim VMs; an injected send delay holds each migration mid-send.
  */
-const servers = migrationServers();
-let mc: MigrationCluster;
-beforeAll(async () => {
-  mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
-  await mc.addCoordinator('coord-1');
-  await mc.leader();
-});
-afterAll(async () => {
-  await mc?.[Symbol.asyncDispose]();
-});
+const file = migrationFile();
+const { servers } = file;
 
 /** Long enough for a test to stage definitions mid-send, even on a loaded machine. */
 const SEND_DELAY_MS = 2_000;
@@ -36,39 +28,39 @@ async function migrating(cluster: MigrationCluster, name: string, faults: { fail
 
 /** Every record a progress stream (SSE) sent, until the stream ended. */
 async function progress(id: string): Promise<MigrationRecord[]> {
-  const res = await fetch(`${mc.coordinators[0]!.url}/v1/migrations/${id}/events`);
+  const res = await fetch(`${file.mc.coordinators[0]!.url}/v1/migrations/${id}/events`);
   const text = await within(res.text(), 20_000, `the progress stream of ${id}`);
   return text.split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice('data: '.length)) as MigrationRecord);
 }
 
 describe('a VM definition change during a migration', () => {
   it('is staged (202), touches neither copy in flight, and is applied on the destination once the migration is done', async () => {
-    const { uuid, root, rootToken, migration } = await migrating(mc, 'stg-done');
-    const data = mc.disk('stg-done-data.img');
+    const { uuid, root, rootToken, migration } = await migrating(file.mc, 'stg-done');
+    const data = file.mc.disk('stg-done-data.img');
     const stream = progress(migration.id);
 
-    const res = await mc.define('stg-done', { disks: [{ path: root }, { path: data }], onLeaseLoss: { policy: 'pause' } });
+    const res = await file.mc.define('stg-done', { disks: [{ path: root }, { path: data }], onLeaseLoss: { policy: 'pause' } });
     expect(res.status, JSON.stringify(res.body)).toBe(202);
     expect(res.body).toEqual({ staged: true, migration: migration.id });
     // Answered once durably saved: the record in etcd holds it, the migration still mid-send.
-    const during = (await mc.coordinators[0]!.coordinator.store.get(migration.id))!.record;
+    const during = (await file.mc.coordinators[0]!.coordinator.store.get(migration.id))!.record;
     expect(during.phase).toBe('performing');
     expect(during.staged?.definition).toEqual({ disks: [{ path: root, mode: 'exclusive' }, { path: data, mode: 'exclusive' }], onLeaseLoss: { policy: 'pause' } });
-    expect(await mc.leaseMap(uuid)).toEqual({ [root]: ['host-a', rootToken] });
+    expect(await file.mc.leaseMap(uuid)).toEqual({ [root]: ['host-a', rootToken] });
     expect(readDiskRecords(data)).toEqual([]);
 
-    const done = await mc.settled(migration.id);
+    const done = await file.mc.settled(migration.id);
     expect(done.phase).toBe('done');
     expect(done.staged).toBeNull();
     // The handoff moved exactly the disks the VM had; the new one was leased on the destination after the commit.
     expect(done.resources.map((r) => r.name)).toEqual([root]);
-    const leases = await mc.leaseMap(uuid);
+    const leases = await file.mc.leaseMap(uuid);
     expect(leases[root]).toEqual(['host-b', done.tokens.commit]);
     expect(leases[data]?.[0]).toBe('host-b');
     expect(leases[data]![1]).toBeGreaterThan(done.tokens.commit!);
     await writtenUnder(data, leases[data]![1], 3);
     expect(checkDisk(data).map((e) => [e.host, e.token])).toEqual([['host-b', leases[data]![1]]]);
-    expect(await mc.copies(uuid)).toEqual({ 'host-b': 'running' });
+    expect(await file.mc.copies(uuid)).toEqual({ 'host-b': 'running' });
 
     // Followers saw the staged definition ride along, and the stream ended once it was applied.
     const seen = await stream;
@@ -77,33 +69,33 @@ describe('a VM definition change during a migration', () => {
   });
 
   it('is applied on the source when the migration aborts (the send failed)', async () => {
-    const { uuid, root, rootToken, migration } = await migrating(mc, 'stg-abort', { failSends: 1 });
-    const data = mc.disk('stg-abort-data.img');
-    expect((await mc.define(uuid, { disks: [{ path: root }, { path: data }] })).status).toBe(202);
+    const { uuid, root, rootToken, migration } = await migrating(file.mc, 'stg-abort', { failSends: 1 });
+    const data = file.mc.disk('stg-abort-data.img');
+    expect((await file.mc.define(uuid, { disks: [{ path: root }, { path: data }] })).status).toBe(202);
 
-    const aborted = await mc.settled(migration.id);
+    const aborted = await file.mc.settled(migration.id);
     expect(aborted.phase).toBe('aborted');
     expect(aborted.staged).toBeNull();
-    const leases = await mc.leaseMap(uuid);
+    const leases = await file.mc.leaseMap(uuid);
     expect(leases[root]).toEqual(['host-a', rootToken]);
     expect(leases[data]?.[0]).toBe('host-a');
     await writtenUnder(data, leases[data]![1], 3);
     expect(checkDisk(data).map((e) => e.host)).toEqual(['host-a']);
-    expect(await mc.copies(uuid)).toEqual({ 'host-a': 'running' });
+    expect(await file.mc.copies(uuid)).toEqual({ 'host-a': 'running' });
   });
 
   it('keeps only the newest of two changes; a change naming a lockspace a host lacks is refused and staged nowhere', async () => {
-    const { uuid, root, migration } = await migrating(mc, 'stg-twice');
-    const [first, second] = [mc.disk('stg-twice-first.img'), mc.disk('stg-twice-second.img')];
-    expect((await mc.define('stg-twice', { disks: [{ path: root }, { path: first }] })).status).toBe(202);
-    expect((await mc.define('stg-twice', { disks: [{ path: root }, { path: second }] })).status).toBe(202);
-    const refused = await mc.define('stg-twice', { disks: [{ path: root, lockspace: 'nowhere' }] });
+    const { uuid, root, migration } = await migrating(file.mc, 'stg-twice');
+    const [first, second] = [file.mc.disk('stg-twice-first.img'), file.mc.disk('stg-twice-second.img')];
+    expect((await file.mc.define('stg-twice', { disks: [{ path: root }, { path: first }] })).status).toBe(202);
+    expect((await file.mc.define('stg-twice', { disks: [{ path: root }, { path: second }] })).status).toBe(202);
+    const refused = await file.mc.define('stg-twice', { disks: [{ path: root, lockspace: 'nowhere' }] });
     expect([refused.status, (refused.body as { error: { code: string } }).error.code]).toEqual([404, 'NO_LOCKSPACE']);
-    expect((await mc.coordinators[0]!.coordinator.store.get(migration.id))!.record.staged?.definition.disks.map((d) => d.path)).toEqual([root, second]);
+    expect((await file.mc.coordinators[0]!.coordinator.store.get(migration.id))!.record.staged?.definition.disks.map((d) => d.path)).toEqual([root, second]);
 
-    const done = await mc.settled(migration.id);
+    const done = await file.mc.settled(migration.id);
     expect(done.phase).toBe('done');
-    const leases = await mc.leaseMap(uuid);
+    const leases = await file.mc.leaseMap(uuid);
     expect(Object.keys(leases).sort()).toEqual([root, second].sort());
     await writtenUnder(second, leases[second]![1], 3);
     expect(readDiskRecords(first)).toEqual([]);

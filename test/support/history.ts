@@ -27,11 +27,6 @@ export function readDiskRecords(path: string): DiskRecord[] {
  * each token has one writer (one token epoch, one VM on one host); a writer whose token was
  * superseded never writes again. Returns the epochs, in order, for further assertions.
  */
-/** Until the disk's newest writes carry `token` (at least `writes` of them under it). */
-export function writtenUnder(path: string, token: number, writes = 1): Promise<unknown> {
-  return waitFor(() => (checkDisk(path).at(-1)?.token === token && checkDisk(path).at(-1)!.writes >= writes) || false, { what: `${path} written with token ${token}`, deadlineMs: 5_000 });
-}
-
 export function checkDisk(path: string): { token: number; vm: string; host: string; writes: number; firstT: number; lastT: number }[] {
   const epochs: { token: number; vm: string; host: string; writes: number; firstT: number; lastT: number }[] = [];
   for (const r of readDiskRecords(path)) {
@@ -52,6 +47,17 @@ export function checkDisk(path: string): { token: number; vm: string; host: stri
     }
   }
   return epochs;
+}
+
+/** Until the disk's newest writes carry `token` (at least `writes` of them under it). */
+export function writtenUnder(path: string, token: number, writes = 1): Promise<unknown> {
+  return waitFor(
+    () => {
+      const last = checkDisk(path).at(-1);
+      return (last?.token === token && last.writes >= writes) || false;
+    },
+    { what: `${path} written with token ${token}`, deadlineMs: 5_000 },
+  );
 }
 
 export interface GrantEvent {

@@ -68,5 +68,5 @@ export { TestPki, type CertPair, type TestCa } from './pki.js';
 export { etcdctl, EtcdctlError, type EtcdctlOptions } from './etcdctl.js';
 export { clusterName, startClusterHost, TwoHosts, type ClusterHostEtcd } from './cluster-host.js';
 export { connectEtcd, openSession, outcomeCode, quietLog, type TestSessionOptions } from './etcd-session.js';
-export { MigrationCluster, migrationServers, type CoordinatorOverrides, type MigrationClusterOptions } from './migration-cluster.js';
+export { MigrationCluster, migrationFile, migrationServers, quiet, type CoordinatorOverrides, type MigrationClusterOptions } from './migration-cluster.js';
 export { CoordinatorProcess } from './coordinator-process.js';

@@ -36,7 +36,26 @@ export function migrationServers(): { readonly etcd: EtcdServer; readonly nats: 
   return servers;
 }
 
-const quiet: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+/**
+ * One migration cluster for a test file, on its own etcd and NATS: started before the file's tests
+ * with one coordinator (`coord-1`) leading, stopped after them.
+ */
+export function migrationFile(): { readonly servers: ReturnType<typeof migrationServers>; readonly mc: MigrationCluster } {
+  const servers = migrationServers();
+  const file = { servers } as { servers: ReturnType<typeof migrationServers>; mc: MigrationCluster };
+  beforeAll(async () => {
+    file.mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+    await file.mc.addCoordinator('coord-1');
+    await file.mc.leader();
+  });
+  afterAll(async () => {
+    await file.mc?.[Symbol.asyncDispose]();
+  });
+  return file;
+}
+
+/** A coordinator log that drops everything. */
+export const quiet: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
 /**
  * A cluster for migrations: agent processes as hosts (sim hypervisor, NATS, one shared storage
@@ -145,13 +164,18 @@ export class MigrationCluster implements AsyncDisposable {
   }
 
   /** The record once it is in `phase` (a slow send keeps it in `performing`). */
-  async inPhase(id: string, phase: MigrationPhase, deadlineMs = 10_000): Promise<MigrationRecord> {
+  inPhase(id: string, phase: MigrationPhase, deadlineMs = 10_000): Promise<MigrationRecord> {
+    return this.recordWhen(id, (r) => r.phase === phase, `in ${phase}`, deadlineMs);
+  }
+
+  /** The record as etcd has it, once `ready` says so. */
+  private recordWhen(id: string, ready: (record: MigrationRecord) => boolean, what: string, deadlineMs: number): Promise<MigrationRecord> {
     return waitFor(
       async () => {
         const stored = await this.coordinators[0]!.coordinator.store.get(id);
-        return stored?.record.phase === phase ? stored.record : false;
+        return stored && ready(stored.record) ? stored.record : false;
       },
-      { what: `migration ${id} in ${phase}`, deadlineMs },
+      { what: `migration ${id} ${what}`, deadlineMs },
     );
   }
 
@@ -171,14 +195,8 @@ export class MigrationCluster implements AsyncDisposable {
     return res.body.leases.filter((l) => l.owner.uuid === uuid).sort((a, b) => a.resource.localeCompare(b.resource));
   }
 
-  async settled(id: string, deadlineMs = 20_000): Promise<MigrationRecord> {
-    return waitFor(
-      async () => {
-        const stored = await this.coordinators[0]!.coordinator.store.get(id);
-        return stored && isSettled(stored.record) ? stored.record : false;
-      },
-      { what: `migration ${id} to end`, deadlineMs },
-    );
+  settled(id: string, deadlineMs = 20_000): Promise<MigrationRecord> {
+    return this.recordWhen(id, isSettled, 'to end', deadlineMs);
   }
 
   /**
