@@ -16,7 +16,8 @@ interface OwnerOpts {
   shared?: boolean;
 }
 
-const GRANT_COLUMNS = ['resource', 'lockspace', 'mode', 'token', 'since'] as const;
+/** The columns of a table of grants. */
+export const GRANT_COLUMNS = ['resource', 'lockspace', 'mode', 'token', 'since'] as const;
 
 /** The command line's resource names as refs in the chosen lockspace (the agent's default if none). */
 function refsOf(names: string[], opts: OwnerOpts, mode?: LockMode): RefInput[] {

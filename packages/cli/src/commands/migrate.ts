@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BatonError, exitCodeFor, type MigrationRecord } from '@baton/core';
-import { CoordinatorClient, FOLLOW_TIMEOUT_MS, type CoordinatorStatus } from '../coordinator-client.js';
+import { CoordinatorClient, DEFAULT_COORDINATOR_URL, FOLLOW_TIMEOUT_MS, type CoordinatorStatus } from '../coordinator-client.js';
 import { abortCause, abortError, migrationHeader, migrationRows, MIGRATION_COLUMNS, printTimeline, progressLine } from '../migration-view.js';
 import { printJson, printTable, reporting } from '../output.js';
 
@@ -12,7 +12,7 @@ export interface CoordinatorOpts {
 /** The options every command that talks to a coordinator takes. */
 export function coordinatorOptions(cmd: Command): Command {
   return cmd
-    .option('--coordinator <url>', 'a coordinator replica’s HTTP address (default: BATON_COORDINATOR_URL, else http://127.0.0.1:9472)')
+    .option('--coordinator <url>', `a coordinator replica’s HTTP address (default: BATON_COORDINATOR_URL, else ${DEFAULT_COORDINATOR_URL})`)
     .option('--json', 'machine-readable output');
 }
 

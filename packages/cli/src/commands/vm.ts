@@ -4,6 +4,7 @@ import { BatonError, parseOrRefuse, LEASE_LOSS_POLICIES, LeaseLossSchema, LOCK_M
 import { CoordinatorClient } from '../coordinator-client.js';
 import { printJson, printTable, reporting } from '../output.js';
 import { coordinatorOptions, type CoordinatorOpts } from './migrate.js';
+import { GRANT_COLUMNS } from './lock.js';
 
 const VM_COLUMNS = ['name', 'uuid', 'host', 'state', 'pid', 'tokens'] as const;
 
@@ -55,7 +56,7 @@ function vmRows(vms: readonly HostedVm[]): Record<string, unknown>[] {
 
 function printVm(vm: HostedVm, verb: string): void {
   process.stdout.write(`VM ${vm.name} (${vm.uuid}) ${verb} on ${vm.host}, pid ${vm.pid}\n`);
-  if (vm.locks.length > 0) printTable(vm.locks, ['resource', 'lockspace', 'mode', 'token', 'since']);
+  if (vm.locks.length > 0) printTable(vm.locks, GRANT_COLUMNS);
 }
 
 /** `baton vm start|list|define|destroy`: VMs on any host of the cluster, through the coordinator. */

@@ -19,12 +19,13 @@ function which(binary: string): string {
   throw new Error(`${binary} is not installed (Debian: apt-get install ${binary === 'etcd' ? 'etcd-server' : binary}); \`npm run demo\` installs it`);
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
+/** `n` distinct free loopback ports: each held until all are picked, so none is handed out twice. */
+async function freePorts(n: number): Promise<number[]> {
+  const servers = Array.from({ length: n }, () => createServer());
+  await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve))));
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  return ports;
 }
 
 /** Polls `url` until it answers 200, or the deadline passes. */
@@ -50,7 +51,7 @@ export class DemoServer implements AsyncDisposable {
   ) {}
 
   static async etcd(dir: string): Promise<DemoServer> {
-    const [client, peer] = [await freePort(), await freePort()];
+    const [client, peer] = (await freePorts(2)) as [number, number];
     mkdirSync(dir, { recursive: true });
     const peerUrl = `http://127.0.0.1:${peer}`;
     const url = `http://127.0.0.1:${client}`;
@@ -64,7 +65,7 @@ export class DemoServer implements AsyncDisposable {
   }
 
   static async nats(dir: string): Promise<DemoServer> {
-    const [port, monitor] = [await freePort(), await freePort()];
+    const [port, monitor] = (await freePorts(2)) as [number, number];
     mkdirSync(dir, { recursive: true });
     const proc = spawn(which('nats-server'), ['-a', '127.0.0.1', '-p', String(port), '-m', String(monitor), '-js', '-sd', dir], { stdio: 'ignore' });
     await healthy(`http://127.0.0.1:${monitor}/healthz`, proc, 20_000);
