@@ -44,14 +44,18 @@ export class Bus implements AsyncDisposable {
     } catch (err) {
       throw new BatonError('UNAVAILABLE', `no answer to ${subject}: ${(err as Error).message}`, { details: { subject }, cause: err });
     }
-    const reply = ReplyEnvelope.safeParse(msg.json());
-    if (!reply.success) throw new BatonError('INVALID_REQUEST', `malformed reply on ${subject}`, { details: { subject } });
+    // A reply that cannot be read is no refusal: the peer may have acted (UNAVAILABLE: send again).
+    const reply = ReplyEnvelope.safeParse(safeJson(msg));
+    if (!reply.success) throw new BatonError('UNAVAILABLE', `malformed reply on ${subject}`, { details: { subject } });
     if (!reply.data.ok) throw BatonError.fromBody(reply.data.error as ErrorBody);
     return reply.data.result;
   }
 
-  /** Answer commands on `subject` (wildcards allowed); every failure is a catalogue error reply. */
-  serve(subject: string, handler: CommandHandler): void {
+  /**
+   * Answer commands on `subject` (wildcards allowed); every failure is a catalogue error reply.
+   * `onRefused` learns of a command refused here, before the handler (an envelope not understood).
+   */
+  serve(subject: string, handler: CommandHandler, onRefused?: (err: BatonError) => void): void {
     const sub = this.nc.subscribe(subject, {
       callback: (err, msg) => {
         if (err) return;
@@ -64,7 +68,9 @@ export class Bus implements AsyncDisposable {
           if (env.v !== PROTOCOL_VERSION) throw new BatonError('UNSUPPORTED_VERSION', `protocol version ${env.v} is not supported`, { details: { supported: [PROTOCOL_VERSION] } });
           params = env.params;
         } catch (e) {
-          respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: toErrorBody(asBatonError(e, 'INVALID_REQUEST')) });
+          const refusal = asBatonError(e, 'INVALID_REQUEST');
+          onRefused?.(refusal);
+          respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: refusal.toBody() });
           return;
         }
         Promise.resolve()
@@ -118,5 +124,14 @@ export class Bus implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
+  }
+}
+
+/** A message's JSON, or undefined when it is not JSON (the schema then refuses it). */
+function safeJson(msg: { json(): unknown }): unknown {
+  try {
+    return msg.json();
+  } catch {
+    return undefined;
   }
 }

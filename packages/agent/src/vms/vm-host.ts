@@ -11,13 +11,14 @@ import {
   type MigrationRecord,
   type MigrationStepParams,
   type ResourceRef,
+  type Token,
   type VmCommandResult,
   type VmDefinition,
   type VmDisk,
   type VmInfo,
   type VmSpec,
 } from '@baton/core';
-import { assertCurrentIn, Handoff, MigrationStore, type Holder } from '@baton/etcd';
+import { assertCurrentIn, Handoff, MigrationStore, type HostSession } from '@baton/etcd';
 import type { Bus } from '@baton/bus';
 import type { ClusterLocks } from '../cluster/cluster-locks.js';
 import type { ClusterMember } from '../cluster/cluster-member.js';
@@ -59,15 +60,21 @@ const STEP_ROLE: Record<AgentStepVerb, 'source' | 'destination'> = {
  * - every migration command is refused (STALE_TOKEN) when the migration's record in etcd has moved
  *   past the command's token, before anything else;
  * - perform lets go of the source's local locks only once the state was sent (S4);
- * - resume and restore run the VM only where etcd says this host holds every lease, with the
- *   lease's token, after taking the local locks (S3, S5); a destination that cannot take them
- *   destroys its copy before answering;
+ * - resume and restore run the VM only where this host holds every lease, with the lease's token,
+ *   after taking the local locks (S3, S5): etcd says so, or (resume) this agent's own memory of
+ *   the arrival proves it (see `vouched`); a destination that refuses to run its copy destroys it
+ *   before answering;
  * - confirm and discard never destroy a running copy.
  *
  * Commands for one VM are handled one at a time; each is idempotent by its effect.
  */
 export class VmHost implements AsyncDisposable {
   private readonly serial = new KeyedSerial();
+  /**
+   * VMs this process prepared as a migration's destination, by uuid: the migration and the
+   * session they arrived under. Consumed by the VM's next migration command, whatever it is.
+   */
+  private readonly arrivals = new Map<string, { migration: string; session: HostSession }>();
   private readonly store: MigrationStore;
   private readonly renewer: NodeJS.Timeout;
   private renewing = false;
@@ -84,7 +91,23 @@ export class VmHost implements AsyncDisposable {
       return this.define(uuid, definition);
     });
     for (const verb of AGENT_STEP_VERBS) {
-      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration')));
+      const handle = async (p: unknown) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration'));
+      if (verb !== 'resume') {
+        bus.serve(bus.subjects.agent(host, `migration.${verb}`), handle);
+        continue;
+      }
+      // Any refused resume may be followed by a give-back (a refusal is final for the coordinator),
+      // even one refused before it names its VM: from then on no arrival is vouched for.
+      const forgetArrivals = () => this.arrivals.clear();
+      bus.serve(
+        bus.subjects.agent(host, `migration.${verb}`),
+        (p) =>
+          handle(p).catch((err: unknown) => {
+            forgetArrivals();
+            throw err;
+          }),
+        forgetArrivals,
+      );
     }
     // A running VM writes only until the host's session deadline; each keepalive moves it on.
     this.renewer = setInterval(() => this.renewInBackground(), opts.member.timing.keepaliveMs);
@@ -104,6 +127,7 @@ export class VmHost implements AsyncDisposable {
    */
   private forget(uuid: string, { keepPolicy = false } = {}): Grant[] {
     this.opts.registry.remove(uuid);
+    this.arrivals.delete(uuid);
     if (!keepPolicy) this.opts.policies.delete(uuid);
     return this.opts.locks.release(uuid);
   }
@@ -258,19 +282,23 @@ export class VmHost implements AsyncDisposable {
     if (record[role] !== this.opts.host) throw new BatonError('INVALID_REQUEST', `${verb} is the ${role}'s step; this host is not the ${role} of migration ${record.id}`, { details: { migration: record.id, [role]: record[role] } });
     return this.serial.run(record.vm.uuid, async () => {
       this.opts.log.debug({ migration: record.id, step: verb, token: key.token }, `migration ${record.id}: ${verb}`);
+      const arrival = this.arrivals.get(record.vm.uuid);
+      this.arrivals.delete(record.vm.uuid);
       if (verb === 'resume' || verb === 'restore') {
-        // On the handoff's critical path: the leases and the record in one etcd round trip, and
-        // the VM's copy asked for at the same time.
+        // On the handoff's critical path: the VM's copy asked for while the leases are checked.
         const copy = this.opts.driver.find(record.vm.uuid);
         copy.catch(() => undefined);
-        const { holders, record: stored } = await Handoff.of(this.opts.member.conn, record).holders();
-        assertCurrentIn(record.id, stored, key.token);
-        return this.run(record, role, holders, await copy);
+        const tokens = (verb === 'resume' ? this.vouched(record, key.token, arrival) : undefined) ?? (await this.leaseTokens(record, role, key.token, copy));
+        return this.run(record, role, tokens, await copy);
       }
       await this.store.assertCurrent(record.id, key.token);
       switch (verb) {
-        case 'prepare':
-          return this.prepare(record);
+        case 'prepare': {
+          const prepared = await this.prepare(record);
+          const session = this.opts.member.session;
+          if (session.isValid) this.arrivals.set(record.vm.uuid, { migration: record.id, session });
+          return prepared;
+        }
         case 'perform':
           return this.perform(record);
         case 'confirm':
@@ -278,6 +306,37 @@ export class VmHost implements AsyncDisposable {
           return this.discard(record);
       }
     });
+  }
+
+  /**
+   * The commit's tokens, known without asking etcd, when this process prepared the VM's copy for
+   * this migration under the session it still holds, and no command for the VM came in between.
+   * The commit moved the leases onto that session (it compares the destination's session), and
+   * while the session lives they leave it only by a give-back, which follows a refused resume: this
+   * agent's own refusal, which consumes the arrival, or one refused before it named its VM, which
+   * clears them all. The one etcd transaction inside the handoff's critical path is the commit.
+   */
+  private vouched(record: MigrationRecord, token: Token, arrival: { migration: string; session: HostSession } | undefined): Token[] | undefined {
+    const { member } = this.opts;
+    if (arrival === undefined || arrival.migration !== record.id || arrival.session !== member.session || member.state !== 'valid') return undefined;
+    if (record.phase !== 'committed' || record.tokens.commit !== token) return undefined;
+    return record.resources.map(() => token);
+  }
+
+  /**
+   * The tokens of the VM's leases as etcd has them now (the leases and the record in one read),
+   * all of them this host's for this VM, or a refusal.
+   */
+  private async leaseTokens(record: MigrationRecord, role: 'source' | 'destination', token: Token, copy: Promise<VmInfo | undefined>): Promise<Token[]> {
+    const { holders, record: stored } = await Handoff.of(this.opts.member.conn, record).holders();
+    assertCurrentIn(record.id, stored, token);
+    const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== record.vm.uuid);
+    if (foreign) {
+      // The destination's session was lost after commit: this copy must never run.
+      await this.dropCopy(role, await copy);
+      throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
+    }
+    return holders.map((h) => h.token!);
   }
 
   /** Destination: the VM created paused, waiting for its state, with the definition in force. */
@@ -312,22 +371,26 @@ export class VmHost implements AsyncDisposable {
   }
 
   /**
-   * Run the VM here (resume on the destination, restore on the source), only if etcd says this
-   * host holds every lease now: local locks under the lease's tokens first, then unpause.
+   * A destination's resume refused for good is followed by a give-back: its copy, unless it runs
+   * already, goes, so nothing is left paused here and no late resume can unpause it.
    */
-  private async run(record: MigrationRecord, role: 'source' | 'destination', holders: Holder[], vm: VmInfo | undefined): Promise<VmCommandResult<'migration'>> {
+  private async dropCopy(role: 'source' | 'destination', vm: VmInfo | undefined): Promise<void> {
+    if (role === 'destination' && vm !== undefined && vm.state !== 'running') await this.opts.driver.destroy(vm.uuid);
+  }
+
+  /**
+   * Run the VM here (resume on the destination, restore on the source) under its leases' `tokens`
+   * (the caller established this host holds them): local locks under those tokens first, then
+   * unpause.
+   */
+  private async run(record: MigrationRecord, role: 'source' | 'destination', tokens: Token[], vm: VmInfo | undefined): Promise<VmCommandResult<'migration'>> {
     const { driver, locks, member } = this.opts;
     const uuid = record.vm.uuid;
-    const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== uuid);
-    if (foreign) {
-      // The destination's session was lost after commit: this copy must never run; it goes, as
-      // it would had the locks failed, so nothing is left paused here after the rollback.
-      if (role === 'destination' && vm?.state !== 'running') await driver.destroy(uuid);
-      throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
-    }
-    if (member.state !== 'valid') throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);
     if (!vm) throw this.notFound(uuid, record.vm.name);
-    const tokens = holders.map((h) => h.token!);
+    if (member.state !== 'valid') {
+      await this.dropCopy(role, vm);
+      throw new BatonError('LEASE_LOST', `this host's session is ${member.state}`);
+    }
     // The destination runs the VM under the policy the source ran it under; a source that still
     // knows the VM (the send failed) keeps its own, which is at least as new.
     const owner = this.register(vm, record.onLeaseLoss ?? { policy: 'kill' });
@@ -335,7 +398,7 @@ export class VmHost implements AsyncDisposable {
     try {
       if (locks.holdsAny(uuid)) {
         // Held already (a restore before the send, or a repeated command): the leases' tokens now.
-        locks.retoken(uuid, new Map(locks.grantsOf(uuid).map((g) => [locks.keyOf(g), tokens[holders.findIndex((h) => h.resource.identity === g.resource)]!])));
+        locks.retoken(uuid, new Map(locks.grantsOf(uuid).map((g) => [locks.keyOf(g), tokens[record.resources.findIndex((r) => r.name === g.resource && r.lockspace === g.lockspace)]!])));
       } else {
         locks.commit(uuid, locks.plan(uuid, record.resources), tokens);
       }

@@ -47,7 +47,8 @@ export function checkEdge(before: World, after: World, delivered: Msg | undefine
   return undefined;
 }
 
-const hostsKey = (w: World) => ROLES.map((r) => hostKey(w.hosts[r])).join();
+/** What a host did, without what its agent remembers (a stale command may consume an arrival). */
+const hostsKey = (w: World) => ROLES.map((r) => hostKey({ ...w.hosts[r], arrived: false })).join();
 
 /** Nothing left to do or to arrive: the record is settled, the network empty, both agents up. */
 export function isTerminal(w: World): boolean {

@@ -26,6 +26,11 @@ export interface Host {
   fresh: boolean;
   /** Version of the definition this copy runs with (0: the one the migration began with). */
   def: number;
+  /**
+   * The agent process prepared this copy and has handled no command for the VM since: its resume
+   * runs on that memory, without reading the lease (the real agent's `vouched`).
+   */
+  arrived: boolean;
 }
 
 export interface Lease {
@@ -91,8 +96,8 @@ export function initialWorld(budget: Budget): World {
     record,
     lease: { owner: 'source', token: 1, rev: 1, mark: 'none' },
     hosts: {
-      source: { up: true, vm: 'running', locks: 1, fresh: true, def: 0 },
-      destination: { up: true, vm: 'absent', locks: null, fresh: false, def: 0 },
+      source: { up: true, vm: 'running', locks: 1, fresh: true, def: 0, arrived: false },
+      destination: { up: true, vm: 'absent', locks: null, fresh: false, def: 0, arrived: false },
     },
     net: [],
     awaiting: false,
@@ -116,7 +121,7 @@ export function withNet(w: World, net: readonly Msg[]): World {
 }
 
 export function hostKey(x: Host): string {
-  return `${x.up ? 'U' : 'D'}${x.vm[0]}${x.locks ?? '-'}${x.fresh ? 'F' : 's'}${x.def}`;
+  return `${x.up ? 'U' : 'D'}${x.vm[0]}${x.locks ?? '-'}${x.fresh ? 'F' : 's'}${x.def}${x.arrived ? 'A' : ''}`;
 }
 
 /** Everything that decides the future, nothing of the past (the record's timeline is left out). */
