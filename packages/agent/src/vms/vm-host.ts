@@ -42,6 +42,13 @@ export interface VmHostOptions {
   log: Logger;
 }
 
+/** A VM this agent process prepared as a migration's destination: the copy it created, and when. */
+interface Arrival {
+  migration: string;
+  session: HostSession;
+  vm: VmInfo;
+}
+
 /** Which end of a migration carries out each agent step. */
 const STEP_ROLE: Record<AgentStepVerb, 'source' | 'destination'> = {
   prepare: 'destination',
@@ -74,7 +81,7 @@ export class VmHost implements AsyncDisposable {
    * VMs this process prepared as a migration's destination, by uuid: the migration and the
    * session they arrived under. Consumed by the VM's next migration command, whatever it is.
    */
-  private readonly arrivals = new Map<string, { migration: string; session: HostSession }>();
+  private readonly arrivals = new Map<string, Arrival>();
   private readonly store: MigrationStore;
   private readonly renewer: NodeJS.Timeout;
   private renewing = false;
@@ -285,10 +292,13 @@ export class VmHost implements AsyncDisposable {
       const arrival = this.arrivals.get(record.vm.uuid);
       this.arrivals.delete(record.vm.uuid);
       if (verb === 'resume' || verb === 'restore') {
-        // On the handoff's critical path: the VM's copy asked for while the leases are checked.
+        // On the handoff's critical path: no round trip at all when the arrival vouches for it.
+        const vouched = verb === 'resume' ? this.vouched(record, key.token, arrival) : undefined;
+        if (vouched) return this.run(record, role, vouched.tokens, vouched.vm);
+        // Otherwise the VM's copy is asked for while the leases are checked.
         const copy = this.opts.driver.find(record.vm.uuid);
         copy.catch(() => undefined);
-        const tokens = (verb === 'resume' ? this.vouched(record, key.token, arrival) : undefined) ?? (await this.leaseTokens(record, role, key.token, copy));
+        const tokens = await this.leaseTokens(record, role, key.token, copy);
         return this.run(record, role, tokens, await copy);
       }
       await this.store.assertCurrent(record.id, key.token);
@@ -296,7 +306,7 @@ export class VmHost implements AsyncDisposable {
         case 'prepare': {
           const prepared = await this.prepare(record);
           const session = this.opts.member.session;
-          if (session.isValid) this.arrivals.set(record.vm.uuid, { migration: record.id, session });
+          if (session.isValid) this.arrivals.set(record.vm.uuid, { migration: record.id, session, vm: prepared.vm });
           return prepared;
         }
         case 'perform':
@@ -309,18 +319,19 @@ export class VmHost implements AsyncDisposable {
   }
 
   /**
-   * The commit's tokens, known without asking etcd, when this process prepared the VM's copy for
-   * this migration under the session it still holds, and no command for the VM came in between.
+   * The commit's tokens, known without asking etcd, and the copy, known without asking the
+   * hypervisor, when this process prepared that copy for this migration under the session it
+   * still holds, and no command for the VM came in between (a copy gone since fails its unpause).
    * The commit moved the leases onto that session (it compares the destination's session), and
    * while the session lives they leave it only by a give-back, which follows a refused resume: this
    * agent's own refusal, which consumes the arrival, or one refused before it named its VM, which
    * clears them all. The one etcd transaction inside the handoff's critical path is the commit.
    */
-  private vouched(record: MigrationRecord, token: Token, arrival: { migration: string; session: HostSession } | undefined): Token[] | undefined {
+  private vouched(record: MigrationRecord, token: Token, arrival: Arrival | undefined): { tokens: Token[]; vm: VmInfo } | undefined {
     const { member } = this.opts;
     if (arrival === undefined || arrival.migration !== record.id || arrival.session !== member.session || member.state !== 'valid') return undefined;
     if (record.phase !== 'committed' || record.tokens.commit !== token) return undefined;
-    return record.resources.map(() => token);
+    return { tokens: record.resources.map(() => token), vm: arrival.vm };
   }
 
   /**
@@ -340,7 +351,7 @@ export class VmHost implements AsyncDisposable {
   }
 
   /** Destination: the VM created paused, waiting for its state, with the definition in force. */
-  private async prepare(record: MigrationRecord): Promise<VmCommandResult<'migration'>> {
+  private async prepare(record: MigrationRecord): Promise<{ vm: VmInfo; incoming: string }> {
     const { driver, locks } = this.opts;
     const existing = await driver.find(record.vm.uuid);
     if (existing?.state === 'running') throw new BatonError('RESOURCE_BUSY', `VM ${record.vm.name} already runs on ${this.opts.host}`, { details: { vm: record.vm.uuid } });

@@ -22,9 +22,11 @@ const MAX_RETRY_MS = 1_000;
 /**
  * Steps sent while the record that asks for them is still being saved, because they lie on the
  * handoff's critical path (source paused → destination running) and are safe early: `resume`
- * runs the VM only where etcd itself says the destination holds every lease with its token, so a
- * duplicate or a deposed leader's copy can do no harm; and a leader that dies before the save
- * lands leaves `sent`, whose commit a successor re-issues and recognises as its own.
+ * runs the VM only where the destination holds every lease with the commit's token (etcd says so,
+ * or the destination's memory of the arrival vouches for it), so a duplicate or a deposed leader's
+ * copy can do no harm; and a leader that dies before the save lands leaves `sent`, whose commit a
+ * successor re-issues and recognises as its own. The save starts once the command is on its way:
+ * the bus sends in a microtask its send queues, and a save started first would go before it.
  */
 export const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
 
@@ -48,6 +50,8 @@ export class Drive {
   private record: MigrationRecord;
   private saved: Promise<StoredMigration>;
   private retryMs: number;
+  /** A record whose next step overlaps its save: saved by `carryOut` once that step is sent. */
+  private unsaved: MigrationRecord | undefined;
   private readonly waiters: StageWaiter[] = [];
   /** Why the drive stopped, once it has (NOT_LEADER, the leadership's abort). */
   private failure: unknown;
@@ -116,7 +120,9 @@ export class Drive {
       }
       this.retryMs = this.opts.retryMs;
       const next = transition(this.record, decision.event, clock.now());
-      if (nextStep(next)?.target !== 'etcd') this.chainSave(next);
+      const following = nextStep(next);
+      if (following !== undefined && OVERLAPS_SAVE.includes(following.step)) this.unsaved = next;
+      else if (following?.target !== 'etcd') this.chainSave(next);
       this.record = next;
     }
   }
@@ -138,7 +144,10 @@ export class Drive {
       return done.reply;
     }
     if (!OVERLAPS_SAVE.includes(command.step)) await this.saved;
-    return raceAbort(this.opts.agents.run(this.record, command), this.signal);
+    const reply = raceAbort(this.opts.agents.run(this.record, command), this.signal);
+    if (this.unsaved !== undefined) this.chainSave(this.unsaved);
+    this.unsaved = undefined;
+    return reply;
   }
 
   /**
