@@ -12,7 +12,7 @@ export const PHASE_LABELS: Record<PathPhase, string> = {
   stream: 'paused → VM `sent`: migration stream + ack (source VM)',
   performReply: 'VM `sent` → record `sent`: source agent drops its locks, NATS reply',
   commit: 'commit: one etcd txn (moves the leases, saves the record `sent`)',
-  resume: 'resume → VM `running`: NATS request, agent reads leases + record (one txn), locks, unpause',
+  resume: 'resume → VM `running`: NATS request, local locks, unpause (no etcd read: the agent vouches for the copy it prepared)',
 };
 
 /** What sits between `paused` and `running`, read from a record's timeline. */

@@ -1,4 +1,4 @@
-import { connect, createServer } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { existsSync, rmSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -78,18 +78,25 @@ class ManagedVm {
     return this.info();
   }
 
-  /** Switchover: pause, hand the state over, stay paused if it arrived; run on if it did not. */
+  /**
+   * Switchover: connect to the incoming VM while still running (QEMU's migration connection exists
+   * and pre-copies before the pause), pause, hand the state over, stay paused if it arrived; run on
+   * if it did not.
+   */
   async send(to: string, delayMs: number, fail: boolean): Promise<VmInfo> {
     const before = this.state;
-    this.pause();
+    let stream: Socket | undefined;
     try {
+      stream = await openStream(to);
+      this.pause();
       if (delayMs > 0) await new Promise<void>((resolve) => setTimeout(resolve, delayMs));
       if (fail) throw new BatonError('IO_ERROR', 'migration stream failed (injected)');
-      await sendState(to, { seq: this.seq });
+      await transfer(stream, to, { seq: this.seq });
       emit({ event: 'sent', seq: this.seq, to });
       return this.info();
     } catch (err) {
       // A failed migration leaves the source as it was (QEMU resumes the source).
+      stream?.destroy();
       this.state = before;
       emit({ event: 'send-failed', seq: this.seq, message: (err as Error).message });
       throw asBatonError(err, 'IO_ERROR');
@@ -111,9 +118,18 @@ class ManagedVm {
   }
 }
 
-function sendState(to: string, state: { seq: number }): Promise<void> {
+/** The migration stream to the incoming VM, connected; a destination that is not there is IO_ERROR. */
+function openStream(to: string): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const socket = connect(to);
+    socket.once('error', (err) => reject(new BatonError('IO_ERROR', `migration stream to ${to}: ${err.message}`, { cause: err })));
+    socket.once('connect', () => resolve(socket));
+  });
+}
+
+/** The state over the stream, until the incoming VM acknowledges it. */
+function transfer(socket: Socket, to: string, state: { seq: number }): Promise<void> {
+  return new Promise((resolve, reject) => {
     socket.on('error', (err) => reject(new BatonError('IO_ERROR', `migration stream to ${to}: ${err.message}`, { cause: err })));
     socket.on('data', () => {
       socket.destroy();
