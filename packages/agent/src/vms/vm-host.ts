@@ -65,7 +65,8 @@ const STEP_ROLE: Record<AgentStepVerb, 'source' | 'destination'> = {
  * for any other owner; the agent-side rules of the handoff are those of core's steps.ts:
  *
  * - every migration command is refused (STALE_TOKEN) when the migration's record in etcd has moved
- *   past the command's token, before anything else;
+ *   past the command's token, before anything else, but a resume the arrival vouches for (its
+ *   record can only have moved on through this agent's own answer);
  * - perform lets go of the source's local locks only once the state was sent (S4);
  * - resume and restore run the VM only where this host holds every lease, with the lease's token,
  *   after taking the local locks (S3, S5): etcd says so, or (resume) this agent's own memory of
