@@ -3,7 +3,7 @@ import { agentBatching, type ClusterLatency, type ClusterThroughput, type Throug
 import type { ReclaimResult } from './cluster-reclaim.js';
 import type { ClusterScaleResult } from './cluster-scale.js';
 import { received } from './etcd-metrics.js';
-import { latencyRow, type Row } from './table.js';
+import { latencyRow, times, type Row } from './table.js';
 
 export interface ClusterResults {
   etcdDataDir?: string;
@@ -38,18 +38,17 @@ export function clusterRows(c: ClusterResults): Row[] {
     const lockCycle = l['lock.cycle'].p50;
     const vsPut = l['fenced.acquire'].p50 / put;
     const vsLock = l['fenced.acquire'].p50 / lockCycle;
-    const x = (v: number, of: number, what: string): string => `${(v / of).toFixed(2)}× ${what}`;
     rows.push(latencyRow('[cluster] etcd put (etcd3 raw KV client)', l.put, { ratio: 'floor' }));
-    rows.push(latencyRow('[cluster] etcd txn: compare prefix empty → put on a lease (raw)', l['txn.acquire'], { ratio: x(l['txn.acquire'].p50, put, 'put') }));
-    rows.push(latencyRow('[cluster] etcd txn grant + txn delete (raw)', l['txn.cycle'], { ratio: x(l['txn.cycle'].p50, put, 'put') }));
-    rows.push(latencyRow('[cluster] LeaseTable.grant in-process (@baton/etcd, no agent)', l['table.acquire'], { ratio: x(l['table.acquire'].p50, put, 'put') }));
-    rows.push(latencyRow('[cluster] LeaseTable grant+release in-process', l['table.cycle'], { ratio: x(l['table.cycle'].p50, put, 'put') }));
-    rows.push(latencyRow('[cluster] local grant, agent without etcd (AgentClient)', l['local.acquire'], { ratio: x(l['local.acquire'].p50, put, 'put') }));
+    rows.push(latencyRow('[cluster] etcd txn: compare prefix empty → put on a lease (raw)', l['txn.acquire'], { ratio: `${times(l['txn.acquire'].p50, put)} put` }));
+    rows.push(latencyRow('[cluster] etcd txn grant + txn delete (raw)', l['txn.cycle'], { ratio: `${times(l['txn.cycle'].p50, put)} put` }));
+    rows.push(latencyRow('[cluster] LeaseTable.grant in-process (@baton/etcd, no agent)', l['table.acquire'], { ratio: `${times(l['table.acquire'].p50, put)} put` }));
+    rows.push(latencyRow('[cluster] LeaseTable grant+release in-process', l['table.cycle'], { ratio: `${times(l['table.cycle'].p50, put)} put` }));
+    rows.push(latencyRow('[cluster] local grant, agent without etcd (AgentClient)', l['local.acquire'], { ratio: `${times(l['local.acquire'].p50, put)} put` }));
     const relay = l['relay.acquire'].p50;
-    rows.push(latencyRow('[cluster] relay floor: a process that only forwards the grant txn (socket line → etcd3 txn)', l['relay.acquire'], { ratio: x(relay, put, 'put') }));
+    rows.push(latencyRow('[cluster] relay floor: a process that only forwards the grant txn (socket line → etcd3 txn)', l['relay.acquire'], { ratio: `${times(relay, put)} put` }));
     rows.push(
       latencyRow('[cluster] fenced acquire: agent + etcd txn (AgentClient)', l['fenced.acquire'], {
-        ratio: `${vsPut.toFixed(2)}× put, ${vsLock.toFixed(2)}× Lock a+r, ${x(l['fenced.acquire'].p50, relay, 'relay')}`,
+        ratio: `${vsPut.toFixed(2)}× put, ${vsLock.toFixed(2)}× Lock a+r, ${times(l['fenced.acquire'].p50, relay)} relay`,
         target: `≤ ${CLUSTER_TARGET.fencedVsPut}× put, ≤ ${CLUSTER_TARGET.fencedVsLock}× Lock a+r`,
         result: vsPut <= CLUSTER_TARGET.fencedVsPut && vsLock <= CLUSTER_TARGET.fencedVsLock ? 'PASS' : 'MISS',
         checks: [
@@ -58,9 +57,9 @@ export function clusterRows(c: ClusterResults): Row[] {
         ],
       }),
     );
-    rows.push(latencyRow('[cluster] fenced acquire+release (AgentClient)', l['fenced.cycle'], { ratio: x(l['fenced.cycle'].p50, lockCycle, 'Lock a+r') }));
-    rows.push(latencyRow('[cluster] etcd3 Lock acquire (lease grant + txn)', l['lock.acquire'], { ratio: x(l['lock.acquire'].p50, put, 'put') }));
-    rows.push(latencyRow('[cluster] etcd3 Lock acquire+release (peer)', l['lock.cycle'], { ratio: `peer; ${x(lockCycle, put, 'put')}` }));
+    rows.push(latencyRow('[cluster] fenced acquire+release (AgentClient)', l['fenced.cycle'], { ratio: `${times(l['fenced.cycle'].p50, lockCycle)} Lock a+r` }));
+    rows.push(latencyRow('[cluster] etcd3 Lock acquire (lease grant + txn)', l['lock.acquire'], { ratio: `${times(l['lock.acquire'].p50, put)} put` }));
+    rows.push(latencyRow('[cluster] etcd3 Lock acquire+release (peer)', l['lock.cycle'], { ratio: `peer; ${times(lockCycle, put)} put` }));
   }
   const t = c.throughput;
   const lock = t.lock;

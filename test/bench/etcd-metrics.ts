@@ -62,3 +62,12 @@ export function totalReceived(c: EtcdCounters): number {
 export function received(c: EtcdCounters, method: string): number {
   return c.received[method] ?? 0;
 }
+
+/** etcd's counters summed over every member (each client call lands on one member). */
+export async function scrapeMembers(urls: readonly string[]): Promise<EtcdCounters> {
+  const all = await Promise.all(urls.map((u) => scrapeEtcd(u)));
+  const receivedSum: Record<string, number> = {};
+  for (const c of all) for (const [m, n] of Object.entries(c.received)) receivedSum[m] = (receivedSum[m] ?? 0) + n;
+  // Every member applies every committed entry: one member's count is the cluster's.
+  return { received: receivedSum, proposals: Math.max(...all.map((c) => c.proposals)), puts: Math.max(...all.map((c) => c.puts)), deletes: Math.max(...all.map((c) => c.deletes)) };
+}

@@ -32,7 +32,7 @@ import { measureScale, type MemoryResult, type ReexecResult } from './scale.js';
 import { affinity, allCpus, cpuTimes, machineInfo, pin } from './sys.js';
 import { countSyscalls, straceAvailable, type SyscallResult } from './syscalls.js';
 import { measureThroughput, type ThroughputResult } from './throughput.js';
-import { formatMarkdown, formatTable, latencyRow, type Row, type Step } from './table.js';
+import { formatMarkdown, formatTable, latencyRow, times, type Row, type Step } from './table.js';
 import { CLUSTER_TARGET, clusterRows, type ClusterResults } from './cluster-rows.js';
 
 const SECTIONS = ['floors', 'latency', 'scale', 'cluster', 'migration'] as const;
@@ -128,10 +128,6 @@ interface Results {
   errors: string[];
 }
 
-function ratio(a: number, b: number): number {
-  return a / b;
-}
-
 /** The slowest run's phases: snapshot (old image) / boot+adopt (new image) / first reply. */
 function phases(x: ReexecResult): string {
   const i = x.samplesMs.indexOf(Math.max(...x.samplesMs));
@@ -144,19 +140,19 @@ function buildRows(r: Results): Row[] {
   if (r.floors) {
     const f = r.floors;
     rows.push(latencyRow('fcntl OFD lock+unlock byte 0 (N-API, in-process)', f.ofd, { ratio: 'floor' }));
-    rows.push(latencyRow('fcntl POSIX lock+unlock byte 0 (N-API)', f.posix, { ratio: `${ratio(f.posix.p50, f.ofd.p50).toFixed(2)}× OFD` }));
-    rows.push(latencyRow('fs-ext async fcntl lock+unlock (whole file)', f.fsExt, { ratio: `${ratio(f.fsExt.p50, f.ofd.p50).toFixed(0)}× OFD` }));
+    rows.push(latencyRow('fcntl POSIX lock+unlock byte 0 (N-API)', f.posix, { ratio: `${times(f.posix.p50, f.ofd.p50)} OFD` }));
+    rows.push(latencyRow('fs-ext async fcntl lock+unlock (whole file)', f.fsExt, { ratio: `${(f.fsExt.p50 / f.ofd.p50).toFixed(0)}× OFD` }));
   }
   for (const p of PLACEMENTS) {
     const l = r.latency[p.name];
     if (!l) continue;
     const tag = `[${p.name}]`;
     const echo = l.echo.p50;
-    const vsEcho = ratio(l['grant.acquire'].p50, echo);
-    const vsRedis = ratio(l['grant.acquire'].p50, l['redis.acquire'].p50);
+    const vsEcho = l['grant.acquire'].p50 / echo;
+    const vsRedis = l['grant.acquire'].p50 / l['redis.acquire'].p50;
     const pass = vsEcho <= TARGET.vsEcho && vsRedis <= TARGET.vsRedis;
     rows.push(latencyRow(`${tag} NDJSON echo round trip (floor)`, l.echo, { ratio: 'floor' }));
-    rows.push(latencyRow(`${tag} agent hello (line client)`, l['raw.hello'], { ratio: `${ratio(l['raw.hello'].p50, echo).toFixed(2)}× echo` }));
+    rows.push(latencyRow(`${tag} agent hello (line client)`, l['raw.hello'], { ratio: `${times(l['raw.hello'].p50, echo)} echo` }));
     rows.push(
       latencyRow(`${tag} grant: acquire (AgentClient)`, l['grant.acquire'], {
         ratio: `${vsEcho.toFixed(2)}× echo, ${vsRedis.toFixed(2)}× redis`,
@@ -168,15 +164,15 @@ function buildRows(r: Results): Row[] {
         ],
       }),
     );
-    rows.push(latencyRow(`${tag} grant: acquire+release (AgentClient)`, l['grant.cycle'], { ratio: `${ratio(l['grant.cycle'].p50, l['redis.cycle'].p50).toFixed(2)}× redlock a+r` }));
-    rows.push(latencyRow(`${tag} grant: acquire (line client)`, l['raw.acquire'], { ratio: `${ratio(l['raw.acquire'].p50, echo).toFixed(2)}× echo` }));
-    rows.push(latencyRow(`${tag} grant: acquire+release (line client)`, l['raw.cycle'], { ratio: `${ratio(l['raw.cycle'].p50, echo).toFixed(2)}× echo` }));
+    rows.push(latencyRow(`${tag} grant: acquire+release (AgentClient)`, l['grant.cycle'], { ratio: `${times(l['grant.cycle'].p50, l['redis.cycle'].p50)} redlock a+r` }));
+    rows.push(latencyRow(`${tag} grant: acquire (line client)`, l['raw.acquire'], { ratio: `${times(l['raw.acquire'].p50, echo)} echo` }));
+    rows.push(latencyRow(`${tag} grant: acquire+release (line client)`, l['raw.cycle'], { ratio: `${times(l['raw.cycle'].p50, echo)} echo` }));
     for (const key of DIAGNOSTIC_KEYS) {
       const s = l[`${key}.acquire`];
-      if (s) rows.push(latencyRow(`${tag} grant: acquire (line client; ${diagnosticLabel(key, DISK)})`, s, { ratio: `${ratio(s.p50, echo).toFixed(2)}× echo` }));
+      if (s) rows.push(latencyRow(`${tag} grant: acquire (line client; ${diagnosticLabel(key, DISK)})`, s, { ratio: `${times(s.p50, echo)} echo` }));
     }
-    rows.push(latencyRow(`${tag} redlock: SET NX PX (ioredis)`, l['redis.acquire'], { ratio: `${ratio(l['redis.acquire'].p50, echo).toFixed(2)}× echo` }));
-    rows.push(latencyRow(`${tag} redlock: SET NX PX + Lua release`, l['redis.cycle'], { ratio: `${ratio(l['redis.cycle'].p50, echo).toFixed(2)}× echo` }));
+    rows.push(latencyRow(`${tag} redlock: SET NX PX (ioredis)`, l['redis.acquire'], { ratio: `${times(l['redis.acquire'].p50, echo)} echo` }));
+    rows.push(latencyRow(`${tag} redlock: SET NX PX + Lua release`, l['redis.cycle'], { ratio: `${times(l['redis.cycle'].p50, echo)} echo` }));
   }
   if (r.throughput) {
     const t = r.throughput;

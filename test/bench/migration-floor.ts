@@ -1,22 +1,17 @@
 // The floor the critical path is measured against (one etcd compare-and-put plus two NATS round
 // trips), and the virtlockd-style handoff with the etcd3 Lock recipe, both in the same run.
 import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
 import { Etcd3 } from 'etcd3';
 import { Bus, BusConfigSchema } from '@baton/bus';
-import { newMigration, systemClock } from '@baton/core';
+import { newMigration, rpcDeadline, systemClock } from '@baton/core';
 import { ManagedProcess, waitFor } from '../support/index.js';
-import { scrapeEtcd, type EtcdCounters } from './etcd-metrics.js';
 import { nowUs } from './stats.js';
-import { RESPONDER_ENTRY, TTL_SECONDS, deadline } from './migration-rig.js';
+import { TTL_SECONDS } from './migration-rig.js';
 
-/** etcd's counters summed over every member (each client call lands on one member). */
-export async function scrapeMembers(urls: readonly string[]): Promise<EtcdCounters> {
-  const all = await Promise.all(urls.map((u) => scrapeEtcd(u)));
-  const receivedSum: Record<string, number> = {};
-  for (const c of all) for (const [m, n] of Object.entries(c.received)) receivedSum[m] = (receivedSum[m] ?? 0) + n;
-  // Every member applies every committed entry: one member's count is the cluster's.
-  return { received: receivedSum, proposals: Math.max(...all.map((c) => c.proposals)), puts: Math.max(...all.map((c) => c.puts)), deletes: Math.max(...all.map((c) => c.deletes)) };
-}
+const RESPONDER_ENTRY = fileURLToPath(new URL('./nats-responder.js', import.meta.url));
+/** Every raw etcd call of the floor and the Lock gets one (the product's own calls carry theirs). */
+const deadline = (): { deadline: number } => ({ deadline: rpcDeadline(5_000) });
 
 /** The floor's and the Lock's clients, and the responder process. */
 export class FloorRig {

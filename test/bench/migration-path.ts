@@ -22,13 +22,13 @@ export interface PathCount {
   steps: string[];
 }
 
-export interface VmEvent {
+interface VmEvent {
   event: string;
   t: number;
 }
 
 /** A VM's events on one host, every life of it (the sim driver keeps the log across destroy). */
-export class EventLogs {
+class EventLogs {
   private readonly cache = new Map<string, VmEvent[]>();
 
   constructor(private readonly mc: MigrationCluster) {}
@@ -51,7 +51,7 @@ export class EventLogs {
 }
 
 /** The VM events of one migration's handoff, each found inside the timeline's window for it. */
-export function handoffEvents(record: MigrationRecord, logs: EventLogs): { paused: number; vmSent: number; running: number } | undefined {
+function handoffEvents(record: MigrationRecord, logs: EventLogs): { paused: number; vmSent: number; running: number; sent: number; committed: number } | undefined {
   const at = (phase: string): number | undefined => record.timeline.find((e) => e.phase === phase)?.atMs;
   const [performing, sent, committed, confirming] = [at('performing'), at('sent'), at('committed'), at('confirming')];
   if (performing === undefined || sent === undefined || committed === undefined || confirming === undefined) return undefined;
@@ -61,7 +61,7 @@ export function handoffEvents(record: MigrationRecord, logs: EventLogs): { pause
   const paused = source.find((e) => e.event === 'paused' && within(e, performing, sent));
   const vmSent = source.find((e) => e.event === 'sent' && within(e, performing, sent));
   const running = logs.of(record.destination, record.vm.uuid).find((e) => e.event === 'running' && within(e, committed, confirming));
-  return paused && vmSent && running ? { paused: paused.t, vmSent: vmSent.t, running: running.t } : undefined;
+  return paused && vmSent && running ? { paused: paused.t, vmSent: vmSent.t, running: running.t, sent, committed } : undefined;
 }
 
 /**
@@ -75,7 +75,7 @@ export function handoffEvents(record: MigrationRecord, logs: EventLogs): { pause
  * follows, unless the next step's transaction carries it (an etcd step) or the step is sent
  * while it is saved (OVERLAPS_SAVE); the closing step's request.
  */
-export function pathOf(record: MigrationRecord, pausedMs: number, runningMs: number): PathCount {
+function pathOf(record: MigrationRecord, pausedMs: number, runningMs: number): PathCount {
   const tl = record.timeline;
   const lastAwaiting = (target: 'source' | 'destination', beforeMs: number): number =>
     tl.findLastIndex((e) => e.atMs <= beforeMs + 0.5 && migrationRule(e.phase)?.target === target);
@@ -107,20 +107,33 @@ export function pathOf(record: MigrationRecord, pausedMs: number, runningMs: num
   return out;
 }
 
-/** Per migration: the critical path, its phases (µs), its timeline path; undefined if an event is missing. */
-export function analyse(record: MigrationRecord, logs: EventLogs): { path: number; phases: Record<PathPhase, number>; count: PathCount } | undefined {
+/** One migration's critical path (µs), its phases (µs) and its timeline path. */
+export interface Analysed {
+  path: number;
+  phases: Record<PathPhase, number>;
+  count: PathCount;
+}
+
+/** Per migration: the critical path, its phases, its timeline path; undefined if an event is missing. */
+function analyse(record: MigrationRecord, logs: EventLogs): Analysed | undefined {
   const ev = handoffEvents(record, logs);
-  const at = (phase: string): number => record.timeline.find((e) => e.phase === phase)!.atMs;
   if (!ev) return undefined;
   const ms = (v: number): number => v * 1000;
   return {
     path: ms(ev.running - ev.paused),
     phases: {
       stream: ms(ev.vmSent - ev.paused),
-      performReply: ms(at('sent') - ev.vmSent),
-      commit: ms(at('committed') - at('sent')),
-      resume: ms(ev.running - at('committed')),
+      performReply: ms(ev.sent - ev.vmSent),
+      commit: ms(ev.committed - ev.sent),
+      resume: ms(ev.running - ev.committed),
     },
     count: pathOf(record, ev.paused, ev.running),
   };
+}
+
+/** The migrations that ended `done`, and those of them whose every event was found, analysed. */
+export function analyseDone(records: readonly MigrationRecord[], mc: MigrationCluster): { done: MigrationRecord[]; analysed: Analysed[] } {
+  const logs = new EventLogs(mc);
+  const done = records.filter((r) => r.phase === 'done');
+  return { done, analysed: done.map((r) => analyse(r, logs)).filter((a): a is Analysed => a !== undefined) };
 }

@@ -1,13 +1,12 @@
 // The migration section's shared pieces: its options and results, its constants, and the few
 // helpers every part uses (one migration through the coordinator, a log that counts retries).
 import { fileURLToPath } from 'node:url';
-import { rpcDeadline, systemClock, type MigrationRecord } from '@baton/core';
+import { systemClock, type MigrationRecord } from '@baton/core';
 import type { Coordinator, Log } from '@baton/coordinator';
 import { MigrationCluster, within } from '../support/index.js';
 import type { Summary } from './stats.js';
 import type { PathCount, PathPhase } from './migration-path.js';
 
-export const RESPONDER_ENTRY = fileURLToPath(new URL('./nats-responder.js', import.meta.url));
 /** Where a storm that broke a rule leaves its evidence (emptied at each storm's start). */
 export const DIAGNOSTICS_DIR = fileURLToPath(new URL('./migration-diagnostics/', import.meta.url));
 /** QEMU's default maximum downtime at switchover (migrate_set_downtime / downtime-limit). */
@@ -78,13 +77,17 @@ export interface MigrationResults {
   storm?: StormResult;
 }
 
-/** Every raw etcd call of the floor and the Lock gets one (the product's own calls carry theirs). */
-export const deadline = (): { deadline: number } => ({ deadline: rpcDeadline(5_000) });
+/** A coordinator warning or error, kept for the storm's diagnostics. */
+export interface Warning {
+  atMs: number;
+  fields: object;
+  message: string;
+}
 
 /** A coordinator log that counts the steps sent again and keeps its warnings for the diagnostics. */
-export function countingLog(): { log: Log; retries: () => number; warnings: { atMs: number; fields: object; message: string }[] } {
+export function countingLog(): { log: Log; retries: () => number; warnings: Warning[] } {
   let retries = 0;
-  const warnings: { atMs: number; fields: object; message: string }[] = [];
+  const warnings: Warning[] = [];
   const keep = (fields: object, message: string): void => {
     if (warnings.length < 10_000) warnings.push({ atMs: systemClock.now(), fields, message });
   };

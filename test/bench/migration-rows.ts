@@ -1,5 +1,5 @@
 // The migration section's rows in the bench's one table, and its targets.
-import { latencyRow, type Row } from './table.js';
+import { latencyRow, times, type Row } from './table.js';
 import { PATH_PHASES, PHASE_LABELS } from './migration-path.js';
 import { type MigrationResults, QEMU_DOWNTIME_MS } from './migration-rig.js';
 
@@ -10,9 +10,8 @@ export const MIGRATION_TARGET = {
   p99Ms: 20,
 };
 
-export const ms = (us: number): string => (us / 1000).toFixed(us < 10_000 ? 2 : 1);
-export const ofQemu = (us: number): string => `${((us / 1000 / QEMU_DOWNTIME_MS) * 100).toFixed(1)}%`;
-export const times = (a: number, b: number): string => `${(a / b).toFixed(2)}×`;
+const ms = (us: number): string => (us / 1000).toFixed(us < 10_000 ? 2 : 1);
+const ofQemu = (us: number): string => `${((us / 1000 / QEMU_DOWNTIME_MS) * 100).toFixed(1)}%`;
 
 /** The section's rows, in the bench's one table. */
 export function migrationRows(m: MigrationResults): Row[] {

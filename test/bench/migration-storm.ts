@@ -7,19 +7,35 @@ import type { Coordinator } from '@baton/coordinator';
 import { checkDisk, MigrationCluster, waitFor } from '../support/index.js';
 import { summarize } from './stats.js';
 import { cpuTimes } from './sys.js';
-import { EventLogs, analyse } from './migration-path.js';
-import { DIAGNOSTICS_DIR, type StormResult, countingLog, migrateOnce, wholeUs } from './migration-rig.js';
+import { analyseDone } from './migration-path.js';
+import { DIAGNOSTICS_DIR, type StormResult, type Warning, countingLog, migrateOnce, wholeUs } from './migration-rig.js';
+
+/** A storm VM: where its disk is and the hosts it was sent to, in order. */
+interface StormVm {
+  uuid: string;
+  name: string;
+  disk: string;
+  visited: string[];
+}
+
+/** A sim VM process found in /proc. */
+interface VmProcess {
+  pid: number;
+  uuid: string;
+  name: string;
+  host: string;
+}
 
 /**
  * What a failed storm leaves for a person to read, before the cluster is torn down: per VM that
  * broke a rule, its records (timelines), its event log on every host, its disk, and every agent log
  * line and coordinator warning that names it.
  */
-export async function keepDiagnostics(
+async function keepDiagnostics(
   mc: MigrationCluster,
-  vms: { uuid: string; name: string; disk: string; visited: string[] }[],
+  vms: StormVm[],
   records: MigrationRecord[],
-  warnings: { atMs: number; fields: object; message: string }[],
+  warnings: Warning[],
   violations: string[],
 ): Promise<string> {
   const dir = DIAGNOSTICS_DIR;
@@ -28,7 +44,12 @@ export async function keepDiagnostics(
   for (const v of vms.filter((x) => violations.some((m) => m.includes(`${x.name}:`) || m.includes(`${x.name} `) || m.includes(`${x.name}.img`)))) {
     const mine = records.filter((r) => r.vm.uuid === v.uuid);
     const ids = new Set(mine.map((r) => r.id));
-    const events = Object.fromEntries([...mc.agents.keys()].map((h) => [h, existsSync(mc.driver(h).eventLog(v.uuid)) ? readFileSync(mc.driver(h).eventLog(v.uuid), 'utf8') : '']));
+    const events = Object.fromEntries(
+      [...mc.agents.keys()].map((h) => {
+        const log = mc.driver(h).eventLog(v.uuid);
+        return [h, existsSync(log) ? readFileSync(log, 'utf8') : ''];
+      }),
+    );
     const agentLines = Object.fromEntries([...mc.agents].map(([h, a]) => [h, a.json.events().filter((e) => JSON.stringify(e).includes(v.uuid) || [...ids].some((id) => JSON.stringify(e).includes(id)))]));
     const coordinator = warnings.filter((w) => [...ids].some((id) => JSON.stringify(w).includes(id)));
     writeFileSync(join(dir, `${v.name}.json`), JSON.stringify({ vm: v, records: mine, events, agents: agentLines, coordinator }, null, 2));
@@ -38,8 +59,8 @@ export async function keepDiagnostics(
 }
 
 /** The sim VM processes whose directory is under one of `stateDirs`, from /proc. */
-export function vmProcesses(stateDirs: string[]): { pid: number; uuid: string; name: string; host: string }[] {
-  const out: { pid: number; uuid: string; name: string; host: string }[] = [];
+export function vmProcesses(stateDirs: string[]): VmProcess[] {
+  const out: VmProcess[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     let argv: string[];
@@ -56,7 +77,7 @@ export function vmProcesses(stateDirs: string[]): { pid: number; uuid: string; n
 }
 
 /** A small seeded PRNG (mulberry32): the storm's destinations, random but the same mix each run. */
-export function prng(seed: number): () => number {
+function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -78,7 +99,7 @@ export async function storm(
   // An earlier run's evidence would be taken for this one's.
   rmSync(DIAGNOSTICS_DIR, { recursive: true, force: true });
   const random = prng(0xba7);
-  const vms: { uuid: string; name: string; disk: string; visited: string[] }[] = [];
+  const vms: StormVm[] = [];
   for (let i = 0; i < opts.vms; i++) {
     const host = hosts[i % hosts.length]!;
     const name = `storm-${i}`;
@@ -173,13 +194,9 @@ export async function storm(
     const all = (await c.store.list()).map((s) => s.record);
     log(`storm: ${violations.length} violation(s); diagnostics in ${await keepDiagnostics(mc, vms, all, coordLog.warnings, violations)}`);
   }
-  const l = new EventLogs(mc);
-  const paths = records
-    .filter((r) => r.phase === 'done')
-    .map((r) => analyse(r, l))
-    .filter((a): a is NonNullable<typeof a> => a !== undefined)
-    .map((a) => a.path);
-  const done = records.filter((r) => r.phase === 'done').length;
+  const { done: doneRecords, analysed } = analyseDone(records, mc);
+  const done = doneRecords.length;
+  const paths = analysed.map((a) => a.path);
   return {
     vms: opts.vms,
     perVm: opts.perVm,

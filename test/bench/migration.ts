@@ -19,26 +19,22 @@
 // Every figure here is in microseconds, as the rest of the bench; the VMs' event times are whole
 // milliseconds (guest.ts rounds them), so a critical-path sample is ±1 ms.
 import type { MigrationRecord } from '@baton/core';
-import { CoordinatorConfigSchema, CoordinatorService, type Coordinator } from '@baton/coordinator';
-import { checkDisk, EtcdCluster, MigrationCluster, NatsServer, waitFor } from '../support/index.js';
-import { countersDelta, received, type EtcdCounters } from './etcd-metrics.js';
-import { summarize, type Summary } from './stats.js';
+import { CoordinatorConfigSchema, type Coordinator } from '@baton/coordinator';
+import { checkDisk, MigrationCluster, startServers, waitFor } from '../support/index.js';
+import { countersDelta, received, scrapeMembers } from './etcd-metrics.js';
+import { runInterleaved, Samples, summarize, type Loop, type Summary } from './stats.js';
 import type { Step } from './table.js';
-import { FloorRig, scrapeMembers } from './migration-floor.js';
-import { EventLogs, PATH_PHASES, type PathPhase, analyse } from './migration-path.js';
+import { FloorRig } from './migration-floor.js';
+import { PATH_PHASES, type PathPhase, analyseDone } from './migration-path.js';
 import { type MigrationBenchOptions, type MigrationResults, TTL_SECONDS, countingLog, migrateOnce, wholeUs } from './migration-rig.js';
 import { storm, vmProcesses } from './migration-storm.js';
 
 /** The whole section: one etcd cluster, one nats-server, one migration cluster for every part. */
 export async function measureMigration(opts: MigrationBenchOptions, step: Step, log: (msg: string) => void): Promise<MigrationResults> {
   const hosts = Array.from({ length: opts.hosts }, (_, i) => `host-${i + 1}`);
-  const out: MigrationResults = { etcdMembers: 3, hosts: opts.hosts };
-  const servers = await Promise.allSettled([EtcdCluster.start({ members: 3 }), NatsServer.start({ jetstream: true })]);
-  if (servers.some((s) => s.status === 'rejected')) {
-    await Promise.all(servers.map((s) => (s.status === 'fulfilled' ? s.value.close() : undefined)));
-    throw (servers.find((s) => s.status === 'rejected') as PromiseRejectedResult).reason;
-  }
-  const [etcd, nats] = [(servers[0] as PromiseFulfilledResult<EtcdCluster>).value, (servers[1] as PromiseFulfilledResult<NatsServer>).value];
+  const servers = await startServers({ etcdCluster: { members: 3 }, nats: { jetstream: true } });
+  const { etcdCluster: etcd, nats } = servers;
+  const out: MigrationResults = { etcdMembers: etcd.endpoints.length, hosts: opts.hosts };
   let mc: MigrationCluster | undefined;
   let rig: FloorRig | undefined;
   try {
@@ -48,9 +44,7 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
       mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url], hosts, ttlSeconds: TTL_SECONDS });
       // The coordinator's default step deadlines (5 s, 60 s for the send), not the fixture's
       // shorter test ones: the bench measures the product as it ships.
-      const fixture = mc.coordinatorConfig('bench-coord');
-      const service = await CoordinatorService.start({ config: CoordinatorConfigSchema.parse({ id: fixture.id, etcd: fixture.etcd, nats: fixture.nats, http: fixture.http }), log: coordLog.log });
-      mc.coordinators.push(service);
+      await mc.addCoordinator('bench-coord', coordLog.log, CoordinatorConfigSchema.pick({ stepTimeoutMs: true, sendTimeoutMs: true }).parse({}));
       coordinator = (await mc.leader()).coordinator;
       rig = await FloorRig.start(etcd.endpoints, nats.url);
     });
@@ -58,7 +52,6 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
     const cluster = mc;
     const c = coordinator;
     const floorRig = rig;
-    const logs = (): EventLogs => new EventLogs(cluster);
 
     if (opts.handoffs > 0) await step(`handoff: ${opts.handoffs} sequential migrations ${hosts[0]} ⇄ ${hosts[1]}, interleaved with the floor and the etcd3 Lock handoff (${opts.floorIterations} each, ${opts.rounds} rounds)`, async () => {
       const vm = await cluster.startVm(hosts[0]!, 'handoff-vm', ['handoff-vm.img']);
@@ -67,7 +60,8 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
       let here = hosts[0]!;
       const timed: MigrationRecord[] = [];
       let notDone = 0;
-      const counters: EtcdCounters = { received: {}, proposals: 0, puts: 0, deletes: 0 };
+      // etcd's counters over the timed migrations: what one migration asks of etcd.
+      const asked = { txn: 0, range: 0, proposals: 0 };
       const migrate = async (keep: boolean): Promise<void> => {
         const to = here === hosts[0] ? hosts[1]! : hosts[0]!;
         const record = await migrateOnce(cluster, c, vm.uuid, to);
@@ -77,40 +71,32 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
         } else here = to;
         if (keep) timed.push(record);
       };
-      const ignore = (): void => undefined;
-      const samples = new Map<string, number[]>();
-      const keepSample = (series: string, us: number): void => {
-        const s = samples.get(series) ?? [];
-        s.push(us);
-        samples.set(series, s);
-      };
+      const samples = new Samples();
+      const loops: Loop[] = [
+        { name: 'floor', iteration: (record) => floorRig.floor(record) },
+        { name: 'lock', iteration: (record) => floorRig.lockHandoff(record) },
+      ];
       // Untimed warm-up of each loop (JIT, connections, the first VM process spawns).
       for (let i = 0; i < 4; i++) await migrate(false);
-      for (let i = 0; i < 50; i++) await floorRig.floor(ignore);
-      for (let i = 0; i < 50; i++) await floorRig.lockHandoff(ignore);
-      // Interleaved rounds (as stats.ts runInterleaved), so drift touches every series alike.
+      // The migrations take turns with the floor and the Lock in every round, so drift touches
+      // every series alike.
       const perRound = (n: number): number => Math.ceil(n / opts.rounds);
       for (let r = 0; r < opts.rounds; r++) {
         await migrate(false);
-        // etcd's counters around the timed migrations only: what one migration asks of etcd.
         const before = await scrapeMembers(etcd.endpoints);
         for (let i = 0; i < perRound(opts.handoffs); i++) await migrate(true);
         const d = countersDelta(before, await scrapeMembers(etcd.endpoints));
-        for (const [m, n] of Object.entries(d.received)) counters.received[m] = (counters.received[m] ?? 0) + n;
-        counters.proposals += d.proposals;
-        for (let i = 0; i < 10; i++) await floorRig.floor(ignore);
-        for (let i = 0; i < perRound(opts.floorIterations); i++) await floorRig.floor(keepSample);
-        for (let i = 0; i < 10; i++) await floorRig.lockHandoff(ignore);
-        for (let i = 0; i < perRound(opts.floorIterations); i++) await floorRig.lockHandoff(keepSample);
+        asked.txn += received(d, 'Txn');
+        asked.range += received(d, 'Range');
+        asked.proposals += d.proposals;
+        await runInterleaved(loops, { n: perRound(opts.floorIterations), rounds: 1, warmup: r === 0 ? 50 : 0, chunkWarmup: 10 }, samples);
       }
-      const summary = (s: string): Summary => summarize(samples.get(s) ?? []);
+      const summary = (s: string): Summary => samples.summary(s);
       out.floor = { total: summary('floor'), txn: summary('floor.txn'), nats: summary('floor.nats'), range: summary('floor.range') };
       out.lock = { handoff: summary('lock.handoff'), free: summary('lock.free') };
 
-      const l = logs();
-      const analysed = timed.filter((rec) => rec.phase === 'done').map((rec) => analyse(rec, l));
-      const ok = analysed.filter((a): a is NonNullable<typeof a> => a !== undefined);
-      if (ok.length < analysed.length) log(`${analysed.length - ok.length} of ${analysed.length} handoffs lacked an event; left out`);
+      const { done, analysed: ok } = analyseDone(timed, cluster);
+      if (ok.length < done.length) log(`${done.length - ok.length} of ${done.length} handoffs lacked an event; left out`);
       const first = ok[0]?.count ?? { etcdWrites: 0, busMessages: 0, steps: [] };
       out.handoff = {
         migrations: timed.length,
@@ -121,7 +107,7 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
         path: first,
         pathVariants: [...Map.groupBy(ok, (a) => a.count.steps.join(' → ')).entries()].map(([steps, list]) => ({ steps, n: list.length })),
         whole: summarize(timed.map(wholeUs)),
-        perMigration: { txn: received(counters, 'Txn') / timed.length, range: received(counters, 'Range') / timed.length, proposals: counters.proposals / timed.length },
+        perMigration: { txn: asked.txn / timed.length, range: asked.range / timed.length, proposals: asked.proposals / timed.length },
       };
       // The handoff VM goes before the storm: the storm's VMs are the only load then.
       await c.destroyVm(vm.uuid);
@@ -149,6 +135,6 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
         // gone already
       }
     }
-    await Promise.all([etcd.close(), nats.close()]);
+    await servers.close();
   }
 }

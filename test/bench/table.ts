@@ -47,6 +47,9 @@ export function formatMarkdown(rows: readonly Row[]): string {
   return [`| ${header.join(' | ')} |`, `|${header.map((_, i) => ([1, 2, 3].includes(i) ? '---:' : '---')).join('|')}|`, ...body].join('\n');
 }
 
+/** `a` as a multiple of `b`, as every ratio column prints it: `1.23×`. */
+export const times = (a: number, b: number): string => `${(a / b).toFixed(2)}×`;
+
 /** A latency line from a summary: n, p50 and p99, and whatever else the line says. */
 export function latencyRow(name: string, s: Summary, extra: Partial<Row> = {}): Row {
   return { name, n: s.n, p50: s.p50, p99: s.p99, ...extra };
