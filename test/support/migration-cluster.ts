@@ -1,13 +1,16 @@
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll } from 'vitest';
-import { isSettled, type ClusterLease, type ErrorBody, type HostedVm, type MigrationPhase, type MigrationRecord, type VmDefinitionInput, type VmSpecInput } from '@baton/core';
-import { CoordinatorConfigSchema, CoordinatorService, type CoordinatorConfigInput, type DefineAnswer, type Log } from '@baton/coordinator';
+import { isSettled, type ClusterLease, type DefineAnswer, type ErrorBody, type HostedVm, type MigrationPhase, type MigrationRecord, type VmDefinitionInput, type VmSpecInput } from '@baton/core';
+import { CoordinatorConfigSchema, CoordinatorService, type CoordinatorConfigInput, type Log } from '@baton/coordinator';
 import { SimDriver } from '@baton/agent';
+import { Bus, BusConfigSchema } from '@baton/bus';
+import type { EtcdConnection } from '@baton/etcd';
 import { AgentProcess, SharedStorage } from './agent-process.js';
 import { EtcdServer } from './etcd-server.js';
 import { NatsServer } from './nats-server.js';
 import { clusterName } from './cluster-host.js';
+import { connectEtcd } from './etcd-session.js';
 import { httpJson, type HttpJsonResponse } from './http-json.js';
 import { waitFor } from './wait-for.js';
 
@@ -114,6 +117,16 @@ export class MigrationCluster implements AsyncDisposable {
       etcd: { endpoints: this.opts.etcd, cluster: this.cluster, ttlSeconds: this.opts.ttlSeconds, ...etcd },
       nats: { servers: this.opts.nats, cluster: this.cluster, ...nats },
     });
+  }
+
+  /** A plain etcd connection to this cluster (its endpoints, TTL and key prefix), for a test to watch or write with. */
+  connectEtcd(): EtcdConnection {
+    return connectEtcd(this.opts.etcd, this.opts.ttlSeconds, this.cluster);
+  }
+
+  /** A NATS connection on this cluster's subjects, for a test to send agents commands with. */
+  connectBus(name: string): Promise<Bus> {
+    return Bus.connect(BusConfigSchema.parse({ servers: this.opts.nats, cluster: this.cluster }), name);
   }
 
   /** A coordinator replica in this process; resolves once it serves HTTP (it may not lead yet). */

@@ -1,6 +1,6 @@
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import { asBatonError, BatonError, PROTOCOL_VERSION, ReplyEnvelope, toErrorBody, type ErrorBody } from '@baton/core';
+import { asBatonError, BatonError, PROTOCOL_VERSION, ReplyEnvelope, type ErrorBody, type ErrorCode } from '@baton/core';
 import { z } from 'zod';
 import { Subjects, type BusConfig } from './config.js';
 
@@ -53,7 +53,8 @@ export class Bus implements AsyncDisposable {
 
   /**
    * Answer commands on `subject` (wildcards allowed); every failure is a catalogue error reply.
-   * `onRefused` learns of a command refused here, before the handler (an envelope not understood).
+   * `onRefused` learns of every refusal answered, whether the envelope was not understood or the
+   * handler threw.
    */
   serve(subject: string, handler: CommandHandler, onRefused?: (err: BatonError) => void): void {
     const sub = this.nc.subscribe(subject, {
@@ -62,22 +63,25 @@ export class Bus implements AsyncDisposable {
         const respond = (body: unknown): void => {
           msg.respond(JSON.stringify(body));
         };
+        const refuse = (e: unknown, code: ErrorCode): void => {
+          const refusal = asBatonError(e, code);
+          onRefused?.(refusal);
+          respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: refusal.toBody() });
+        };
         let params: unknown;
         try {
           const env = CommandEnvelope.parse(msg.json());
           if (env.v !== PROTOCOL_VERSION) throw new BatonError('UNSUPPORTED_VERSION', `protocol version ${env.v} is not supported`, { details: { supported: [PROTOCOL_VERSION] } });
           params = env.params;
         } catch (e) {
-          const refusal = asBatonError(e, 'INVALID_REQUEST');
-          onRefused?.(refusal);
-          respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: refusal.toBody() });
+          refuse(e, 'INVALID_REQUEST');
           return;
         }
         Promise.resolve()
           .then(() => handler(params, msg.subject))
           .then(
             (result) => respond({ v: PROTOCOL_VERSION, id: null, ok: true, result }),
-            (e: unknown) => respond({ v: PROTOCOL_VERSION, id: null, ok: false, error: toErrorBody(e) }),
+            (e: unknown) => refuse(e, 'INTERNAL'),
           )
           .catch(() => undefined);
       },

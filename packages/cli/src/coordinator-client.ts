@@ -2,12 +2,16 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { z } from 'zod';
 import {
   BatonError,
+  DefineAnswerSchema,
+  DestroyedVmSchema,
   ErrorBodySchema,
   HostedVmSchema,
   HostViewSchema,
   MigrationRecordSchema,
   parseOrRefuse,
   isSettled,
+  type DefineAnswer,
+  type DestroyedVm,
   type ErrorBody,
   type HostedVm,
   type MigrationRecord,
@@ -48,10 +52,6 @@ const StatusSchema = z.object({
   open: z.array(MigrationRecordSchema),
 });
 export type CoordinatorStatus = z.infer<typeof StatusSchema>;
-const DestroyedSchema = z.object({ uuid: z.string(), host: z.string(), released: z.number().int() });
-/** A definition change: applied to the VM now, or staged in its migration (applied when that ends). */
-const DefinedSchema = z.union([z.strictObject({ applied: z.literal(true), vm: HostedVmSchema }), z.strictObject({ staged: z.literal(true), migration: z.string() })]);
-export type Defined = z.infer<typeof DefinedSchema>;
 
 /** Why a request never got an answer, as the catalogue says it: the peer is unavailable. */
 function unreachable(url: string, err: unknown, timeoutMs: number): BatonError {
@@ -145,12 +145,12 @@ export class CoordinatorClient {
     return this.json(HostedVmSchema, '/v1/vms', { method: 'POST', body: { host, ...spec } });
   }
 
-  destroyVm(vm: string): Promise<z.infer<typeof DestroyedSchema>> {
-    return this.json(DestroyedSchema, `/v1/vms/${encodeURIComponent(vm)}`, { method: 'DELETE' });
+  destroyVm(vm: string): Promise<DestroyedVm> {
+    return this.json(DestroyedVmSchema, `/v1/vms/${encodeURIComponent(vm)}`, { method: 'DELETE' });
   }
 
-  defineVm(vm: string, definition: VmDefinitionInput): Promise<Defined> {
-    return this.json(DefinedSchema, `/v1/vms/${encodeURIComponent(vm)}/definition`, { method: 'PUT', body: definition });
+  defineVm(vm: string, definition: VmDefinitionInput): Promise<DefineAnswer> {
+    return this.json(DefineAnswerSchema, `/v1/vms/${encodeURIComponent(vm)}/definition`, { method: 'PUT', body: definition });
   }
 
   status(): Promise<CoordinatorStatus> {

@@ -8,6 +8,8 @@ import {
   systemClock,
   wallTimeIso,
   type ClusterLease,
+  type DefineAnswer,
+  type DestroyedVm,
   type HostedVm,
   type MigrationRecord,
   type VmDefinition,
@@ -44,7 +46,6 @@ export interface MigrateRequest {
 }
 
 /** A definition change: applied to the VM now, or staged in its migration's record, applied when that ends. */
-export type DefineAnswer = { applied: true; vm: HostedVm } | { staged: true; migration: string };
 
 const ELECTION = 'coordinator';
 
@@ -285,7 +286,7 @@ export class Coordinator implements AsyncDisposable {
   }
 
   /** Destroy a VM wherever it runs (refused with MIGRATING while it migrates). */
-  async destroyVm(vm: string): Promise<{ uuid: string; host: string; released: number }> {
+  async destroyVm(vm: string): Promise<DestroyedVm> {
     const found = (await this.vms()).filter((v) => v.uuid === vm.toLowerCase() || v.name === vm);
     if (found.length === 0) throw new BatonError('VM_NOT_FOUND', `no host runs a VM ${vm}`, { details: { vm } });
     if (new Set(found.map((v) => v.uuid)).size > 1) throw new BatonError('INVALID_REQUEST', `"${vm}" names several VMs; give its uuid`, { details: { vms: found.map((v) => v.uuid) } });

@@ -12,3 +12,4 @@ export * from './wire/cluster.js';
 export * from './migration/index.js';
 export * from './wire/vm-definition.js';
 export * from './wire/vm-api.js';
+export * from './backoff.js';

@@ -105,10 +105,9 @@ export class Handoff {
     }));
   }
 
-  /** What a step reads first (begin, give-back), and etcd's revision then. */
-  private async read(): Promise<{ state: Seen; revision: Token }> {
-    const replies = await Promise.all(this.targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
-    return { state: this.seen(replies), revision: Math.max(...replies.map((res) => Number(res.header.revision))) };
+  /** What a step reads first (begin, give-back): every resource's prefix, in one round trip. */
+  private async read(): Promise<Seen> {
+    return this.stateRead(await this.conn.txn({ success: this.stateReads() }, 'the leases of a handoff')).seen;
   }
 
   /**
@@ -190,7 +189,7 @@ export class Handoff {
 
   /** Reserve the leases for this migration: each still the source's, with no other handoff. */
   async begin(vm: string, guard?: RecordGuard): Promise<{ token: Token; grants: Token[] }> {
-    const { state } = await this.read();
+    const state = await this.read();
     const again = this.ownMarkerRevision(state, 'begin');
     if (again !== undefined) return { token: again, grants: state.map((s) => Number(s.excl!.mod_revision)) };
     state.forEach((s, i) => {
@@ -283,7 +282,7 @@ export class Handoff {
    * lock-delay marker): neither copy has run since commit.
    */
   async giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty, guard?: RecordGuard): Promise<Token> {
-    const { state } = await this.read();
+    const state = await this.read();
     return this.moveLeases(
       'give-back',
       this.targets.map((t, i) =>

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { asBatonError, BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
+import { asBatonError, Backoff, BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
 import type { IKeyValue } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 
@@ -93,11 +93,10 @@ export class MigrationStore {
    */
   async saveThrough(prev: StoredMigration, next: MigrationRecord, retry: SaveRetry): Promise<StoredMigration> {
     const written = recordValue(next);
-    let pauseMs = retry.retryMs;
+    const backoff = new Backoff(retry.retryMs, retry.maxRetryMs);
     const pause = async (err: unknown): Promise<void> => {
       retry.onUnanswered?.(asBatonError(err));
-      await delay(pauseMs, undefined, { signal: retry.signal });
-      pauseMs = Math.min(pauseMs * 2, retry.maxRetryMs);
+      await delay(backoff.next(), undefined, { signal: retry.signal });
     };
     let unanswered = false;
     for (;;) {
@@ -156,9 +155,10 @@ export function storedMigration(kv: IKeyValue): StoredMigration {
 
 /**
  * Refuse (STALE_TOKEN) a command whose token is older than the record's newest revision: the
- * coordinator saves each etcd step before it sends the next command (resume aside, which checks
- * the leases themselves), so a late or duplicated command of an earlier step, of a deposed
- * leader, or of an ended migration is refused here before it acts.
+ * coordinator saves each etcd step before it sends the next command (resume aside: it is sent
+ * while its record is saved, safe early; see the coordinator's OVERLAPS_SAVE), so a late or
+ * duplicated command of an earlier step, of a deposed leader, or of an ended migration is refused
+ * here before it acts.
  */
 export function assertCurrentIn(id: string, stored: StoredMigration | undefined, token: Token): MigrationRecord {
   if (!stored) throw new BatonError('STALE_TOKEN', `migration ${id} is unknown here`, { details: { migration: id, presented: token } });

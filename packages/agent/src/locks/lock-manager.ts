@@ -202,8 +202,8 @@ export class LockManager {
     }
   }
 
-  /** The table key of a grant (what `retoken` is keyed by). */
-  keyOf(grant: Grant): string {
+  /** The table key of a grant, or of a resolved resource (what `retoken` is keyed by). */
+  keyOf(grant: Pick<Grant, 'lockspace' | 'resource'>): string {
     return lockKey(this.lockspace(grant.lockspace), grant.resource);
   }
 

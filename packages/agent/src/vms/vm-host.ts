@@ -99,23 +99,10 @@ export class VmHost implements AsyncDisposable {
       return this.define(uuid, definition);
     });
     for (const verb of AGENT_STEP_VERBS) {
-      const handle = async (p: unknown) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration'));
-      if (verb !== 'resume') {
-        bus.serve(bus.subjects.agent(host, `migration.${verb}`), handle);
-        continue;
-      }
       // Any refused resume may be followed by a give-back (a refusal is final for the coordinator),
       // even one refused before it names its VM: from then on no arrival is vouched for.
-      const forgetArrivals = () => this.arrivals.clear();
-      bus.serve(
-        bus.subjects.agent(host, `migration.${verb}`),
-        (p) =>
-          handle(p).catch((err: unknown) => {
-            forgetArrivals();
-            throw err;
-          }),
-        forgetArrivals,
-      );
+      const refused = verb === 'resume' ? () => this.arrivals.clear() : undefined;
+      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration')), refused);
     }
     // A running VM writes only until the host's session deadline; each keepalive moves it on.
     this.renewer = setInterval(() => this.renewInBackground(), opts.member.timing.keepaliveMs);
@@ -265,16 +252,17 @@ export class VmHost implements AsyncDisposable {
   private diskChange(uuid: string, disks: readonly VmDisk[]): { kept: Grant[]; added: VmDisk[]; removed: Grant[] } {
     const { locks } = this.opts;
     const held = locks.grantsOf(uuid);
+    const heldByKey = new Map(held.map((g) => [locks.keyOf(g), g]));
     const kept: Grant[] = [];
     const added: VmDisk[] = [];
     const named = new Set<string>();
     for (const disk of disks) {
       const lockspace = locks.lockspace(disk.lockspace);
       const identity = lockspace.identify(disk.path);
-      const key = `${lockspace.name}\0${identity}`;
+      const key = locks.keyOf({ lockspace: lockspace.name, resource: identity });
       if (named.has(key)) throw new BatonError('INVALID_REQUEST', `"${disk.path}" is named twice in one definition`, { details: { resource: identity } });
       named.add(key);
-      const grant = held.find((g) => g.lockspace === lockspace.name && g.resource === identity);
+      const grant = heldByKey.get(key);
       if (grant === undefined) added.push(disk);
       else if (grant.mode !== disk.mode) {
         throw new BatonError('INVALID_REQUEST', `"${disk.path}" is held ${grant.mode}; to change its mode, remove the disk, then add it again`, { details: { resource: identity, heldMode: grant.mode } });
@@ -390,6 +378,12 @@ export class VmHost implements AsyncDisposable {
     if (role === 'destination' && vm !== undefined && vm.state !== 'running') await this.opts.driver.destroy(vm.uuid);
   }
 
+  /** A copy that will not run here: its locks and record go, and on the destination the copy itself. */
+  private async abandon(uuid: string, role: 'source' | 'destination'): Promise<void> {
+    this.forget(uuid);
+    if (role === 'destination') await this.opts.driver.destroy(uuid);
+  }
+
   /**
    * Run the VM here (resume on the destination, restore on the source) under its leases' `tokens`
    * (the caller established this host holds them): local locks under those tokens first, then
@@ -415,9 +409,8 @@ export class VmHost implements AsyncDisposable {
         locks.commit(uuid, locks.plan(uuid, record.resources), tokens);
       }
     } catch (err) {
-      this.forget(uuid);
       // S5: a destination that cannot lock never runs; its copy goes, so no late resume can unpause it.
-      if (role === 'destination') await driver.destroy(uuid);
+      await this.abandon(uuid, role);
       throw err;
     }
     let running: VmInfo;
@@ -427,8 +420,7 @@ export class VmHost implements AsyncDisposable {
       // No answer: the copy may be running; only the same command again can tell (it is retried).
       if (asBatonError(err).code === 'UNAVAILABLE') throw err;
       // Refused to run: it never ran, so it holds nothing, as if the locks had failed (S5).
-      this.forget(uuid);
-      if (role === 'destination') await driver.destroy(uuid);
+      await this.abandon(uuid, role);
       throw err;
     }
     this.opts.log.info({ migration: record.id, vm: uuid, pid: running.pid, owner: owner.owner.uuid, tokens }, `VM ${record.vm.name} runs on ${this.opts.host} (${role === 'destination' ? 'migrated in' : 'restored'})`);

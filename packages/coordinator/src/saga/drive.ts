@@ -1,6 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import {
   asBatonError,
+  Backoff,
   decideReply,
   isSettled,
   nextStep,
@@ -49,7 +50,7 @@ interface StageWaiter {
 export class Drive {
   private record: MigrationRecord;
   private saved: Promise<StoredMigration>;
-  private retryMs: number;
+  private readonly backoff: Backoff;
   /** A record whose next step overlaps its save: saved by `carryOut` once that step is sent. */
   private unsaved: MigrationRecord | undefined;
   private readonly waiters: StageWaiter[] = [];
@@ -63,7 +64,7 @@ export class Drive {
   ) {
     this.record = initial.record;
     this.saved = Promise.resolve(initial);
-    this.retryMs = opts.retryMs;
+    this.backoff = new Backoff(opts.retryMs, MAX_RETRY_MS);
   }
 
   /** The VM whose record this is, while something is left to do for it. */
@@ -114,11 +115,11 @@ export class Drive {
       const decision = decideReply(this.record, command, reply);
       if (decision.kind === 'stale') continue;
       if (decision.kind === 'retry') {
-        log.warn({ migration: this.record.id, step: command.step, code: decision.error.code, retryInMs: this.retryMs }, `${command.step} of migration ${this.record.id} did not go through (${decision.error.message}); sending it again`);
+        log.warn({ migration: this.record.id, step: command.step, code: decision.error.code, retryInMs: this.backoff.ms }, `${command.step} of migration ${this.record.id} did not go through (${decision.error.message}); sending it again`);
         await this.pause();
         continue;
       }
-      this.retryMs = this.opts.retryMs;
+      this.backoff.reset();
       const next = transition(this.record, decision.event, clock.now());
       const following = nextStep(next);
       if (following !== undefined && OVERLAPS_SAVE.includes(following.step)) this.unsaved = next;
@@ -179,11 +180,11 @@ export class Drive {
           continue;
         }
         const level = RETRYABLE_STEP_CODES.includes(e.code) ? 'warn' : 'error';
-        log[level]({ migration: id, vm: vm.uuid, host: taken.host, code: e.code, retryInMs: this.retryMs }, `the definition staged in migration ${id} could not be applied to ${vm.name} on ${taken.host} (${e.message}); it stays staged and is tried again`);
+        log[level]({ migration: id, vm: vm.uuid, host: taken.host, code: e.code, retryInMs: this.backoff.ms }, `the definition staged in migration ${id} could not be applied to ${vm.name} on ${taken.host} (${e.message}); it stays staged and is tried again`);
         await this.pause();
         continue;
       }
-      this.retryMs = this.opts.retryMs;
+      this.backoff.reset();
       if (this.record.staged !== staged) continue;
       log.info({ migration: id, vm: vm.uuid, host: taken.host }, `the definition staged in migration ${id} was applied to ${vm.name} on ${taken.host}`);
       this.record = taken.record;
@@ -227,8 +228,7 @@ export class Drive {
   }
 
   private async pause(): Promise<void> {
-    await delay(this.retryMs, undefined, { signal: this.signal });
-    this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);
+    await delay(this.backoff.next(), undefined, { signal: this.signal });
   }
 }
 

@@ -1,9 +1,9 @@
 import { z } from 'zod';
-import { BatonError, ERROR_CODES, type ErrorCode } from '../errors.js';
+import { ERROR_CODES, type ErrorCode } from '../errors.js';
 import { compareTokens, type Token } from '../fencing.js';
 import { LOCK_MODES, UUID } from '../model.js';
 import { MAX_RESOURCES_PER_REQUEST } from '../wire/agent-api.js';
-import { describeIssues } from '../wire/envelope.js';
+import { parseOrRefuse } from '../wire/envelope.js';
 import { LeaseLossSchema, type LeaseLoss } from '../wire/cluster.js';
 import { VmDefinitionSchema } from '../wire/vm-definition.js';
 import { MIGRATION_PHASES, MIGRATION_PHASE_NEEDS, MIGRATION_TOKEN_SLOTS, isClosedPhase } from './phases.js';
@@ -104,21 +104,15 @@ export interface MigrationRequest {
   startedAt?: string;
 }
 
-function parse(value: unknown, code: ErrorCode, what: string): MigrationRecord {
-  const parsed = MigrationRecordSchema.safeParse(value);
-  if (!parsed.success) throw new BatonError(code, `${what}: ${describeIssues(parsed.error)}`);
-  return parsed.data;
-}
-
 /** A new record in `begun`; a bad request is refused with INVALID_REQUEST naming every bad field. */
 export function newMigration(request: MigrationRequest, atMs: number): MigrationRecord {
   const record = { version: MIGRATION_RECORD_VERSION, ...request, phase: 'begun', tokens: {}, timeline: [{ phase: 'begun', atMs }], staged: null, incoming: null, onLeaseLoss: request.onLeaseLoss ?? null };
-  return parse(record, 'INVALID_REQUEST', 'invalid migration request');
+  return parseOrRefuse(MigrationRecordSchema, record, 'invalid migration request');
 }
 
 /** A record read back from etcd. One that could not be driven on is refused whole (STATE_INVALID). */
 export function parseMigrationRecord(value: unknown): MigrationRecord {
-  return parse(value, 'STATE_INVALID', 'migration record is not valid');
+  return parseOrRefuse(MigrationRecordSchema, value, 'migration record is not valid', 'STATE_INVALID');
 }
 
 /** The revision every command of the current step is conditioned on: the newest one written (0 before begin). */

@@ -65,4 +65,10 @@ export const VM_COMMANDS = {
   migration: { params: MigrationStepParamsSchema, result: z.object({ vm: VmInfoSchema.nullable(), incoming: z.string().optional(), onLeaseLoss: LeaseLossSchema.optional() }) },
 } as const;
 export type VmCommand = keyof typeof VM_COMMANDS;
+
+/** The coordinator's answers over HTTP: a VM destroyed (on the host that ran it); a definition change applied now, or staged in the VM's migration (applied when that ends). */
+export const DestroyedVmSchema = VM_COMMANDS['vm.destroy'].result.extend({ host: z.string() });
+export type DestroyedVm = z.infer<typeof DestroyedVmSchema>;
+export const DefineAnswerSchema = z.union([z.strictObject({ applied: z.literal(true), vm: HostedVmSchema }), z.strictObject({ staged: z.literal(true), migration: z.string() })]);
+export type DefineAnswer = z.infer<typeof DefineAnswerSchema>;
 export type VmCommandResult<C extends VmCommand> = z.infer<(typeof VM_COMMANDS)[C]['result']>;
