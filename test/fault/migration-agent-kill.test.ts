@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { connectEtcd, MigrationCluster, migrationServers, monoNow, quiet, processState, waitFor, writtenUnder } from '../support/index.js';
+import { MigrationCluster, migrationServers, monoNow, quiet, waitFor, writtenUnder } from '../support/index.js';
 import {
   ClusterWatch,
   capturingLog,
   disposer,
   ended,
   expectSettledVm,
+  freezeAt,
   figure,
   leaseState,
   runningEvents,
@@ -27,7 +28,7 @@ describe('agents SIGKILLed mid-migration', () => {
       // The perform the dead agent never answers is sent again after 4 s rather than the fixture's 10.
       const { coordinator } = await mc.addCoordinator('coord-1', quiet, { sendTimeoutMs: 4_000 });
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 5, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 's1', ['s1-root.img', 's1-data.img']);
       await writtenUnder(mc.disk('s1-root.img'), vm.locks[0]!.token);
@@ -60,7 +61,7 @@ describe('agents SIGKILLed mid-migration', () => {
       await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
       const { coordinator } = await mc.addCoordinator();
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 5, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'd1', ['d1-root.img', 'd1-data.img']);
       await writtenUnder(mc.disk('d1-root.img'), vm.locks[0]!.token);
@@ -70,8 +71,7 @@ describe('agents SIGKILLed mid-migration', () => {
       // The destination agent is frozen from `performing` on (the send needs only its incoming VM
       // process, not the agent), so it is frozen for certain when the resume arrives after commit.
       const started = await coordinator.migrate({ vm: 'd1', to: 'host-b' });
-      await watch.on((r) => r.id === started.id && r.phase === 'performing', () => dest.json.proc.signal('SIGSTOP'), 'performing');
-      await waitFor(() => processState(dest.pid) === 'T', { what: 'host-b agent stopped', deadlineMs: 2_000, intervalMs: 1 });
+      await freezeAt(watch, started.id, 'performing', dest.json.proc);
       const committed = await watch.phase(started.id, 'committed');
       // Committed to host-b, which cannot run it: the copy there is paused with the state, and no one
       // runs the VM (the source's copy is paused too, its local locks dropped).
@@ -107,7 +107,7 @@ describe('the source VM process stalled while it is confirmed away', () => {
       const log: string[] = [];
       const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log));
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'z1', ['z1-root.img']);
       await writtenUnder(mc.disk('z1-root.img'), vm.locks[0]!.token);
@@ -129,7 +129,7 @@ describe('the source VM process stalled while it is confirmed away', () => {
       });
       process.kill(sourcePid, 'SIGCONT');
       stopped = false;
-      const record = await ended(mc, conn, watch, started.id, 20_000);
+      const record = await ended(mc, watch, started.id, 20_000);
       expect(record.phase).toBe('done');
       // `done` says the source copy is gone (confirm destroys it): it must be, not left paused.
       await expectSettledVm(mc, conn, vm, [record], 'host-b');
@@ -146,7 +146,7 @@ describe('the destination agent down past its session TTL after commit', () => {
       const log: string[] = [];
       const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log));
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'x1', ['x1-root.img', 'x1-data.img']);
       await writtenUnder(mc.disk('x1-root.img'), vm.locks[0]!.token);
@@ -156,15 +156,14 @@ describe('the destination agent down past its session TTL after commit', () => {
       // As above, the destination agent is frozen before the commit, but now it stays down until
       // its session has expired: the leases committed to it go with the session.
       const started = await coordinator.migrate({ vm: 'x1', to: 'host-b' });
-      await watch.on((r) => r.id === started.id && r.phase === 'performing', () => dest.json.proc.signal('SIGSTOP'), 'performing');
-      await waitFor(() => processState(dest.pid) === 'T', { what: 'host-b agent stopped', deadlineMs: 2_000, intervalMs: 1 });
+      await freezeAt(watch, started.id, 'performing', dest.json.proc);
       await watch.phase(started.id, 'committed');
       await waitFor(async () => (await conn.range(conn.keys.host('host-b'))).kvs.length === 0, { what: 'host-b’s session to expire', deadlineMs: 15_000, intervalMs: 50 });
       expect((await leaseState(conn, started)).map((s) => s.lease), 'the committed leases went with the session').toEqual([undefined, undefined]);
       await dest.crash();
       await dest.restart();
 
-      const record = await ended(mc, conn, watch, started.id, 30_000, log);
+      const record = await ended(mc, watch, started.id, 30_000, log);
       // The restarted agent has a new session and no lease: it cannot resume (LEASE_LOST), so the
       // leases go back to the source (nothing is held under them) and the source runs its copy.
       expect(record.phase).toBe('aborted');
@@ -178,7 +177,7 @@ describe('the destination agent down past its session TTL after commit', () => {
 
       // And the VM can still go to host-b later: one copy at the end.
       const again = await coordinator.migrate({ vm: 'x1', to: 'host-b' });
-      const record2 = await ended(mc, conn, watch, again.id, 30_000, log);
+      const record2 = await ended(mc, watch, again.id, 30_000, log);
       expect(record2.phase).toBe('done');
       await expectSettledVm(mc, conn, vm, [record, record2], 'host-b');
     },

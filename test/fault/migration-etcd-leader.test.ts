@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationRecord } from '@baton/core';
-import { checkDisk, connectEtcd, EtcdCluster, MigrationCluster, migrationServers, monoNow, TcpProxy, waitFor, within } from '../support/index.js';
+import { EtcdCluster, MigrationCluster, migrationServers, monoNow, TcpProxy, waitFor, within, writtenUnder } from '../support/index.js';
 import {
   ClusterWatch,
   EtcdContender,
@@ -43,14 +43,13 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
   const log: string[] = [];
   const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log), { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) } });
   await mc.leader();
-  await using conn = connectEtcd(cluster.endpoints, 5, mc.cluster);
+  await using conn = mc.connectEtcd();
   await using watch = await ClusterWatch.start(conn);
   const vm = await mc.startVm('host-a', 'e1', ['e1-root.img', 'e1-data.img']);
   const disks = vm.locks.map((l) => l.resource);
-  await waitFor(() => checkDisk(disks[0]!).length > 0, { what: 'e1 writing on host-a', deadlineMs: 5_000 });
-  await using contenderConn = connectEtcd(cluster.endpoints, 5, mc.cluster);
-  const contender = await EtcdContender.start(contenderConn, () => disks);
-  await using _contender = disposer(() => within(contender.stop(), 10_000, 'the etcd contender'));
+  await writtenUnder(disks[0]!, vm.locks[0]!.token);
+  await using contenderConn = mc.connectEtcd();
+  await using contender = await EtcdContender.start(contenderConn, () => disks);
 
   const records: MigrationRecord[] = [];
   let host = 'host-a';
@@ -73,7 +72,7 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
       kill();
     }
     await within(leader.process!.exited, 5_000, `etcd ${leader.memberName} to exit`);
-    const record = await ended(mc, conn, watch, started.id, 20_000, log);
+    const record = await ended(mc, watch, started.id, 20_000, log);
     const newLeader = await cluster.leader();
     records.push(record);
     // Committed → the VM runs on the destination; rolled back → on the source (both are correct).

@@ -7,15 +7,14 @@ import {
   asBatonError,
   isSettled,
   nextStep,
-  parseMigrationRecord,
   type LeaseValue,
   type MigrationPhase,
   type MigrationRecord,
   type MigrationStep,
 } from '@baton/core';
 import type { Log } from '@baton/coordinator';
-import { LeaseTable, type EtcdConnection, type HandoffMarker } from '@baton/etcd';
-import { checkDisk, describeError, MigrationCluster, monoNow, openSession, readDiskRecords, waitFor } from '../support/index.js';
+import { LeaseTable, storedMigration, type EtcdConnection, type HandoffMarker } from '@baton/etcd';
+import { checkRecords, describeError, MigrationCluster, monoNow, openSession, readDiskRecords, waitFor, within, writtenUnder, type DiskEpoch, type ManagedProcess } from '../support/index.js';
 
 /**
  * The kit of the live-migration fault tests (test/fault/migration-*.test.ts). Live migration under faults (DESIGN §6, S1–S6), with real processes throughout: agents with sim
@@ -78,7 +77,7 @@ export class ClusterWatch implements AsyncDisposable {
     w.cancels.push(
       await conn.watch(conn.keys.migrations, { prefix: true, fromRevision }, {
         put: (kv) => {
-          const seen = { at: monoNow(), record: parseMigrationRecord(JSON.parse(kv.value.toString())) };
+          const seen = { at: monoNow(), record: storedMigration(kv).record };
           w.records.push(seen);
           for (const hook of w.hooks) hook(seen);
         },
@@ -189,7 +188,8 @@ export function stepEffect(mc: MigrationCluster, conn: EtcdConnection, record: M
   const { id, vm, source, destination } = record;
   const leases = () => leaseState(conn, record);
   const state = async (host: string) => (await mc.driver(host).find(vm.uuid))?.state;
-  const baseline = runningEvents(mc, source, vm.uuid);
+  // Only restore's effect is read against the start: the source's event log is read for it alone.
+  const baseline = command.step === 'restore' ? runningEvents(mc, source, vm.uuid) : 0;
   const done: Record<MigrationStep, () => Promise<boolean>> = {
     begin: async () => (await leases()).every((s) => s.marker?.migration === id && s.marker.step === 'begin'),
     mark: async () => (await leases()).every((s) => s.marker?.migration === id && s.marker.step === 'mark'),
@@ -211,14 +211,14 @@ export function stepEffect(mc: MigrationCluster, conn: EtcdConnection, record: M
  * The migration's closed record; if it does not end in time, an error that says what was left
  * behind: the record's phase, the leases, where the VM's copies are, and the coordinator's last words.
  */
-export async function ended(mc: MigrationCluster, conn: EtcdConnection, watch: ClusterWatch, id: string, deadlineMs: number, log: string[] = []): Promise<MigrationRecord> {
+export async function ended(mc: MigrationCluster, watch: ClusterWatch, id: string, deadlineMs: number, log: string[] = []): Promise<MigrationRecord> {
   try {
     return await watch.settled(id, deadlineMs);
   } catch (err) {
     const stuck = watch.latest(id);
     if (!stuck) throw err;
     // A report, not a probe: etcd may still be failing over, and what it cannot read it says so.
-    const leases = await leaseState(conn, stuck).then(
+    const leases = await leaseState(watch.conn, stuck).then(
       (states) => states.map((s) => `${s.lease?.host}:${s.lease?.grant}${s.marker ? `+marker(${s.marker.step})` : ''}`).join(', '),
       (e: unknown) => `unreadable (${describeError(e)})`,
     );
@@ -265,19 +265,20 @@ export async function expectSettledVm(
   vm: { uuid: string; name: string },
   records: MigrationRecord[],
   host: string,
-): Promise<ReturnType<typeof checkDisk>[]> {
+): Promise<DiskEpoch[][]> {
   expect(records.every(isSettled), 'every migration ended').toBe(true);
   expect(await mc.copies(vm.uuid), 'exactly one copy of the VM, running').toEqual({ [host]: 'running' });
   const state = await leaseState(conn, records.at(-1)!);
   const writers = legitimateWriters(records);
-  const out: ReturnType<typeof checkDisk>[] = [];
+  const out: DiskEpoch[][] = [];
   for (const s of state) {
     expect(s.marker, `no handoff marker left on ${s.resource}`).toBeUndefined();
     expect(s.lease?.host, `the lease of ${s.resource} is ${host}'s`).toBe(host);
     const token = s.lease!.token;
     // S3: the copy that runs writes, and under the lease it holds now.
-    await waitFor(() => readDiskRecords(s.resource).at(-1)?.token === token, { what: `${vm.name} writing to ${s.resource} under token ${token}`, deadlineMs: 5_000 });
-    const epochs = checkDisk(s.resource);
+    await writtenUnder(s.resource, token);
+    const lines = readDiskRecords(s.resource);
+    const epochs = checkRecords(lines, s.resource);
     for (const e of epochs) {
       expect(e.vm).toBe(vm.name);
       expect(`${e.host} wrote under token ${e.token}`).toBe(`${writers.get(s.resource)!.get(e.token) ?? 'nobody'} wrote under token ${e.token}`);
@@ -285,7 +286,6 @@ export async function expectSettledVm(
     expect(epochs.at(-1)).toMatchObject({ host, token });
     // The guest's counter travels with its state: a copy that wrote after its state was sent (a
     // source unpaused at switchover) shows as the counter going back when the destination starts.
-    const lines = readDiskRecords(s.resource);
     const back = lines.findIndex((r, i) => i > 0 && r.seq <= lines[i - 1]!.seq);
     expect(back < 0 ? 'the counter only rises' : `${lines[back]!.host} wrote seq ${lines[back]!.seq} after ${lines[back - 1]!.host} wrote seq ${lines[back - 1]!.seq}`, `seq on ${s.resource}`).toBe('the counter only rises');
     out.push(epochs);
@@ -313,11 +313,12 @@ export function capturingLog(lines: string[]): Log {
  * each disk's exclusive lease again and again: the most direct third party there is. Every answer
  * is kept; a grant is a win (S6 broken) and is released at once so the VM is not starved.
  */
-export class EtcdContender {
+export class EtcdContender implements AsyncDisposable {
   readonly answers = new Map<string, number>();
   readonly wins: { disk: string; token: number; at: number }[] = [];
   private readonly running: Promise<void>;
   private readonly stopping = new AbortController();
+  private stopped: Promise<void> | undefined;
 
   private constructor(
     private readonly table: LeaseTable,
@@ -355,9 +356,27 @@ export class EtcdContender {
     }
   }
 
-  async stop(): Promise<void> {
-    this.stopping.abort();
-    await this.running;
-    await this.session.close({ revoke: true }).catch(() => undefined);
+  stop(): Promise<void> {
+    this.stopped ??= (async () => {
+      this.stopping.abort();
+      await this.running;
+      await this.session.close({ revoke: true }).catch(() => undefined);
+    })();
+    return this.stopped;
   }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return within(this.stop(), 10_000, 'the etcd contender');
+  }
+}
+
+/**
+ * SIGSTOP `proc` the moment migration `id` reaches `phase` (from the watch's own callback, so
+ * before anything can follow the phase), and resolve once every thread of it has stopped.
+ */
+export async function freezeAt(watch: ClusterWatch, id: string, phase: MigrationPhase, proc: ManagedProcess): Promise<SeenRecord> {
+  let stopped: Promise<void> | undefined;
+  const seen = await watch.on((r) => r.id === id && r.phase === phase, () => (stopped = proc.pause()), phase);
+  await stopped;
+  return seen;
 }

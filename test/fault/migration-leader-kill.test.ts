@@ -5,13 +5,13 @@ import { describe, expect, it } from 'vitest';
 import {
   lockFileName,
   migrationRule,
-  parseMigrationRecord,
   type HostedVm,
   type MigrationPhase,
   type MigrationRecord,
   type MigrationStep,
 } from '@baton/core';
-import { connectEtcd, CoordinatorProcess, TcpProxy, httpJson, MigrationCluster, migrationServers, monoNow, startProbe, waitFor, writtenUnder } from '../support/index.js';
+import { MigrationStore } from '@baton/etcd';
+import { CoordinatorProcess, TcpProxy, httpJson, MigrationCluster, migrationServers, monoNow, startProbe, waitFor, writtenUnder } from '../support/index.js';
 import {
   ClusterWatch,
   REPLY_DELAY_MS,
@@ -77,7 +77,7 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
         });
         replicas.set(id, await CoordinatorProcess.start(config));
       }
-      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const any = (): CoordinatorProcess => [...replicas.values()].find((c) => c.running)!;
       await waitFor(async () => (await electionLine(conn)).length === 3, { what: 'three candidacies', deadlineMs: 10_000 });
@@ -113,7 +113,7 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
         const killedAt = monoNow();
         await victim.kill();
         // Read from etcd itself, not the watch, which could still be delivering a last save.
-        const stored = parseMigrationRecord(JSON.parse((await conn.range(conn.keys.migration(id))).kvs[0]!.value.toString()));
+        const stored = (await new MigrationStore(conn).get(id))!.record;
         expect(stored.phase, `the leader died after ${effect.step} took effect and before it saved the result`).toBe(phase);
         await victim.restart();
         const elected = await waitFor(() => watch.candidaciesGone.find((g) => g.key === leader!.key) ?? false, { what: `${leader!.id}'s candidacy to expire`, deadlineMs: 10_000 });

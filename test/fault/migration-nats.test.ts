@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { asBatonError, nextStep, type MigrationRecord } from '@baton/core';
-import { Bus, BusConfigSchema } from '@baton/bus';
-import { connectEtcd, MigrationCluster, migrationServers, monoNow, NatsServer, waitFor, writtenUnder } from '../support/index.js';
+import type { Bus } from '@baton/bus';
+import { MigrationCluster, migrationServers, monoNow, waitFor, writtenUnder } from '../support/index.js';
 import { ClusterWatch, type SeenRecord, capturingLog, expectSettledVm, figure, leaseState } from './migration-kit.js';
 
 /** Live migration across a NATS restart, with agent commands duplicated, reordered and replayed late (kit and the checks every history gets: migration-kit.ts). */
@@ -53,25 +53,17 @@ function duplicatedAndReordered(commands: AgentCommand[]): AgentCommand[] {
   return [...commands, ...[...commands].reverse()];
 }
 
-
 describe('NATS restarted mid-migration; agent commands duplicated, reordered, replayed late', () => {
-  let ownNats: NatsServer;
-  beforeAll(async () => {
-    // Its own server: this test restarts it.
-    ownNats = await NatsServer.start({ jetstream: true });
-  });
-  afterAll(async () => {
-    await ownNats?.close();
-  });
+  // The file's own NATS server (migrationServers), which these tests restart.
 
   it(
     'NATS down mid-send and restarted at commit costs only time; every earlier command replayed afterwards, duplicated and reordered, is refused STALE_TOKEN and changes nothing',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [ownNats.url] });
+      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const log: string[] = [];
       const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log), { sendTimeoutMs: 3_000 });
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const vm = await mc.startVm('host-a', 'n1', ['n1-root.img', 'n1-data.img']);
       await writtenUnder(mc.disk('n1-root.img'), vm.locks[0]!.token);
@@ -83,9 +75,9 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       await watch.phase(m1.id, 'performing');
       await waitFor(async () => (await mc.driver('host-a').find(vm.uuid))?.state === 'paused', { what: 'n1 paused for the send', deadlineMs: 5_000, intervalMs: 5 });
       const down = monoNow();
-      await ownNats.stop();
+      await servers.nats.stop();
       await waitFor(() => log.some((l) => l.startsWith(`perform of migration ${m1.id} did not go through`)), { what: 'the coordinator to give the perform up', deadlineMs: 10_000 });
-      await ownNats.start();
+      await servers.nats.start();
       const outageMs = monoNow() - down;
       const r1 = await watch.settled(m1.id, 30_000);
       expect(r1.phase).toBe('done');
@@ -97,7 +89,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
         stepsSentAgain: log.filter((l) => l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
       });
 
-      await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [ownNats.url], cluster: mc.cluster }), 'replayer');
+      await using bus = await mc.connectBus('replayer');
       const m1Commands = agentCommands(bus, watch.versions(m1.id));
       expect(m1Commands.map((c) => c.params.key.step)).toEqual(['prepare', 'perform', 'resume', 'confirm']);
       const leasesBefore = await leaseState(conn, r1);
@@ -116,7 +108,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       const m2 = await coordinator.migrate({ vm: 'n1', to: 'host-a' });
       await watch.phase(m2.id, 'committed');
       const restartedAt = monoNow();
-      await ownNats.restart();
+      await servers.nats.restart();
       const restartMs = monoNow() - restartedAt;
       const r2 = await watch.settled(m2.id, 30_000);
       expect(r2.phase).toBe('done');
@@ -137,12 +129,12 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
   it(
     'commands of closed migrations arriving during a later migration’s send are refused STALE_TOKEN and touch neither copy',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [ownNats.url] });
+      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const { coordinator } = await mc.addCoordinator();
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
-      await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [ownNats.url], cluster: mc.cluster }), 'replayer');
+      await using bus = await mc.connectBus('replayer');
       const vm = await mc.startVm('host-a', 'n2', ['n2-root.img']);
       await writtenUnder(mc.disk('n2-root.img'), vm.locks[0]!.token);
       const m1 = await coordinator.migrate({ vm: 'n2', to: 'host-b' });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { HostedVm, MigrationRecord } from '@baton/core';
-import { connectEtcd, MigrationCluster, migrationServers, monoNow, within } from '../support/index.js';
+import { MigrationCluster, migrationServers, monoNow, within } from '../support/index.js';
 import { Contender } from './fault-kit.js';
 import { ClusterWatch, EtcdContender, capturingLog, disposer, ended, expectSettledVm, figure, } from './migration-kit.js';
 
@@ -23,7 +23,7 @@ describe('a third party asking for the disks throughout many migrations', () => 
       const log: string[] = [];
       const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log));
       await mc.leader();
-      await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using conn = mc.connectEtcd();
       await using watch = await ClusterWatch.start(conn);
       const vms: { vm: HostedVm; home: string }[] = [];
       for (let i = 0; i < VMS; i++) {
@@ -42,7 +42,7 @@ describe('a third party asking for the disks throughout many migrations', () => 
           if (a.token !== undefined) await viaAgent.release();
         }
       })();
-      await using contenderConn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+      await using contenderConn = mc.connectEtcd();
       const viaEtcd = await EtcdContender.start(contenderConn, () => disks);
       await using _contenders = disposer(async () => {
         stop.abort();
@@ -63,7 +63,7 @@ describe('a third party asking for the disks throughout many migrations', () => 
           started++;
           const to = host === 'host-a' ? 'host-b' : 'host-a';
           try {
-            const record = await ended(mc, conn, watch, (await coordinator.migrate({ vm: vm.uuid, to })).id, 30_000, log);
+            const record = await ended(mc, watch, (await coordinator.migrate({ vm: vm.uuid, to })).id, 30_000, log);
             expect(record.phase, `${vm.name} ${host} → ${to}`).toBe('done');
             byVm.get(vm.uuid)!.push(record);
           } catch (err) {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { checkDisk, connectEtcd, MigrationCluster, migrationServers, waitFor, writtenUnder } from '../support/index.js';
+import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
@@ -23,7 +23,7 @@ describe('live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
 
     // The leases are host-b's, with the commit token, and the guest writes under it.
-    await using conn = connectEtcd(servers.etcd.endpoints, 3, mc.cluster);
+    await using conn = mc.connectEtcd();
     const leases = (await mc.coordinators[0]!.coordinator.view.leases()).filter((l) => l.owner.uuid === vm.uuid);
     expect(leases.map((l) => [l.host, l.token])).toEqual([
       ['host-b', record.tokens.commit],

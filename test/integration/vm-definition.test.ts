@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { HostedVmSchema, VM_COMMANDS, type ErrorCode, type HostedVm, type VmDefinitionInput } from '@baton/core';
-import { Bus, BusConfigSchema } from '@baton/bus';
 import { runCli } from '../support/agent-io.js';
 import { checkDisk, migrationFile, readDiskRecords, waitFor, writtenUnder } from '../support/index.js';
 
@@ -12,7 +11,6 @@ import { checkDisk, migrationFile, readDiskRecords, waitFor, writtenUnder } from
  * fence guard; one cluster for the file, each test with its own VMs and disks.
  */
 const file = migrationFile();
-const { servers } = file;
 
 describe('a VM definition change, not in flight', () => {
   it('is applied at once: an added disk is leased and written, a removed one released and no longer written', async () => {
@@ -76,7 +74,7 @@ describe('a VM definition change, not in flight', () => {
   });
 
   it('on the agent, waits for a start in progress: a define sent right after vm.start is applied after it', async () => {
-    await using bus = await Bus.connect(BusConfigSchema.parse({ servers: [servers.nats.url], cluster: file.mc.cluster }), 'vm-definition test');
+    await using bus = await file.mc.connectBus('vm-definition test');
     const uuid = randomUUID();
     const [root, data] = [file.mc.disk('def-queue-root.img'), file.mc.disk('def-queue-data.img')];
     const answered: string[] = [];

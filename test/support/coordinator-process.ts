@@ -2,7 +2,6 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CoordinatorConfigInput } from '@baton/coordinator';
 import { CLI_ENTRY } from './agent-process.js';
-import { httpJson } from './http-json.js';
 import { JsonProcess } from './json-process.js';
 import { makeTempDir, removeDir } from './temp-dir.js';
 
@@ -61,24 +60,9 @@ export class CoordinatorProcess implements AsyncDisposable {
     return this.proc?.proc.running ?? false;
   }
 
-  get json(): JsonProcess {
-    if (!this.proc) throw new Error(`coordinator ${this.id} was never started`);
-    return this.proc;
-  }
-
-  /** Whether this replica says it leads (GET /readyz); false when it does not answer. */
-  async isLeader(): Promise<boolean> {
-    if (!this.running) return false;
-    const res = await httpJson<{ leader?: boolean }>(`${this.url}/readyz`, { timeoutMs: 1_000 }).catch(() => undefined);
-    return res?.status === 200 && res.body.leader === true;
-  }
-
-  /** Sends SIGKILL synchronously (so a caller can land it between two events), then waits for the exit. */
+  /** Sends SIGKILL synchronously (close() does, before it waits: a caller can land it between two events), then waits for the exit. */
   async kill(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    proc.proc.kill('SIGKILL');
-    await proc.close();
+    await this.proc?.close();
   }
 
   /** A new process on the same config, as a supervisor would start after a crash. */

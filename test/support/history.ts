@@ -27,9 +27,24 @@ export function readDiskRecords(path: string): DiskRecord[] {
  * each token has one writer (one token epoch, one VM on one host); a writer whose token was
  * superseded never writes again. Returns the epochs, in order, for further assertions.
  */
-export function checkDisk(path: string): { token: number; vm: string; host: string; writes: number; firstT: number; lastT: number }[] {
-  const epochs: { token: number; vm: string; host: string; writes: number; firstT: number; lastT: number }[] = [];
-  for (const r of readDiskRecords(path)) {
+export function checkDisk(path: string): DiskEpoch[] {
+  return checkRecords(readDiskRecords(path), path);
+}
+
+/** A run of writes under one token, by one VM on one host. */
+export interface DiskEpoch {
+  token: number;
+  vm: string;
+  host: string;
+  writes: number;
+  firstT: number;
+  lastT: number;
+}
+
+/** `checkDisk` on records already read from `path` (named in the violation). */
+export function checkRecords(records: readonly DiskRecord[], path: string): DiskEpoch[] {
+  const epochs: DiskEpoch[] = [];
+  for (const r of records) {
     const cur = epochs.at(-1);
     if (cur && r.token < cur.token) throw new Error(`S2 violated on ${path}: ${r.vm}@${r.host} wrote with token ${r.token} after token ${cur.token} (seq ${r.seq})`);
     if (cur && r.token === cur.token) {
