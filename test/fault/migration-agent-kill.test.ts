@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { MigrationCluster, migrationServers, monoNow, quiet, waitFor, writtenUnder } from '../support/index.js';
+import { migrationServers, monoNow, waitFor } from '../support/index.js';
 import {
-  ClusterWatch,
   capturingLog,
   disposer,
   ended,
@@ -10,6 +9,8 @@ import {
   figure,
   leaseState,
   runningEvents,
+  faultRig,
+  writingVm,
 } from './migration-kit.js';
 
 /** Live migration with agents killed or stopped, and a VM process stalled (kit and the checks every history gets: migration-kit.ts). */
@@ -24,14 +25,10 @@ describe('agents SIGKILLed mid-migration', () => {
     'the source agent killed mid-send and restarted: the migration ends with one running copy and clean disks',
     async () => {
       // A 5 s session: the restarted agent finds its session alive and adopts it (a crash, not a host death).
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
       // The perform the dead agent never answers is sent again after 4 s rather than the fixture's 10.
-      const { coordinator } = await mc.addCoordinator('coord-1', quiet, { sendTimeoutMs: 4_000 });
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
-      const vm = await mc.startVm('host-a', 's1', ['s1-root.img', 's1-data.img']);
-      await writtenUnder(mc.disk('s1-root.img'), vm.locks[0]!.token);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 }, { overrides: { sendTimeoutMs: 4_000 } });
+      const { mc, coordinator, conn, watch } = rig;
+      const vm = await writingVm(mc, 'host-a', 's1', ['s1-root.img', 's1-data.img']);
       // A slow send: the VM sits paused at switchover, its state not yet sent, while the agent dies.
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_500 });
 
@@ -58,13 +55,9 @@ describe('agents SIGKILLed mid-migration', () => {
   it(
     'the destination agent stopped before commit, SIGKILLed after it and restarted: the VM is unpaused only by the restarted agent, once',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
-      const { coordinator } = await mc.addCoordinator();
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
-      const vm = await mc.startVm('host-a', 'd1', ['d1-root.img', 'd1-data.img']);
-      await writtenUnder(mc.disk('d1-root.img'), vm.locks[0]!.token);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
+      const { mc, coordinator, conn, watch } = rig;
+      const vm = await writingVm(mc, 'host-a', 'd1', ['d1-root.img', 'd1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 300 });
       const dest = mc.agent('host-b');
 
@@ -103,14 +96,10 @@ describe('the source VM process stalled while it is confirmed away', () => {
   it(
     'a source copy that does not answer for a while (SIGSTOP) is still destroyed: done means one copy',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const log: string[] = [];
-      const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log));
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
-      const vm = await mc.startVm('host-a', 'z1', ['z1-root.img']);
-      await writtenUnder(mc.disk('z1-root.img'), vm.locks[0]!.token);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] }, { log: capturingLog(log) });
+      const { mc, coordinator, conn, watch } = rig;
+      const vm = await writingVm(mc, 'host-a', 'z1', ['z1-root.img']);
       // The source copy's process (a QEMU busy or swapped out, here SIGSTOPped) stops answering
       // its control socket from the commit on, so the confirm finds it unresponsive, not gone.
       const sourcePid = vm.pid;
@@ -142,14 +131,10 @@ describe('the destination agent down past its session TTL after commit', () => {
   it(
     'the leases vanish with its session; the migration rolls back to the source, which runs the only running copy; the VM can migrate there again',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
       const log: string[] = [];
-      const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log));
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
-      const vm = await mc.startVm('host-a', 'x1', ['x1-root.img', 'x1-data.img']);
-      await writtenUnder(mc.disk('x1-root.img'), vm.locks[0]!.token);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 }, { log: capturingLog(log) });
+      const { mc, coordinator, conn, watch } = rig;
+      const vm = await writingVm(mc, 'host-a', 'x1', ['x1-root.img', 'x1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 300 });
       const dest = mc.agent('host-b');
 

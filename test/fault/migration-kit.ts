@@ -7,14 +7,30 @@ import {
   asBatonError,
   isSettled,
   nextStep,
+  type HostedVm,
   type LeaseValue,
   type MigrationPhase,
   type MigrationRecord,
   type MigrationStep,
 } from '@baton/core';
-import type { Log } from '@baton/coordinator';
+import type { Coordinator, Log } from '@baton/coordinator';
 import { LeaseTable, storedMigration, type EtcdConnection, type HandoffMarker } from '@baton/etcd';
-import { checkRecords, describeError, MigrationCluster, monoNow, openSession, readDiskRecords, waitFor, within, writtenUnder, type DiskEpoch, type ManagedProcess } from '../support/index.js';
+import {
+  checkRecords,
+  describeError,
+  MigrationCluster,
+  monoNow,
+  openSession,
+  quiet,
+  readDiskRecords,
+  waitFor,
+  within,
+  writtenUnder,
+  type CoordinatorOverrides,
+  type DiskEpoch,
+  type ManagedProcess,
+  type MigrationClusterOptions,
+} from '../support/index.js';
 
 /**
  * The kit of the live-migration fault tests (test/fault/migration-*.test.ts). Live migration under faults (DESIGN §6, S1–S6), with real processes throughout: agents with sim
@@ -379,4 +395,31 @@ export async function freezeAt(watch: ClusterWatch, id: string, phase: Migration
   const seen = await watch.on((r) => r.id === id && r.phase === phase, () => (stopped = proc.pause()), phase);
   await stopped;
   return seen;
+}
+
+/** One fault test's cluster: its one coordinator (`coord-1`, leading), a plain etcd connection and the record watch on it. */
+export interface FaultRig extends AsyncDisposable {
+  mc: MigrationCluster;
+  coordinator: Coordinator;
+  conn: EtcdConnection;
+  watch: ClusterWatch;
+}
+
+/** A `FaultRig` on `options`; disposed watch first, then the connection, then the cluster. */
+export async function faultRig(options: MigrationClusterOptions, coordinator: { log?: Log; overrides?: CoordinatorOverrides } = {}): Promise<FaultRig> {
+  await using stack = new AsyncDisposableStack();
+  const mc = stack.use(await MigrationCluster.start(options));
+  const service = await mc.addCoordinator('coord-1', coordinator.log ?? quiet, coordinator.overrides);
+  await mc.leader();
+  const conn = stack.use(mc.connectEtcd());
+  const watch = stack.use(await ClusterWatch.start(conn));
+  const owned = stack.move();
+  return { mc, coordinator: service.coordinator, conn, watch, [Symbol.asyncDispose]: () => owned.disposeAsync() };
+}
+
+/** A VM started on `host` with `disks`, once it has written its first disk under its grant. */
+export async function writingVm(mc: MigrationCluster, host: string, name: string, disks: string[]): Promise<HostedVm> {
+  const vm = await mc.startVm(host, name, disks);
+  await writtenUnder(mc.disk(disks[0]!), vm.locks[0]!.token);
+  return vm;
 }

@@ -1,8 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import { asBatonError, nextStep, type MigrationRecord } from '@baton/core';
 import type { Bus } from '@baton/bus';
-import { MigrationCluster, migrationServers, monoNow, waitFor, writtenUnder } from '../support/index.js';
-import { ClusterWatch, type SeenRecord, capturingLog, expectSettledVm, figure, leaseState } from './migration-kit.js';
+import { migrationServers, monoNow, waitFor } from '../support/index.js';
+import {
+  type SeenRecord,
+  capturingLog,
+  expectSettledVm,
+  figure,
+  leaseState,
+  faultRig,
+  writingVm,
+} from './migration-kit.js';
 
 /** Live migration across a NATS restart, with agent commands duplicated, reordered and replayed late (kit and the checks every history gets: migration-kit.ts). */
 const servers = migrationServers();
@@ -59,14 +67,10 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
   it(
     'NATS down mid-send and restarted at commit costs only time; every earlier command replayed afterwards, duplicated and reordered, is refused STALE_TOKEN and changes nothing',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const log: string[] = [];
-      const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log), { sendTimeoutMs: 3_000 });
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
-      const vm = await mc.startVm('host-a', 'n1', ['n1-root.img', 'n1-data.img']);
-      await writtenUnder(mc.disk('n1-root.img'), vm.locks[0]!.token);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] }, { log: capturingLog(log), overrides: { sendTimeoutMs: 3_000 } });
+      const { mc, coordinator, conn, watch } = rig;
+      const vm = await writingVm(mc, 'host-a', 'n1', ['n1-root.img', 'n1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_000 });
 
       // M1: NATS goes down while the source sends, and stays down until the coordinator has given
@@ -129,14 +133,10 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
   it(
     'commands of closed migrations arriving during a later migration’s send are refused STALE_TOKEN and touch neither copy',
     async () => {
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
-      const { coordinator } = await mc.addCoordinator();
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+      const { mc, coordinator, conn, watch } = rig;
       await using bus = await mc.connectBus('replayer');
-      const vm = await mc.startVm('host-a', 'n2', ['n2-root.img']);
-      await writtenUnder(mc.disk('n2-root.img'), vm.locks[0]!.token);
+      const vm = await writingVm(mc, 'host-a', 'n2', ['n2-root.img']);
       const m1 = await coordinator.migrate({ vm: 'n2', to: 'host-b' });
       const r1 = await watch.settled(m1.id);
       const m2 = await coordinator.migrate({ vm: 'n2', to: 'host-a' });

@@ -1,8 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import type { HostedVm, MigrationRecord } from '@baton/core';
-import { MigrationCluster, migrationServers, monoNow, within } from '../support/index.js';
+import { migrationServers, monoNow, within } from '../support/index.js';
 import { Contender } from './fault-kit.js';
-import { ClusterWatch, EtcdContender, capturingLog, disposer, ended, expectSettledVm, figure, } from './migration-kit.js';
+import {
+  EtcdContender,
+  capturingLog,
+  disposer,
+  ended,
+  expectSettledVm,
+  figure,
+  faultRig,
+} from './migration-kit.js';
 
 /** A third party asking for the disks throughout 200 live migrations (kit and the checks every history gets: migration-kit.ts). */
 const servers = migrationServers();
@@ -19,12 +27,9 @@ describe('a third party asking for the disks throughout many migrations', () => 
     `never wins during ${MIGRATIONS} migrations of ${VMS} VMs back and forth, and every migration completes`,
     async () => {
       // host-c is the contender's host: an agent of the same cluster, on the same lock directory.
-      await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], hosts: ['host-a', 'host-b', 'host-c'] });
       const log: string[] = [];
-      const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log));
-      await mc.leader();
-      await using conn = mc.connectEtcd();
-      await using watch = await ClusterWatch.start(conn);
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], hosts: ['host-a', 'host-b', 'host-c'] }, { log: capturingLog(log) });
+      const { mc, coordinator, conn, watch } = rig;
       const vms: { vm: HostedVm; home: string }[] = [];
       for (let i = 0; i < VMS; i++) {
         const home = i % 2 === 0 ? 'host-a' : 'host-b';
