@@ -12,5 +12,6 @@ export default defineConfig({
     // Two cores: the integration tests start real servers and processes; more files at once
     // would only measure contention.
     maxWorkers: 2,
+    setupFiles: ['test/support/failure-report.ts'],
   },
 });

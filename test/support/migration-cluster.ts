@@ -67,6 +67,7 @@ export const quiet: Log = { debug: () => undefined, info: () => undefined, warn:
  */
 export class MigrationCluster implements AsyncDisposable {
   readonly coordinators: CoordinatorService[] = [];
+  private readonly drivers = new Map<string, SimDriver>();
 
   private constructor(
     readonly opts: Required<MigrationClusterOptions>,
@@ -160,7 +161,12 @@ export class MigrationCluster implements AsyncDisposable {
 
   /** The sim driver of a host (fault injection, the VM's state as its hypervisor sees it). */
   driver(host: string): SimDriver {
-    return new SimDriver(this.agent(host).stateDir, host);
+    let driver = this.drivers.get(host);
+    if (driver === undefined) {
+      driver = new SimDriver(this.agent(host).stateDir, host);
+      this.drivers.set(host, driver);
+    }
+    return driver;
   }
 
   /** POST /v1/migrations on any replica: the record as accepted (phase `begun`). */
@@ -230,8 +236,9 @@ export class MigrationCluster implements AsyncDisposable {
     for (const c of this.coordinators.splice(0)) await c.close();
     // VMs are detached processes: destroy them before their agents' state dirs go.
     for (const [host, agent] of this.agents) {
-      const driver = new SimDriver(agent.stateDir, host);
+      const driver = this.driver(host);
       for (const vm of await driver.list().catch(() => [])) await driver.destroy(vm.uuid).catch(() => undefined);
+      driver.close();
       await agent.close();
     }
     await this.storage[Symbol.asyncDispose]();

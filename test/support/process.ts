@@ -26,6 +26,14 @@ const VERBOSE = process.env['BATON_TEST_VERBOSE'] === '1';
 // Every child still running, so a dying test process can take them with it.
 const live = new Set<ManagedProcess>();
 let exitHookInstalled = false;
+// Every child started since the current test began, running or not: a failed test prints their
+// last lines (failure-report.ts), since a flake under CI load may never repeat on a quiet machine.
+const startedInTest: ManagedProcess[] = [];
+
+/** The children started since the last call, oldest first; the list starts over. */
+export function takeStartedProcesses(): ManagedProcess[] {
+  return startedInTest.splice(0);
+}
 
 /** SIGKILLs every live child's process group; synchronous, so it is safe in an 'exit' hook. */
 export function killAllChildrenSync(): void {
@@ -139,6 +147,7 @@ export class ManagedProcess implements AsyncDisposable {
     if (child.pid === undefined) throw new Error(`${options.name} started without a pid`);
     const managed = new ManagedProcess(child, child.pid, options);
     live.add(managed);
+    startedInTest.push(managed);
     if (SETPRIV !== undefined) await pastSetpriv(managed);
     return managed;
   }

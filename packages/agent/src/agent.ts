@@ -484,6 +484,7 @@ export class Agent implements AsyncDisposable {
       this.state = 'stopping';
       this.monitor.close();
       await this.vms?.close();
+      this.driver?.close();
       await this.bus?.close();
       await this.server.close();
       const held = this.locks.size;

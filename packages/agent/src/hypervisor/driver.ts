@@ -12,7 +12,7 @@ export interface SendOptions {
  * paused until the lease is committed), send (migrate), pause (suspend), resume, destroy, list,
  * and disk hot-plug (attach-device / detach-device) for a definition change.
  */
-export interface HypervisorDriver {
+export interface HypervisorDriver extends Disposable {
   /** A VM created paused and waiting for its state; `incoming` is where the source sends it. */
   createIncoming(spec: VmSpec): Promise<{ vm: VmInfo; incoming: string }>;
   /** A new VM, paused, with a fresh guest (no incoming state). */
@@ -33,4 +33,6 @@ export interface HypervisorDriver {
   /** The VM, if this host's hypervisor has a copy of it. */
   find(uuid: string): Promise<VmInfo | undefined>;
   list(): Promise<VmInfo[]>;
+  /** Let go of the hypervisor connections (the agent stops or re-executes); the VMs run on. */
+  close(): void;
 }

@@ -71,7 +71,7 @@ export async function runClusterDemo(): Promise<void> {
     [Symbol.asyncDispose]: async () => {
       // Sim VMs are detached from their agents (they outlive an agent crash): they go first.
       for (const [host, { stateDir }] of agents) {
-        const driver = new SimDriver(stateDir, host);
+        using driver = new SimDriver(stateDir, host);
         for (const vm of await driver.list()) await driver.destroy(vm.uuid);
       }
       for (const child of children.reverse()) await child[Symbol.asyncDispose]();
@@ -168,16 +168,22 @@ export async function runClusterDemo(): Promise<void> {
   step(5, 'Live migration: db-01 host-b → host-c');
   await migrate('db-01', 'host-c');
 
+  /** Faults for a VM's next sends, through its host's hypervisor as the tests inject them. */
+  const inject = async (host: string, uuid: string, faults: { failSends?: number; sendDelayMs?: number }): Promise<void> => {
+    using driver = new SimDriver(agents.get(host)!.stateDir, host);
+    await driver.inject(uuid, faults);
+  };
+
   step(6, 'A send that fails: cache-01 host-c → host-a, its migration stream broken on purpose');
   const cache = started.get('cache-01')!;
-  await new SimDriver(agents.get('host-c')!.stateDir, 'host-c').inject(cache.uuid, { failSends: 1 });
+  await inject('host-c', cache.uuid, { failSends: 1 });
   await migrate('cache-01', 'host-a');
   const where = (await live()[0]!.client.vms()).filter((v) => v.uuid === cache.uuid);
   say(`   cache-01 now: ${where.map((v) => `${v.state} on ${v.host}, token ${v.locks.map((l) => l.token).join(', ')}`).join('; ')} (the source never let go)`);
 
   step(7, 'The coordinator leader is killed (SIGKILL) in the middle of a migration: web-01 host-b → host-c, its send slowed to 1.5 s');
   const web = started.get('web-01')!;
-  await new SimDriver(agents.get('host-b')!.stateDir, 'host-b').inject(web.uuid, { sendDelayMs: 1_500 });
+  await inject('host-b', web.uuid, { sendDelayMs: 1_500 });
   const doomed = await leader();
   let killed = false;
   await migrate('web-01', 'host-c', (r) => {

@@ -6,7 +6,7 @@ import { BatonError, type Grant } from '@baton/core';
 import { isProcessAlive, processStartTime } from '../../sys/proc.js';
 import type { VmInfo, VmSpec } from '@baton/core';
 import type { HypervisorDriver, SendOptions } from '../driver.js';
-import { controlRequest } from './control.js';
+import { ControlChannel, isDropped } from './control.js';
 
 export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', import.meta.url));
 
@@ -29,6 +29,8 @@ const SEND_TIMEOUT_MS = 120_000;
 export class SimDriver implements HypervisorDriver {
   private readonly root: string;
   private readonly logs: string;
+  /** One control connection per VM, kept open (QMP-style). */
+  private readonly channels = new Map<string, ControlChannel>();
 
   constructor(
     stateDir: string,
@@ -51,7 +53,12 @@ export class SimDriver implements HypervisorDriver {
   }
 
   private control(uuid: string, req: Record<string, unknown>, timeoutMs = CONTROL_TIMEOUT_MS): Promise<unknown> {
-    return controlRequest(join(this.dir(uuid), 'control.sock'), req, timeoutMs);
+    let channel = this.channels.get(uuid);
+    if (channel === undefined) {
+      channel = new ControlChannel(join(this.dir(uuid), 'control.sock'));
+      this.channels.set(uuid, channel);
+    }
+    return channel.request(req, timeoutMs);
   }
 
   private async spawnVm(spec: VmSpec, incoming: boolean): Promise<VmInfo> {
@@ -152,6 +159,8 @@ export class SimDriver implements HypervisorDriver {
 
   async destroy(uuid: string): Promise<void> {
     if (await this.find(uuid)) await this.control(uuid, { op: 'destroy' }).catch(() => undefined);
+    this.channels.get(uuid)?.close();
+    this.channels.delete(uuid);
     rmSync(this.dir(uuid), { recursive: true, force: true });
   }
 
@@ -162,7 +171,7 @@ export class SimDriver implements HypervisorDriver {
    */
   async find(uuid: string): Promise<VmInfo | undefined> {
     try {
-      return (await this.control(uuid, { op: 'status' }, 1_000)) as VmInfo;
+      return await this.status(uuid);
     } catch (err) {
       const errno = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
       if (errno !== 'ENOENT' && errno !== 'ECONNREFUSED') throw err;
@@ -170,6 +179,29 @@ export class SimDriver implements HypervisorDriver {
       if (this.startingPid(uuid) !== undefined) return this.whenUp(uuid);
       return undefined;
     }
+  }
+
+  /**
+   * A connection that drops before the answer (the VM exited since the channel's last request, or
+   * while answering) proves nothing either way: ask once more, on a new connection, which tells.
+   */
+  private async status(uuid: string): Promise<VmInfo> {
+    try {
+      return (await this.control(uuid, { op: 'status' }, 1_000)) as VmInfo;
+    } catch (err) {
+      if (!isDropped(err)) throw err;
+      return (await this.control(uuid, { op: 'status' }, 1_000)) as VmInfo;
+    }
+  }
+
+  /** Idempotent: the control connections close; the VMs run on (they outlive their driver). */
+  close(): void {
+    for (const channel of this.channels.values()) channel.close();
+    this.channels.clear();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   async list(): Promise<VmInfo[]> {
