@@ -67,10 +67,14 @@ describe('cluster leases between two agents', () => {
   it('keeps the cluster lease and its token across re-execs, with the VM writing throughout', async () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();
-    // Nothing here waits on the TTL, so a long one (fence at 7.5 s) costs nothing and keeps a
-    // 2-core machine running the fault suites beside this test from starving a keepalive.
-    await using a = await host(storage, 'host-a', cluster, 10);
-    await using b = await host(storage, 'host-b', cluster, 10);
+    // Nothing here waits on the TTL, so a long one costs nothing. A re-exec that outlasts the
+    // fence deadline rightly fences the VM (the new image finds the session expired, and host-b
+    // may then take the disk). With a 10 s TTL (fence 7.5 s after the last keepalive, so after
+    // as little as ~4 s of re-exec) CI once saw host-b granted the disk while the fault suites
+    // loaded both CPUs, which fits that; no log survived to confirm it. Fencing at 22.5 s keeps
+    // this test about re-execs that end in time.
+    await using a = await host(storage, 'host-a', cluster, 30);
+    await using b = await host(storage, 'host-b', cluster, 30);
     const disk = storage.image('vm3.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm3', disks: [disk] });
     const running = await vm.event((e) => e.event === 'running', 'running');
