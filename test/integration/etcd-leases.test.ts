@@ -2,8 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BatonError, leaseTiming, systemClock } from '@baton/core';
-import { ClusterView, EtcdConfigSchema, EtcdConnection, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
-import { connectEtcd, EtcdServer, makeTempDir, openSession, outcomeCode, removeDir, waitFor } from '../support/index.js';
+import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
+import { connectEtcd, EtcdServer, makeTempDir, openSession, outcomeCode, quietLog, removeDir, waitFor } from '../support/index.js';
 
 /** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
 let etcd: EtcdServer;
@@ -113,6 +113,34 @@ describe('etcd lease table', () => {
     expect(await code(table.grant(adopted, [claim('/a/2', 'vm')]))).toBe('LEASE_LOST');
     expect(phases).toContain('expired');
     await adopted.close({ revoke: true });
+  });
+
+  it('takes a session over across exec with its deadline, and one whose deadline passed during the exec is lost at once', async () => {
+    await using conn = connect(2);
+    const timing = leaseTiming(2);
+    const first = await session(conn, 'host-a');
+    const table = new LeaseTable(conn, 'host-a');
+    const [held] = await table.grant(first, [claim('/r/1', 'vm')]);
+    const validUntil = first.validUntil;
+    await first.close(); // the old image's timers stop at exec; the lease lives on in etcd
+    const resume = (until: number, phases: SessionPhase[]) =>
+      HostSession.resume({ conn, clock: systemClock, timing, log: quietLog, onPhase: (p) => phases.push(p), id: first.id, validUntil: until });
+
+    // In time: the new image renews at once and grants on the same session.
+    const phases: SessionPhase[] = [];
+    const taken = resume(validUntil, phases);
+    await waitFor(() => taken.validUntil > validUntil, { what: 'the resumed session renewed', deadlineMs: 2_000, intervalMs: 5 });
+    expect(await code(table.grant(taken, [claim('/r/2', 'vm')]))).toBe('granted');
+    expect(phases).toEqual([]);
+    await taken.close();
+
+    // An exec that outlasted the deadline: expired before anything is granted, whatever etcd says.
+    const late: SessionPhase[] = [];
+    const lost = resume(systemClock.now() - 1, late);
+    expect(late).toEqual(['expired']);
+    expect(await code(table.grant(lost, [claim('/r/3', 'vm')]))).toBe('LEASE_LOST');
+    expect((await table.leasesOf(first.id)).map((l) => l.token)).toContain(held!.token);
+    await lost.close({ revoke: true });
   });
 
   it('keeps a resource whose holder vanished uncleanly for the lock-delay, and one released cleanly for nobody', async () => {
