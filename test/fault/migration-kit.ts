@@ -313,8 +313,9 @@ export async function expectSettledVm(
 
 /**
  * The replicas' replies (etcd and NATS) are held this long on the way back to them, so that once
- * the test has seen a step take effect, the leader that issued it cannot yet know: the SIGKILL
- * lands after the step and before its result is saved, every time, not when a race allows.
+ * the test has seen a step take effect, the leader that issued it cannot yet know. The leader-kill
+ * test then holds every reply until its SIGKILL has landed, after the step and before its result
+ * is saved, every time, not when a race allows: only seeing the effect must fit in the delay.
  */
 export const REPLY_DELAY_MS = 150;
 

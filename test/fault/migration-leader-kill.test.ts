@@ -105,13 +105,20 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
        */
       const killAt = async (id: string, phase: MigrationPhase, onMoved?: () => void): Promise<void> => {
         const at = await watch.phase(id, phase);
-        const effect = stepEffect(mc, conn, at.record);
-        await waitFor(effect.done, { what: `${effect.step} of ${id.slice(0, 8)} to take effect`, deadlineMs: 10_000, intervalMs: 3 });
         const [leader] = await electionLine(conn);
         const victim = replicas.get(leader!.id)!;
         expect(victim.running, `the leader ${leader!.id} runs`).toBe(true);
+        const effect = stepEffect(mc, conn, at.record);
+        await waitFor(effect.done, { what: `${effect.step} of ${id.slice(0, 8)} to take effect`, deadlineMs: 10_000, intervalMs: 3 });
+        // Every reply to the replicas is held from here until the leader is dead: the step's reply
+        // is still in the delay when its effect is seen, so the leader cannot learn it, however
+        // long the kill takes on a loaded machine.
+        etcdLink.toClient.pause();
+        natsLink.toClient.pause();
         const killedAt = monoNow();
         await victim.kill();
+        etcdLink.toClient.flow();
+        natsLink.toClient.flow();
         // Read from etcd itself, not the watch, which could still be delivering a last save.
         const stored = (await new MigrationStore(conn).get(id))!.record;
         expect(stored.phase, `the leader died after ${effect.step} took effect and before it saved the result`).toBe(phase);

@@ -46,6 +46,10 @@ export class LinkDirection {
   pause(): void {
     this.#setMode('pause');
   }
+  /** Bytes flow again (held ones first), each still delayed as before. */
+  flow(): void {
+    this.#setMode('flow');
+  }
   /** No delay, bytes flow (held ones first). */
   heal(): void {
     this.#delayMs = 0;
