@@ -2,12 +2,12 @@
 // helpers every part uses (one migration through the coordinator, a log that counts retries).
 import { fileURLToPath } from 'node:url';
 import { systemClock, type MigrationRecord } from '@baton/core';
-import type { Coordinator, Log } from '@baton/coordinator';
+import type { Coordinator, Log, MigrationLimits } from '@baton/coordinator';
 import { MigrationCluster, within } from '../support/index.js';
 import type { Summary } from './stats.js';
 import type { PathCount, PathPhase } from './migration-path.js';
 
-/** Where a storm that broke a rule leaves its evidence (emptied at each storm's start). */
+/** Where a storm that broke a rule leaves its evidence, a folder per storm (emptied at its start). */
 export const DIAGNOSTICS_DIR = fileURLToPath(new URL('./migration-diagnostics/', import.meta.url));
 /** QEMU's default maximum downtime at switchover (migrate_set_downtime / downtime-limit). */
 export const QEMU_DOWNTIME_MS = 300;
@@ -66,6 +66,10 @@ export interface StormResult {
   criticalPath: Summary;
   /** CPUs the machine used on average during the storm (all processes). */
   machineCpu: number;
+  /** The coordinator's limits during the storm: how many of the migrations asked for ran at once. */
+  limits: MigrationLimits;
+  /** The product's default limits, or raised to the storm's size. */
+  limitsKind: 'raised' | 'default';
 }
 
 export interface MigrationResults {
@@ -74,7 +78,8 @@ export interface MigrationResults {
   handoff?: HandoffResult;
   floor?: { total: Summary; txn: Summary; nats: Summary; range: Summary };
   lock?: { handoff: Summary; free: Summary };
-  storm?: StormResult;
+  /** The storm (every migration asked for runs at once), then the same with the default limits. */
+  storms: StormResult[];
 }
 
 /** A coordinator warning or error, kept for the storm's diagnostics. */

@@ -37,8 +37,8 @@ async function keepDiagnostics(
   records: MigrationRecord[],
   warnings: Warning[],
   violations: string[],
+  dir: string,
 ): Promise<string> {
-  const dir = DIAGNOSTICS_DIR;
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'violations.txt'), violations.join('\n') + '\n');
   for (const v of vms.filter((x) => violations.some((m) => m.includes(`${x.name}:`) || m.includes(`${x.name} `) || m.includes(`${x.name}.img`)))) {
@@ -88,21 +88,26 @@ function prng(seed: number): () => number {
   };
 }
 
+/**
+ * `label` names the storm's VMs, disks and diagnostics folder; its VMs are destroyed at the end,
+ * so a storm after it starts from the same load. `limitsKind` says which limits `c` runs with.
+ */
 export async function storm(
   mc: MigrationCluster,
   c: Coordinator,
   hosts: string[],
-  opts: { vms: number; perVm: number },
+  opts: { vms: number; perVm: number; label: string; limitsKind: StormResult['limitsKind'] },
   coordLog: ReturnType<typeof countingLog>,
   log: (msg: string) => void,
 ): Promise<StormResult> {
   // An earlier run's evidence would be taken for this one's.
-  rmSync(DIAGNOSTICS_DIR, { recursive: true, force: true });
+  const diagnostics = join(DIAGNOSTICS_DIR, opts.label);
+  rmSync(diagnostics, { recursive: true, force: true });
   const random = prng(0xba7);
   const vms: StormVm[] = [];
   for (let i = 0; i < opts.vms; i++) {
     const host = hosts[i % hosts.length]!;
-    const name = `storm-${i}`;
+    const name = `${opts.label}-${i}`;
     const vm = await mc.startVm(host, name, [`${name}.img`]);
     vms.push({ uuid: vm.uuid, name, disk: mc.disk(`${name}.img`), visited: [host] });
   }
@@ -192,8 +197,9 @@ export async function storm(
   if (violations.length > 0) {
     // Every record, the stuck ones too (their drive did not end, so `records` lacks them).
     const all = (await c.store.list()).map((s) => s.record);
-    log(`storm: ${violations.length} violation(s); diagnostics in ${await keepDiagnostics(mc, vms, all, coordLog.warnings, violations)}`);
+    log(`storm: ${violations.length} violation(s); diagnostics in ${await keepDiagnostics(mc, vms, all, coordLog.warnings, violations, diagnostics)}`);
   }
+  for (const v of vms) await c.destroyVm(v.uuid).catch((err: unknown) => log(`storm: ${v.name} not destroyed: ${(err as Error).message}`));
   const { done: doneRecords, analysed } = analyseDone(records, mc);
   const done = doneRecords.length;
   const paths = analysed.map((a) => a.path);
@@ -214,5 +220,7 @@ export async function storm(
     whole: summarize(records.map(wholeUs)),
     criticalPath: summarize(paths),
     machineCpu,
+    limits: c.limits,
+    limitsKind: opts.limitsKind,
   };
 }

@@ -34,7 +34,10 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
   const hosts = Array.from({ length: opts.hosts }, (_, i) => `host-${i + 1}`);
   const servers = await startServers({ etcdCluster: { members: 3 }, nats: { jetstream: true } });
   const { etcdCluster: etcd, nats } = servers;
-  const out: MigrationResults = { etcdMembers: etcd.endpoints.length, hosts: opts.hosts };
+  const out: MigrationResults = { etcdMembers: etcd.endpoints.length, hosts: opts.hosts, storms: [] };
+  // The coordinator's default step deadlines (5 s, 60 s for the send), not the fixture's shorter
+  // test ones: the bench measures the product as it ships.
+  const productDeadlines = CoordinatorConfigSchema.pick({ stepTimeoutMs: true, sendTimeoutMs: true }).parse({});
   let mc: MigrationCluster | undefined;
   let rig: FloorRig | undefined;
   try {
@@ -42,9 +45,9 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
     let coordinator: Coordinator | undefined;
     await step(`start ${hosts.length} agents (sim VMs), a coordinator, the floor's responder`, async () => {
       mc = await MigrationCluster.start({ etcd: etcd.endpoints, nats: [nats.url], hosts, ttlSeconds: TTL_SECONDS });
-      // The coordinator's default step deadlines (5 s, 60 s for the send), not the fixture's
-      // shorter test ones: the bench measures the product as it ships.
-      await mc.addCoordinator('bench-coord', coordLog.log, CoordinatorConfigSchema.pick({ stepTimeoutMs: true, sendTimeoutMs: true }).parse({}));
+      // The issue's storm has every migration it asks for in flight: the limits are raised to it
+      // here, and the coordinator with the default limits takes over for the second storm.
+      await mc.addCoordinator('bench-coord', coordLog.log, { ...productDeadlines, limits: { perHost: opts.storm.vms, inCluster: opts.storm.vms } });
       coordinator = (await mc.leader()).coordinator;
       rig = await FloorRig.start(etcd.endpoints, nats.url);
     });
@@ -119,7 +122,13 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
     });
 
     await step(`storm: ${opts.storm.vms} VMs × ${opts.storm.perVm} migrations among ${hosts.length} hosts, ${opts.storm.vms} in flight`, async () => {
-      out.storm = await storm(cluster, c, hosts, opts.storm, coordLog, log);
+      out.storms.push(await storm(cluster, c, hosts, { ...opts.storm, label: 'storm', limitsKind: 'raised' }, coordLog, log));
+    });
+    await step(`storm again, ${opts.storm.vms} asked at once, with a coordinator that keeps the default limits`, async () => {
+      await cluster.coordinators.shift()!.close();
+      await cluster.addCoordinator('bench-coord-limited', coordLog.log, productDeadlines);
+      const limited = (await cluster.leader()).coordinator;
+      out.storms.push(await storm(cluster, limited, hosts, { ...opts.storm, label: 'limited', limitsKind: 'default' }, coordLog, log));
     });
     return out;
   } finally {

@@ -59,6 +59,40 @@ describe('live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
   });
 
+  it('holds a migration past the per-host limit in begun (its VM runs on, a definition staged meanwhile is saved at once), and starts it when a slot frees', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+    const { coordinator } = await mc.addCoordinator('coord-1', undefined, { limits: { perHost: 1 } });
+    await mc.leader();
+    const first = await mc.startVm('host-a', 'q1', ['q1.img']);
+    const second = await mc.startVm('host-a', 'q2', ['q2.img']);
+    // The first migration's send lasts long enough for the second to be asked for meanwhile.
+    await mc.driver('host-a').inject(first.uuid, { sendDelayMs: 1_000 });
+    const running = await coordinator.migrate({ vm: 'q1', to: 'host-b' });
+    const queued = await coordinator.migrate({ vm: 'q2', to: 'host-b' });
+    expect(queued.phase).toBe('begun');
+    expect(await coordinator.metrics.registry.getSingleMetricAsString('baton_migrations_queued')).toContain('baton_migrations_queued 1');
+    // Queued, it is still a migration in flight: a second one for its VM is refused.
+    await expect(coordinator.migrate({ vm: 'q2', to: 'host-b' })).rejects.toMatchObject({ code: 'MIGRATION_CONFLICT' });
+    const disk = mc.disk('q2.img');
+    const res = await mc.define('q2', { disks: [{ path: disk }], onLeaseLoss: { policy: 'pause' } });
+    expect(res.body).toEqual({ staged: true, migration: queued.id });
+    const waiting = (await coordinator.store.get(queued.id))!.record;
+    expect(waiting.phase).toBe('begun');
+    expect(waiting.staged?.definition.onLeaseLoss).toEqual({ policy: 'pause' });
+    expect((await coordinator.store.get(running.id))!.record.phase).not.toBe('done');
+    expect(await mc.copies(second.uuid)).toEqual({ 'host-a': 'running' });
+
+    const [done1, done2] = await Promise.all([mc.settled(running.id), mc.settled(queued.id)]);
+    expect([done1.phase, done2.phase]).toEqual(['done', 'done']);
+    expect(await coordinator.metrics.registry.getSingleMetricAsString('baton_migrations_queued')).toContain('baton_migrations_queued 0');
+    // One coordinator, one clock: the second left begun only once the first had ended.
+    const at = (r: typeof done1, phase: string): number => r.timeline.find((e) => e.phase === phase)!.atMs;
+    expect(at(done2, 'preparing')).toBeGreaterThanOrEqual(at(done1, 'done'));
+    expect(done2.staged).toBeNull();
+    expect(await mc.copies(second.uuid)).toEqual({ 'host-b': 'running' });
+    expect((await mc.leaseMap(second.uuid))[disk]).toEqual(['host-b', done2.tokens.commit]);
+  });
+
   it('refuses a second migration of a VM in flight (MIGRATION_CONFLICT) and a destroy during one (MIGRATING)', async () => {
     await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     const { coordinator } = await mc.addCoordinator();

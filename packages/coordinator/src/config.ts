@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { BusConfigSchema } from '@baton/bus';
 import { EtcdConfigSchema } from '@baton/etcd';
+import { MigrationLimitsSchema } from './saga/migration-slots.js';
 
 /** A coordinator replica's configuration: the same etcd and NATS as the agents, and its own HTTP address. */
 export const CoordinatorConfigSchema = z.strictObject({
@@ -20,6 +21,8 @@ export const CoordinatorConfigSchema = z.strictObject({
   sendTimeoutMs: z.number().int().positive().default(60_000),
   /** The first delay before a step is sent again (doubling, up to 1 s). */
   retryMs: z.number().int().positive().default(50),
+  /** How many migrations run at once, per host and in the cluster; the others wait, `begun`. */
+  limits: MigrationLimitsSchema,
 });
 export type CoordinatorConfig = z.infer<typeof CoordinatorConfigSchema>;
 export type CoordinatorConfigInput = z.input<typeof CoordinatorConfigSchema>;

@@ -24,6 +24,7 @@ import { CoordinatorMetrics } from './http/metrics.js';
 import { AgentSteps } from './saga/agent-steps.js';
 import { EtcdSteps } from './saga/etcd-steps.js';
 import { MigrationDriver } from './saga/migration-driver.js';
+import type { MigrationLimits } from './saga/migration-slots.js';
 
 export interface CoordinatorOptions {
   config: CoordinatorConfig;
@@ -59,7 +60,7 @@ export class Coordinator implements AsyncDisposable {
   readonly conn: EtcdConnection;
   readonly store: MigrationStore;
   readonly view: ClusterView;
-  readonly metrics = new CoordinatorMetrics();
+  readonly metrics = new CoordinatorMetrics(() => this.driver.queued);
   private readonly driver: MigrationDriver;
   private readonly agents: AgentSteps;
   private readonly clock: MonotonicClock;
@@ -87,8 +88,14 @@ export class Coordinator implements AsyncDisposable {
       clock: this.clock,
       log: this.log,
       retryMs: config.retryMs,
+      limits: config.limits,
       onSaved: (record, previous) => this.saved(record, previous),
     });
+  }
+
+  /** How many migrations run at once; the others wait in `begun` (config `limits`). */
+  get limits(): MigrationLimits {
+    return this.opts.config.limits;
   }
 
   static async start(opts: CoordinatorOptions): Promise<Coordinator> {

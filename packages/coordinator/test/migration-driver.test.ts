@@ -12,6 +12,7 @@ import {
 } from '@baton/core';
 import type { StoredMigration } from '@baton/etcd';
 import { MigrationDriver, type MigrationDriverOptions } from '../src/saga/migration-driver.js';
+import { MigrationLimitsSchema } from '../src/saga/migration-slots.js';
 
 /**
  * The driver's staging of definitions (seed 002) against one record in memory, saved by
@@ -69,6 +70,7 @@ class World {
 
   options(): MigrationDriverOptions {
     return {
+      limits: MigrationLimitsSchema.parse({}),
       store: { saveThrough: async (prev, next) => this.write(prev, next, 'save') },
       etcd: {
         run: async (command: MigrationCommand, { record, saved }) => {

@@ -19,6 +19,20 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly queued: Gauge;
+
+  /** `queued`: migrations waiting for a slot on this replica (the leader), read at each scrape. */
+  constructor(queued: () => number) {
+    this.queued = new Gauge({
+      name: 'baton_migrations_queued',
+      help: 'Migrations accepted and waiting for a slot (per-host and cluster limits), their records begun',
+      registers: [this.registry],
+      collect() {
+        this.set(queued());
+      },
+    });
+  }
+
   /** A record was saved: counted when it reaches its end. */
   saved(record: MigrationRecord, previous: MigrationRecord | undefined): void {
     if (!isClosedPhase(record.phase) || (previous !== undefined && isClosedPhase(previous.phase))) return;

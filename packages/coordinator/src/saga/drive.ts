@@ -56,11 +56,15 @@ export class Drive {
   private readonly waiters: StageWaiter[] = [];
   /** Why the drive stopped, once it has (NOT_LEADER, the leadership's abort). */
   private failure: unknown;
+  /** Its steps may run: the migration slots admitted it. */
+  private admitted = false;
 
   constructor(
     initial: StoredMigration,
     private readonly signal: AbortSignal,
     private readonly opts: MigrationDriverOptions,
+    /** Resolves once the record may take its steps (MigrationSlots). */
+    private readonly admission: () => Promise<void>,
   ) {
     this.record = initial.record;
     this.saved = Promise.resolve(initial);
@@ -75,6 +79,8 @@ export class Drive {
   /** Resolves with the settled record as saved; rejects if the signal aborts or another writer took the record (NOT_LEADER). */
   async run(): Promise<StoredMigration> {
     try {
+      await this.admission();
+      this.admitted = true;
       await this.steps();
       await this.applyStaged();
       return await this.saved;
@@ -87,7 +93,7 @@ export class Drive {
 
   /**
    * Stage a definition change (the newest wins), applied when the record closes. Resolves once a
-   * save carrying it (or a newer one) has landed; rejects if the drive stops first. Undefined when
+   * save carrying it (or a newer one) has landed (queued or in flight alike); rejects if the drive stops first. Undefined when
    * the record is settled: there is nothing left to stage into, the change applies directly.
    */
   stage(definition: VmDefinition): Promise<StoredMigration> | undefined {
@@ -96,7 +102,8 @@ export class Drive {
     this.record = stageDefinition(this.record, definition, this.opts.clock.now());
     const done = Promise.withResolvers<StoredMigration>();
     this.waiters.push({ staged: this.record.staged, done });
-    if (nextStep(this.record)?.target !== 'etcd') this.chainSave(this.record);
+    // A queued record's first step (begin, an etcd step) may be far off: it is saved now.
+    if (!this.admitted || nextStep(this.record)?.target !== 'etcd') this.chainSave(this.record);
     return done.promise;
   }
 

@@ -1,9 +1,10 @@
-import type { MonotonicClock, VmDefinition } from '@baton/core';
+import type { MigrationRecord, MonotonicClock, VmDefinition } from '@baton/core';
 import type { MigrationStore, StoredMigration } from '@baton/etcd';
 import type { Log } from '../log.js';
 import type { AgentSteps } from './agent-steps.js';
 import { Drive } from './drive.js';
 import type { EtcdSteps } from './etcd-steps.js';
+import { MigrationSlots, type MigrationLimits } from './migration-slots.js';
 
 /** What a drive uses of each collaborator (narrow, so a test can stand in for etcd and the agents). */
 export interface MigrationDriverOptions {
@@ -13,6 +14,7 @@ export interface MigrationDriverOptions {
   clock: MonotonicClock;
   log: Log;
   retryMs: number;
+  limits: MigrationLimits;
   /** Every record saved, with the one it replaced (events, metrics). */
   onSaved(record: StoredMigration['record'], previous: StoredMigration['record']): void;
 }
@@ -29,8 +31,16 @@ export interface MigrationDriverOptions {
 export class MigrationDriver {
   /** Every record this replica drives, with its run: the one registry of migrations in flight here. */
   private readonly drives = new Map<string, { drive: Drive; run: Promise<StoredMigration> }>();
+  private readonly slots: MigrationSlots;
 
-  constructor(private readonly opts: MigrationDriverOptions) {}
+  constructor(private readonly opts: MigrationDriverOptions) {
+    this.slots = new MigrationSlots(opts.limits);
+  }
+
+  /** Migrations waiting for a slot (their records `begun`). */
+  get queued(): number {
+    return this.slots.queued;
+  }
 
   /**
    * Resolves with the settled record as saved (closed, its staged definition applied); rejects if
@@ -42,10 +52,27 @@ export class MigrationDriver {
     const id = initial.record.id;
     const known = this.drives.get(id);
     if (known) return known.run;
-    const drive = new Drive(initial, signal, this.opts);
-    const run = drive.run().finally(() => this.drives.delete(id));
+    const drive = new Drive(initial, signal, this.opts, () => this.admit(initial.record, signal));
+    const run = drive.run().finally(() => {
+      this.slots.release(id);
+      this.drives.delete(id);
+    });
     this.drives.set(id, { drive, run });
     return run;
+  }
+
+  /**
+   * A record that has taken no step yet waits for a slot; one under way (a new leader resuming
+   * it) runs at once and counts against the limits.
+   */
+  private async admit(record: MigrationRecord, signal: AbortSignal): Promise<void> {
+    const { id, source, destination } = record;
+    if (record.phase !== 'begun') return this.slots.hold(id, { source, destination });
+    const busy = this.slots.busy({ source, destination });
+    if (busy !== undefined) this.opts.log.info({ migration: id, source, destination, queued: this.slots.queued + 1 }, `migration ${id} waits for a slot: ${busy}`);
+    const since = this.opts.clock.now();
+    await this.slots.acquire(id, { source, destination }, signal);
+    if (busy !== undefined) this.opts.log.info({ migration: id, waitedMs: Math.round(this.opts.clock.now() - since) }, `migration ${id} starts after waiting for a slot`);
   }
 
   /** The run of a record this replica drives; undefined if it drives none with that id. */
