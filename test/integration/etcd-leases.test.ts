@@ -3,7 +3,7 @@ import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BatonError, leaseTiming, systemClock } from '@baton/core';
 import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
-import { connectEtcd, EtcdServer, makeTempDir, openSession, outcomeCode, quietLog, removeDir, waitFor } from '../support/index.js';
+import { connectEtcd, EtcdServer, makeTempDir, openSession, outcomeCode, quietLog, removeDir, TcpProxy, waitFor } from '../support/index.js';
 
 /** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
 let etcd: EtcdServer;
@@ -141,6 +141,27 @@ describe('etcd lease table', () => {
     expect(await code(table.grant(lost, [claim('/r/3', 'vm')]))).toBe('LEASE_LOST');
     expect((await table.leasesOf(first.id)).map((l) => l.token)).toContain(held!.token);
     await lost.close({ revoke: true });
+  });
+
+  it('sweeps a lease whose release failed, and sweeps again after a sweep that failed too', async () => {
+    await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.endpoints[0]!).port) } });
+    await using conn = connectEtcd([`http://${proxy.hostPort}`], 3);
+    const s = await session(conn, 'host-a');
+    const table = new LeaseTable(conn, 'host-a');
+    const held = await table.grant(s, [claim('/o/1', 'vm'), claim('/o/2', 'vm')]);
+    const nothingHeld = (): ReadonlySet<string> => new Set();
+    proxy.cut();
+    await expect(table.release(held)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    table.orphansPossible = true; // what ClusterMember.release does when the delete fails
+    // etcd is still out of reach: the sweep fails, and must not forget that it has work left.
+    await expect(table.sweepOrphans(s, nothingHeld)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    expect(table.orphansPossible).toBe(true);
+    proxy.heal();
+    const swept = await waitFor(async () => (table.orphansPossible ? await table.sweepOrphans(s, nothingHeld).catch(() => false) : false), { what: 'a sweep through the healed link', deadlineMs: 10_000, intervalMs: 50 });
+    expect(swept).toBe(2);
+    expect(table.orphansPossible).toBe(false);
+    expect(await table.leasesOf(s.id)).toEqual([]);
+    await s.close({ revoke: true });
   });
 
   it('keeps a resource whose holder vanished uncleanly for the lock-delay, and one released cleanly for nobody', async () => {

@@ -270,17 +270,24 @@ export class LeaseTable {
    * release whose delete failed. `known` gives the keys the host's lock table holds.
    */
   async sweepOrphans(session: HostSession, known: () => ReadonlySet<string>): Promise<number> {
+    // Cleared first: an orphan made while this sweep runs sets it again for the next one.
     this.orphansPossible = false;
-    const res = await this.conn.range(this.conn.keys.resources, { prefix: true });
-    // Read what the host holds after the range: a grant answered meanwhile is in it by now.
-    const held = known();
-    const orphans = res.kvs.filter((kv) => {
-      if (String(kv.lease) !== session.id || held.has(kv.key.toString())) return false;
-      const grant = parseValue(LeaseValueSchema, kv)?.grant;
-      return !(grant !== undefined && this.unanswered.has(grant));
-    });
-    if (orphans.length > 0) await this.release(orphans.map((kv) => ({ key: kv.key.toString(), token: Number(kv.mod_revision) })));
-    return orphans.length;
+    try {
+      const res = await this.conn.range(this.conn.keys.resources, { prefix: true });
+      // Read what the host holds after the range: a grant answered meanwhile is in it by now.
+      const held = known();
+      const orphans = res.kvs.filter((kv) => {
+        if (String(kv.lease) !== session.id || held.has(kv.key.toString())) return false;
+        const grant = parseValue(LeaseValueSchema, kv)?.grant;
+        return !(grant !== undefined && this.unanswered.has(grant));
+      });
+      if (orphans.length > 0) await this.release(orphans.map((kv) => ({ key: kv.key.toString(), token: Number(kv.mod_revision) })));
+      return orphans.length;
+    } catch (err) {
+      // A sweep that failed (etcd changing leaders, say) found nothing out: the next one must run.
+      this.orphansPossible = true;
+      throw err;
+    }
   }
 
   /** The leases a session holds, with their values: what a restarted agent re-adopts. */
