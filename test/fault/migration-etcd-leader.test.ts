@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MigrationRecord } from '@baton/core';
-import { EtcdCluster, MigrationCluster, migrationServers, monoNow, TcpProxy, waitFor, within, writtenUnder } from '../support/index.js';
+import { EtcdCluster, MigrationCluster, monoNow, startServers, TcpProxy, waitFor, within, writtenUnder, type StartedServers } from '../support/index.js';
 import {
   ClusterWatch,
   EtcdContender,
@@ -13,8 +13,19 @@ import {
   leaseState,
 } from './migration-kit.js';
 
-/** Live migration with the etcd leader killed around the commit (kit and the checks every history gets: migration-kit.ts). */
-const servers = migrationServers();
+/**
+ * Live migration with the etcd leader killed around the commit (kit and the checks every history
+ * gets: migration-kit.ts), on this file's own servers: a three-member etcd, whose leader the
+ * tests kill, and NATS.
+ */
+const spec = { etcdCluster: { members: 3 }, nats: { jetstream: true } } as const;
+let servers: StartedServers<typeof spec>;
+beforeAll(async () => {
+  servers = await startServers(spec);
+});
+afterAll(async () => {
+  await servers?.close();
+});
 
 // ---------------------------------------------------------------------------------------------
 // 4. The etcd leader killed during the commit transaction.
@@ -101,16 +112,8 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
 }
 
 describe('etcd leader killed during the commit transaction (3-member etcd)', () => {
-  let cluster: EtcdCluster;
-  beforeAll(async () => {
-    cluster = await EtcdCluster.start();
-  });
-  afterAll(async () => {
-    await cluster?.close();
-  });
+  it('killed before the commit is sent: each migration completes or rolls back, S1–S6 hold, a third party asking etcd never wins', () => etcdLeaderKills(servers.etcdCluster, ['before the commit is sent', 'before the commit is sent']), 90_000);
 
-  it('killed before the commit is sent: each migration completes or rolls back, S1–S6 hold, a third party asking etcd never wins', () => etcdLeaderKills(cluster, ['before the commit is sent', 'before the commit is sent']), 90_000);
-
-  it('killed after the commit is applied, before the coordinator hears: each migration completes, S1–S6 hold, a third party asking etcd never wins', () => etcdLeaderKills(cluster, ['after the commit is applied', 'after the commit is applied']), 90_000);
+  it('killed after the commit is applied, before the coordinator hears: each migration completes, S1–S6 hold, a third party asking etcd never wins', () => etcdLeaderKills(servers.etcdCluster, ['after the commit is applied', 'after the commit is applied']), 90_000);
 });
 
