@@ -1,66 +1,22 @@
-import { readFileSync } from 'node:fs';
+import { diskEpochs, readDiskRecords, type DiskEpoch, type DiskRecord } from '@baton/agent';
 import { waitFor } from './wait-for.js';
 
-/** One record a sim VM appended to a disk: `vm host token seq t` (t: host monotonic ms). */
-export interface DiskRecord {
-  vm: string;
-  host: string;
-  token: number;
-  seq: number;
-  t: number;
-}
-
-export function readDiskRecords(path: string): DiskRecord[] {
-  return readFileSync(path, 'utf8')
-    .split('\n')
-    .filter((l) => l.length > 0)
-    .map((line, i) => {
-      const [vm, host, token, seq, t] = line.split(' ');
-      const r = { vm: vm!, host: host!, token: Number(token), seq: Number(seq), t: Number(t) };
-      if (!Number.isSafeInteger(r.token) || !Number.isSafeInteger(r.seq)) throw new Error(`${path}:${i + 1}: not a disk record: ${line}`);
-      return r;
-    });
-}
+export { readDiskRecords, type DiskEpoch, type DiskRecord };
 
 /**
- * S1 and S2 on a disk's contents: in the order the storage accepted them, tokens never decrease;
- * each token has one writer (one token epoch, one VM on one host); a writer whose token was
- * superseded never writes again. Returns the epochs, in order, for further assertions.
+ * S1 and S2 on a disk's contents (`diskEpochs`, the sim's own reading of its disk format): in the
+ * order the storage accepted them, tokens never decrease; each token has one writer (one token
+ * epoch, one VM on one host); a writer whose token was superseded never writes again. Returns the
+ * epochs, in order, for further assertions; throws naming every violation.
  */
 export function checkDisk(path: string): DiskEpoch[] {
   return checkRecords(readDiskRecords(path), path);
 }
 
-/** A run of writes under one token, by one VM on one host. */
-export interface DiskEpoch {
-  token: number;
-  vm: string;
-  host: string;
-  writes: number;
-  firstT: number;
-  lastT: number;
-}
-
 /** `checkDisk` on records already read from `path` (named in the violation). */
 export function checkRecords(records: readonly DiskRecord[], path: string): DiskEpoch[] {
-  const epochs: DiskEpoch[] = [];
-  for (const r of records) {
-    const cur = epochs.at(-1);
-    if (cur && r.token < cur.token) throw new Error(`S2 violated on ${path}: ${r.vm}@${r.host} wrote with token ${r.token} after token ${cur.token} (seq ${r.seq})`);
-    if (cur && r.token === cur.token) {
-      if (r.vm !== cur.vm || r.host !== cur.host) throw new Error(`S1 violated on ${path}: token ${r.token} written by ${cur.vm}@${cur.host} and ${r.vm}@${r.host}`);
-      cur.writes++;
-      cur.lastT = r.t;
-      continue;
-    }
-    epochs.push({ token: r.token, vm: r.vm, host: r.host, writes: 1, firstT: r.t, lastT: r.t });
-  }
-  // Two epochs' writes interleaving in time would mean two writers at once, whatever the order.
-  for (let i = 1; i < epochs.length; i++) {
-    if (epochs[i]!.firstT < epochs[i - 1]!.lastT) {
-      throw new Error(`S1 violated on ${path}: token ${epochs[i]!.token} wrote at ${epochs[i]!.firstT} before token ${epochs[i - 1]!.token}'s last write at ${epochs[i - 1]!.lastT}`);
-    }
-  }
+  const { epochs, problems } = diskEpochs(records);
+  if (problems.length > 0) throw new Error(`${path}: ${problems.join('; ')}`);
   return epochs;
 }
 

@@ -3,12 +3,11 @@ import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AgentClient, SimDriver, type AgentConfigInput } from '@baton/agent';
+import { AgentClient, diskEpochs, readDiskRecords, SimDriver, type AgentConfigInput } from '@baton/agent';
 import { asBatonError, BatonError, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorConfigInput } from '@baton/coordinator';
 import { CoordinatorClient } from '../coordinator-client.js';
 import { DemoChild } from './child.js';
-import { diskReport } from './disk-report.js';
 import { DemoServer } from './servers.js';
 import { connectWhenUp, say, step, until } from './wait.js';
 
@@ -204,8 +203,8 @@ export async function runClusterDemo(): Promise<void> {
   let problems = 0;
   for (const vm of vms) {
     for (const path of vm.disks) {
-      const report = diskReport(path);
-      say(`   ${path.slice(images.length + 1)}: ${report.epochs.map((e) => `${e.host} token ${e.token} ×${e.records}`).join(' → ')}`);
+      const report = diskEpochs(readDiskRecords(path));
+      say(`   ${path.slice(images.length + 1)}: ${report.epochs.map((e) => `${e.host} token ${e.token} ×${e.writes}`).join(' → ')}`);
       for (const p of report.problems) say(`      VIOLATION: ${p}`);
       problems += report.problems.length;
     }

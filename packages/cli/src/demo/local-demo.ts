@@ -3,10 +3,9 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AgentClient, LOCK_PROBE_ENTRY, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
+import { AgentClient, diskEpochs, LOCK_PROBE_ENTRY, readDiskRecords, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
 import { lockFileName } from '@baton/core';
 import { DemoChild } from './child.js';
-import { diskReport } from './disk-report.js';
 import { connectWhenUp, say, step, until } from './wait.js';
 
 const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
@@ -95,7 +94,7 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   await gamma.kill('SIGKILL');
 
   say('\nWho wrote to the disk, in order:');
-  for (const e of diskReport(disk).epochs) say(`   ${e.vm} (token ${e.token}): ${e.records} records`);
+  for (const e of diskEpochs(readDiskRecords(disk)).epochs) say(`   ${e.vm} (token ${e.token}): ${e.writes} records`);
   await client.close();
 
   // Refused (LOCKS_HELD) until the last VM's lock is released, a moment after its process is gone.

@@ -1,5 +1,6 @@
 import { asBatonError, systemClock, type Grant } from '@baton/core';
 import { FencedDisk } from './fenced-disk.js';
+import { formatDiskRecord } from './disk-records.js';
 
 export type Emit = (event: Record<string, unknown>) => void;
 
@@ -53,7 +54,7 @@ export class Guest {
       const disk = this.disks.get(g.resource);
       if (!disk) continue;
       try {
-        disk.write(g.token, `${this.vm} ${this.host} ${g.token} ${this.seq} ${Math.round(now)}\n`);
+        disk.write(g.token, formatDiskRecord({ vm: this.vm, host: this.host, token: g.token, seq: this.seq, t: now }));
       } catch (err) {
         const e = asBatonError(err);
         this.emit({ event: 'write-refused', disk: g.resource, token: g.token, code: e.code, details: e.details });

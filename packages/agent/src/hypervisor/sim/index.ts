@@ -4,3 +4,4 @@ import { fileURLToPath } from 'node:url';
 export const SIM_VM_ENTRY = fileURLToPath(new URL('./vm-main.js', import.meta.url));
 export { MANAGED_VM_ENTRY, SimDriver } from './sim-driver.js';
 export { FencedDisk } from './fenced-disk.js';
+export { diskEpochs, formatDiskRecord, readDiskRecords, type DiskEpoch, type DiskRecord } from './disk-records.js';
