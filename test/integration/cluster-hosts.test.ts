@@ -91,6 +91,41 @@ describe('cluster leases between two agents', () => {
     expect(checkDisk(disk).map((e) => e.token)).toEqual([token]);
   });
 
+  it('fences the VM and opens a new session when a re-exec outlasts the fence deadline; the disk then goes to the other host with a higher token', async () => {
+    await using storage = await SharedStorage.create();
+    const cluster = clusterName();
+    await using a = await host(storage, 'host-a', cluster);
+    await using b = await host(storage, 'host-b', cluster);
+    const disk = storage.image('vm5.img');
+    await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm5', disks: [disk] });
+    const running = await vm.event((e) => e.event === 'running', 'running');
+    const token = (running.grants as { token: number }[])[0]!.token;
+    // The old image logs `re-executing` just before execve; the new one is stopped while Node
+    // starts, before it takes the session over, until the VM's own deadline (the session's) passes.
+    process.kill(a.pid, 'SIGUSR1');
+    await a.json.event((e) => e.msg === 're-executing', 're-executing');
+    await a.json.proc.pause();
+    await vm.event((e) => e.event === 'self-fenced', 'the VM stops writing at the deadline', 5_000);
+    await a.json.proc.resume();
+    const expired = await a.json.event((e) => typeof e.msg === 'string' && e.msg.includes("expired on this host's clock"), 'the taken-over session expired', 10_000);
+    const reexecuted = a.json.events().find((e) => typeof e.msg === 'string' && e.msg.startsWith('agent re-executed'));
+    // Expired by the new image, on taking the session over: not by the old one before its exec.
+    expect(expired.pid).toBe(a.pid);
+    expect(a.json.events().indexOf(expired)).toBeLessThan(reexecuted === undefined ? Infinity : a.json.events().indexOf(reexecuted));
+    await a.json.event((e) => typeof e.msg === 'string' && e.msg.startsWith('new cluster session'), 'a new session after the lost one', 10_000);
+    // The VM's policy (kill) ran: it is gone, and so are its leases.
+    await waitFor(() => !vm.proc.running, { what: 'the VM killed by its fenced agent', deadlineMs: 5_000, intervalMs: 10 });
+    const cb = await b.client();
+    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm5-b' } });
+    const granted = await waitFor(async () => (await cb.request('acquire', { resources: [{ name: disk }] }).catch(() => undefined)) ?? false, { what: 'the disk granted on host-b', deadlineMs: 10_000, intervalMs: 50 });
+    expect(granted.grants[0]!.token).toBeGreaterThan(token);
+    expect(checkDisk(disk).map((e) => e.token)).toEqual([token]);
+    // host-a grants again, on its new session.
+    const ca = await a.client();
+    await ca.request('register', { owner: { uuid: randomUUID(), name: 'late' } });
+    expect((await ca.request('acquire', { resources: [{ name: storage.image('other5.img') }] })).grants[0]!.token).toBeGreaterThan(granted.grants[0]!.token);
+  });
+
   it('runs the VM’s killpath when the host loses its session, and grants nothing on the lost one', async () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();

@@ -123,8 +123,13 @@ describe('etcd lease table', () => {
     const [held] = await table.grant(first, [claim('/r/1', 'vm')]);
     const validUntil = first.validUntil;
     await first.close(); // the old image's timers stop at exec; the lease lives on in etcd
-    const resume = (until: number, phases: SessionPhase[]) =>
-      HostSession.resume({ conn, clock: systemClock, timing, log: quietLog, onPhase: (p) => phases.push(p), id: first.id, validUntil: until });
+    const resume = (until: number, phases: SessionPhase[]): HostSession => {
+      const resumed = HostSession.resume({ conn, clock: systemClock, timing, log: quietLog, onPhase: (p) => phases.push(p), id: first.id, validUntil: until });
+      // Nothing happens before start(): the holder is still wiring its expiry handling.
+      expect(phases).toEqual([]);
+      resumed.start();
+      return resumed;
+    };
 
     // In time: the new image renews at once and grants on the same session.
     const phases: SessionPhase[] = [];

@@ -229,6 +229,9 @@ export class Agent implements AsyncDisposable {
       host: this.config.hostId,
       ...(driver && policies ? { vms: { driver, policies } } : {}),
     });
+    // A session taken over across the re-exec expires here if the exec outlasted its deadline:
+    // the owners it leaves running are fenced and a new session is sought, as after any loss.
+    member.start();
     if (!adopted && member.session.adopted) await this.cluster.adopt(member.session);
   }
 

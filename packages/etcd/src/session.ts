@@ -91,14 +91,23 @@ export class HostSession {
 
   /**
    * The session a previous image of this very process held, across execve: no etcd round trip,
-   * the deadline carried over (the monotonic clock survives exec).
+   * the deadline carried over (the monotonic clock survives exec). It does nothing until
+   * `start()`: the exec may have outlasted the deadline, and the expiry must reach a holder that
+   * can fence what the old image left running, not one still being built.
    */
   static resume(opts: SessionOptions & { id: string; validUntil: number }): HostSession {
-    const session = new HostSession(opts.id, opts.validUntil - opts.timing.fenceMs, true, opts);
-    session.schedule();
-    // The last keepalive may be most of an interval old, and the exec took time: renew now.
-    session.tick();
-    return session;
+    return new HostSession(opts.id, opts.validUntil - opts.timing.fenceMs, true, opts);
+  }
+
+  /**
+   * Start renewing a resumed session: at once (the last keepalive may be most of an interval old,
+   * and the exec took time), or expire it now if its deadline passed. Idempotent; a session from
+   * `open` is started already.
+   */
+  start(): void {
+    if (this.keepaliveTimer !== undefined || this.phase !== 'valid') return;
+    this.schedule();
+    this.tick();
   }
 
   /** Until when, on the host's monotonic clock, this session provably holds its leases. */

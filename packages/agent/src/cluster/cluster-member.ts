@@ -15,7 +15,7 @@ export interface ClusterMemberOptions {
   onRecovered(session: HostSession, lost: HostSession): Promise<void>;
   /** The lease keys the host's lock table holds (for the sweep of leases nobody holds). */
   heldKeys(): ReadonlySet<string>;
-  /** After a re-exec: the previous image's session and deadline, taken over without a round trip. */
+  /** After a re-exec: the previous image's session and deadline, taken over without a round trip; renewed from `start()`. */
   resume?: { session: string; validUntil: number } | undefined;
 }
 
@@ -102,6 +102,14 @@ export class ClusterMember implements AsyncDisposable {
 
   get session(): HostSession {
     return this.current;
+  }
+
+  /**
+   * Start the session taken over across a re-exec (a no-op otherwise), once `onExpired` can fence
+   * what this host runs: a re-exec that outlasted the deadline expires it right here.
+   */
+  start(): void {
+    this.current.start();
   }
 
   get state(): SessionState {
