@@ -35,6 +35,20 @@ describe('migration store', () => {
     expect((await store.list()).map((m) => m.record.id).sort()).toEqual(['m-1', 'm-3']);
   });
 
+  it('creates a record only while the creating leader’s key exists: a replica that lost leadership meanwhile creates nothing (NOT_LEADER)', async () => {
+    await using conn = connectEtcd(etcd.endpoints);
+    const store = new MigrationStore(conn);
+    const vm = { uuid: randomUUID(), name: 'db-2' };
+    const leaderKey = `${conn.keys.prefix}test-leader/${randomUUID()}`;
+    const record = (id: string) => newMigration({ id, vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-2.img', lockspace: 'images', mode: 'exclusive' }] }, 0);
+    expect(await store.create(record('m-gone'), { leaderKey }).catch(asBatonError)).toMatchObject({ code: 'NOT_LEADER' });
+    expect(await store.get('m-gone')).toBeUndefined();
+    await conn.put(leaderKey, 'candidate');
+    expect((await store.create(record('m-led'), { leaderKey })).record.id).toBe('m-led');
+    // The VM's migration in flight still wins over a leader's second request.
+    expect(await store.create(record('m-again'), { leaderKey }).catch(asBatonError)).toMatchObject({ code: 'MIGRATION_CONFLICT', details: { migration: 'm-led' } });
+  });
+
   it('lets an agent refuse a command older than the record, of an ended migration, or of an unknown one (STALE_TOKEN)', async () => {
     await using conn = connectEtcd(etcd.endpoints);
     const store = new MigrationStore(conn);

@@ -1,4 +1,7 @@
 import { describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { newMigration, transition } from '@baton/core';
+import { MigrationStore } from '@baton/etcd';
 import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder } from '../support/index.js';
 
 /**
@@ -91,6 +94,24 @@ describe('live migration', () => {
     expect(done2.staged).toBeNull();
     expect(await mc.copies(second.uuid)).toEqual({ 'host-b': 'running' });
     expect((await mc.leaseMap(second.uuid))[disk]).toEqual(['host-b', done2.tokens.commit]);
+  });
+
+  it('a new leader counts the migrations under way before it admits a waiting one', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+    await using conn = mc.connectEtcd();
+    const store = new MigrationStore(conn);
+    // Records a previous leader left, between hosts with no agent: the ones under way are sent
+    // their next step again and again, never answered, and so keep their slots.
+    const record = (id: string, destination: string) =>
+      newMigration({ id, vm: { uuid: randomUUID(), name: id }, source: 'x-1', destination, resources: [{ name: `/d/${id}.img`, lockspace: 'images', mode: 'exclusive' }] }, 0);
+    for (const id of ['u-1', 'u-2']) await store.create(transition(record(id, `x-${id}`), { step: 'begin', ok: true, revision: 5, grants: [4] }, 1));
+    // Waiting, from the same busy host, and first in etcd's key order.
+    await store.create(record('a-waiting', 'x-3'));
+    const { coordinator } = await mc.addCoordinator('coord-1', undefined, { limits: { perHost: 2 } });
+    await mc.leader();
+    await waitFor(async () => (await coordinator.metrics.registry.getSingleMetricAsString('baton_migrations_queued')).includes('baton_migrations_queued 1'), { what: 'a-waiting queued', deadlineMs: 5_000 });
+    expect((await store.get('a-waiting'))!.record.phase).toBe('begun');
+    expect((await store.get('u-1'))!.record.phase).toBe('preparing');
   });
 
   it('refuses a second migration of a VM in flight (MIGRATION_CONFLICT) and a destroy during one (MIGRATING)', async () => {

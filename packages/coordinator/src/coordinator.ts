@@ -157,7 +157,13 @@ export class Coordinator implements AsyncDisposable {
    * one is staged after it, never applied before it.
    */
   private async lead(leadership: Leadership): Promise<void> {
-    const open = (await this.store.list()).filter((s) => !isSettled(s.record));
+    // Those under way first, so the limits count them before any waiting one is admitted; then
+    // the waiting ones (begun) in the order they were asked for (by the wall clock of the replicas
+    // that took them: a queue's order, no lease decision).
+    const waiting = (s: StoredMigration): number => Number(s.record.phase === 'begun');
+    const open = (await this.store.list())
+      .filter((s) => !isSettled(s.record))
+      .sort((x, y) => waiting(x) - waiting(y) || (x.record.startedAt ?? '').localeCompare(y.record.startedAt ?? ''));
     this.log.info({ id: this.id, resuming: open.map((s) => `${s.record.id}:${s.record.phase}`) }, `leading; resuming ${open.length} open migration(s)`);
     for (const stored of open) this.track(stored, leadership.signal);
     this.leadership = leadership;
@@ -232,7 +238,7 @@ export class Coordinator implements AsyncDisposable {
       },
       this.clock.now(),
     );
-    const stored = await this.store.create(record);
+    const stored = await this.store.create(record, { leaderKey: leadership.key });
     this.saved(record);
     this.log.info({ migration: record.id, vm, source, destination: req.to, resources: record.resources.length }, `migration ${record.id}: ${vm.name} ${source} → ${req.to}`);
     this.track(stored, leadership.signal);

@@ -37,6 +37,7 @@ class World {
   readonly failures = new Map<MigrationStep, MigrationStepReply[]>();
   /** Errors `vm.define` answers, once each, before it succeeds. */
   readonly defineFailures: BatonError[] = [];
+  private defineHold: { reached: PromiseWithResolvers<void>; release: PromiseWithResolvers<void> } | undefined;
 
   constructor(record: MigrationRecord) {
     this.stored = { record, revision: String(this.revision) };
@@ -46,6 +47,13 @@ class World {
     const h = { reached: Promise.withResolvers<void>(), release: Promise.withResolvers<MigrationStepReply | undefined>() };
     this.holds.set(step, h);
     return { reached: h.reached.promise, release: (reply) => h.release.resolve(reply) };
+  }
+
+  /** The next `vm.define` is held in flight until released. */
+  holdDefine(): { reached: Promise<void>; release: () => void } {
+    const h = { reached: Promise.withResolvers<void>(), release: Promise.withResolvers<void>() };
+    this.defineHold = h;
+    return { reached: h.reached.promise, release: () => h.release.resolve() };
   }
 
   /** Someone else (another leader) writes the record. */
@@ -86,6 +94,10 @@ class World {
       agents: {
         run: async (_record, command) => (await this.step(command.step)) ?? (command.step === 'prepare' ? { ok: true, incoming: '/incoming.sock' } : { ok: true }),
         define: async (host, uuid, def) => {
+          const held = this.defineHold;
+          this.defineHold = undefined;
+          held?.reached.resolve();
+          await held?.release.promise;
           const failure = this.defineFailures.shift();
           if (failure) throw failure;
           this.applied.push({ host, definition: def });
@@ -182,6 +194,28 @@ describe('staging a definition in a migration the driver drives', () => {
     expect(world.applied).toEqual([{ host: 'h1', definition: definition('data') }]);
     expect(world.writes.map((w) => w.by)).toEqual(['save']);
     expect(driver.stage('m-1', definition('late'))).toBeUndefined();
+  });
+
+  it('frees its migration slot once the record closes, while its staged definition is still being applied', async () => {
+    const world = new World(begun());
+    const perform = world.hold('perform');
+    const applying = world.holdDefine();
+    const signal = new AbortController().signal;
+    const driver = new MigrationDriver({ ...world.options(), limits: { perHost: 1, inCluster: 1 } });
+    const done = driver.drive(world.stored, signal);
+    await perform.reached;
+    await driver.stage('m-1', definition('data'));
+    perform.release();
+    await applying.reached;
+    // m-1 is done and applying its definition. Another migration from h1 starts now: this world
+    // keeps m-1 only, so its first step is refused (NOT_LEADER), which shows it was admitted.
+    const other = { ...begun(), id: 'm-2', vm: { uuid: '0b5c3e9a-7d21-4f6e-8a3b-1c2d3e4f5a6b', name: 'vm2' } };
+    const second = driver.drive({ record: other, revision: '1' }, signal).catch((err: unknown) => err);
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    expect(driver.queued).toBe(0);
+    expect(await second).toMatchObject({ code: 'NOT_LEADER' });
+    applying.release();
+    expect((await done).record).toMatchObject({ phase: 'done', staged: null });
   });
 
   it('rejects a stage (NOT_LEADER) when another writer took the record', async () => {

@@ -1,6 +1,6 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { asBatonError, Backoff, BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
-import type { IKeyValue } from 'etcd3';
+import type { ICompare, IKeyValue } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 
 /** A record as stored, with the revision a later save must compare against. */
@@ -40,24 +40,35 @@ export class MigrationStore {
     return this.conn.keys.migrating(uuid);
   }
 
-  async create(record: MigrationRecord): Promise<StoredMigration> {
+  /**
+   * Create a record, refused (MIGRATION_CONFLICT) while the VM has another in flight. With
+   * `leaderKey`, only while that leadership key exists (NOT_LEADER otherwise): a record created by
+   * a replica that lost leadership meanwhile would be found by no leader (the next one lists the
+   * records once, when it is elected, after this key is gone).
+   */
+  async create(record: MigrationRecord, opts: { leaderKey?: string } = {}): Promise<StoredMigration> {
     const key = Buffer.from(this.key(record.id));
     const vm = Buffer.from(this.vmKey(record.vm.uuid));
+    const leader = opts.leaderKey === undefined ? undefined : Buffer.from(opts.leaderKey);
     const res = await this.conn.txn(
       {
         compare: [
           { key, target: 'Version', result: 'Equal', version: 0 },
           { key: vm, target: 'Version', result: 'Equal', version: 0 },
+          ...(leader ? [{ key: leader, target: 'Version', result: 'Greater', version: 0 } satisfies ICompare] : []),
         ],
         success: [
           { request_put: { key, value: Buffer.from(recordValue(record)) } },
           { request_put: { key: vm, value: Buffer.from(record.id) } },
         ],
-        failure: [{ request_range: { key: vm } }],
+        failure: [{ request_range: { key: vm } }, ...(leader ? [{ request_range: { key: leader, count_only: true } }] : [])],
       },
       'a new migration record',
     );
     if (!res.succeeded) {
+      if (leader && Number(res.responses[1]?.response_range.count ?? 0) === 0) {
+        throw new BatonError('NOT_LEADER', `migration ${record.id} was not created: this replica is no longer the leader`, { details: { leader: null } });
+      }
       const other = res.responses[0]?.response_range.kvs[0]?.value.toString();
       throw new BatonError('MIGRATION_CONFLICT', `VM ${record.vm.name} already has a migration in flight${other ? ` (${other})` : ''}`, {
         details: { vm: record.vm.uuid, migration: other ?? record.id },

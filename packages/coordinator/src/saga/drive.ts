@@ -63,8 +63,8 @@ export class Drive {
     initial: StoredMigration,
     private readonly signal: AbortSignal,
     private readonly opts: MigrationDriverOptions,
-    /** Resolves once the record may take its steps (MigrationSlots). */
-    private readonly admission: () => Promise<void>,
+    /** Its place among the migrations running at once (MigrationSlots): taken before the first step, freed once the record is closed. */
+    private readonly slot: { take(): Promise<void>; free(): void },
   ) {
     this.record = initial.record;
     this.saved = Promise.resolve(initial);
@@ -79,9 +79,11 @@ export class Drive {
   /** Resolves with the settled record as saved; rejects if the signal aborts or another writer took the record (NOT_LEADER). */
   async run(): Promise<StoredMigration> {
     try {
-      await this.admission();
+      await this.slot.take();
       this.admitted = true;
       await this.steps();
+      // Closed: a staged definition still to apply is no migration, and holds no slot.
+      this.slot.free();
       await this.applyStaged();
       return await this.saved;
     } catch (err) {

@@ -1,4 +1,4 @@
-import type { MigrationRecord, MonotonicClock, VmDefinition } from '@baton/core';
+import { isClosedPhase, type MigrationRecord, type MonotonicClock, type VmDefinition } from '@baton/core';
 import type { MigrationStore, StoredMigration } from '@baton/etcd';
 import type { Log } from '../log.js';
 import type { AgentSteps } from './agent-steps.js';
@@ -52,7 +52,8 @@ export class MigrationDriver {
     const id = initial.record.id;
     const known = this.drives.get(id);
     if (known) return known.run;
-    const drive = new Drive(initial, signal, this.opts, () => this.admit(initial.record, signal));
+    const slot = { take: () => this.admit(initial.record, signal), free: () => this.slots.release(id) };
+    const drive = new Drive(initial, signal, this.opts, slot);
     const run = drive.run().finally(() => {
       this.slots.release(id);
       this.drives.delete(id);
@@ -63,10 +64,12 @@ export class MigrationDriver {
 
   /**
    * A record that has taken no step yet waits for a slot; one under way (a new leader resuming
-   * it) runs at once and counts against the limits.
+   * it) runs at once and counts against the limits; a closed one (its staged definition still to
+   * apply) takes none.
    */
   private async admit(record: MigrationRecord, signal: AbortSignal): Promise<void> {
     const { id, source, destination } = record;
+    if (isClosedPhase(record.phase)) return;
     if (record.phase !== 'begun') return this.slots.hold(id, { source, destination });
     const busy = this.slots.busy({ source, destination });
     if (busy !== undefined) this.opts.log.info({ migration: id, source, destination, queued: this.slots.queued + 1 }, `migration ${id} waits for a slot: ${busy}`);
