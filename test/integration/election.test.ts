@@ -47,4 +47,25 @@ describe('coordinator election', () => {
     expect(l3.signal.aborted).toBe(true);
     await s1!.close({ revoke: true });
   });
+
+  it('stops a follower’s campaign at once when its session is lost while it waits in line, or when it is told to stop', async () => {
+    await using conn = connectEtcd(etcd.endpoints, 2);
+    const [s1, s2, s3] = await Promise.all(['c1', 'c2', 'c3'].map((id) => openSession(conn, id)));
+    const leader = await Election.campaign({ conn, session: s1!, name: 'coordinator', value: 'c1' });
+    const election = new Election(conn, 'coordinator');
+    const waits = Election.campaign({ conn, session: s2!, name: 'coordinator', value: 'c2' }).catch((err: unknown) => err);
+    await waitFor(async () => (await election.candidates()).length === 2, { what: 'c2 in line', deadlineMs: 5_000 });
+    // c2's session is lost (closed here; expired on its clock alike): its candidacy is as good as
+    // gone, and it must campaign again on a new session, not wait on for the leader to go.
+    await s2!.close();
+    expect(await waits).toMatchObject({ code: 'LEASE_LOST' });
+    const stop = new AbortController();
+    const stopped = Election.campaign({ conn, session: s3!, name: 'coordinator', value: 'c3', signal: stop.signal }).catch((err: unknown) => err);
+    await waitFor(async () => (await election.candidates()).includes('c3'), { what: 'c3 in line', deadlineMs: 5_000 });
+    stop.abort(new Error('stopping'));
+    expect(await stopped).toEqual(new Error('stopping'));
+    expect(leader.signal.aborted).toBe(false);
+    await s3!.close({ revoke: true });
+    await s1!.close({ revoke: true });
+  });
 });

@@ -169,6 +169,26 @@ describe('etcd lease table', () => {
     await s.close({ revoke: true });
   });
 
+  it('re-grants an owner’s leases on a new session with new tokens, once: the same attempt again finds its own leases, another is refused', async () => {
+    await using conn = connect(3);
+    const table = new LeaseTable(conn, 'host-a');
+    const lost = await session(conn, 'host-a');
+    const [held] = await table.grant(lost, [claim('/g/1', 'vm')]);
+    const next = await session(conn, 'host-a');
+    const items = [{ claim: claim('/g/1', 'vm'), previous: held! }];
+    const nonce = table.nextNonce();
+    const [moved] = await table.regrant(next, items, nonce);
+    expect(moved!.token).toBeGreaterThan(held!.token);
+    // Its answer lost, the same attempt is sent again: it finds what it wrote, and writes nothing.
+    expect(await table.regrant(next, items, nonce)).toEqual([moved]);
+    expect((await table.leasesOf(next.id)).map((l) => l.token)).toEqual([moved!.token]);
+    // Any other attempt finds the lease no longer the old grant: refused, nothing changes.
+    expect(await code(table.regrant(next, items))).toBe('RESOURCE_BUSY');
+    expect((await table.leasesOf(next.id)).map((l) => l.token)).toEqual([moved!.token]);
+    await lost.close({ revoke: true });
+    await next.close({ revoke: true });
+  });
+
   it('keeps a resource whose holder vanished uncleanly for the lock-delay, and one released cleanly for nobody', async () => {
     await using conn = connect(2);
     const clock = systemClock;

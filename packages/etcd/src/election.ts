@@ -76,19 +76,22 @@ export class Election {
       const mine = line.findIndex((kv) => kv.key.toString() === key);
       if (mine < 0) throw new BatonError('LEASE_LOST', `candidacy ${key} vanished: the session expired`);
       if (mine === 0) return election.lead(opts, key, String(res.header.revision));
-      await election.awaitDeletion(line[mine - 1]!.key.toString(), String(BigInt(res.header.revision) + 1n), opts.signal);
+      await election.awaitDeletion(line[mine - 1]!.key.toString(), String(BigInt(res.header.revision) + 1n), AbortSignal.any([opts.session.lost, ...(opts.signal ? [opts.signal] : [])]));
     }
   }
 
-  private async awaitDeletion(key: string, fromRevision: string, signal?: AbortSignal): Promise<void> {
+  /** Until `key` is deleted; rejects once `signal` aborts (the caller's stop, or the session lost), before or during the wait. */
+  private async awaitDeletion(key: string, fromRevision: string, signal: AbortSignal): Promise<void> {
     const gone = Promise.withResolvers<void>();
     const watch = await this.conn.watch(key, { fromRevision }, { delete: () => gone.resolve() });
-    const abort = (): void => gone.reject(signal!.reason);
-    signal?.addEventListener('abort', abort, { once: true });
+    const abort = (): void => gone.reject(signal.reason);
+    signal.addEventListener('abort', abort, { once: true });
+    // Aborted while the watch was being set up: the listener alone would never hear of it.
+    if (signal.aborted) abort();
     try {
       await gone.promise;
     } finally {
-      signal?.removeEventListener('abort', abort);
+      signal.removeEventListener('abort', abort);
       await watch.cancel();
     }
   }

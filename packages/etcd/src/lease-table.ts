@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { BatonError, LeaseValueSchema, MAX_RESOURCES_PER_REQUEST, wallTimeIso, type LeaseValue, type LockMode, type MonotonicClock, type Token } from '@baton/core';
-import type { ICompare, IRequestOp, ITxnResponse } from 'etcd3';
+import type { ICompare, IKeyValue, IRequestOp, ITxnResponse } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 import { KeyLayout, prefixEnd } from './keys.js';
 import { parseValue } from './values.js';
@@ -98,7 +98,7 @@ export class LeaseTable {
     session.assertValid();
     if (claims.length > MAX_RESOURCES_PER_REQUEST) throw new BatonError('INVALID_REQUEST', `at most ${MAX_RESOURCES_PER_REQUEST} resources per acquire`);
     const { promise, resolve, reject } = Promise.withResolvers<HeldLease[]>();
-    const nonce = `${this.noncePrefix}-${++this.nonceSeq}`;
+    const nonce = this.nextNonce();
     this.unanswered.add(nonce);
     this.queue.push({ targets: claims.map((c) => this.target(c)), session, nonce, resolve, reject });
     if (!this.flushing) this.flush().catch((err: unknown) => this.failAll(err));
@@ -253,6 +253,9 @@ export class LeaseTable {
           this.stats.requests += batch.length;
           for (const p of batch) p.resolve(p.targets.map((t) => ({ key: t.key, token })));
         } else {
+          // Not there when read; a proposal still in the leader's log could land after the read:
+          // the next sweep looks.
+          this.orphansPossible = true;
           for (const p of batch) p.reject(err);
         }
         return;
@@ -299,18 +302,26 @@ export class LeaseTable {
     });
   }
 
+  /** A name for one grant, written into its leases: a later read tells whether it landed. */
+  nextNonce(): string {
+    return `${this.noncePrefix}-${++this.nonceSeq}`;
+  }
+
   /**
    * After the host lost a session and opened a new one: move an owner's leases to the new session
    * with new tokens, in one transaction, if each is still the old grant or free. Otherwise
-   * RESOURCE_BUSY, and nothing changes (the owner stays fenced).
+   * RESOURCE_BUSY, and nothing changes (the owner stays fenced). Tried again with the same
+   * `nonce` after an answer that never came, it finds its own leases if that attempt landed.
    */
-  async regrant(session: HostSession, items: readonly { claim: LeaseClaim; previous: HeldLease }[]): Promise<HeldLease[]> {
+  async regrant(session: HostSession, items: readonly { claim: LeaseClaim; previous: HeldLease }[], nonce = this.nextNonce()): Promise<HeldLease[]> {
     session.assertValid();
-    const nonce = `${this.noncePrefix}-${++this.nonceSeq}`;
     const targets = items.map((it) => this.target(it.claim));
     // One read of each resource's prefix sees the old lease and its marker at one revision.
     const reads = await Promise.all(targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
-    const revisionOf = (i: number, key: string): string | undefined => reads[i]!.kvs.find((kv) => kv.key.toString() === key)?.mod_revision;
+    const kvOf = (i: number, key: string): IKeyValue | undefined => reads[i]!.kvs.find((kv) => kv.key.toString() === key);
+    const landed = targets.map((t, i) => kvOf(i, t.key)).filter((kv) => kv !== undefined && String(kv.lease) === session.id && parseValue(LeaseValueSchema, kv)?.grant === nonce);
+    if (landed.length === targets.length) return targets.map((t, i) => ({ key: t.key, token: Number(landed[i]!.mod_revision) }));
+    const revisionOf = (i: number, key: string): string | undefined => kvOf(i, key)?.mod_revision;
     const res = await this.conn.txn(
       {
         compare: targets.flatMap((t, i) => this.regrantCompares(t, items[i]!.previous, revisionOf(i, items[i]!.previous.key), revisionOf(i, KeyLayout.heldMarker(t.key)))),

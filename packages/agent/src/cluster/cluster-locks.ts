@@ -1,5 +1,6 @@
-import { BatonError, type Grant, type LockMode, type ResourceRef } from '@baton/core';
-import type { HeldLease, HostSession, LeaseClaim } from '@baton/etcd';
+import { setTimeout as delay } from 'node:timers/promises';
+import { asBatonError, Backoff, BatonError, type Grant, type LockMode, type ResourceRef } from '@baton/core';
+import type { HeldLease, HostSession, LeaseClaim, LeaseTable } from '@baton/etcd';
 import type { HypervisorDriver } from '../hypervisor/driver.js';
 import type { LockManager } from '../locks/lock-manager.js';
 import type { Logger } from '../logger.js';
@@ -109,14 +110,14 @@ export class ClusterLocks {
    * the operator decides.
    */
   async recover(session: HostSession): Promise<void> {
-    const { registry, locks, member, fencer, log } = this.opts;
+    const { registry, locks, fencer, log } = this.opts;
     for (const record of registry.all()) {
       if (record.state !== 'fenced') continue;
       const owner = record.owner.uuid;
       const grants = locks.grantsOf(owner);
       const previous = this.leasesOf(owner, grants);
       try {
-        const leases = await member.table.regrant(
+        const leases = await this.regrant(
           session,
           grants.map((g, i) => ({ claim: this.claim(record, g.lockspace, g.resource, g.mode), previous: previous[i]! })),
         );
@@ -131,6 +132,32 @@ export class ClusterLocks {
         log.warn({ owner: record.owner, tokens: leases.map((l) => l.token) }, `${record.owner.name} got its leases back with new tokens and was resumed`);
       } catch (err) {
         log.error({ owner: record.owner, err: (err as Error).message }, `${record.owner.name} stays fenced: its leases could not be re-granted`);
+      }
+    }
+  }
+
+  /**
+   * The re-grant, tried again (same nonce: an attempt that landed unanswered is found, not
+   * refused) while etcd is only unreachable, a leader elected just as the partition healed, and
+   * the session is still this host's and valid. Refused for good (RESOURCE_BUSY: another holds a
+   * disk now) it throws. Granted on a session that is no longer valid when the answer comes, the
+   * leases go back: resuming the owner would run it on a session past its deadline.
+   */
+  private async regrant(session: HostSession, items: Parameters<LeaseTable['regrant']>[1]): Promise<HeldLease[]> {
+    const { member } = this.opts;
+    const current = (): boolean => session.isValid && member.session === session;
+    const nonce = member.table.nextNonce();
+    const backoff = new Backoff(member.timing.keepaliveMs / 8, member.timing.keepaliveMs);
+    for (;;) {
+      if (!current()) throw new BatonError('LEASE_LOST', `session ${session.id} was lost before the leases came back`);
+      try {
+        const leases = await member.table.regrant(session, items, nonce);
+        if (current()) return leases;
+        await member.release(leases);
+        throw new BatonError('LEASE_LOST', `session ${session.id} was lost while the leases came back`);
+      } catch (err) {
+        if (asBatonError(err).code !== 'UNAVAILABLE') throw err;
+        await delay(backoff.next(), undefined, { signal: session.lost }).catch(() => undefined);
       }
     }
   }

@@ -125,7 +125,11 @@ export class ClusterMember implements AsyncDisposable {
   private phaseChanged(phase: SessionPhase, session: HostSession): void {
     if (phase !== 'expired' || session !== this.current || this.closed) return;
     this.opts.onExpired(session);
-    this.recovering = this.recover(session).finally(() => (this.recovering = undefined));
+    // Only this recovery clears the marker: an earlier one ending late must not hide this one.
+    const recovering: Promise<void> = this.recover(session).finally(() => {
+      if (this.recovering === recovering) this.recovering = undefined;
+    });
+    this.recovering = recovering;
   }
 
   /** Open a new session as soon as etcd answers again; the lost one is never renewed. */
