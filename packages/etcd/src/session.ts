@@ -83,7 +83,13 @@ export class HostSession {
     }
     if (opts.record) {
       const record: HostRecord = HostRecordSchema.parse({ v: 1, ...opts.record });
-      await conn.put(conn.keys.host(opts.record.host), JSON.stringify(record), session.id);
+      try {
+        await conn.put(conn.keys.host(opts.record.host), JSON.stringify(record), session.id);
+      } catch (err) {
+        // An adopted session has its keepalive stream open already: it goes with the failure.
+        session.stop();
+        throw err;
+      }
     }
     session.schedule();
     return session;

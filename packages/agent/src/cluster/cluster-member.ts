@@ -96,7 +96,13 @@ export class ClusterMember implements AsyncDisposable {
 
   private async open(adopt?: string): Promise<HostSession> {
     const session = await HostSession.open({ ...this.sessionOptions(), adopt });
-    this.file.write(this.opts.record.host, session.id);
+    try {
+      this.file.write(this.opts.record.host, session.id);
+    } catch (err) {
+      // Not kept renewing in the background while the caller retries with another one.
+      await session.close();
+      throw err;
+    }
     return session;
   }
 
