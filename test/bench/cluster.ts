@@ -125,7 +125,7 @@ export class ClusterRig implements AsyncDisposable {
     readonly local: BenchAgent,
     readonly localClient: AgentClient,
     readonly inProcess: { conn: EtcdConnection; session: HostSession; table: LeaseTable },
-    readonly relay: ManagedProcess,
+    private readonly relay: ManagedProcess,
     private readonly relayClient: LineClient,
   ) {}
 

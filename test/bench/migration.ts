@@ -125,7 +125,7 @@ export async function measureMigration(opts: MigrationBenchOptions, step: Step, 
       out.storms.push(await storm(cluster, c, hosts, { ...opts.storm, label: 'storm', limitsKind: 'raised' }, coordLog, log));
     });
     await step(`storm again, ${opts.storm.vms} asked at once, with a coordinator that keeps the default limits`, async () => {
-      await cluster.coordinators.shift()!.close();
+      await cluster.closeCoordinator(cluster.coordinators[0]!);
       await cluster.addCoordinator('bench-coord-limited', coordLog.log, productDeadlines);
       const limited = (await cluster.leader()).coordinator;
       out.storms.push(await storm(cluster, limited, hosts, { ...opts.storm, label: 'limited', limitsKind: 'default' }, coordLog, log));

@@ -1,16 +1,17 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { MigrationRecord } from '@baton/core';
-import { EtcdCluster, MigrationCluster, monoNow, startServers, TcpProxy, waitFor, within, writtenUnder, type StartedServers } from '../support/index.js';
+import { EtcdCluster, migrationServers, monoNow, TcpProxy, waitFor, within } from '../support/index.js';
 import {
-  ClusterWatch,
   EtcdContender,
   REPLY_DELAY_MS,
   capturingLog,
   disposer,
   ended,
   expectSettledVm,
+  faultRig,
   figure,
   leaseState,
+  writingVm,
 } from './migration-kit.js';
 
 /**
@@ -18,14 +19,7 @@ import {
  * gets: migration-kit.ts), on this file's own servers: a three-member etcd, whose leader the
  * tests kill, and NATS.
  */
-const spec = { etcdCluster: { members: 3 }, nats: { jetstream: true } } as const;
-let servers: StartedServers<typeof spec>;
-beforeAll(async () => {
-  servers = await startServers(spec);
-});
-afterAll(async () => {
-  await servers?.close();
-});
+const servers = migrationServers({ etcdCluster: { members: 3 }, nats: { jetstream: true } });
 
 // ---------------------------------------------------------------------------------------------
 // 4. The etcd leader killed during the commit transaction.
@@ -40,7 +34,6 @@ type EtcdKill = 'before the commit is sent' | 'after the commit is applied';
  * the migration ended, its history is clean, the member comes back. Returns the figures.
  */
 async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise<void> {
-  await using mc = await MigrationCluster.start({ etcd: cluster.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
   // The coordinator reaches each member through a link that holds replies back, so the kill lands
   // inside its commit step: before the transaction is sent, or after it is applied and before the
   // coordinator has heard. A killed member's link then stays silent, as a dead host's would.
@@ -52,13 +45,13 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
     links.push(link);
   }
   const log: string[] = [];
-  const { coordinator } = await mc.addCoordinator('coord-1', capturingLog(log), { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) } });
-  await mc.leader();
-  await using conn = mc.connectEtcd();
-  await using watch = await ClusterWatch.start(conn);
-  const vm = await mc.startVm('host-a', 'e1', ['e1-root.img', 'e1-data.img']);
+  await using rig = await faultRig(
+    { etcd: cluster.endpoints, nats: [servers.nats.url], ttlSeconds: 5 },
+    { log: capturingLog(log), overrides: { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) } } },
+  );
+  const { mc, coordinator, conn, watch } = rig;
+  const vm = await writingVm(mc, 'host-a', 'e1', ['e1-root.img', 'e1-data.img']);
   const disks = vm.locks.map((l) => l.resource);
-  await writtenUnder(disks[0]!, vm.locks[0]!.token);
   await using contenderConn = mc.connectEtcd();
   await using contender = await EtcdContender.start(contenderConn, () => disks);
 

@@ -50,7 +50,9 @@ export function figure(name: string, values: Record<string, unknown>): void {
 }
 
 export function disposer(fn: () => Promise<unknown>): AsyncDisposable {
-  return { [Symbol.asyncDispose]: async () => void (await fn()) };
+  let done: Promise<void> | undefined;
+  // Idempotent: a test may dispose early (to read what was collected) and again at scope exit.
+  return { [Symbol.asyncDispose]: () => (done ??= fn().then(() => undefined)) };
 }
 
 
@@ -391,11 +393,10 @@ export class EtcdContender implements AsyncDisposable {
  * SIGSTOP `proc` the moment migration `id` reaches `phase` (from the watch's own callback, so
  * before anything can follow the phase), and resolve once every thread of it has stopped.
  */
-export async function freezeAt(watch: ClusterWatch, id: string, phase: MigrationPhase, proc: ManagedProcess): Promise<SeenRecord> {
+export async function freezeAt(watch: ClusterWatch, id: string, phase: MigrationPhase, proc: ManagedProcess): Promise<void> {
   let stopped: Promise<void> | undefined;
-  const seen = await watch.on((r) => r.id === id && r.phase === phase, () => (stopped = proc.pause()), phase);
+  await watch.on((r) => r.id === id && r.phase === phase, () => (stopped = proc.pause()), phase);
   await stopped;
-  return seen;
 }
 
 /** One fault test's cluster: its one coordinator (`coord-1`, leading), a plain etcd connection and the record watch on it. */

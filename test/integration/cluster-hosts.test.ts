@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { checkDisk, clusterName, EtcdServer, SharedStorage, startClusterHost, startSimVm, TcpProxy, waitFor, type AgentProcess } from '../support/index.js';
-import { asBatonError } from '@baton/core';
+import { checkDisk, clusterName, EtcdServer, SharedStorage, startClusterHost, startSimVm, TcpProxy, TwoHosts, waitFor, type AgentProcess } from '../support/index.js';
+import { asBatonError, type AgentResult } from '@baton/core';
 
 /**
  * Two hosts whose lock directories are NOT shared: only etcd stands between them, so every
@@ -19,13 +19,18 @@ afterAll(async () => {
 const host = (storage: SharedStorage, hostId: string, cluster: string, ttlSeconds = 2, endpoints = etcd.endpoints): Promise<AgentProcess> =>
   startClusterHost(storage, hostId, { endpoints, cluster, ttlSeconds });
 
+/** A new owner on `agent` asking for `disk` until it is granted (the other host's lease has to go first). */
+async function grantOn(agent: AgentProcess, disk: string, name: string, deadlineMs: number): Promise<AgentResult<'acquire'>> {
+  const c = await agent.client();
+  await c.request('register', { owner: { uuid: randomUUID(), name } });
+  return waitFor(async () => (await c.request('acquire', { resources: [{ name: disk }] }).catch(() => undefined)) ?? false, { what: `${disk} granted on ${agent.config.hostId}`, deadlineMs, intervalMs: 50 });
+}
+
 describe('cluster leases between two agents', () => {
   it('refuses a disk leased on another host, and grants it there with a higher token after release', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    await using a = await host(storage, 'host-a', cluster);
-    await using b = await host(storage, 'host-b', cluster);
-    const disk = storage.image('vm1.img');
+    await using hosts = await TwoHosts.start(etcd.endpoints, 2);
+    const { a, b } = hosts;
+    const disk = hosts.disk('vm1.img');
     const ca = await a.client();
     const cb = await b.client();
     await ca.request('register', { owner: { uuid: randomUUID(), name: 'vm1' } });
@@ -35,8 +40,8 @@ describe('cluster leases between two agents', () => {
     expect(refused).toMatchObject({ code: 'RESOURCE_BUSY' });
     const view = await cb.request('clusterLocks', {});
     expect(view.leases).toMatchObject([{ host: 'host-a', resource: disk, token: grants[0]!.token, mode: 'exclusive' }]);
-    const hosts = await cb.request('hosts', {});
-    expect(hosts.hosts.map((h) => h.host).sort()).toEqual(['host-a', 'host-b']);
+    const sessions = await cb.request('hosts', {});
+    expect(sessions.hosts.map((h) => h.host).sort()).toEqual(['host-a', 'host-b']);
     await ca.request('release', {});
     const again = await cb.request('acquire', { resources: [{ name: disk }] });
     expect(again.grants[0]!.token).toBeGreaterThan(grants[0]!.token);
@@ -52,12 +57,7 @@ describe('cluster leases between two agents', () => {
     await vm.event((e) => e.event === 'running', 'running');
     await a.crash();
     await vm.event((e) => e.event === 'self-fenced', 'self-fenced', 5_000);
-    const cb = await b.client();
-    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm2-b' } });
-    const granted = await waitFor(
-      async () => (await cb.request('acquire', { resources: [{ name: disk }] }).catch(() => undefined)) ?? false,
-      { what: 'the disk granted on host-b', deadlineMs: 6_000, intervalMs: 100 },
-    );
+    const granted = await grantOn(b, disk, 'vm2-b', 6_000);
     const epochs = checkDisk(disk);
     expect(epochs.map((e) => e.vm)).toEqual(['vm2']);
     expect(granted.grants[0]!.token).toBeGreaterThan(epochs[0]!.token);
@@ -65,17 +65,15 @@ describe('cluster leases between two agents', () => {
   });
 
   it('keeps the cluster lease and its token across re-execs, with the VM writing throughout', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
     // Nothing here waits on the TTL, so a long one costs nothing. A re-exec that outlasts the
     // fence deadline rightly fences the VM (the new image finds the session expired, and host-b
     // may then take the disk). With a 10 s TTL (fence 7.5 s after the last keepalive, so after
     // as little as ~4 s of re-exec) CI once saw host-b granted the disk while the fault suites
     // loaded both CPUs, which fits that; no log survived to confirm it. Fencing at 22.5 s keeps
     // this test about re-execs that end in time.
-    await using a = await host(storage, 'host-a', cluster, 30);
-    await using b = await host(storage, 'host-b', cluster, 30);
-    const disk = storage.image('vm3.img');
+    await using hosts = await TwoHosts.start(etcd.endpoints, 30);
+    const { a, b } = hosts;
+    const disk = hosts.disk('vm3.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm3', disks: [disk] });
     const running = await vm.event((e) => e.event === 'running', 'running');
     const token = (running.grants as { token: number }[])[0]!.token;
@@ -92,11 +90,9 @@ describe('cluster leases between two agents', () => {
   });
 
   it('fences the VM and opens a new session when a re-exec outlasts the fence deadline; the disk then goes to the other host with a higher token', async () => {
-    await using storage = await SharedStorage.create();
-    const cluster = clusterName();
-    await using a = await host(storage, 'host-a', cluster);
-    await using b = await host(storage, 'host-b', cluster);
-    const disk = storage.image('vm5.img');
+    await using hosts = await TwoHosts.start(etcd.endpoints, 2);
+    const { a, b } = hosts;
+    const disk = hosts.disk('vm5.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm5', disks: [disk] });
     const running = await vm.event((e) => e.event === 'running', 'running');
     const token = (running.grants as { token: number }[])[0]!.token;
@@ -107,23 +103,23 @@ describe('cluster leases between two agents', () => {
     await a.json.proc.pause();
     await vm.event((e) => e.event === 'self-fenced', 'the VM stops writing at the deadline', 5_000);
     await a.json.proc.resume();
-    const expired = await a.json.event((e) => typeof e.msg === 'string' && e.msg.includes("expired on this host's clock"), 'the taken-over session expired', 10_000);
-    const reexecuted = a.json.events().find((e) => typeof e.msg === 'string' && e.msg.startsWith('agent re-executed'));
+    await a.json.event((e) => typeof e.msg === 'string' && e.msg.includes("expired on this host's clock"), 'the taken-over session expired', 10_000);
+    const events = a.json.events();
+    const expired = events.findIndex((e) => typeof e.msg === 'string' && e.msg.includes("expired on this host's clock"));
+    const reexecuted = events.findIndex((e) => typeof e.msg === 'string' && e.msg.startsWith('agent re-executed'));
     // Expired by the new image, on taking the session over: not by the old one before its exec.
-    expect(expired.pid).toBe(a.pid);
-    expect(a.json.events().indexOf(expired)).toBeLessThan(reexecuted === undefined ? Infinity : a.json.events().indexOf(reexecuted));
+    expect(events[expired]!.pid).toBe(a.pid);
+    expect(expired).toBeLessThan(reexecuted === -1 ? Infinity : reexecuted);
     await a.json.event((e) => typeof e.msg === 'string' && e.msg.startsWith('new cluster session'), 'a new session after the lost one', 10_000);
     // The VM's policy (kill) ran: it is gone, and so are its leases.
     await waitFor(() => !vm.proc.running, { what: 'the VM killed by its fenced agent', deadlineMs: 5_000, intervalMs: 10 });
-    const cb = await b.client();
-    await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm5-b' } });
-    const granted = await waitFor(async () => (await cb.request('acquire', { resources: [{ name: disk }] }).catch(() => undefined)) ?? false, { what: 'the disk granted on host-b', deadlineMs: 10_000, intervalMs: 50 });
+    const granted = await grantOn(b, disk, 'vm5-b', 10_000);
     expect(granted.grants[0]!.token).toBeGreaterThan(token);
     expect(checkDisk(disk).map((e) => e.token)).toEqual([token]);
     // host-a grants again, on its new session.
     const ca = await a.client();
     await ca.request('register', { owner: { uuid: randomUUID(), name: 'late' } });
-    expect((await ca.request('acquire', { resources: [{ name: storage.image('other5.img') }] })).grants[0]!.token).toBeGreaterThan(granted.grants[0]!.token);
+    expect((await ca.request('acquire', { resources: [{ name: hosts.disk('other5.img') }] })).grants[0]!.token).toBeGreaterThan(granted.grants[0]!.token);
   });
 
   it('runs the VM’s killpath when the host loses its session, and grants nothing on the lost one', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { ClusterLease } from '@baton/core';
-import { checkDisk, migrationFile, pidAlive, processState, waitFor, writtenUnder } from '../support/index.js';
+import { migrationFile, pidAlive, processState, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * A VM's lease-loss policy, set by a definition after its leases were granted, holds where the
@@ -48,9 +48,8 @@ describe('a redefined VM', () => {
     // etcd gone (its data kept) past the TTL: every host fences on its own clock.
     const regranted = await pausedThroughOutage(vm.uuid, pid, done.tokens.commit!);
     expect(regranted).toMatchObject({ host: 'host-b', owner: { onLeaseLoss: { policy: 'pause' } } });
-    await writtenUnder(root, regranted.token, 3);
     // One writer per token; the destination's tokens only grew.
-    const epochs = checkDisk(root).map((e) => [e.host, e.token]);
+    const epochs = (await writtenUnder(root, regranted.token, 3)).map((e) => [e.host, e.token]);
     expect(epochs).toEqual([
       ['host-a', vm.locks[0]!.token],
       ['host-b', done.tokens.commit],
@@ -73,8 +72,7 @@ describe('a redefined VM', () => {
 
     const regranted = await pausedThroughOutage(vm.uuid, vm.pid, vm.locks[0]!.token);
     expect(regranted).toMatchObject({ host: 'host-a', owner: { onLeaseLoss: { policy: 'pause' } } });
-    await writtenUnder(root, regranted.token, 3);
-    expect(checkDisk(root).map((e) => [e.host, e.token])).toEqual([
+    expect((await writtenUnder(root, regranted.token, 3)).map((e) => [e.host, e.token])).toEqual([
       ['host-a', vm.locks[0]!.token],
       ['host-a', regranted.token],
     ]);

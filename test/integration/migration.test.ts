@@ -79,10 +79,10 @@ describe('live migration', () => {
     const disk = mc.disk('q2.img');
     const res = await mc.define('q2', { disks: [{ path: disk }], onLeaseLoss: { policy: 'pause' } });
     expect(res.body).toEqual({ staged: true, migration: queued.id });
-    const waiting = (await coordinator.store.get(queued.id))!.record;
+    const waiting = (await mc.record(queued.id))!;
     expect(waiting.phase).toBe('begun');
     expect(waiting.staged?.definition.onLeaseLoss).toEqual({ policy: 'pause' });
-    expect((await coordinator.store.get(running.id))!.record.phase).not.toBe('done');
+    expect((await mc.record(running.id))!.phase).not.toBe('done');
     expect(await mc.copies(second.uuid)).toEqual({ 'host-a': 'running' });
 
     const [done1, done2] = await Promise.all([mc.settled(running.id), mc.settled(queued.id)]);

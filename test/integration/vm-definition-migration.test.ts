@@ -3,7 +3,7 @@ import { realpathSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import type { MigrationRecord } from '@baton/core';
 import type { Log } from '@baton/coordinator';
-import { checkDisk, MigrationCluster, migrationFile, readDiskRecords, waitFor, within, writtenUnder } from '../support/index.js';
+import { MigrationCluster, migrationFile, quiet, readDiskRecords, waitFor, within, writtenUnder } from '../support/index.js';
 
 /**
  * seed 002: a VM definition change that arrives while the VM migrates is staged in the migration's
@@ -43,7 +43,7 @@ describe('a VM definition change during a migration', () => {
     expect(res.status, JSON.stringify(res.body)).toBe(202);
     expect(res.body).toEqual({ staged: true, migration: migration.id });
     // Answered once durably saved: the record in etcd holds it, the migration still mid-send.
-    const during = (await file.mc.coordinators[0]!.coordinator.store.get(migration.id))!.record;
+    const during = (await file.mc.record(migration.id))!;
     expect(during.phase).toBe('performing');
     expect(during.staged?.definition).toEqual({ disks: [{ path: root, mode: 'exclusive' }, { path: data, mode: 'exclusive' }], onLeaseLoss: { policy: 'pause' } });
     expect(await file.mc.leaseMap(uuid)).toEqual({ [root]: ['host-a', rootToken] });
@@ -58,8 +58,7 @@ describe('a VM definition change during a migration', () => {
     expect(leases[root]).toEqual(['host-b', done.tokens.commit]);
     expect(leases[data]?.[0]).toBe('host-b');
     expect(leases[data]![1]).toBeGreaterThan(done.tokens.commit!);
-    await writtenUnder(data, leases[data]![1], 3);
-    expect(checkDisk(data).map((e) => [e.host, e.token])).toEqual([['host-b', leases[data]![1]]]);
+    expect((await writtenUnder(data, leases[data]![1], 3)).map((e) => [e.host, e.token])).toEqual([['host-b', leases[data]![1]]]);
     expect(await file.mc.copies(uuid)).toEqual({ 'host-b': 'running' });
 
     // Followers saw the staged definition ride along, and the stream ended once it was applied.
@@ -79,8 +78,7 @@ describe('a VM definition change during a migration', () => {
     const leases = await file.mc.leaseMap(uuid);
     expect(leases[root]).toEqual(['host-a', rootToken]);
     expect(leases[data]?.[0]).toBe('host-a');
-    await writtenUnder(data, leases[data]![1], 3);
-    expect(checkDisk(data).map((e) => e.host)).toEqual(['host-a']);
+    expect((await writtenUnder(data, leases[data]![1], 3)).map((e) => e.host)).toEqual(['host-a']);
     expect(await file.mc.copies(uuid)).toEqual({ 'host-a': 'running' });
   });
 
@@ -91,7 +89,7 @@ describe('a VM definition change during a migration', () => {
     expect((await file.mc.define('stg-twice', { disks: [{ path: root }, { path: second }] })).status).toBe(202);
     const refused = await file.mc.define('stg-twice', { disks: [{ path: root, lockspace: 'nowhere' }] });
     expect([refused.status, (refused.body as { error: { code: string } }).error.code]).toEqual([404, 'NO_LOCKSPACE']);
-    expect((await file.mc.coordinators[0]!.coordinator.store.get(migration.id))!.record.staged?.definition.disks.map((d) => d.path)).toEqual([root, second]);
+    expect((await file.mc.record(migration.id))!.staged?.definition.disks.map((d) => d.path)).toEqual([root, second]);
 
     const done = await file.mc.settled(migration.id);
     expect(done.phase).toBe('done');
@@ -107,7 +105,7 @@ describe('a staged definition the leader could not apply', () => {
     const warnings: Record<string, unknown>[] = [];
     const errors: Record<string, unknown>[] = [];
     await using cluster = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
-    const log: Log = { debug: () => undefined, info: () => undefined, warn: (fields) => warnings.push(fields as Record<string, unknown>), error: (fields) => errors.push(fields as Record<string, unknown>) };
+    const log: Log = { ...quiet, warn: (fields) => warnings.push(fields as Record<string, unknown>), error: (fields) => errors.push(fields as Record<string, unknown>) };
     const { coordinator } = await cluster.addCoordinator('coord-1', log);
     await cluster.leader();
     const { uuid, root, migration } = await migrating(cluster, 'stg-gone');
@@ -127,7 +125,7 @@ describe('a staged definition the leader could not apply', () => {
   it('stays staged (a new migration of the VM is refused meanwhile), and the next leader applies it', async () => {
     await using cluster = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     const errors: Record<string, unknown>[] = [];
-    const log: Log = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: (fields) => errors.push(fields as Record<string, unknown>) };
+    const log: Log = { ...quiet, error: (fields) => errors.push(fields as Record<string, unknown>) };
     await cluster.addCoordinator('coord-1', log);
     const first = await cluster.leader();
     const follower = await cluster.addCoordinator('coord-2');
@@ -138,12 +136,11 @@ describe('a staged definition the leader could not apply', () => {
     expect((await cluster.define('stg-late', { disks: [{ path: root }, { path: late }] }, follower)).body).toEqual({ staged: true, migration: migration.id });
 
     await waitFor(() => errors.some((e) => e.migration === migration.id && e.code === 'RESOURCE_NOT_FOUND'), { what: 'the apply refused', deadlineMs: 15_000 });
-    const stuck = (await cluster.coordinators[0]!.coordinator.store.get(migration.id))!.record;
+    const stuck = (await cluster.record(migration.id))!;
     expect(stuck).toMatchObject({ phase: 'done', staged: { definition: { disks: [{ path: root }, { path: late }] } } });
     await expect(first.coordinator.migrate({ vm: 'stg-late', to: 'host-a' })).rejects.toMatchObject({ code: 'MIGRATION_CONFLICT' });
 
-    await first.close();
-    cluster.coordinators.splice(cluster.coordinators.indexOf(first), 1);
+    await cluster.closeCoordinator(first);
     cluster.storage.image('stg-late-data.img');
     const second = await cluster.leader();
     expect(second.coordinator.id).toBe('coord-2');

@@ -1,8 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { HostedVmSchema, VM_COMMANDS, type ErrorCode, type HostedVm, type VmDefinitionInput } from '@baton/core';
+import { type ErrorCode, type HostedVm, type VmDefinitionInput } from '@baton/core';
+import { AgentSteps } from '@baton/coordinator';
 import { runCli } from '../support/agent-io.js';
-import { checkDisk, migrationFile, readDiskRecords, waitFor, writtenUnder } from '../support/index.js';
+import { migrationFile, readDiskRecords, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * A VM's definition changed while it is not migrating (seed 002's other half is in
@@ -27,8 +28,7 @@ describe('a VM definition change, not in flight', () => {
     expect(leases[data]?.[0]).toBe('host-a');
     const dataToken = leases[data]![1];
     expect((added.body as { vm: HostedVm }).vm.locks.map((l) => [l.resource, l.token]).sort()).toEqual([[data, dataToken], [root, rootToken]].sort());
-    await writtenUnder(data, dataToken, 3);
-    expect(checkDisk(data).map((e) => [e.host, e.token])).toEqual([['host-a', dataToken]]);
+    expect((await writtenUnder(data, dataToken, 3)).map((e) => [e.host, e.token])).toEqual([['host-a', dataToken]]);
 
     const removed = await file.mc.define(vm.uuid, { disks: [{ path: data }] });
     expect(removed.status, JSON.stringify(removed.body)).toBe(200);
@@ -41,8 +41,7 @@ describe('a VM definition change, not in flight', () => {
     // Released for real (lease and local lock): another VM on another host can take it.
     const other = await file.mc.startVm('host-b', 'def-apply-2', ['def-apply-root.img']);
     expect(other.locks.map((l) => l.resource)).toEqual([root]);
-    await writtenUnder(root, other.locks[0]!.token, 3);
-    expect(checkDisk(root).map((e) => e.host)).toEqual(['host-a', 'host-b']);
+    expect((await writtenUnder(root, other.locks[0]!.token, 3)).map((e) => e.host)).toEqual(['host-a', 'host-b']);
   });
 
   it('refuses bad input with its catalogue code and changes nothing', async () => {
@@ -77,15 +76,12 @@ describe('a VM definition change, not in flight', () => {
     await using bus = await file.mc.connectBus('vm-definition test');
     const uuid = randomUUID();
     const [root, data] = [file.mc.disk('def-queue-root.img'), file.mc.disk('def-queue-data.img')];
+    const agents = new AgentSteps(bus, { stepMs: 20_000, sendMs: 20_000 });
     const answered: string[] = [];
-    const send = (verb: 'vm.start' | 'vm.define', params: unknown): Promise<HostedVm> =>
-      bus.request(bus.subjects.agent('host-a', verb), params, { timeoutMs: 20_000 }).then((r) => {
-        answered.push(verb);
-        return HostedVmSchema.parse(r);
-      });
+    const sent = <T>(verb: string, answer: Promise<T>): Promise<T> => answer.then((r) => (answered.push(verb), r));
     // Sent back to back: the define reaches the agent while the VM's process is still being spawned.
-    const start = send('vm.start', VM_COMMANDS['vm.start'].params.parse({ uuid, name: 'def-queue', disks: [{ path: root }] }));
-    const define = send('vm.define', { uuid, definition: { disks: [{ path: root }, { path: data }] } });
+    const start = sent('vm.start', agents.command('host-a', 'vm.start', { uuid, name: 'def-queue', disks: [{ path: root }] }, 'send'));
+    const define = sent('vm.define', agents.command('host-a', 'vm.define', { uuid, definition: { disks: [{ path: root }, { path: data }] } }, 'send'));
     const [started, defined] = await Promise.all([start, define]);
 
     expect(answered).toEqual(['vm.start', 'vm.define']);

@@ -20,12 +20,13 @@ export function checkRecords(records: readonly DiskRecord[], path: string): Disk
   return epochs;
 }
 
-/** Until the disk's newest writes carry `token` (at least `writes` of them under it). */
-export function writtenUnder(path: string, token: number, writes = 1): Promise<unknown> {
+/** Until the disk's newest writes carry `token` (at least `writes` of them under it); its epochs then. */
+export function writtenUnder(path: string, token: number, writes = 1): Promise<DiskEpoch[]> {
   return waitFor(
     () => {
-      const last = checkDisk(path).at(-1);
-      return (last?.token === token && last.writes >= writes) || false;
+      const epochs = checkDisk(path);
+      const last = epochs.at(-1);
+      return (last?.token === token && last.writes >= writes && epochs) || false;
     },
     { what: `${path} written with token ${token}`, deadlineMs: 5_000 },
   );

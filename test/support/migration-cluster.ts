@@ -7,8 +7,7 @@ import { SimDriver } from '@baton/agent';
 import { Bus, BusConfigSchema } from '@baton/bus';
 import type { EtcdConnection } from '@baton/etcd';
 import { AgentProcess, SharedStorage } from './agent-process.js';
-import { EtcdServer } from './etcd-server.js';
-import { NatsServer } from './nats-server.js';
+import { startServers, type ServerSpec, type StartedServers } from './containers.js';
 import { clusterName } from './cluster-host.js';
 import { connectEtcd } from './etcd-session.js';
 import { httpJson, type HttpJsonResponse } from './http-json.js';
@@ -27,14 +26,19 @@ export type CoordinatorOverrides = Omit<Partial<CoordinatorConfigInput>, 'etcd' 
   nats?: Partial<CoordinatorConfigInput['nats']>;
 };
 
-/** etcd and NATS for a test file, started before its tests and stopped after them. */
-export function migrationServers(): { readonly etcd: EtcdServer; readonly nats: NatsServer } {
-  const servers = {} as { etcd: EtcdServer; nats: NatsServer };
+const ONE_ETCD_AND_NATS = { etcd: {}, nats: { jetstream: true } } satisfies ServerSpec;
+
+/**
+ * The servers of a test file (by default one etcd and NATS with JetStream), started before its
+ * tests and stopped after them. The object is filled in when they have started.
+ */
+export function migrationServers<S extends ServerSpec = typeof ONE_ETCD_AND_NATS>(spec: S = ONE_ETCD_AND_NATS as ServerSpec as S): StartedServers<S> {
+  const servers = {} as StartedServers<S>;
   beforeAll(async () => {
-    [servers.etcd, servers.nats] = await Promise.all([EtcdServer.start(), NatsServer.start({ jetstream: true })]);
+    Object.assign(servers, await startServers(spec));
   });
   afterAll(async () => {
-    await Promise.all([servers.etcd?.close(), servers.nats?.close()]);
+    await servers.close?.();
   });
   return servers;
 }
@@ -187,15 +191,26 @@ export class MigrationCluster implements AsyncDisposable {
     return this.recordWhen(id, (r) => r.phase === phase, `in ${phase}`, deadlineMs);
   }
 
+  /** A migration's record as etcd has it now (read through the first replica). */
+  async record(id: string): Promise<MigrationRecord | undefined> {
+    return (await this.coordinators[0]!.coordinator.store.get(id))?.record;
+  }
+
   /** The record as etcd has it, once `ready` says so. */
   private recordWhen(id: string, ready: (record: MigrationRecord) => boolean, what: string, deadlineMs: number): Promise<MigrationRecord> {
     return waitFor(
       async () => {
-        const stored = await this.coordinators[0]!.coordinator.store.get(id);
-        return stored && ready(stored.record) ? stored.record : false;
+        const record = await this.record(id);
+        return record && ready(record) ? record : false;
       },
       { what: `migration ${id} ${what}`, deadlineMs },
     );
+  }
+
+  /** Stop a replica this cluster started; the others go on (the next one leads). */
+  async closeCoordinator(service: CoordinatorService): Promise<void> {
+    this.coordinators.splice(this.coordinators.indexOf(service), 1);
+    await service.close();
   }
 
   /** PUT /v1/vms/:vm/definition on a replica (the first unless said): the answer as sent. */

@@ -319,8 +319,9 @@ export class LeaseTable {
     // One read of each resource's prefix sees the old lease and its marker at one revision.
     const reads = await Promise.all(targets.map((t) => this.conn.range(t.prefix, { prefix: true })));
     const kvOf = (i: number, key: string): IKeyValue | undefined => reads[i]!.kvs.find((kv) => kv.key.toString() === key);
-    const landed = targets.map((t, i) => kvOf(i, t.key)).filter((kv) => kv !== undefined && String(kv.lease) === session.id && parseValue(LeaseValueSchema, kv)?.grant === nonce);
-    if (landed.length === targets.length) return targets.map((t, i) => ({ key: t.key, token: Number(landed[i]!.mod_revision) }));
+    const current = targets.map((t, i) => kvOf(i, t.key));
+    const ours = (kv: IKeyValue | undefined): kv is IKeyValue => kv !== undefined && String(kv.lease) === session.id && parseValue(LeaseValueSchema, kv)?.grant === nonce;
+    if (current.every(ours)) return targets.map((t, i) => ({ key: t.key, token: Number(current[i]!.mod_revision) }));
     const revisionOf = (i: number, key: string): string | undefined => kvOf(i, key)?.mod_revision;
     const res = await this.conn.txn(
       {
