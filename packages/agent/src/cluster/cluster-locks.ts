@@ -203,7 +203,12 @@ export class ClusterLocks {
     if (driver && (await driver.find(uuid))) await driver.regrant(uuid, grants);
   }
 
-  async close(): Promise<void> {
+  /** Once every release started by `releaseLater` has ended (release failures are the sweep's). */
+  async drained(): Promise<void> {
     await Promise.all(this.background);
+  }
+
+  async close(): Promise<void> {
+    await this.drained();
   }
 }

@@ -164,10 +164,14 @@ export class VmHost implements AsyncDisposable {
 
   /** The VM's process goes first, then its local locks, then its leases: nothing writes unprotected. */
   private async stopAndRelease(uuid: string): Promise<number> {
+    const held = this.opts.locks.grantsOf(uuid).length;
     await this.opts.driver.destroy(uuid);
+    // The liveness monitor watches the VM's pid and may have seen it exit first, released its
+    // locks and started on its leases: whichever path released them, they are gone when this answers.
     const released = this.forget(uuid);
     await this.opts.cluster.release(uuid, released);
-    return released.length;
+    await this.opts.cluster.drained();
+    return held;
   }
 
   async list(): Promise<VmCommandResult<'vm.list'>> {
