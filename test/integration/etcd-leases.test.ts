@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { BatonError, leaseTiming, systemClock } from '@baton/core';
-import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type LeaseClaim, type SessionPhase } from '@baton/etcd';
+import { ClusterView, EtcdConfigSchema, EtcdConnection, HostSession, LeaseTable, type HeldLease, type LeaseClaim, type SessionPhase } from '@baton/etcd';
 import { connectEtcd, EtcdServer, makeTempDir, openSession, outcomeCode, quietLog, removeDir, TcpProxy, waitFor } from '../support/index.js';
 
 /** The etcd adapter against a real etcd: sessions, fenced grants, batching, release. */
@@ -216,6 +216,42 @@ describe('etcd lease table', () => {
       intervalMs: 50,
     });
     expect(granted - expiredAt).toBeGreaterThanOrEqual(delay.ms - 100);
+    await b.close({ revoke: true });
+  });
+
+  it('clears a marker whose lock-delay was served at the next claim when the first clearing failed', async () => {
+    /** etcd answers everything but the first clearing of a marker, as if the link dropped then. */
+    class ClearingFailsOnce extends EtcdConnection {
+      failed = false;
+      override txn(...args: Parameters<EtcdConnection['txn']>): ReturnType<EtcdConnection['txn']> {
+        if (this.failed || !args[1].startsWith('clearing')) return super.txn(...args);
+        this.failed = true;
+        return Promise.reject(new BatonError('UNAVAILABLE', `${args[1]}: the link dropped`));
+      }
+    }
+    await using conn = connect(2);
+    await using flaky = new ClearingFailsOnce(conn.config);
+    let now = 0;
+    const delay = { ms: 60_000, clock: { now: () => now } };
+    const a = await session(conn, 'host-a');
+    const b = await session(flaky, 'host-b');
+    const ta = new LeaseTable(conn, 'host-a', delay);
+    const tb = new LeaseTable(flaky, 'host-b', delay);
+    await ta.grant(a, [claim('/ld/flaky', 'vm1')]);
+    await a.close(); // expires in etcd: the marker stays
+    const grantB = (): Promise<HeldLease[]> => tb.grant(b, [claim('/ld/flaky', 'vm2')]);
+    const left = await waitFor(async () => (await grantB().then(() => 'granted', (e: BatonError) => e.details?.lockDelayLeftMs)) ?? false, {
+      what: 'the lease to expire and the lock-delay to start',
+      deadlineMs: 10_000,
+      intervalMs: 50,
+    });
+    expect(left).toBe(delay.ms);
+    now += delay.ms; // served
+    expect(await code(grantB())).toBe('UNAVAILABLE');
+    expect(flaky.failed).toBe(true);
+    // The delay was served and stays served: no second lock-delay for a failed delete.
+    const [held] = await grantB();
+    expect(held!.token).toBeGreaterThan(0);
     await b.close({ revoke: true });
   });
 

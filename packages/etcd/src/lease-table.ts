@@ -216,12 +216,24 @@ export class LeaseTable {
     this.markersSeen.set(seenKey, first);
     const left = first + this.lockDelay.ms - now;
     if (left > 0) return { leftMs: Math.ceil(left) };
-    this.markersSeen.delete(seenKey);
+    // Forgotten only once the marker is gone: a delete that fails leaves the delay served, and the
+    // next claim clears the marker at once instead of waiting a second lock-delay.
     await this.conn.txn(
       { compare: [{ key: buf(marker), target: 'Mod', result: 'Equal', mod_revision: res.kvs[0]!.mod_revision }], success: [{ request_delete_range: { key: buf(marker) } }] },
       'clearing a vanished holder’s marker',
     );
+    this.markersSeen.delete(seenKey);
+    this.forgetStaleMarkers(now);
     return 'cleared';
+  }
+
+  /**
+   * A marker another host cleared is never seen here again; its entry would stay for the life of
+   * the process. Entries first seen more than a few lock-delays ago go: a marker still there and
+   * claimed only now is kept one lock-delay more, which errs on the safe side.
+   */
+  private forgetStaleMarkers(now: number): void {
+    for (const [key, first] of this.markersSeen) if (now - first > 4 * this.lockDelay.ms) this.markersSeen.delete(key);
   }
 
   private busy(claim: LeaseClaim, delayed?: { leftMs: number }): BatonError {
