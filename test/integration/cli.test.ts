@@ -49,6 +49,20 @@ describe('baton CLI', () => {
       // The operator fixes everything in one pass only if every bad field is named at once.
       for (const field of ['lockspaces.0.name', 'lockspaces.0.dir']) expect(r.stderr, field).toMatch(named(field, configPath));
     });
+
+    it('refuses socket paths Linux cannot bind: the agent’s, and the sim VMs’ under a long state directory', async () => {
+      await using scratch = await ScratchDir.create('cli-config');
+      const long = join(scratch.path, 'x'.repeat(100));
+      const configPath = join(scratch.path, 'long.json');
+      const lockspaces = [{ name: 'images', kind: 'indirect', dir: scratch.path }];
+      writeFileSync(configPath, JSON.stringify({ socket: { path: join(long, 'agent.sock') }, stateDir: long, hypervisor: { driver: 'sim' }, lockspaces }));
+      const r = await runCli(['agent', '--config', configPath]);
+      expect(r.status, why(r)).toBe(2);
+      expect(r.stderr).toContain('INVALID_CONFIG');
+      expect(r.stderr).toMatch(new RegExp(`${named('socket.path', configPath).source}.*at most 107`, 'm'));
+      expect(r.stderr).toMatch(new RegExp(`${named('stateDir', configPath).source}too long for the sim VMs’ sockets.*incoming\\.sock is \\d+ bytes`, 'm'));
+      expect(existsSync(long)).toBe(false);
+    });
   });
 
   it('lists held locks as a table and as JSON (baton locks)', async () => {

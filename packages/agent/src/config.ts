@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { LOCKSPACE_KINDS } from '@baton/core';
 import { BusConfigSchema } from '@baton/bus';
 import { EtcdConfigSchema } from '@baton/etcd';
+import { longestSimSocketPath } from './hypervisor/sim/index.js';
 
 /** Defaults, named in one place. */
 export const AGENT_DEFAULTS = {
@@ -20,6 +21,16 @@ export const AGENT_DEFAULTS = {
 } as const;
 
 const absolutePath = z.string().startsWith('/', 'must be an absolute path');
+
+/** Linux's sun_path holds 108 bytes with the terminating NUL; a longer path fails only at bind or connect. */
+const UNIX_SOCKET_PATH_MAX = 107;
+
+function checkSocketPath(path: string, field: (string | number)[], what: string, ctx: z.RefinementCtx): void {
+  const bytes = Buffer.byteLength(path);
+  if (bytes > UNIX_SOCKET_PATH_MAX) {
+    ctx.addIssue({ code: 'custom', path: field, message: `${what} ${path} is ${bytes} bytes; a UNIX socket path is at most ${UNIX_SOCKET_PATH_MAX} on Linux` });
+  }
+}
 
 export const LockspaceConfigSchema = z
   .strictObject({
@@ -105,6 +116,9 @@ export const AgentConfigSchema = z
     if (cfg.nats !== undefined && (cfg.etcd === undefined || cfg.hypervisor === undefined)) {
       ctx.addIssue({ code: 'custom', path: ['nats'], message: 'migration commands need an etcd section and a hypervisor' });
     }
+    checkSocketPath(cfg.socket.path, ['socket', 'path'], 'the socket', ctx);
+    // The sim VMs' sockets live under the state directory: refused here rather than at the first VM.
+    if (cfg.hypervisor !== undefined) checkSocketPath(longestSimSocketPath(cfg.stateDir), ['stateDir'], 'too long for the sim VMs’ sockets: one would be', ctx);
     if (cfg.defaultLockspace !== undefined && !names.includes(cfg.defaultLockspace)) {
       ctx.addIssue({ code: 'custom', path: ['defaultLockspace'], message: `no lockspace named "${cfg.defaultLockspace}"` });
     }

@@ -54,19 +54,28 @@ export class AgentClient implements AsyncDisposable {
   }
 
   static async connect(opts: AgentClientOptions): Promise<AgentClient> {
+    const unreachable = (err: Error): BatonError =>
+      new BatonError('UNAVAILABLE', `cannot reach the agent at ${opts.socketPath}: ${err.message}`, { cause: err, details: { socket: opts.socketPath } });
+    if (opts.signal?.aborted) throw unreachable(new Error('aborted'));
     const socket = connect(opts.socketPath);
     await new Promise<void>((resolve, reject) => {
-      const fail = (err: Error): void => {
-        socket.destroy();
-        reject(new BatonError('UNAVAILABLE', `cannot reach the agent at ${opts.socketPath}: ${err.message}`, { cause: err, details: { socket: opts.socketPath } }));
-      };
-      socket.once('connect', () => {
+      // Either way the other listeners go: a caller retrying with one signal until the agent is
+      // up would otherwise leave a listener on it per attempt.
+      const settle = (): void => {
         socket.off('error', fail);
         opts.signal?.removeEventListener('abort', onAbort);
+      };
+      const fail = (err: Error): void => {
+        settle();
+        socket.destroy();
+        reject(unreachable(err));
+      };
+      const onAbort = (): void => fail(new Error('aborted'));
+      socket.once('connect', () => {
+        settle();
         resolve();
       });
       socket.once('error', fail);
-      const onAbort = (): void => fail(new Error('aborted'));
       opts.signal?.addEventListener('abort', onAbort, { once: true });
     });
     return new AgentClient(socket);

@@ -1,17 +1,15 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { AgentClient, diskEpochs, readDiskRecords, SimDriver, type AgentConfigInput } from '@baton/agent';
+import { AgentClient, diskEpochs, readDiskRecords, SimDriver } from '@baton/agent';
 import { asBatonError, BatonError, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorConfigInput } from '@baton/coordinator';
 import { CoordinatorClient } from '../coordinator-client.js';
 import { DemoChild } from './child.js';
 import { DemoServer } from './servers.js';
-import { connectWhenUp, say, step, until } from './wait.js';
+import { say, step, until } from './wait.js';
+import { CLI_ENTRY, DemoWorkspace, stopAgent, type DemoAgent } from './workspace.js';
 
-const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
 const STEP_DEADLINE_MS = 30_000;
 const HOSTS = ['host-a', 'host-b', 'host-c'] as const;
 const CLUSTER = 'demo';
@@ -51,18 +49,18 @@ function summary(record: MigrationRecord): string {
  * send, the coordinator leader killed mid-migration, and an intruder that never gets a disk.
  */
 export async function runClusterDemo(): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'baton-cluster-demo-'));
-  const images = join(dir, 'images');
-  const locks = join(dir, 'locks');
-  mkdirSync(images);
-  mkdirSync(locks);
+  await DemoWorkspace.run('cluster-demo', story);
+}
+
+async function story(ws: DemoWorkspace): Promise<void> {
+  const { dir, images } = ws;
   say(`Baton demo: a cluster on this machine (loopback only). Working directory ${dir}`);
 
   step(1, 'etcd and NATS start; three agents join as host-a, host-b and host-c; two coordinators campaign');
   await using etcd = await DemoServer.etcd(join(dir, 'etcd'));
   await using nats = await DemoServer.nats(join(dir, 'nats'));
   say(`   etcd ${etcd.url}, NATS ${nats.url} (JetStream keeps the migration events)`);
-  const agents = new Map<string, { child: DemoChild; stateDir: string; socket: string }>();
+  const agents = new Map<string, DemoAgent>();
   // Processes to stop however the demo ends, last started first (no AsyncDisposableStack: Node 22 lacks it).
   const children: DemoChild[] = [];
   const spawned = <T extends DemoChild>(child: T): T => (children.push(child), child);
@@ -77,26 +75,14 @@ export async function runClusterDemo(): Promise<void> {
     },
   };
   for (const host of HOSTS) {
-    const stateDir = join(dir, host, 'state');
-    const socket = join(dir, host, 'agent.sock');
-    const config: AgentConfigInput = {
-      hostId: host,
-      stateDir,
-      socket: { path: socket },
-      http: { host: '127.0.0.1', port: 0 },
-      lockspaces: [{ name: 'images', kind: 'indirect', dir: locks, roots: [images] }],
-      etcd: { endpoints: [etcd.url], cluster: CLUSTER, ttlSeconds: 4 },
-      nats: { servers: [nats.url], cluster: CLUSTER },
-      hypervisor: { driver: 'sim' },
-      logLevel: 'warn',
-    };
-    mkdirSync(join(dir, host));
-    writeFileSync(join(dir, host, 'agent.json'), JSON.stringify(config, null, 2));
-    const child = spawned(new DemoChild([CLI_ENTRY, 'agent', '--config', join(dir, host, 'agent.json')]));
-    await using client = await connectWhenUp(socket, deadline());
-    const hello = await client.request('hello');
-    agents.set(host, { child, stateDir, socket });
-    say(`   agent ${host}: pid ${hello.pid}, metrics on 127.0.0.1:${hello.httpPort}`);
+    const agent = await ws.startAgent(
+      host,
+      { etcd: { endpoints: [etcd.url], cluster: CLUSTER, ttlSeconds: 4 }, nats: { servers: [nats.url], cluster: CLUSTER }, hypervisor: { driver: 'sim' } },
+      deadline(),
+    );
+    spawned(agent.child);
+    agents.set(host, agent);
+    say(`   agent ${host}: pid ${agent.hello.pid}, metrics on 127.0.0.1:${agent.hello.httpPort}`);
   }
   const replicas: Replica[] = [];
   for (const id of ['coord-1', 'coord-2']) {
@@ -119,14 +105,10 @@ export async function runClusterDemo(): Promise<void> {
   say(`   coordinators ${replicas.map((r) => `${r.id} at ${r.url}`).join(', ')}; ${(await leader()).id} leads`);
 
   step(2, 'Three VMs start, each on its own host; each writes "vm host token seq" to its disks through the fence guard');
-  const disk = (name: string): string => {
-    writeFileSync(join(images, name), '', { flag: 'a' });
-    return realpathSync(join(images, name));
-  };
   const vms: { name: string; host: string; disks: string[] }[] = [
-    { name: 'web-01', host: 'host-a', disks: [disk('web-01-root.img'), disk('web-01-data.img')] },
-    { name: 'db-01', host: 'host-b', disks: [disk('db-01.img')] },
-    { name: 'cache-01', host: 'host-c', disks: [disk('cache-01.img')] },
+    { name: 'web-01', host: 'host-a', disks: [ws.disk('web-01-root.img'), ws.disk('web-01-data.img')] },
+    { name: 'db-01', host: 'host-b', disks: [ws.disk('db-01.img')] },
+    { name: 'cache-01', host: 'host-c', disks: [ws.disk('cache-01.img')] },
   ];
   const started = new Map<string, HostedVm>();
   for (const vm of vms) {
@@ -213,14 +195,6 @@ export async function runClusterDemo(): Promise<void> {
 
   for (const vm of vms) await (await leader()).client.destroyVm(vm.name);
   for (const r of live()) await r.child.kill('SIGTERM');
-  for (const { socket } of agents.values()) {
-    // Refused (LOCKS_HELD) until the agent has seen its last VM's process go.
-    await until(async () => {
-      await using c = await AgentClient.connect({ socketPath: socket });
-      return c.request('shutdown', { releaseAll: false });
-    }, deadline());
-  }
-  for (const { child } of agents.values()) await child.exited;
-  rmSync(dir, { recursive: true, force: true });
+  for (const agent of agents.values()) await stopAgent(agent, deadline());
   say('\ndemo finished');
 }

@@ -1,14 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { AgentClient, diskEpochs, LOCK_PROBE_ENTRY, readDiskRecords, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
+import { AgentClient, diskEpochs, LOCK_PROBE_ENTRY, readDiskRecords, SIM_VM_ENTRY } from '@baton/agent';
 import { lockFileName } from '@baton/core';
 import { DemoChild } from './child.js';
 import { connectWhenUp, say, step, until } from './wait.js';
+import { DemoWorkspace, stopAgent } from './workspace.js';
 
-const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
 const STEP_DEADLINE_MS = 15_000;
 
 function simVm(socket: string, name: string, disk: string): DemoChild {
@@ -20,30 +18,18 @@ function simVm(socket: string, name: string, disk: string): DemoChild {
  * lock held throughout, and a dead VM's lock released.
  */
 export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), 'baton-demo-'));
-  const images = join(dir, 'images');
-  const locks = join(dir, 'locks');
-  mkdirSync(images);
-  mkdirSync(locks);
-  const disk = join(images, 'web-01.qcow2');
-  writeFileSync(disk, '');
-  const socket = join(dir, 'agent.sock');
-  const config: AgentConfigInput = {
-    hostId: 'host-a',
-    stateDir: join(dir, 'state'),
-    socket: { path: socket },
-    http: { host: '127.0.0.1', port: 0 },
-    lockspaces: [{ name: 'images', kind: 'indirect', dir: locks, roots: [images] }],
-    owners: { termGraceMs: 1000 },
-    logLevel: 'warn',
-  };
-  writeFileSync(join(dir, 'agent.json'), JSON.stringify(config, null, 2));
+  await DemoWorkspace.run('demo', (ws) => story(ws, opts));
+}
+
+async function story(ws: DemoWorkspace, opts: { reexecs: number }): Promise<void> {
+  const disk = ws.disk('web-01.qcow2');
   const deadline = (): AbortSignal => AbortSignal.timeout(STEP_DEADLINE_MS);
 
-  say(`Baton demo: one host. Working directory ${dir}`);
-  await using agent = new DemoChild([CLI_ENTRY, 'agent', '--config', join(dir, 'agent.json')]);
+  say(`Baton demo: one host. Working directory ${ws.dir}`);
+  const agent = await ws.startAgent('host-a', { owners: { termGraceMs: 1000 } }, deadline());
+  await using _agent = agent.child;
+  const { socket, hello } = agent;
   let client = await connectWhenUp(socket, deadline());
-  const hello = await client.request('hello');
   say(`agent on ${hello.host}: pid ${hello.pid}, ${hello.ofdLocks ? 'OFD' : 'POSIX'} locks on byte 0, metrics on 127.0.0.1:${hello.httpPort}`);
 
   step(1, 'VM "web-01" starts and locks its disk');
@@ -59,11 +45,11 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   say(`   ${refused.event === 'refused' ? `refused: ${String(refused.code)}: ${String(refused.message)}` : 'UNEXPECTED: it was granted'}`);
 
   step(3, `The agent is upgraded in place ${opts.reexecs} times (SIGUSR1 → re-exec), while another process probes the lock`);
-  await using probe = new DemoChild([LOCK_PROBE_ENTRY, '--path', join(locks, lockFileName(disk)), '--op', 'probe']);
+  await using probe = new DemoChild([LOCK_PROBE_ENTRY, '--path', join(ws.locks, lockFileName(disk)), '--op', 'probe']);
   await probe.event((e) => e.event === 'probing', deadline());
   await client.close();
   for (let i = 1; i <= opts.reexecs; i++) {
-    agent.proc.kill('SIGUSR1');
+    agent.child.proc.kill('SIGUSR1');
     const signal = deadline();
     const h = await until(async () => {
       await using c = await AgentClient.connect({ socketPath: socket, signal });
@@ -96,13 +82,6 @@ export async function runLocalDemo(opts: { reexecs: number }): Promise<void> {
   say('\nWho wrote to the disk, in order:');
   for (const e of diskEpochs(readDiskRecords(disk)).epochs) say(`   ${e.vm} (token ${e.token}): ${e.writes} records`);
   await client.close();
-
-  // Refused (LOCKS_HELD) until the last VM's lock is released, a moment after its process is gone.
-  await until(async () => {
-    await using c = await AgentClient.connect({ socketPath: socket });
-    return c.request('shutdown', { releaseAll: false });
-  }, deadline());
-  await agent.exited;
-  rmSync(dir, { recursive: true, force: true });
+  await stopAgent(agent, deadline());
   say('\ndemo finished');
 }

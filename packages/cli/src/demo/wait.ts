@@ -14,7 +14,8 @@ export async function until<T>(probe: () => Promise<T | false>, signal: AbortSig
     } catch {
       // not yet
     }
-    await sleep(20, undefined, { signal });
+    // The deadline's reason, not the timer's AbortError, is what the operator needs to read.
+    await sleep(20, undefined, { signal }).catch(() => signal.throwIfAborted());
   }
 }
 

@@ -10,6 +10,11 @@ import { ControlChannel, isDropped } from './control.js';
 
 export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', import.meta.url));
 
+/** The longest socket path the sim driver makes under a state directory (a VM's incoming socket). */
+export function longestSimSocketPath(stateDir: string): string {
+  return join(stateDir, 'vms', '00000000-0000-0000-0000-000000000000', 'incoming.sock');
+}
+
 const CONTROL_TIMEOUT_MS = 5_000;
 /** How long a new VM process may take to answer on its control socket (node start-up, on a loaded host). */
 const START_TIMEOUT_MS = 15_000;

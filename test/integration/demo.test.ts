@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync } from 'node:fs';
+import { runCli } from '../support/agent-io.js';
+
+/**
+ * `npm run demo` is the first thing an operator runs: both stories run end to end here, as the
+ * CLI runs them, and remove their working directory when they have finished.
+ */
+const workingDirectory = (stdout: string): string => /Working directory (\S+)/.exec(stdout)![1]!;
+
+describe('baton demo', () => {
+  it('--local: one agent, a disk refused to a second VM, upgrades that keep the lock, a dead VM’s lock released to the next with a higher token', async () => {
+    const run = await runCli(['demo', '--local', '--reexecs', '3'], { deadlineMs: 90_000 });
+    expect(run.status, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/refused: RESOURCE_BUSY/);
+    expect(run.stdout).toMatch(/re-exec 3: same pid \d+, generation 3/);
+    expect(run.stdout).toMatch(/tried to take the lock \d+ times during the upgrades: granted 0 times/);
+    expect(run.stdout).toMatch(/running: token 2 \(was 1\)/);
+    expect(run.stdout).toContain('demo finished');
+    expect(existsSync(workingDirectory(run.stdout))).toBe(false);
+  });
+
+  it('refuses a re-exec count that is not a whole number, before starting anything', async () => {
+    const run = await runCli(['demo', '--local', '--reexecs', 'many']);
+    expect(run.status).toBe(2);
+    expect(run.stderr).toMatch(/--reexecs.*a whole number/);
+    expect(run.stdout).toBe('');
+  });
+
+  it('the cluster: migrations, a failed send rolled back, a leader killed mid-migration, an intruder never granted, one writer per token', async () => {
+    const run = await runCli(['demo'], { deadlineMs: 180_000 });
+    expect(run.status, run.stderr).toBe(0);
+    // Two clean migrations and the one whose leader was killed end done; the failed send aborts.
+    expect(run.stdout.match(/^ {3}done in \d+ ms; handoff window/gm)).toHaveLength(3);
+    expect(run.stdout).toMatch(/aborted in \d+ ms\n {3}cache-01 now: running on host-c/);
+    expect(run.stdout).toMatch(/coord-\d leads now and finished it/);
+    expect(run.stdout).toMatch(/\d+ attempts to take a disk of a VM being migrated; granted 0 times/);
+    expect(run.stdout).not.toContain('VIOLATION');
+    expect(run.stdout).toContain('demo finished');
+    expect(existsSync(workingDirectory(run.stdout))).toBe(false);
+  });
+});
