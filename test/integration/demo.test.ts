@@ -1,6 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { runCli } from '../support/agent-io.js';
+import { CLI_ENTRY, processesMentioning, waitFor } from '../support/index.js';
 
 /**
  * `npm run demo` is the first thing an operator runs: both stories run end to end here, as the
@@ -38,5 +40,28 @@ describe('baton demo', () => {
     expect(run.stdout).not.toContain('VIOLATION');
     expect(run.stdout).toContain('demo finished');
     expect(existsSync(workingDirectory(run.stdout))).toBe(false);
+  });
+
+  it('stopped by SIGTERM mid-story (the agents still hold locks, the VMs run detached): every VM and process it started is gone, and its directory', async () => {
+    // Not in a process group of its own: nothing but the demo itself may stop what it started.
+    const demo = spawn(process.execPath, [CLI_ENTRY, 'demo'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    demo.stdout.setEncoding('utf8').on('data', (t: string) => (stdout += t));
+    demo.stderr.resume();
+    const exited = new Promise<number | null>((resolve) => demo.once('exit', (code) => resolve(code)));
+    let dir = '';
+    try {
+      await waitFor(() => /cache-01 runs on host-c/.test(stdout), { what: 'the demo’s VMs to run', deadlineMs: 60_000, intervalMs: 20 });
+      dir = workingDirectory(stdout);
+      expect(processesMentioning(dir).length).toBeGreaterThanOrEqual(3 + 3 + 2); // agents, VMs, coordinators
+      demo.kill('SIGTERM');
+      expect(await exited).toBe(128 + 15);
+      expect(stdout).toContain(`interrupted (SIGTERM): every VM and process the demo started is stopped, ${dir} removed`);
+      expect(processesMentioning(dir)).toEqual([]);
+      expect(existsSync(dir)).toBe(false);
+    } finally {
+      demo.kill('SIGKILL');
+      for (const { pid } of dir === '' ? [] : processesMentioning(dir)) process.kill(pid, 'SIGKILL');
+    }
   });
 });

@@ -48,6 +48,7 @@ export {
   killAllChildrenSync,
   ManagedProcess,
   pidAlive,
+  processesMentioning,
   processState,
   threadStates,
   type ExitInfo,

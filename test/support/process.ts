@@ -263,3 +263,20 @@ export function pidAlive(pid: number): boolean {
   const state = processState(pid);
   return state !== undefined && state !== 'Z' && state !== 'X';
 }
+
+/**
+ * Live processes whose command line contains `text` (a directory they were started on), this
+ * process excluded: what a run left behind, whoever its parent was.
+ */
+export function processesMentioning(text: string): { pid: number; cmdline: string }[] {
+  return readdirSync('/proc').flatMap((entry) => {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === process.pid) return [];
+    try {
+      const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
+      return cmdline.includes(text) && pidAlive(pid) ? [{ pid, cmdline }] : [];
+    } catch {
+      return []; // gone between the listing and the read
+    }
+  });
+}

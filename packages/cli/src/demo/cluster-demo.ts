@@ -5,7 +5,7 @@ import { AgentClient, diskEpochs, readDiskRecords, SimDriver } from '@baton/agen
 import { asBatonError, BatonError, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorConfigInput } from '@baton/coordinator';
 import { CoordinatorClient } from '../coordinator-client.js';
-import { DemoChild } from './child.js';
+import type { DemoChild } from './child.js';
 import { DemoServer } from './servers.js';
 import { say, step, until } from './wait.js';
 import { CLI_ENTRY, DemoWorkspace, stopAgent, type DemoAgent } from './workspace.js';
@@ -57,30 +57,16 @@ async function story(ws: DemoWorkspace): Promise<void> {
   say(`Baton demo: a cluster on this machine (loopback only). Working directory ${dir}`);
 
   step(1, 'etcd and NATS start; three agents join as host-a, host-b and host-c; two coordinators campaign');
-  await using etcd = await DemoServer.etcd(join(dir, 'etcd'));
-  await using nats = await DemoServer.nats(join(dir, 'nats'));
+  const etcd = ws.own(await DemoServer.etcd(join(dir, 'etcd')));
+  const nats = ws.own(await DemoServer.nats(join(dir, 'nats')));
   say(`   etcd ${etcd.url}, NATS ${nats.url} (JetStream keeps the migration events)`);
   const agents = new Map<string, DemoAgent>();
-  // Processes to stop however the demo ends, last started first (no AsyncDisposableStack: Node 22 lacks it).
-  const children: DemoChild[] = [];
-  const spawned = <T extends DemoChild>(child: T): T => (children.push(child), child);
-  await using _cleanup = {
-    [Symbol.asyncDispose]: async () => {
-      // Sim VMs are detached from their agents (they outlive an agent crash): they go first.
-      for (const [host, { stateDir }] of agents) {
-        using driver = new SimDriver(stateDir, host);
-        for (const vm of await driver.list()) await driver.destroy(vm.uuid);
-      }
-      for (const child of children.reverse()) await child[Symbol.asyncDispose]();
-    },
-  };
   for (const host of HOSTS) {
     const agent = await ws.startAgent(
       host,
       { etcd: { endpoints: [etcd.url], cluster: CLUSTER, ttlSeconds: 4 }, nats: { servers: [nats.url], cluster: CLUSTER }, hypervisor: { driver: 'sim' } },
       deadline(),
     );
-    spawned(agent.child);
     agents.set(host, agent);
     say(`   agent ${host}: pid ${agent.hello.pid}, metrics on 127.0.0.1:${agent.hello.httpPort}`);
   }
@@ -93,7 +79,7 @@ async function story(ws: DemoWorkspace): Promise<void> {
       http: { host: '127.0.0.1', port: 0 },
     };
     writeFileSync(join(dir, `${id}.json`), JSON.stringify(config, null, 2));
-    const child = spawned(new DemoChild([CLI_ENTRY, 'coordinator', '--config', join(dir, `${id}.json`)]));
+    const child = ws.spawn([CLI_ENTRY, 'coordinator', '--config', join(dir, `${id}.json`)]);
     const serving = await child.event((e) => typeof e.url === 'string', deadline());
     replicas.push({ id, child, url: serving.url as string, client: new CoordinatorClient(serving.url as string) });
   }
@@ -134,7 +120,11 @@ async function story(ws: DemoWorkspace): Promise<void> {
         if (asBatonError(err).code !== 'RESOURCE_BUSY') throw err;
       }
     }
-  })();
+    // Settled as a value: if the story stops early (interrupted, or a step failed), nobody awaits it.
+  })().then(
+    () => undefined,
+    (err: unknown) => err,
+  );
 
   const migrate = async (vm: string, to: string, onPhase?: (r: MigrationRecord) => void): Promise<MigrationRecord> => {
     const record = await live()[0]!.client.migrate(vm, to);
@@ -177,7 +167,8 @@ async function story(ws: DemoWorkspace): Promise<void> {
 
   step(8, 'The intruder gives up');
   tries.stop = true;
-  await intruding;
+  const intruderFailed = await intruding;
+  if (intruderFailed !== undefined) throw intruderFailed;
   await intruder.close();
   say(`   ${tries.attempts} attempts to take a disk of a VM being migrated; granted ${tries.granted} times`);
 

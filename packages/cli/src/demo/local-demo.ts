@@ -3,15 +3,12 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentClient, diskEpochs, LOCK_PROBE_ENTRY, readDiskRecords, SIM_VM_ENTRY } from '@baton/agent';
 import { lockFileName } from '@baton/core';
-import { DemoChild } from './child.js';
+import type { DemoChild } from './child.js';
 import { connectWhenUp, say, step, until } from './wait.js';
 import { DemoWorkspace, stopAgent } from './workspace.js';
 
 const STEP_DEADLINE_MS = 15_000;
 
-function simVm(socket: string, name: string, disk: string): DemoChild {
-  return new DemoChild([SIM_VM_ENTRY, '--socket', socket, '--uuid', randomUUID(), '--name', name, '--host', 'host-a', '--disk', disk]);
-}
 
 /**
  * The single-host story: one agent, two VMs that want one disk, an upgrade (re-exec) with the
@@ -27,25 +24,25 @@ async function story(ws: DemoWorkspace, opts: { reexecs: number }): Promise<void
 
   say(`Baton demo: one host. Working directory ${ws.dir}`);
   const agent = await ws.startAgent('host-a', { owners: { termGraceMs: 1000 } }, deadline());
-  await using _agent = agent.child;
   const { socket, hello } = agent;
+  const simVm = (name: string): DemoChild => ws.spawn([SIM_VM_ENTRY, '--socket', socket, '--uuid', randomUUID(), '--name', name, '--host', 'host-a', '--disk', disk]);
   let client = await connectWhenUp(socket, deadline());
   say(`agent on ${hello.host}: pid ${hello.pid}, ${hello.ofdLocks ? 'OFD' : 'POSIX'} locks on byte 0, metrics on 127.0.0.1:${hello.httpPort}`);
 
   step(1, 'VM "web-01" starts and locks its disk');
-  await using alpha = simVm(socket, 'web-01', disk);
+  const alpha = simVm('web-01');
   const running = await alpha.event((e) => e.event === 'running' || e.event === 'refused', deadline());
   if (running.event !== 'running') throw new Error(`web-01 did not start: ${JSON.stringify(running)}`);
   const alphaGrant = (running.grants as { token: number; lockPath: string }[])[0]!;
   say(`   granted: token ${alphaGrant.token}, lock file ${alphaGrant.lockPath}`);
 
   step(2, 'VM "web-01-clone" wants the same disk');
-  await using beta = simVm(socket, 'web-01-clone', disk);
+  const beta = simVm('web-01-clone');
   const refused = await beta.event((e) => e.event === 'refused' || e.event === 'running', deadline());
   say(`   ${refused.event === 'refused' ? `refused: ${String(refused.code)}: ${String(refused.message)}` : 'UNEXPECTED: it was granted'}`);
 
   step(3, `The agent is upgraded in place ${opts.reexecs} times (SIGUSR1 → re-exec), while another process probes the lock`);
-  await using probe = new DemoChild([LOCK_PROBE_ENTRY, '--path', join(ws.locks, lockFileName(disk)), '--op', 'probe']);
+  const probe = ws.spawn([LOCK_PROBE_ENTRY, '--path', join(ws.locks, lockFileName(disk)), '--op', 'probe']);
   await probe.event((e) => e.event === 'probing', deadline());
   await client.close();
   for (let i = 1; i <= opts.reexecs; i++) {
@@ -72,7 +69,7 @@ async function story(ws: DemoWorkspace, opts: { reexecs: number }): Promise<void
   say('   released');
 
   step(5, 'VM "web-01-clone" starts again and gets the disk, with a higher token');
-  await using gamma = simVm(socket, 'web-01-clone', disk);
+  const gamma = simVm('web-01-clone');
   const second = await gamma.event((e) => e.event === 'running' || e.event === 'refused', deadline());
   const gammaToken = second.event === 'running' ? (second.grants as { token: number }[])[0]!.token : undefined;
   say(`   ${second.event}: token ${gammaToken} (was ${alphaGrant.token})`);

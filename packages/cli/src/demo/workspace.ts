@@ -2,10 +2,10 @@ import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { AgentClient, type AgentConfigInput } from '@baton/agent';
+import { AgentClient, SimDriver, type AgentConfigInput } from '@baton/agent';
 import type { AgentResult } from '@baton/core';
 import { DemoChild } from './child.js';
-import { connectWhenUp, until } from './wait.js';
+import { connectWhenUp, say, until } from './wait.js';
 
 export const CLI_ENTRY = fileURLToPath(new URL('../main.js', import.meta.url));
 
@@ -19,14 +19,23 @@ export interface DemoAgent {
   hello: AgentResult<'hello'>;
 }
 
+const INTERRUPTS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+type Interrupt = (typeof INTERRUPTS)[number];
+const SIGNAL_NUMBERS: Record<Interrupt, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
 /**
  * A demo's directory: disk images and the lock directory every host shares (one lockspace,
- * `images`), and one directory per agent. Removed when the demo has finished; left in place
- * when it failed, for the operator to look at.
+ * `images`), and one directory per agent; and everything the demo started. Whichever way the
+ * demo ends, its VMs and processes are stopped. The directory is removed when the demo finished or
+ * was interrupted, and left in place when it failed, for the operator to look at.
  */
 export class DemoWorkspace {
   readonly images: string;
   readonly locks: string;
+  /** Servers and processes, stopped last started first. */
+  private readonly owned: AsyncDisposable[] = [];
+  /** Agents whose sim VMs run detached from them (they outlive an agent crash). */
+  private readonly hypervisors: DemoAgent[] = [];
 
   private constructor(readonly dir: string) {
     this.images = join(dir, 'images');
@@ -36,14 +45,43 @@ export class DemoWorkspace {
   }
 
   /**
-   * Runs a demo's story in a new workspace. The story's own disposals (its processes, its VMs)
-   * are over when it returns, so nothing writes into the directory after it is removed.
+   * Runs a demo's story in a new workspace. Ctrl-C (or SIGTERM, SIGHUP) stops the story where it
+   * is: the agents would refuse to stop while their VMs hold locks, and the sim VMs are detached
+   * from the terminal, so without this they would outlive the demo.
    */
   static async run(name: string, story: (ws: DemoWorkspace) => Promise<void>): Promise<void> {
     // Real paths throughout: the agents lock a disk under its canonical path.
     const ws = new DemoWorkspace(realpathSync(mkdtempSync(join(tmpdir(), `baton-${name}-`))));
-    await story(ws);
-    rmSync(ws.dir, { recursive: true, force: true });
+    let onSignal: (signal: Interrupt) => void = () => undefined;
+    const interrupted = new Promise<Interrupt>((resolve) => (onSignal = resolve));
+    for (const s of INTERRUPTS) process.on(s, onSignal);
+    try {
+      const signal = await Promise.race([story(ws).then(() => undefined), interrupted]);
+      await ws.stopEverything();
+      rmSync(ws.dir, { recursive: true, force: true });
+      if (signal !== undefined) {
+        say(`\ninterrupted (${signal}): every VM and process the demo started is stopped, ${ws.dir} removed`);
+        // The story is still waiting on something that will never come: it is not awaited.
+        process.exit(128 + SIGNAL_NUMBERS[signal]);
+      }
+    } catch (err) {
+      await ws.stopEverything().catch((e: unknown) => say(`stopping what the demo started failed too: ${String(e)}`));
+      say(`\nthe demo failed; its directory is left for a look: ${ws.dir}`);
+      throw err;
+    } finally {
+      for (const s of INTERRUPTS) process.off(s, onSignal);
+    }
+  }
+
+  /** Something the demo started, stopped when it ends. */
+  own<T extends AsyncDisposable>(thing: T): T {
+    this.owned.push(thing);
+    return thing;
+  }
+
+  /** A program the demo runs (`node` with these arguments), stopped when it ends. */
+  spawn(args: string[]): DemoChild {
+    return this.own(new DemoChild(args));
   }
 
   /** A new, empty disk image. */
@@ -73,17 +111,23 @@ export class DemoWorkspace {
     };
     const configPath = join(home, 'agent.json');
     writeFileSync(configPath, JSON.stringify(config, null, 2));
-    const child = new DemoChild([CLI_ENTRY, 'agent', '--config', configPath]);
+    const child = this.spawn([CLI_ENTRY, 'agent', '--config', configPath]);
     // An agent that refuses its configuration exits at once (its error on stderr): no use waiting.
     const gone = new AbortController();
     void child.exited.then((code) => gone.abort(new Error(`the agent of ${host} exited (status ${code}) before it listened`)));
-    try {
-      await using client = await connectWhenUp(socket, AbortSignal.any([signal, gone.signal]));
-      return { host, child, socket, stateDir, hello: await client.request('hello') };
-    } catch (err) {
-      await child[Symbol.asyncDispose]();
-      throw err;
+    await using client = await connectWhenUp(socket, AbortSignal.any([signal, gone.signal]));
+    const agent = { host, child, socket, stateDir, hello: await client.request('hello') };
+    if (config.hypervisor !== undefined) this.hypervisors.push(agent);
+    return agent;
+  }
+
+  /** The VMs first, through their hosts' hypervisors; then every process, last started first. */
+  private async stopEverything(): Promise<void> {
+    for (const { host, stateDir } of this.hypervisors.splice(0)) {
+      using driver = new SimDriver(stateDir, host);
+      for (const vm of await driver.list()) await driver.destroy(vm.uuid);
     }
+    for (const thing of this.owned.splice(0).reverse()) await thing[Symbol.asyncDispose]();
   }
 }
 
