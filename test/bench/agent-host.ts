@@ -67,7 +67,7 @@ export class BenchAgent implements AsyncDisposable {
     await waitFor(
       async () => {
         await using c = await AgentClient.connect({ socketPath });
-        return c.request('hello');
+        return await c.request('hello');
       },
       { what: 'the bench agent to answer hello', deadlineMs: 15_000, intervalMs: 10, signal: exited.signal },
     );

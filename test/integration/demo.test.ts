@@ -12,7 +12,8 @@ const workingDirectory = (stdout: string): string => /Working directory (\S+)/.e
 
 describe('baton demo', () => {
   it('--local: one agent, a disk refused to a second VM, upgrades that keep the lock, a dead VM’s lock released to the next with a higher token', async () => {
-    const run = await runCli(['demo', '--local', '--reexecs', '3'], { deadlineMs: 90_000 });
+    // runCli's deadline before the test's: a demo that hangs is killed and its output shown.
+    const run = await runCli(['demo', '--local', '--reexecs', '3'], { deadlineMs: 50_000 });
     expect(run.status, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/refused: RESOURCE_BUSY/);
     expect(run.stdout).toMatch(/re-exec 3: same pid \d+, generation 3/);
@@ -30,7 +31,7 @@ describe('baton demo', () => {
   });
 
   it('the cluster: migrations, a failed send rolled back, a leader killed mid-migration, an intruder never granted, one writer per token', async () => {
-    const run = await runCli(['demo'], { deadlineMs: 180_000 });
+    const run = await runCli(['demo'], { deadlineMs: 100_000 });
     expect(run.status, run.stderr).toBe(0);
     // Two clean migrations and the one whose leader was killed end done; the failed send aborts.
     expect(run.stdout.match(/^ {3}done in \d+ ms; handoff window/gm)).toHaveLength(3);
@@ -40,7 +41,7 @@ describe('baton demo', () => {
     expect(run.stdout).not.toContain('VIOLATION');
     expect(run.stdout).toContain('demo finished');
     expect(existsSync(workingDirectory(run.stdout))).toBe(false);
-  });
+  }, 120_000);
 
   it('stopped by SIGTERM mid-story (the agents still hold locks, the VMs run detached): every VM and process it started is gone, and its directory', async () => {
     // Not in a process group of its own: nothing but the demo itself may stop what it started.

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SimDriver } from '@baton/agent';
 import type { VmInfo } from '@baton/core';
-import { checkDisk, makeTempDir, removeDir, SharedStorage, waitFor } from '../support/index.js';
+import { checkDisk, makeTempDir, pidAlive, removeDir, SharedStorage, waitFor } from '../support/index.js';
 
 /** The sim hypervisor driver: VMs as real processes, live migration between two hosts' drivers. */
 function events(driverDir: string, uuid: string): Record<string, unknown>[] {
@@ -59,6 +59,23 @@ describe('sim driver', () => {
       await b.destroy(uuid);
       await removeDir(dirA);
       await removeDir(dirB);
+    }
+  });
+
+  it('destroys a VM that does not answer (stopped): killed by pid, not left running without its directory', async () => {
+    await using storage = await SharedStorage.create();
+    const dir = await makeTempDir('driver-destroy');
+    using driver = new SimDriver(dir, 'host-a', 10);
+    const uuid = randomUUID();
+    try {
+      const vm = await driver.create({ uuid, name: 'hung', disks: [{ path: storage.image('hung.img'), mode: 'exclusive' }], onLeaseLoss: { policy: 'kill' } });
+      process.kill(vm.pid, 'SIGSTOP');
+      await driver.destroy(uuid);
+      await waitFor(() => !pidAlive(vm.pid), { what: 'the stopped VM to be killed', deadlineMs: 5_000, intervalMs: 10 });
+      expect(await driver.list()).toEqual([]);
+    } finally {
+      await driver.destroy(uuid);
+      await removeDir(dir);
     }
   });
 });

@@ -69,7 +69,7 @@ describe('TcpProxy', () => {
     const refused: unknown = await TcpClient.connect(proxy.port)
       .then(async (client) => {
         await using fresh = client;
-        return fresh.ended(soon());
+        return await fresh.ended(soon());
       })
       .catch((error: unknown) => error);
     expect((refused as NodeJS.ErrnoException).code).toBe('ECONNRESET');

@@ -13,6 +13,8 @@ import { LineReader } from '../api/line-reader.js';
 import { parseGrantsResult, parseOkReply } from './hot-reply.js';
 
 export const MAX_REPLY_BYTES = 256 * 1024 * 1024;
+/** How long close() waits for the agent to close its side before cutting the connection. */
+const CLOSE_GRACE_MS = 1_000;
 
 export interface AgentClientOptions {
   socketPath: string;
@@ -118,11 +120,20 @@ export class AgentClient implements AsyncDisposable {
   /** Send one request; resolves with its validated result or rejects with the agent's error. */
   async request<M extends AgentMethod>(method: M, params?: AgentParams<M>, opts: { signal?: AbortSignal } = {}): Promise<AgentResult<M>> {
     const id = this.nextId++;
+    const signal = opts.signal;
+    if (signal?.aborted) throw new BatonError('UNAVAILABLE', `"${method}" aborted`);
     const result = new Promise<unknown>((resolve, reject) => {
-      this.pending.set(id, { method, resolve, reject });
-      opts.signal?.addEventListener('abort', () => {
+      const onAbort = (): void => {
         if (this.pending.delete(id)) reject(new BatonError('UNAVAILABLE', `"${method}" aborted`));
-      }, { once: true });
+      };
+      // Removed once answered: one signal often spans many requests (a deadline for a whole step).
+      const settled = (): void => signal?.removeEventListener('abort', onAbort);
+      this.pending.set(id, {
+        method,
+        resolve: (v) => (settled(), resolve(v)),
+        reject: (e) => (settled(), reject(e)),
+      });
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
     this.socket.write(JSON.stringify({ v: PROTOCOL_VERSION, id, method, params: params ?? {} }) + '\n');
     const raw = await result;
@@ -134,9 +145,15 @@ export class AgentClient implements AsyncDisposable {
     this.socket.write(data);
   }
 
-  close(): Promise<void> {
+  /**
+   * Ends the connection and resolves once it has closed; an agent that does not close its side
+   * within CLOSE_GRACE_MS (stopped, or gone without a FIN) is cut off rather than waited for.
+   */
+  async close(): Promise<void> {
     this.socket.end();
-    return this.closed;
+    const grace = setTimeout(() => this.socket.destroy(), CLOSE_GRACE_MS);
+    await this.closed;
+    clearTimeout(grace);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -48,9 +48,9 @@ async function story(ws: DemoWorkspace, opts: { reexecs: number }): Promise<void
   for (let i = 1; i <= opts.reexecs; i++) {
     agent.child.proc.kill('SIGUSR1');
     const signal = deadline();
-    const h = await until(async () => {
-      await using c = await AgentClient.connect({ socketPath: socket, signal });
-      const answer = await c.request('hello');
+    const h = await until(async (s) => {
+      await using c = await AgentClient.connect({ socketPath: socket, signal: s });
+      const answer = await c.request('hello', undefined, { signal: s });
       return answer.generation >= i && answer;
     }, signal);
     say(`   re-exec ${i}: same pid ${h.pid}, generation ${h.generation}`);
@@ -65,7 +65,7 @@ async function story(ws: DemoWorkspace, opts: { reexecs: number }): Promise<void
 
   step(4, 'VM "web-01" dies (SIGKILL): its connection closes, the agent releases its disk');
   await alpha.kill('SIGKILL');
-  await until(async () => (await client.request('locks')).locks.length === 0, deadline());
+  await until(async (signal) => (await client.request('locks', undefined, { signal })).locks.length === 0, deadline());
   say('   released');
 
   step(5, 'VM "web-01-clone" starts again and gets the disk, with a higher token');

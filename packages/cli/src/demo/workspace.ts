@@ -53,8 +53,12 @@ export class DemoWorkspace {
     // Real paths throughout: the agents lock a disk under its canonical path.
     const ws = new DemoWorkspace(realpathSync(mkdtempSync(join(tmpdir(), `baton-${name}-`))));
     let onSignal: (signal: Interrupt) => void = () => undefined;
-    const interrupted = new Promise<Interrupt>((resolve) => (onSignal = resolve));
+    let onCrash: (err: unknown) => void = () => undefined;
+    const interrupted = new Promise<Interrupt>((resolve, reject) => ((onSignal = resolve), (onCrash = reject)));
     for (const s of INTERRUPTS) process.on(s, onSignal);
+    // A bug that escapes the story (an unhandled rejection) fails the demo like a failed step,
+    // so what it started is still stopped instead of orphaned by the crash.
+    process.on('unhandledRejection', onCrash);
     try {
       const signal = await Promise.race([story(ws).then(() => undefined), interrupted]);
       await ws.stopEverything();
@@ -70,6 +74,7 @@ export class DemoWorkspace {
       throw err;
     } finally {
       for (const s of INTERRUPTS) process.off(s, onSignal);
+      process.off('unhandledRejection', onCrash);
     }
   }
 
@@ -121,13 +126,17 @@ export class DemoWorkspace {
     return agent;
   }
 
-  /** The VMs first, through their hosts' hypervisors; then every process, last started first. */
+  /**
+   * Every process, last started first; then the VMs, through their hosts' hypervisors. Not the
+   * other way round: an agent still running could start a VM (a migration's incoming copy) after
+   * the VMs were listed.
+   */
   private async stopEverything(): Promise<void> {
+    for (const thing of this.owned.splice(0).reverse()) await thing[Symbol.asyncDispose]();
     for (const { host, stateDir } of this.hypervisors.splice(0)) {
       using driver = new SimDriver(stateDir, host);
       for (const vm of await driver.list()) await driver.destroy(vm.uuid);
     }
-    for (const thing of this.owned.splice(0).reverse()) await thing[Symbol.asyncDispose]();
   }
 }
 
@@ -136,9 +145,11 @@ export class DemoWorkspace {
  * until the agent has seen its last VM's process go, so it is asked until it agrees.
  */
 export async function stopAgent(agent: DemoAgent, signal: AbortSignal): Promise<void> {
-  await until(async () => {
-    await using c = await AgentClient.connect({ socketPath: agent.socket });
-    return c.request('shutdown', { releaseAll: false });
+  await until(async (s) => {
+    await using c = await AgentClient.connect({ socketPath: agent.socket, signal: s });
+    // Awaited before `c` is disposed: a refusal (LOCKS_HELD) arriving while the connection
+    // closes would otherwise be an unhandled rejection, and end the demo.
+    return await c.request('shutdown', { releaseAll: false }, { signal: s });
   }, signal);
-  await agent.child.exited;
+  await until(() => agent.child.exited.then(() => true), signal);
 }

@@ -162,8 +162,18 @@ export class SimDriver implements HypervisorDriver {
     await this.control(uuid, { op: 'renew', validUntil });
   }
 
+  /**
+   * libvirt's destroy: the VM goes whether or not it answers. Asked first (it logs and exits);
+   * killed by pid when it did not take the request (stopped, hung), rather than left running
+   * without a directory where nothing would find it again.
+   */
   async destroy(uuid: string): Promise<void> {
-    if (await this.find(uuid)) await this.control(uuid, { op: 'destroy' }).catch(() => undefined);
+    const pid = this.startingPid(uuid);
+    const asked = await this.find(uuid).then(
+      async (vm) => vm !== undefined && (await this.control(uuid, { op: 'destroy' }).then(() => true, () => false)),
+      () => false,
+    );
+    if (!asked && pid !== undefined && this.startingPid(uuid) === pid) process.kill(pid, 'SIGKILL');
     this.channels.get(uuid)?.close();
     this.channels.delete(uuid);
     rmSync(this.dir(uuid), { recursive: true, force: true });
