@@ -170,7 +170,12 @@ export class HostSession {
       return;
     }
     this.keepaliveOnce().catch((err: unknown) => {
-      this.opts.log.warn({ session: this.id, err: (err as Error).message }, 'keepalive failed');
+      // With where the session stands: what an operator (or a failed test's log) needs to judge it.
+      const now = this.opts.clock.now();
+      this.opts.log.warn(
+        { session: this.id, err: (err as Error).message, phase: this.phase, sinceKeepaliveMs: Math.round(now - this.lastOkSentAt), fenceInMs: Math.round(this.validUntil - now) },
+        'keepalive failed',
+      );
       // Two more chances before the fence would be too few when a member has just died: try
       // again soon (on a new stream, likely another member) rather than a whole interval later.
       if (!this.retryTimer && this.phase !== 'expired' && this.phase !== 'closed') {
@@ -202,7 +207,9 @@ export class HostSession {
     if (this.stream) return Promise.resolve(this.stream);
     this.opening ??= (async () => {
       const stream = await this.opts.conn.keepaliveStream();
-      stream.on('data', (res: ILeaseKeepAliveResponse) => this.answered(res));
+      // Only the current stream's answers count: the waiters are its keepalives, and an answer a
+      // replaced stream still delivers would be credited to a later send, moving the deadline on.
+      stream.on('data', (res: ILeaseKeepAliveResponse) => stream === this.stream && this.answered(res));
       stream.on('error', (err: unknown) => this.streamFailed(stream, etcdError(err, 'the keepalive stream')));
       stream.on('end', () => this.streamFailed(stream, new BatonError('UNAVAILABLE', 'the keepalive stream ended')));
       this.stream = stream;
