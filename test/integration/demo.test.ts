@@ -52,11 +52,12 @@ describe('baton demo', () => {
     const exited = new Promise<number | null>((resolve) => demo.once('exit', (code) => resolve(code)));
     let dir = '';
     try {
+      dir = await waitFor(() => /Working directory (\S+)\n/.test(stdout) && workingDirectory(stdout), { what: 'the demo’s working directory', deadlineMs: 20_000, intervalMs: 10 });
       await waitFor(() => /cache-01 runs on host-c/.test(stdout), { what: 'the demo’s VMs to run', deadlineMs: 60_000, intervalMs: 20 });
-      dir = workingDirectory(stdout);
       expect(processesMentioning(dir).length).toBeGreaterThanOrEqual(3 + 3 + 2); // agents, VMs, coordinators
       demo.kill('SIGTERM');
-      expect(await exited).toBe(128 + 15);
+      const code = await waitFor(() => exited, { what: 'the demo to exit', deadlineMs: 30_000 });
+      expect(code).toBe(128 + 15);
       expect(stdout).toContain(`interrupted (SIGTERM): every VM and process the demo started is stopped, ${dir} removed`);
       expect(processesMentioning(dir)).toEqual([]);
       expect(existsSync(dir)).toBe(false);
@@ -64,5 +65,5 @@ describe('baton demo', () => {
       demo.kill('SIGKILL');
       for (const { pid } of dir === '' ? [] : processesMentioning(dir)) process.kill(pid, 'SIGKILL');
     }
-  });
+  }, 120_000);
 });

@@ -127,8 +127,12 @@ export function runCli(args: readonly string[], opts: { env?: Record<string, str
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (t: string) => (stdout += t));
     child.stderr.setEncoding('utf8').on('data', (t: string) => (stderr += t));
+    // SIGTERM first: a command that started processes (the demo) stops them on it; SIGKILL
+    // would orphan them. SIGKILL only if it has not exited a few seconds later.
+    let killer: NodeJS.Timeout | undefined;
     const timer = setTimeout(() => {
-      child.kill('SIGKILL');
+      child.kill('SIGTERM');
+      killer = setTimeout(() => child.kill('SIGKILL'), 5_000);
       reject(new Error(`baton ${args.join(' ')} did not exit within ${deadlineMs} ms; stdout:\n${stdout}\nstderr:\n${stderr}`));
     }, deadlineMs);
     child.once('error', (err) => {
@@ -137,6 +141,7 @@ export function runCli(args: readonly string[], opts: { env?: Record<string, str
     });
     child.once('close', (status, signal) => {
       clearTimeout(timer);
+      clearTimeout(killer);
       resolve({ status, signal, stdout, stderr });
     });
   });

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { LOCKSPACE_KINDS } from '@baton/core';
 import { BusConfigSchema } from '@baton/bus';
 import { EtcdConfigSchema } from '@baton/etcd';
-import { longestSimSocketPath } from './hypervisor/sim/index.js';
+import { longestSimSocketPath } from './hypervisor/sim/layout.js';
 
 /** Defaults, named in one place. */
 export const AGENT_DEFAULTS = {
@@ -118,7 +118,7 @@ export const AgentConfigSchema = z
     }
     checkSocketPath(cfg.socket.path, ['socket', 'path'], 'the socket', ctx);
     // The sim VMs' sockets live under the state directory: refused here rather than at the first VM.
-    if (cfg.hypervisor !== undefined) checkSocketPath(longestSimSocketPath(cfg.stateDir), ['stateDir'], 'too long for the sim VMs’ sockets: one would be', ctx);
+    if (cfg.hypervisor !== undefined) checkSocketPath(longestSimSocketPath(cfg.stateDir), ['stateDir'], 'too long for the sim VMs’ sockets: the longest,', ctx);
     if (cfg.defaultLockspace !== undefined && !names.includes(cfg.defaultLockspace)) {
       ctx.addIssue({ code: 'custom', path: ['defaultLockspace'], message: `no lockspace named "${cfg.defaultLockspace}"` });
     }

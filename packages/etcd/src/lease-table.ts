@@ -212,6 +212,7 @@ export class LeaseTable {
     if (res.kvs.length !== 1 || res.kvs[0]!.key.toString() !== marker) return undefined;
     const seenKey = `${marker}@${String(res.kvs[0]!.mod_revision)}`;
     const now = this.lockDelay.clock.now();
+    this.forgetStaleMarkers(now);
     const first = this.markersSeen.get(seenKey) ?? now;
     this.markersSeen.set(seenKey, first);
     const left = first + this.lockDelay.ms - now;
@@ -223,7 +224,6 @@ export class LeaseTable {
       'clearing a vanished holder’s marker',
     );
     this.markersSeen.delete(seenKey);
-    this.forgetStaleMarkers(now);
     return 'cleared';
   }
 

@@ -14,6 +14,9 @@ export function registerDemoCommand(program: Command): void {
         if (opts.local) await runLocalDemo({ reexecs: opts.reexecs });
         else await runClusterDemo();
       });
+      // Everything the demo started is stopped by now; an interrupted or failed story may still
+      // be waiting on a step's deadline, which is not worth waiting for.
+      process.exit();
     });
 }
 

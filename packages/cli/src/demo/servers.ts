@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
  */
 
 const SYSTEM_BIN_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+const STOP_GRACE_MS = 5_000;
 
 function which(binary: string): string {
   for (const dir of [...(process.env.PATH ?? '').split(delimiter), ...SYSTEM_BIN_DIRS]) {
@@ -72,10 +73,13 @@ export class DemoServer implements AsyncDisposable {
     return new DemoServer(proc, `nats://127.0.0.1:${port}`);
   }
 
+  /** SIGTERM, and SIGKILL if the server has not exited within STOP_GRACE_MS. */
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.proc.exitCode !== null || this.proc.signalCode !== null) return;
     const exited = new Promise<void>((resolve) => this.proc.once('exit', () => resolve()));
     this.proc.kill('SIGTERM');
+    const grace = setTimeout(() => this.proc.kill('SIGKILL'), STOP_GRACE_MS);
     await exited;
+    clearTimeout(grace);
   }
 }

@@ -4,26 +4,34 @@ import { AgentClient } from '@baton/agent';
 /**
  * Ask `probe` every 20 ms until it answers something other than false, or the signal aborts.
  * A probe that throws is asked again: the thing it asks about is not there yet. The probe gets
- * the signal for its own waits, and one that does not answer is not waited for past it.
+ * the signal for its own waits, and one that does not answer is not waited for past it. At the
+ * deadline the last thing the probe threw, if anything, is the failure's cause.
  */
 export async function until<T>(probe: (signal: AbortSignal) => Promise<T | false>, signal: AbortSignal): Promise<T> {
+  let onAbort = (): void => undefined;
   const aborted = new Promise<never>((_, reject) => {
-    const fail = (): void => reject(signal.reason as Error);
-    if (signal.aborted) fail();
-    else signal.addEventListener('abort', fail, { once: true });
+    onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
-  aborted.catch(() => undefined); // observed below, or never needed
-  for (;;) {
-    signal.throwIfAborted();
-    try {
-      const answer = await Promise.race([probe(signal), aborted]);
-      if (answer !== false) return answer;
-    } catch {
-      // not yet (or the deadline: thrown at the loop's top)
+  aborted.catch(() => undefined); // raced below; unobserved when the probe answers first
+  let last: unknown;
+  try {
+    for (;;) {
+      if (signal.aborted) break;
+      try {
+        const answer = await Promise.race([probe(signal), aborted]);
+        if (answer !== false) return answer;
+      } catch (err) {
+        last = err; // not yet
+      }
+      await sleep(20, undefined, { signal }).catch(() => undefined);
     }
-    // The deadline's reason, not the timer's AbortError, is what the operator needs to read.
-    await sleep(20, undefined, { signal }).catch(() => signal.throwIfAborted());
+  } finally {
+    signal.removeEventListener('abort', onAbort);
   }
+  // The deadline's reason, not the timer's AbortError, is what the operator needs to read.
+  const reason = signal.reason as Error;
+  throw last === undefined || last === reason ? reason : new Error(`${reason.message}; the last attempt: ${(last as Error).message ?? String(last)}`, { cause: last });
 }
 
 /** The agent is not listening while it starts, nor for a few milliseconds of each re-exec. */

@@ -1,5 +1,5 @@
 import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, SimDriver, type AgentConfigInput } from '@baton/agent';
@@ -21,7 +21,6 @@ export interface DemoAgent {
 
 const INTERRUPTS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 type Interrupt = (typeof INTERRUPTS)[number];
-const SIGNAL_NUMBERS: Record<Interrupt, number> = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
 
 /**
  * A demo's directory: disk images and the lock directory every host shares (one lockspace,
@@ -36,6 +35,8 @@ export class DemoWorkspace {
   private readonly owned: AsyncDisposable[] = [];
   /** Agents whose sim VMs run detached from them (they outlive an agent crash). */
   private readonly hypervisors: DemoAgent[] = [];
+  /** Set once everything is being stopped: what the story starts after that is stopped at once. */
+  private stopping = false;
 
   private constructor(readonly dir: string) {
     this.images = join(dir, 'images');
@@ -47,17 +48,24 @@ export class DemoWorkspace {
   /**
    * Runs a demo's story in a new workspace. Ctrl-C (or SIGTERM, SIGHUP) stops the story where it
    * is: the agents would refuse to stop while their VMs hold locks, and the sim VMs are detached
-   * from the terminal, so without this they would outlive the demo.
+   * from the terminal, so without this they would outlive the demo. A second Ctrl-C while they
+   * are being stopped exits at once. The process exits when this returns or throws: an
+   * interrupted story may still be waiting on a deadline, and nothing of it is worth waiting for.
    */
   static async run(name: string, story: (ws: DemoWorkspace) => Promise<void>): Promise<void> {
     // Real paths throughout: the agents lock a disk under its canonical path.
     const ws = new DemoWorkspace(realpathSync(mkdtempSync(join(tmpdir(), `baton-${name}-`))));
-    let onSignal: (signal: Interrupt) => void = () => undefined;
-    let onCrash: (err: unknown) => void = () => undefined;
-    const interrupted = new Promise<Interrupt>((resolve, reject) => ((onSignal = resolve), (onCrash = reject)));
+    let interrupt: (signal: Interrupt) => void = () => undefined;
+    let crash: (err: unknown) => void = () => undefined;
+    const interrupted = new Promise<Interrupt>((resolve, reject) => ((interrupt = resolve), (crash = reject)));
+    const onSignal = (signal: Interrupt): void => {
+      if (ws.stopping) process.exit(128 + osConstants.signals[signal]);
+      interrupt(signal);
+    };
+    // A bug that escapes the story (an unhandled rejection) fails the demo like a failed step, so
+    // what it started is still stopped instead of orphaned by the crash; once stopping, it is shown.
+    const onCrash = (err: unknown): void => (ws.stopping ? say(`while stopping: ${String(err)}`) : crash(err));
     for (const s of INTERRUPTS) process.on(s, onSignal);
-    // A bug that escapes the story (an unhandled rejection) fails the demo like a failed step,
-    // so what it started is still stopped instead of orphaned by the crash.
     process.on('unhandledRejection', onCrash);
     try {
       const signal = await Promise.race([story(ws).then(() => undefined), interrupted]);
@@ -65,11 +73,10 @@ export class DemoWorkspace {
       rmSync(ws.dir, { recursive: true, force: true });
       if (signal !== undefined) {
         say(`\ninterrupted (${signal}): every VM and process the demo started is stopped, ${ws.dir} removed`);
-        // The story is still waiting on something that will never come: it is not awaited.
-        process.exit(128 + SIGNAL_NUMBERS[signal]);
+        process.exitCode = 128 + osConstants.signals[signal];
       }
     } catch (err) {
-      await ws.stopEverything().catch((e: unknown) => say(`stopping what the demo started failed too: ${String(e)}`));
+      await ws.stopEverything();
       say(`\nthe demo failed; its directory is left for a look: ${ws.dir}`);
       throw err;
     } finally {
@@ -78,9 +85,10 @@ export class DemoWorkspace {
     }
   }
 
-  /** Something the demo started, stopped when it ends. */
+  /** Something the demo started, stopped when it ends (at once if the demo is already stopping). */
   own<T extends AsyncDisposable>(thing: T): T {
     this.owned.push(thing);
+    if (this.stopping) void this.stopOwned();
     return thing;
   }
 
@@ -121,7 +129,7 @@ export class DemoWorkspace {
     const gone = new AbortController();
     void child.exited.then((code) => gone.abort(new Error(`the agent of ${host} exited (status ${code}) before it listened`)));
     await using client = await connectWhenUp(socket, AbortSignal.any([signal, gone.signal]));
-    const agent = { host, child, socket, stateDir, hello: await client.request('hello') };
+    const agent = { host, child, socket, stateDir, hello: await client.request('hello', undefined, { signal }) };
     if (config.hypervisor !== undefined) this.hypervisors.push(agent);
     return agent;
   }
@@ -132,10 +140,22 @@ export class DemoWorkspace {
    * the VMs were listed.
    */
   private async stopEverything(): Promise<void> {
-    for (const thing of this.owned.splice(0).reverse()) await thing[Symbol.asyncDispose]();
-    for (const { host, stateDir } of this.hypervisors.splice(0)) {
+    this.stopping = true;
+    await this.stopOwned();
+    for (const { host, stateDir } of this.hypervisors) {
       using driver = new SimDriver(stateDir, host);
-      for (const vm of await driver.list()) await driver.destroy(vm.uuid);
+      await driver.destroyAll().catch((err: unknown) => say(`stopping the VMs of ${host} failed: ${String(err)}`));
+    }
+  }
+
+  /** Each one tried, whatever the one before did: a failure is shown, not a reason to stop. */
+  private async stopOwned(): Promise<void> {
+    for (let thing = this.owned.pop(); thing !== undefined; thing = this.owned.pop()) {
+      try {
+        await thing[Symbol.asyncDispose]();
+      } catch (err) {
+        say(`stopping a process the demo started failed: ${String(err)}`);
+      }
     }
   }
 }

@@ -7,6 +7,7 @@ import { asBatonError, BatonError, GrantSchema, type Grant, type VmInfo, type Vm
 import { LineReader } from '../../api/line-reader.js';
 import { serveControl } from './control.js';
 import { emitter, Guest } from './guest.js';
+import { CONTROL_SOCKET, INCOMING_SOCKET } from './layout.js';
 
 /**
  * A sim VM run by its host's hypervisor driver (the agent), as libvirt runs QEMU: created paused
@@ -173,7 +174,7 @@ function warmUp(): void {
 async function main(): Promise<void> {
   if (!values.dir || !values.uuid || !values.name) throw new BatonError('INVALID_REQUEST', 'a managed sim VM needs --dir, --uuid and --name');
   const vm = new ManagedVm(values.incoming);
-  if (values.incoming) listenIncoming(join(values.dir, 'incoming.sock'), vm);
+  if (values.incoming) listenIncoming(join(values.dir, INCOMING_SOCKET), vm);
   setInterval(() => vm.write(), Number(values['interval-ms']));
   // The sim's own hygiene (no real hypervisor does this): a VM whose directory was removed has no
   // driver left that could ever reach it, so it goes instead of running on unseen.
@@ -181,7 +182,7 @@ async function main(): Promise<void> {
   setInterval(() => {
     if (!existsSync(dir)) process.exit(0);
   }, 1_000);
-  await serveControl(join(values.dir, 'control.sock'), async (req) => {
+  await serveControl(join(values.dir, CONTROL_SOCKET), async (req) => {
     switch (req.op) {
       case 'status':
         return vm.info();

@@ -7,19 +7,42 @@ import { isProcessAlive, processStartTime } from '../../sys/proc.js';
 import type { VmInfo, VmSpec } from '@baton/core';
 import type { HypervisorDriver, SendOptions } from '../driver.js';
 import { ControlChannel, isDropped } from './control.js';
+import { CONTROL_SOCKET, INCOMING_SOCKET, SIM_LOGS_DIR, SIM_VMS_DIR } from './layout.js';
 
 export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', import.meta.url));
 
-/** The longest socket path the sim driver makes under a state directory (a VM's incoming socket). */
-export function longestSimSocketPath(stateDir: string): string {
-  return join(stateDir, 'vms', '00000000-0000-0000-0000-000000000000', 'incoming.sock');
-}
 
 const CONTROL_TIMEOUT_MS = 5_000;
 /** How long a new VM process may take to answer on its control socket (node start-up, on a loaded host). */
 const START_TIMEOUT_MS = 15_000;
 /** A send takes as long as the guest's memory takes to copy (an injected delay included): the caller's deadline governs. */
 const SEND_TIMEOUT_MS = 120_000;
+/** How long a destroyed VM may take to exit (it exits right after answering) before it is killed. */
+const DESTROY_EXIT_MS = 2_000;
+
+interface ProcessId {
+  pid: number;
+  start: number;
+}
+
+/** Whether the process has gone within `ms` (polled: it is not this process's child after a re-exec). */
+async function exited(p: ProcessId, ms: number): Promise<boolean> {
+  const deadline = performance.now() + ms;
+  while (isProcessAlive(p.pid, p.start)) {
+    if (performance.now() >= deadline) return false;
+    await new Promise<void>((resolve) => setTimeout(resolve, 5));
+  }
+  return true;
+}
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch (err) {
+    // Gone between the check and the kill.
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
 
 /**
  * The `sim` hypervisor: each VM a real process (managed-vm-main), detached from the agent so it
@@ -42,8 +65,8 @@ export class SimDriver implements HypervisorDriver {
     private readonly host: string,
     private readonly intervalMs = 20,
   ) {
-    this.root = join(stateDir, 'vms');
-    this.logs = join(stateDir, 'vm-logs');
+    this.root = join(stateDir, SIM_VMS_DIR);
+    this.logs = join(stateDir, SIM_LOGS_DIR);
     mkdirSync(this.root, { recursive: true, mode: 0o700 });
     mkdirSync(this.logs, { recursive: true, mode: 0o700 });
   }
@@ -60,7 +83,7 @@ export class SimDriver implements HypervisorDriver {
   private control(uuid: string, req: Record<string, unknown>, timeoutMs = CONTROL_TIMEOUT_MS): Promise<unknown> {
     let channel = this.channels.get(uuid);
     if (channel === undefined) {
-      channel = new ControlChannel(join(this.dir(uuid), 'control.sock'));
+      channel = new ControlChannel(join(this.dir(uuid), CONTROL_SOCKET));
       this.channels.set(uuid, channel);
     }
     return channel.request(req, timeoutMs);
@@ -114,8 +137,8 @@ export class SimDriver implements HypervisorDriver {
     }
   }
 
-  /** The pid of the VM's process if it still runs (by pid and start time), whether or not it answers yet. */
-  private startingPid(uuid: string): number | undefined {
+  /** The VM's process as its pid file names it (pid and start time), if it still runs. */
+  private pidFile(uuid: string): ProcessId | undefined {
     let text: string;
     try {
       text = readFileSync(join(this.dir(uuid), 'pid'), 'utf8');
@@ -123,14 +146,19 @@ export class SimDriver implements HypervisorDriver {
       return undefined;
     }
     const [pid, start] = text.trim().split(' ').map(Number);
-    return pid !== undefined && start !== undefined && isProcessAlive(pid, start) ? pid : undefined;
+    return pid !== undefined && start !== undefined && isProcessAlive(pid, start) ? { pid, start } : undefined;
+  }
+
+  /** The pid of the VM's process if it still runs, whether or not it answers yet. */
+  private startingPid(uuid: string): number | undefined {
+    return this.pidFile(uuid)?.pid;
   }
 
   async createIncoming(spec: VmSpec): Promise<{ vm: VmInfo; incoming: string }> {
     const existing = await this.find(spec.uuid);
     // Idempotent: a repeated prepare finds the incoming VM it created.
     const vm = existing ?? (await this.spawnVm(spec, true));
-    return { vm, incoming: join(this.dir(spec.uuid), 'incoming.sock') };
+    return { vm, incoming: join(this.dir(spec.uuid), INCOMING_SOCKET) };
   }
 
   async create(spec: VmSpec): Promise<VmInfo> {
@@ -163,17 +191,21 @@ export class SimDriver implements HypervisorDriver {
   }
 
   /**
-   * libvirt's destroy: the VM goes whether or not it answers. Asked first (it logs and exits);
-   * killed by pid when it did not take the request (stopped, hung), rather than left running
-   * without a directory where nothing would find it again.
+   * libvirt's destroy: the VM is gone when this returns, whether or not it answers. Asked first
+   * (it logs and exits); killed by pid when it did not take the request (stopped, hung) or has
+   * not exited soon after, rather than left running without a directory where nothing would
+   * find it again.
    */
   async destroy(uuid: string): Promise<void> {
-    const pid = this.startingPid(uuid);
+    const pidFile = this.pidFile(uuid);
     const asked = await this.find(uuid).then(
       async (vm) => vm !== undefined && (await this.control(uuid, { op: 'destroy' }).then(() => true, () => false)),
       () => false,
     );
-    if (!asked && pid !== undefined && this.startingPid(uuid) === pid) process.kill(pid, 'SIGKILL');
+    if (pidFile !== undefined && !(asked && (await exited(pidFile, DESTROY_EXIT_MS)))) {
+      kill(pidFile.pid);
+      await exited(pidFile, DESTROY_EXIT_MS);
+    }
     this.channels.get(uuid)?.close();
     this.channels.delete(uuid);
     rmSync(this.dir(uuid), { recursive: true, force: true });
@@ -217,6 +249,17 @@ export class SimDriver implements HypervisorDriver {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+
+  /**
+   * Every VM with a directory on this host destroyed, answering or not: a clean-up of
+   * everything (`list` leaves out a VM too slow to answer). The first failure is thrown once
+   * every VM has been tried.
+   */
+  async destroyAll(): Promise<void> {
+    const failures: unknown[] = [];
+    for (const uuid of readdirSync(this.root)) await this.destroy(uuid).catch((err: unknown) => failures.push(err));
+    if (failures.length > 0) throw failures[0];
   }
 
   async list(): Promise<VmInfo[]> {
