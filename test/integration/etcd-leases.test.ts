@@ -115,6 +115,31 @@ describe('etcd lease table', () => {
     await adopted.close({ revoke: true });
   });
 
+  it('looks at its deadline at every keepalive attempt, not only when its timer fires: at risk, then expired, at the next retry once its clock is past them', async () => {
+    await using proxy = await TcpProxy.start({ target: { port: Number(new URL(etcd.endpoints[0]!).port) } });
+    await using conn = connectEtcd([`http://${proxy.hostPort}`], 15);
+    const timing = leaseTiming(15); // keepalive every 5 s, warn at 7.5 s, fence at 11.25 s
+    let offset = 0;
+    const clock = { now: () => systemClock.now() + offset };
+    const phases: SessionPhase[] = [];
+    const s = await session(conn, 'host-a', { clock, phases });
+    const openedAt = systemClock.now();
+    proxy.cut();
+    // The first interval's keepalive fails, and retries follow every 250 ms.
+    await waitFor(() => systemClock.now() - openedAt > timing.keepaliveMs + 300, { what: 'the first keepalive to fail', deadlineMs: timing.keepaliveMs + 5_000, intervalMs: 50 });
+    expect(phases).toEqual([]);
+    // Its clock passes the warning while the timer still waits ~2.5 s of real time: the next retry sees it.
+    offset = timing.warnMs - timing.keepaliveMs + 100;
+    const jumped = systemClock.now();
+    await waitFor(() => phases.includes('at-risk'), { what: 'at risk at the next retry', deadlineMs: 1_500, intervalMs: 10 });
+    expect(systemClock.now() - jumped).toBeLessThan(1_500);
+    offset = timing.fenceMs;
+    await waitFor(() => phases.includes('expired'), { what: 'expired at the next retry', deadlineMs: 1_500, intervalMs: 10 });
+    expect(phases).toEqual(['at-risk', 'expired']);
+    proxy.heal();
+    await s.close({ revoke: true }).catch(() => undefined);
+  }, 30_000);
+
   it('takes a session over across exec with its deadline, and one whose deadline passed during the exec is lost at once', async () => {
     await using conn = connect(2);
     const timing = leaseTiming(2);

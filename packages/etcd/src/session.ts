@@ -165,10 +165,10 @@ export class HostSession {
   }
 
   private tick(): void {
-    if (this.opts.clock.now() >= this.validUntil) {
-      this.checkDeadline();
-      return;
-    }
+    // Every attempt (each retry too) looks at the deadline, not only its timer: warning and
+    // fencing are what the host's safety rests on, and must not hang on one setTimeout.
+    if (this.opts.clock.now() >= this.lastOkSentAt + this.opts.timing.warnMs) this.checkDeadline();
+    if (this.phase === 'expired' || this.phase === 'closed') return;
     this.keepaliveOnce().catch((err: unknown) => {
       // With where the session stands: what an operator (or a failed test's log) needs to judge it.
       const now = this.opts.clock.now();
