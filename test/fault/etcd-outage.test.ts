@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { type AgentProcess, checkDisk, EtcdServer, GrantHistory, type JsonProcess, monoNow, pidAlive, processState, readDiskRecords, StampedEvents, startSimVm, TwoHosts, waitFor } from '../support/index.js';
+import { type AgentProcess, checkDisk, EtcdServer, GrantHistory, monoNow, pidAlive, processState, readDiskRecords, simVmRunning, StampedEvents, startSimVm, TwoHosts, waitFor } from '../support/index.js';
 import { ACQUIRE_CODES, bounded, logLines, outcome } from './cluster-fault.js';
 
 /**
@@ -57,10 +57,6 @@ function watchState(pid: number): { stoppedAt?: number; runningAgainAt?: number;
   return w;
 }
 
-async function running(vm: JsonProcess): Promise<{ token: number; at: number }> {
-  const e = await vm.event((ev) => ev.event === 'running', 'running');
-  return { token: (e.grants as { token: number }[])[0]!.token, at: monoNow() };
-}
 
 describe('etcd outage (F5)', () => {
   it('back before the fence deadline: no fencing, the VM writes on with the same token, the lease is the same', async () => {
@@ -71,7 +67,7 @@ describe('etcd outage (F5)', () => {
     const { a, b } = hosts;
     const disk = hosts.disk('vm1.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm1', disks: [disk], policy: 'pause' });
-    const { token } = await running(vm);
+    const { token } = await simVmRunning(vm);
     const history = new GrantHistory();
     history.record({ resource: disk, token, holder: 'vm1@host-a', at: monoNow(), kind: 'grant' });
     const cb = await b.client();
@@ -149,8 +145,8 @@ describe('etcd outage (F5)', () => {
     const diskK = hosts.disk('killed.img');
     await using vmP = await startSimVm(a, { uuid: randomUUID(), name: 'vmP', disks: [diskP], policy: 'pause' });
     await using vmK = await startSimVm(a, { uuid: randomUUID(), name: 'vmK', disks: [diskK], policy: 'kill' });
-    const p1 = await running(vmP);
-    const k1 = await running(vmK);
+    const p1 = await simVmRunning(vmP);
+    const k1 = await simVmRunning(vmK);
     const history = new GrantHistory();
     history.record({ resource: diskP, token: p1.token, holder: 'vmP@host-a', at: p1.at, kind: 'grant' });
     history.record({ resource: diskK, token: k1.token, holder: 'vmK@host-a', at: k1.at, kind: 'grant' });
@@ -198,7 +194,7 @@ describe('etcd outage (F5)', () => {
     await Promise.all([forP.done, forK.done]);
     // And a VM on host-b writes on it, after vmK's last write, with a higher token.
     await using vmB = await startSimVm(b, { uuid: randomUUID(), name: 'vmB', disks: [diskK], policy: 'kill' });
-    const b1 = await running(vmB);
+    const b1 = await simVmRunning(vmB);
     history.record({ resource: diskK, token: b1.token, holder: 'vmB@host-b', at: b1.at, kind: 'grant' });
     await waitFor(() => readDiskRecords(diskK).some((r) => r.vm === 'vmB'), { what: 'vmB writing', deadlineMs: 5_000 });
     stateP.stop();

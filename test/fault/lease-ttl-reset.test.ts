@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { leaseTiming } from '@baton/core';
-import { checkDisk, clusterName, EtcdCluster, GrantHistory, type JsonProcess, monoNow, processState, readDiskRecords, SharedStorage, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
+import { checkDisk, clusterName, EtcdCluster, GrantHistory, monoNow, processState, readDiskRecords, SharedStorage, simVmRunning, StampedEvents, startClusterHost, startSimVm, TcpProxy, waitFor } from '../support/index.js';
 import { ACQUIRE_CODES, bounded, logLines, outcome } from './cluster-fault.js';
 
 /**
@@ -26,10 +26,6 @@ afterAll(async () => {
   await etcd?.close();
 });
 
-async function running(vm: JsonProcess): Promise<{ token: number; at: number }> {
-  const e = await vm.event((ev) => ev.event === 'running', 'running');
-  return { token: (e.grants as { token: number }[])[0]!.token, at: monoNow() };
-}
 
 describe('lease TTL reset by a leader change (F6)', () => {
   it('never grants a partitioned host’s disk before its own fence deadline, however long etcd keeps its lease', async () => {
@@ -44,7 +40,7 @@ describe('lease TTL reset by a leader change (F6)', () => {
     await using b = await startClusterHost(storage, 'host-b', { endpoints: followers.map((m) => m.clientUrl), cluster, ttlSeconds: 10 });
     const disk = realpathSync(storage.image('vm1.img'));
     await using vmA = await startSimVm(a, { uuid: randomUUID(), name: 'vmA', disks: [disk], policy: 'pause' });
-    const a1 = await running(vmA);
+    const a1 = await simVmRunning(vmA);
     using eventsA = new StampedEvents(vmA);
     const history = new GrantHistory();
     history.record({ resource: disk, token: a1.token, holder: 'vmA@host-a', at: a1.at, kind: 'grant' });
@@ -116,7 +112,7 @@ describe('lease TTL reset by a leader change (F6)', () => {
     history.record({ resource: disk, token: bHolds!, holder: 'b-contender@host-b', at: monoNow(), kind: 'release' });
     await cb.request('release', {});
     await using vmB = await startSimVm(b, { uuid: randomUUID(), name: 'vmB', disks: [disk], policy: 'kill' });
-    const b1 = await running(vmB);
+    const b1 = await simVmRunning(vmB);
     history.record({ resource: disk, token: b1.token, holder: 'vmB@host-b', at: b1.at, kind: 'grant' });
     await waitFor(() => readDiskRecords(disk).some((r) => r.vm === 'vmB'), { what: 'vmB writing', deadlineMs: 5_000 });
 

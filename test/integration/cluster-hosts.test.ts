@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { checkDisk, clusterName, EtcdServer, SharedStorage, startClusterHost, startSimVm, TcpProxy, TwoHosts, waitFor, type AgentProcess } from '../support/index.js';
+import { checkDisk, clusterName, EtcdServer, SharedStorage, simVmRunning, startClusterHost, startSimVm, TcpProxy, TwoHosts, waitFor, type AgentProcess } from '../support/index.js';
 import { asBatonError, type AgentResult } from '@baton/core';
 
 /**
@@ -75,8 +75,7 @@ describe('cluster leases between two agents', () => {
     const { a, b } = hosts;
     const disk = hosts.disk('vm3.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm3', disks: [disk] });
-    const running = await vm.event((e) => e.event === 'running', 'running');
-    const token = (running.grants as { token: number }[])[0]!.token;
+    const { token } = await simVmRunning(vm);
     const cb = await b.client();
     await cb.request('register', { owner: { uuid: randomUUID(), name: 'vm3-b' } });
     for (let i = 1; i <= 3; i++) {
@@ -94,8 +93,7 @@ describe('cluster leases between two agents', () => {
     const { a, b } = hosts;
     const disk = hosts.disk('vm5.img');
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm5', disks: [disk] });
-    const running = await vm.event((e) => e.event === 'running', 'running');
-    const token = (running.grants as { token: number }[])[0]!.token;
+    const { token } = await simVmRunning(vm);
     // The old image logs `re-executing` just before execve; the new one is stopped while Node
     // starts, before it takes the session over, until the VM's own deadline (the session's) passes.
     process.kill(a.pid, 'SIGUSR1');

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, LOCK_PROBE_ENTRY, SIM_VM_ENTRY, type AgentConfigInput } from '@baton/agent';
 import { JsonProcess } from './json-process.js';
+import { monoNow } from './stamped-events.js';
 import { makeTempDir, removeDir } from './temp-dir.js';
 import { waitFor } from './wait-for.js';
 
@@ -173,6 +174,12 @@ export interface SimVmOptions {
   killpath?: string[];
   /** How often the VM renews its write deadline with the agent. */
   watchdogMs?: number;
+}
+
+/** Once the sim VM runs: its first grant's token, and when it was seen running (monotonic ms). */
+export async function simVmRunning(vm: JsonProcess): Promise<{ token: number; at: number }> {
+  const running = await vm.event((e) => e.event === 'running', 'running');
+  return { token: (running.grants as { token: number }[])[0]!.token, at: monoNow() };
 }
 
 export function startSimVm(agent: AgentProcess, opts: SimVmOptions): Promise<JsonProcess> {

@@ -61,7 +61,7 @@ export { LinkDirection, TcpProxy, type FlowMode, type TcpProxyOptions } from './
 export { makeTempDir, removeDir } from './temp-dir.js';
 export { describe as describeError, waitFor, WaitTimeoutError, within, type Probe, type WaitForOptions } from './wait-for.js';
 export { JsonProcess, type JsonEvent } from './json-process.js';
-export { AgentProcess, CLI_ENTRY, SharedStorage, startProbe, startSimVm, tryLockFrom, type AgentProcessOptions, type SimVmOptions } from './agent-process.js';
+export { AgentProcess, CLI_ENTRY, SharedStorage, simVmRunning, startProbe, startSimVm, tryLockFrom, type AgentProcessOptions, type SimVmOptions } from './agent-process.js';
 export { checkDisk, checkRecords, GrantHistory, readDiskRecords, writtenUnder, type DiskEpoch, type DiskRecord, type GrantEvent } from './history.js';
 export { monoNow, StampedEvents, type StampedEvent } from './stamped-events.js';
 export { staleWrite } from './stale-writer.js';

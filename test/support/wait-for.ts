@@ -1,4 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
+import { raceAbort } from '@baton/core';
 
 /** The default poll interval: short, because every wait here is on loopback. */
 export const DEFAULT_INTERVAL_MS = 25;
@@ -85,25 +86,6 @@ export async function waitFor<T>(probe: Probe<T>, options: WaitForOptions): Prom
     }
   }
   throw failure();
-}
-
-/** Settles with `promise`, or rejects as soon as `signal` aborts (a probe may ignore its signal). */
-export function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error as Error);
-      },
-    );
-  });
 }
 
 /** `promise`, or a rejection naming `what` after `deadlineMs`: for waits that are not polls (a teardown, a settle). */

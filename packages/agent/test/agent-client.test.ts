@@ -32,13 +32,18 @@ describe('AgentClient.connect', () => {
     dir = mkdtempSync(join(tmpdir(), 'baton-client-'));
     const socketPath = join(dir, 'agent.sock');
     const connections: number[] = [];
-    server = createServer((s) => (connections.push(1), s.destroy()));
+    const connected = Promise.withResolvers<void>();
+    server = createServer((s) => {
+      connections.push(1);
+      s.destroy();
+      connected.resolve();
+    });
     await new Promise<void>((resolve) => server!.listen(socketPath, resolve));
     const deadline = new AbortController();
     deadline.abort();
     await expect(AgentClient.connect({ socketPath, signal: deadline.signal })).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     await expect(AgentClient.connect({ socketPath })).resolves.toBeInstanceOf(AgentClient);
-    await waitUntil(() => connections.length === 1);
+    await connected.promise;
     expect(connections).toHaveLength(1);
   });
 
@@ -76,11 +81,3 @@ describe('AgentClient.connect', () => {
   });
 });
 
-/** Polls `done` every 5 ms for up to 2 s. */
-async function waitUntil(done: () => boolean): Promise<void> {
-  const deadline = performance.now() + 2_000;
-  while (!done()) {
-    if (performance.now() > deadline) throw new Error('condition not met within 2 s');
-    await new Promise<void>((resolve) => setTimeout(resolve, 5));
-  }
-}

@@ -13,3 +13,4 @@ export * from './migration/index.js';
 export * from './wire/vm-definition.js';
 export * from './wire/vm-api.js';
 export * from './backoff.js';
+export * from './abort.js';

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import type { Logger } from '../logger.js';
 import type { OwnerRecord } from '../owners/owner-registry.js';
-import { isProcessAlive } from '../sys/index.js';
+import { isProcessAlive, signalProcess } from '../sys/index.js';
 
 export interface FencerOptions {
   log: Logger;
@@ -26,7 +26,7 @@ export class Fencer {
     this.opts.log.error({ owner, policy: onLeaseLoss.policy }, `fencing ${owner.name}: ${onLeaseLoss.policy}`);
     switch (onLeaseLoss.policy) {
       case 'pause':
-        this.signal(pid, 'SIGSTOP');
+        signalProcess(pid, 'SIGSTOP');
         return;
       case 'killpath': {
         const [cmd, ...args] = onLeaseLoss.killpath!;
@@ -36,7 +36,7 @@ export class Fencer {
         return;
       }
       case 'kill':
-        this.signal(pid, 'SIGTERM');
+        signalProcess(pid, 'SIGTERM');
         this.killLater(record);
         return;
     }
@@ -44,23 +44,15 @@ export class Fencer {
 
   /** A paused owner whose leases came back with new tokens. */
   resume(record: OwnerRecord): void {
-    if (record.owner.pid !== undefined) this.signal(record.owner.pid, 'SIGCONT');
+    if (record.owner.pid !== undefined) signalProcess(record.owner.pid, 'SIGCONT');
   }
 
   private killLater(record: OwnerRecord): void {
     const t = setTimeout(() => {
       this.timers.delete(t);
-      if (record.owner.pid !== undefined && record.startTime !== undefined && isProcessAlive(record.owner.pid, record.startTime)) this.signal(record.owner.pid, 'SIGKILL');
+      if (record.owner.pid !== undefined && record.startTime !== undefined && isProcessAlive(record.owner.pid, record.startTime)) signalProcess(record.owner.pid, 'SIGKILL');
     }, this.opts.killGraceMs);
     this.timers.add(t);
-  }
-
-  private signal(pid: number, signal: NodeJS.Signals): void {
-    try {
-      process.kill(pid, signal);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-    }
   }
 
   close(): void {

@@ -1,5 +1,5 @@
 import type { MonotonicClock } from '@baton/core';
-import { isProcessAlive } from '../sys/index.js';
+import { isProcessAlive, signalProcess } from '../sys/index.js';
 import type { OwnerRecord, OwnerRegistry } from './owner-registry.js';
 
 export interface LivenessOptions {
@@ -65,12 +65,7 @@ export class LivenessMonitor {
   }
 
   private signal(record: OwnerRecord, signal: NodeJS.Signals): void {
-    try {
-      process.kill(record.owner.pid!, signal);
-      this.opts.onSignal(record, signal);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-    }
+    if (signalProcess(record.owner.pid!, signal)) this.opts.onSignal(record, signal);
   }
 
   private gone(record: OwnerRecord, why: string): void {

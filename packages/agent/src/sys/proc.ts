@@ -24,6 +24,17 @@ export function isProcessAlive(pid: number, startTime: number): boolean {
   return processStartTime(pid) === startTime;
 }
 
+/** Sends `signal` to `pid`; false if the process had gone already (ESRCH), true if it was sent. */
+export function signalProcess(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(pid, signal);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+    return false;
+  }
+}
+
 export function bootId(): string {
   return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
 }

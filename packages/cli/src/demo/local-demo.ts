@@ -9,7 +9,6 @@ import { DemoWorkspace, stopAgent } from './workspace.js';
 
 const STEP_DEADLINE_MS = 15_000;
 
-
 /**
  * The single-host story: one agent, two VMs that want one disk, an upgrade (re-exec) with the
  * lock held throughout, and a dead VM's lock released.

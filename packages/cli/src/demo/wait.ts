@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AgentClient } from '@baton/agent';
+import { raceAbort } from '@baton/core';
 
 /**
  * Ask `probe` every 20 ms until it answers something other than false, or the signal aborts.
@@ -8,26 +9,15 @@ import { AgentClient } from '@baton/agent';
  * deadline the last thing the probe threw, if anything, is the failure's cause.
  */
 export async function until<T>(probe: (signal: AbortSignal) => Promise<T | false>, signal: AbortSignal): Promise<T> {
-  let onAbort = (): void => undefined;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason as Error);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-  aborted.catch(() => undefined); // raced below; unobserved when the probe answers first
   let last: unknown;
-  try {
-    for (;;) {
-      if (signal.aborted) break;
-      try {
-        const answer = await Promise.race([probe(signal), aborted]);
-        if (answer !== false) return answer;
-      } catch (err) {
-        last = err; // not yet
-      }
-      await sleep(20, undefined, { signal }).catch(() => undefined);
+  while (!signal.aborted) {
+    try {
+      const answer = await raceAbort(probe(signal), signal);
+      if (answer !== false) return answer;
+    } catch (err) {
+      last = err; // not yet
     }
-  } finally {
-    signal.removeEventListener('abort', onAbort);
+    await sleep(20, undefined, { signal }).catch(() => undefined);
   }
   // The deadline's reason, not the timer's AbortError, is what the operator needs to read.
   const reason = signal.reason as Error;

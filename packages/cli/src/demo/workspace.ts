@@ -3,7 +3,7 @@ import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient, SimDriver, type AgentConfigInput } from '@baton/agent';
-import type { AgentResult } from '@baton/core';
+import { raceAbort, type AgentResult } from '@baton/core';
 import { DemoChild } from './child.js';
 import { connectWhenUp, say, until } from './wait.js';
 
@@ -55,20 +55,18 @@ export class DemoWorkspace {
   static async run(name: string, story: (ws: DemoWorkspace) => Promise<void>): Promise<void> {
     // Real paths throughout: the agents lock a disk under its canonical path.
     const ws = new DemoWorkspace(realpathSync(mkdtempSync(join(tmpdir(), `baton-${name}-`))));
-    let interrupt: (signal: Interrupt) => void = () => undefined;
-    let crash: (err: unknown) => void = () => undefined;
-    const interrupted = new Promise<Interrupt>((resolve, reject) => ((interrupt = resolve), (crash = reject)));
+    const interrupted = Promise.withResolvers<Interrupt>();
     const onSignal = (signal: Interrupt): void => {
       if (ws.stopping) process.exit(128 + osConstants.signals[signal]);
-      interrupt(signal);
+      interrupted.resolve(signal);
     };
     // A bug that escapes the story (an unhandled rejection) fails the demo like a failed step, so
     // what it started is still stopped instead of orphaned by the crash; once stopping, it is shown.
-    const onCrash = (err: unknown): void => (ws.stopping ? say(`while stopping: ${String(err)}`) : crash(err));
+    const onCrash = (err: unknown): void => (ws.stopping ? say(`while stopping: ${String(err)}`) : interrupted.reject(err));
     for (const s of INTERRUPTS) process.on(s, onSignal);
     process.on('unhandledRejection', onCrash);
     try {
-      const signal = await Promise.race([story(ws).then(() => undefined), interrupted]);
+      const signal = await Promise.race([story(ws).then(() => undefined), interrupted.promise]);
       await ws.stopEverything();
       rmSync(ws.dir, { recursive: true, force: true });
       if (signal !== undefined) {
@@ -171,5 +169,5 @@ export async function stopAgent(agent: DemoAgent, signal: AbortSignal): Promise<
     // closes would otherwise be an unhandled rejection, and end the demo.
     return await c.request('shutdown', { releaseAll: false }, { signal: s });
   }, signal);
-  await until(() => agent.child.exited.then(() => true), signal);
+  await raceAbort(agent.child.exited, signal);
 }

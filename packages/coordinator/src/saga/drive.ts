@@ -5,6 +5,7 @@ import {
   decideReply,
   isSettled,
   nextStep,
+  raceAbort,
   RETRYABLE_STEP_CODES,
   stageDefinition,
   takeStagedDefinition,
@@ -239,13 +240,4 @@ export class Drive {
   private async pause(): Promise<void> {
     await delay(this.backoff.next(), undefined, { signal: this.signal });
   }
-}
-
-function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  signal.throwIfAborted();
-  return new Promise<T>((resolve, reject) => {
-    const abort = (): void => reject(signal.reason);
-    signal.addEventListener('abort', abort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', abort));
-  });
 }

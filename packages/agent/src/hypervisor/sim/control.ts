@@ -57,17 +57,17 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
+/** The connection went away after it was up: the VM may have exited, or only that connection. */
+export function isDropped(err: unknown): boolean {
+  return err instanceof BatonError && err.code === 'UNAVAILABLE' && err.details?.['dropped'] === true;
+}
+
 /**
  * The driver's side: one connection to one VM's control socket, opened on the first request and
  * again after it closed (the VM exited or was replaced, the agent re-executed). A connect that
  * fails keeps its errno as the error's cause: ENOENT or ECONNREFUSED is how the driver knows a VM
  * is not there at all. The socket is unref'd: an open channel never keeps a process alive.
  */
-/** The connection went away after it was up: the VM may have exited, or only that connection. */
-export function isDropped(err: unknown): boolean {
-  return err instanceof BatonError && err.code === 'UNAVAILABLE' && err.details?.['dropped'] === true;
-}
-
 export class ControlChannel implements Disposable {
   private socket: Socket | undefined;
   private readonly pending = new Map<number, Pending>();

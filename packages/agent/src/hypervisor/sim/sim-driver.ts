@@ -3,14 +3,13 @@ import { mkdirSync, openSync, closeSync, linkSync, readdirSync, readFileSync, rm
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError, type Grant } from '@baton/core';
-import { isProcessAlive, processStartTime } from '../../sys/proc.js';
+import { isProcessAlive, processStartTime, signalProcess } from '../../sys/proc.js';
 import type { VmInfo, VmSpec } from '@baton/core';
 import type { HypervisorDriver, SendOptions } from '../driver.js';
 import { ControlChannel, isDropped } from './control.js';
 import { CONTROL_SOCKET, INCOMING_SOCKET, SIM_LOGS_DIR, SIM_VMS_DIR } from './layout.js';
 
 export const MANAGED_VM_ENTRY = fileURLToPath(new URL('./managed-vm-main.js', import.meta.url));
-
 
 const CONTROL_TIMEOUT_MS = 5_000;
 /** How long a new VM process may take to answer on its control socket (node start-up, on a loaded host). */
@@ -33,15 +32,6 @@ async function exited(p: ProcessId, ms: number): Promise<boolean> {
     await new Promise<void>((resolve) => setTimeout(resolve, 5));
   }
   return true;
-}
-
-function kill(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch (err) {
-    // Gone between the check and the kill.
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-  }
 }
 
 /**
@@ -129,7 +119,7 @@ export class SimDriver implements HypervisorDriver {
       } catch (err) {
         if (performance.now() >= deadline) {
           const starting = this.startingPid(uuid);
-          if (starting !== undefined) process.kill(starting, 'SIGKILL');
+          if (starting !== undefined) signalProcess(starting, 'SIGKILL');
           throw new BatonError('UNAVAILABLE', `sim VM ${uuid} did not start within ${START_TIMEOUT_MS} ms`, { cause: err });
         }
         await new Promise<void>((resolve) => setTimeout(resolve, 20));
@@ -203,7 +193,7 @@ export class SimDriver implements HypervisorDriver {
       () => false,
     );
     if (pidFile !== undefined && !(asked && (await exited(pidFile, DESTROY_EXIT_MS)))) {
-      kill(pidFile.pid);
+      signalProcess(pidFile.pid, 'SIGKILL');
       await exited(pidFile, DESTROY_EXIT_MS);
     }
     this.channels.get(uuid)?.close();
