@@ -60,12 +60,13 @@ describe('ManagedProcess', () => {
   describe('when the test process dies', () => {
     const processModule = pathToFileURL(new URL('./process.ts', import.meta.url).pathname).href;
     // A stand-in for a test process: starts a child through the harness, then dies as told. Node
-    // strips the types itself; the hook maps the sources' `./x.js` imports to `./x.ts`.
+    // strips the types itself; the hook maps the harness sources' `./x.js` imports to `./x.ts`
+    // (theirs only: the packages they import are built, their `./x.js` files exist).
     const script = `
       import { registerHooks } from 'node:module';
       registerHooks({
         resolve: (specifier, context, next) =>
-          next(specifier.startsWith('./') ? specifier.replace(/[.]js$/, '.ts') : specifier, context),
+          next(specifier.startsWith('./') && context.parentURL?.includes('/test/support/') ? specifier.replace(/[.]js$/, '.ts') : specifier, context),
       });
       const { ManagedProcess } = await import(${JSON.stringify(processModule)});
       const child = await ManagedProcess.spawn({ name: 'orphan', command: 'sleep', args: ['30'] });
