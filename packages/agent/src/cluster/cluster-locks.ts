@@ -33,7 +33,8 @@ export interface ClusterLocksOptions {
 export class ClusterLocks {
   /** owner + resource pairs being acquired, so one owner cannot race itself for one resource. */
   private readonly inFlight = new Set<string>();
-  private readonly background = new Set<Promise<void>>();
+  /** Releases started by `releaseLater`, each with its owner. */
+  private readonly background = new Map<Promise<void>, string>();
 
   constructor(private readonly opts: ClusterLocksOptions) {}
 
@@ -86,7 +87,7 @@ export class ClusterLocks {
   /** The same, when nobody waits for the answer (an owner that died). */
   releaseLater(owner: string, grants: readonly Grant[]): void {
     const p = this.release(owner, grants).finally(() => this.background.delete(p));
-    this.background.add(p);
+    this.background.set(p, owner);
   }
 
   /**
@@ -203,9 +204,9 @@ export class ClusterLocks {
     if (driver && (await driver.find(uuid))) await driver.regrant(uuid, grants);
   }
 
-  /** Once every release started by `releaseLater` has ended (release failures are the sweep's). */
-  async drained(): Promise<void> {
-    await Promise.all(this.background);
+  /** Once the releases `releaseLater` started, for `owner` or for all, have ended (release failures are the sweep's). */
+  async drained(owner?: string): Promise<void> {
+    await Promise.all([...this.background].filter(([, o]) => owner === undefined || o === owner).map(([p]) => p));
   }
 
   async close(): Promise<void> {

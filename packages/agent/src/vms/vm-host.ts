@@ -170,7 +170,7 @@ export class VmHost implements AsyncDisposable {
     // locks and started on its leases: whichever path released them, they are gone when this answers.
     const released = this.forget(uuid);
     await this.opts.cluster.release(uuid, released);
-    await this.opts.cluster.drained();
+    await this.opts.cluster.drained(uuid);
     return held;
   }
 
