@@ -3,14 +3,13 @@ import type { MigrationRecord } from '@baton/core';
 import { EtcdCluster, migrationServers, monoNow, TcpProxy, waitFor, within } from '../support/index.js';
 import {
   EtcdContender,
-  REPLY_DELAY_MS,
   capturingLog,
   disposer,
   ended,
   expectSettledVm,
   faultRig,
   figure,
-  leaseState,
+  stepEffect,
   writingVm,
 } from './migration-kit.js';
 
@@ -25,6 +24,8 @@ const servers = migrationServers({ etcdCluster: { members: 3 }, nats: { jetstrea
 // 4. The etcd leader killed during the commit transaction.
 // ---------------------------------------------------------------------------------------------
 
+/** Ample for the test to see the commit applied and cut its answer off, within the coordinator's session TTL (5 s). */
+const COMMIT_ANSWER_DELAY_MS = 1_000;
 
 type EtcdKill = 'before the commit is sent' | 'after the commit is applied';
 
@@ -34,20 +35,16 @@ type EtcdKill = 'before the commit is sent' | 'after the commit is applied';
  * the migration ended, its history is clean, the member comes back. Returns the figures.
  */
 async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise<void> {
-  // The coordinator reaches each member through a link that holds replies back, so the kill lands
-  // inside its commit step: before the transaction is sent, or after it is applied and before the
-  // coordinator has heard. A killed member's link then stays silent, as a dead host's would.
+  // The coordinator reaches each member, and NATS, through links the test can hold and cut: the
+  // kill lands at an exact point of the commit step, whatever the machine's load.
   const links: TcpProxy[] = [];
   await using _links = disposer(() => Promise.all(links.map((l) => l.close())));
-  for (const m of cluster.members) {
-    const link = await TcpProxy.start({ target: { port: m.clientPort } });
-    link.toClient.delay(REPLY_DELAY_MS);
-    links.push(link);
-  }
+  for (const m of cluster.members) links.push(await TcpProxy.start({ target: { port: m.clientPort } }));
+  await using natsLink = await TcpProxy.start({ target: { port: servers.nats.port } });
   const log: string[] = [];
   await using rig = await faultRig(
     { etcd: cluster.endpoints, nats: [servers.nats.url], ttlSeconds: 5 },
-    { log: capturingLog(log), overrides: { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) } } },
+    { log: capturingLog(log), overrides: { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) }, nats: { servers: [`nats://${natsLink.hostPort}`] } } },
   );
   const { mc, coordinator, conn, watch } = rig;
   const vm = await writingVm(mc, 'host-a', 'e1', ['e1-root.img', 'e1-data.img']);
@@ -60,6 +57,7 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
   for (const kind of kills) {
     const to = host === 'host-a' ? 'host-b' : 'host-a';
     const leader = await cluster.leader();
+    const leaderLink = links[cluster.members.indexOf(leader)]!;
     const retriesBefore = log.filter((l) => l.startsWith('commit of migration')).length;
     let killedAt = 0;
     const kill = (): void => {
@@ -67,18 +65,45 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
       leader.process!.kill('SIGKILL');
     };
     const started = await coordinator.migrate({ vm: 'e1', to });
+    // The commit goes out when perform's answer arrives: held from when perform is asked for.
+    const at = await watch.phase(started.id, 'performing');
+    natsLink.toClient.pause();
+    await waitFor(stepEffect(mc, conn, at.record).done, { what: 'the state sent', deadlineMs: 10_000, intervalMs: 1 });
+    expect(watch.latest(started.id)!.phase, 'the commit not sent before the fault').toBe('performing');
     if (kind === 'before the commit is sent') {
-      // The coordinator learns that `sent` is saved only REPLY_DELAY_MS after etcd applied it.
-      await watch.on((r) => r.id === started.id && r.phase === 'sent', kill, 'sent');
-    } else {
-      await watch.phase(started.id, 'sent');
-      await waitFor(async () => (await leaseState(conn, started)).every((s) => s.lease?.grant === `${started.id}:commit`), { what: 'the commit applied', deadlineMs: 10_000, intervalMs: 1 });
+      // The commit meets a cluster that is electing a new leader.
       kill();
+      await within(leader.process!.exited, 5_000, `etcd ${leader.memberName} to exit`);
+      natsLink.toClient.flow();
+    } else {
+      // etcd's answers are delayed, then the commit goes. Its transaction saves `sent`: seen, it
+      // has been applied, and its answer is still in the delay (a second, ample on a loaded
+      // machine; held outright, the commit could not go: the coordinator may read the
+      // destination's session first). Cutting every link loses that answer, and the leader dies:
+      // the coordinator cannot know whether its commit went through. The other members come back.
+      for (const l of links) l.toClient.delay(COMMIT_ANSWER_DELAY_MS);
+      const cutAndKilled = watch.on(
+        (r) => r.id === started.id && r.phase === 'sent',
+        () => {
+          for (const l of links) l.cut();
+          kill();
+        },
+        'sent',
+      );
+      natsLink.toClient.flow();
+      await cutAndKilled;
+      await within(leader.process!.exited, 5_000, `etcd ${leader.memberName} to exit`);
+      for (const l of links) if (l !== leaderLink) l.heal();
     }
-    await within(leader.process!.exited, 5_000, `etcd ${leader.memberName} to exit`);
     const record = await ended(mc, watch, started.id, 20_000, log);
     const newLeader = await cluster.leader();
     records.push(record);
+    const commitSentAgain = log.filter((l) => l.startsWith('commit of migration')).length - retriesBefore;
+    if (kind === 'after the commit is applied') {
+      // The answer was lost: the commit is sent again, recognised as applied, and the VM moves on.
+      expect(commitSentAgain, 'the commit sent again after its answer was lost').toBeGreaterThan(0);
+      expect(record.phase).toBe('done');
+    }
     // Committed → the VM runs on the destination; rolled back → on the source (both are correct).
     host = record.phase === 'done' ? to : host;
     expect(['done', 'aborted']).toContain(record.phase);
@@ -88,13 +113,14 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
       killed: leader.memberName,
       newLeader: newLeader.memberName,
       outcome: record.phase,
-      commitSentAgain: log.filter((l) => l.startsWith('commit of migration')).length - retriesBefore,
+      commitSentAgain,
       endedAfterKillMs: Math.round(watch.versions(started.id).at(-1)!.at - killedAt),
       timeline: record.timeline.map((e) => e.phase).join(' '),
     });
     // The member comes back (same ports, same data) before the next round, so each round starts
     // from a full cluster and kills a leader of three.
     await leader.start();
+    leaderLink.heal();
     await waitFor(async () => (await Promise.all(cluster.members.map((m) => m.status().then(() => true, () => false)))).every(Boolean), { what: 'three healthy members', deadlineMs: 15_000 });
   }
   await within(contender.stop(), 10_000, 'the etcd contender');

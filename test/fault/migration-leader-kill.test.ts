@@ -105,16 +105,20 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
        */
       const killAt = async (id: string, phase: MigrationPhase, onMoved?: () => void): Promise<void> => {
         const at = await watch.phase(id, phase);
+        // Held from the moment the phase is seen, so that the answer cannot get through however
+        // long the checks below take on a loaded machine (the test reads etcd directly, not
+        // through the links). An agent's answer reaches the leader only over NATS, and the leader
+        // needs nothing from NATS to send the step. An etcd step's transaction carries the save
+        // of the record that asks for it, so the phase becomes visible with the step's effect and
+        // its answer is still in the delay; all but begin's, whose record the POST saved first:
+        // the leader needs that save's answer to send the step, and the answer is held only once
+        // the effect is seen, within the delay.
+        if (migrationRule(phase)!.target !== 'etcd') natsLink.toClient.pause();
+        else if (phase !== 'begun') etcdLink.toClient.pause();
         const [leader] = await electionLine(conn);
         const victim = replicas.get(leader!.id)!;
         expect(victim.running, `the leader ${leader!.id} runs`).toBe(true);
         const effect = stepEffect(mc, conn, at.record);
-        // An agent's answer reaches the leader only over NATS, and the leader needs nothing from
-        // NATS to send the step: held from now on, the answer cannot get through, however long
-        // seeing the effect takes on a loaded machine. An etcd step's answer is held from when its
-        // effect is seen: it is still in the delay then (the leader needs etcd's answers to send
-        // the step at all: the record's save comes first).
-        if (migrationRule(phase)!.target !== 'etcd') natsLink.toClient.pause();
         await waitFor(effect.done, { what: `${effect.step} of ${id.slice(0, 8)} to take effect`, deadlineMs: 10_000, intervalMs: 3 });
         // Every reply to the replicas is held from here until the leader is dead.
         etcdLink.toClient.pause();
