@@ -13,5 +13,6 @@ export default defineConfig({
     // would only measure contention.
     maxWorkers: 2,
     setupFiles: ['test/support/failure-report.ts'],
+    globalSetup: ['test/support/global-setup.ts'],
   },
 });

@@ -10,6 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, delimiter } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runJob } from './run-job.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const toolchain = join(root, '.toolchain');
@@ -100,7 +101,7 @@ function ensureServers(env) {
   mustRun('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], aptEnv);
 }
 
-function main() {
+async function main() {
   const job = process.argv[2] ?? 'build';
   const extra = process.argv.slice(3);
   if (!(job in JOBS)) fail(`unknown job "${job}"; one of ${Object.keys(JOBS).join(', ')}`);
@@ -113,7 +114,7 @@ function main() {
   if (job !== 'build') ensureServers(env);
   const [cmd, args] = JOBS[job];
   if (!cmd) return;
-  process.exitCode = run(cmd, [...args, ...extra], env);
+  process.exitCode = await runJob(cmd, [...args, ...extra], { cwd: root, env }).catch((err) => fail(err.message));
 }
 
-main();
+await main();

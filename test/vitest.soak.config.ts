@@ -11,6 +11,7 @@ export default defineConfig({
     include: ['test/integration/reexec.test.ts', 'test/integration/agent-model.test.ts', 'packages/core/test/migration-explorer.test.ts'],
     pool: 'forks',
     maxWorkers: 1,
+    globalSetup: ['test/support/global-setup.ts'],
     testTimeout: 3_600_000,
     env: {
       BATON_SOAK_REEXECS: process.env.BATON_SOAK_REEXECS ?? '1000',
