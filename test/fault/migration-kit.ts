@@ -316,8 +316,9 @@ export async function expectSettledVm(
 /**
  * The replicas' replies (etcd and NATS) are held this long on the way back to them, so that once
  * the test has seen a step take effect, the leader that issued it cannot yet know. The leader-kill
- * test then holds every reply until its SIGKILL has landed, after the step and before its result
- * is saved, every time, not when a race allows: only seeing the effect must fit in the delay.
+ * test holds the replies outright from the moment the phase is seen for most steps; the delay is
+ * the margin only where it cannot (begin, whose effect must be seen; resume, sent before
+ * `committed` is saved; the commit in the `resumeSent` kill): seeing that must fit in it.
  */
 export const REPLY_DELAY_MS = 150;
 
@@ -335,6 +336,8 @@ export function capturingLog(lines: string[]): Log {
 export class EtcdContender implements AsyncDisposable {
   readonly answers = new Map<string, number>();
   readonly wins: { disk: string; token: number; at: number }[] = [];
+  /** When each attempt was sent (host monotonic ms, the clock of the records' timelines). */
+  readonly sentAt: number[] = [];
   private readonly running: Promise<void>;
   private readonly stopping = new AbortController();
   private stopped: Promise<void> | undefined;
@@ -360,6 +363,7 @@ export class EtcdContender implements AsyncDisposable {
     const owner = { uuid: randomUUID(), name: 'etcd-thief' };
     while (!this.stopping.signal.aborted) {
       for (const disk of this.disks()) {
+        this.sentAt.push(monoNow());
         const code = await this.table.grant(this.session, [{ lockspace: 'images', identity: disk, mode: 'exclusive', owner }]).then(
           async (leases) => {
             this.wins.push({ disk, token: leases[0]!.token, at: monoNow() });

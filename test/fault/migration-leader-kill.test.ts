@@ -101,30 +101,47 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
       /**
        * Once the record is at `phase` and its step has taken effect, SIGKILL the leader (its reply
        * still on the way), restart the replica as a supervisor would, and measure the election and
-       * the record's next move.
+       * the record's next move. With `resumeSent` (phase `sent`, called before the migration gets
+       * there), later in the same phase: resume goes while `committed` is being saved
+       * (OVERLAPS_SAVE), and the leader dies once resume has run the VM, before that save lands.
        */
-      const killAt = async (id: string, phase: MigrationPhase, onMoved?: () => void): Promise<void> => {
-        const at = await watch.phase(id, phase);
+      const killAt = async (id: string, phase: MigrationPhase, { onMoved, resumeSent = false }: { onMoved?: () => void; resumeSent?: boolean } = {}): Promise<void> => {
         // Held from the moment the phase is seen, so that the answer cannot get through however
         // long the checks below take on a loaded machine (the test reads etcd directly, not
-        // through the links). An agent's answer reaches the leader only over NATS, and the leader
-        // needs nothing from NATS to send the step. An etcd step's transaction carries the save
-        // of the record that asks for it, so the phase becomes visible with the step's effect and
-        // its answer is still in the delay; all but begin's, whose record the POST saved first:
-        // the leader needs that save's answer to send the step, and the answer is held only once
-        // the effect is seen, within the delay.
-        if (migrationRule(phase)!.target !== 'etcd') natsLink.toClient.pause();
+        // through the links):
+        // - an agent step's answer, on NATS: the leader needs nothing from NATS to send the step;
+        //   resume is the exception, sent before `committed` is saved: its answer is in the delay
+        //   when `committed` is seen, and held from then;
+        // - an etcd step's answer: its transaction carries the save of the record that asks for
+        //   it, so the phase becomes visible with the step's effect, its answer in the delay; all
+        //   but begin's, whose record the POST saved first: the leader needs that save's answer to
+        //   send the step, so begin's answer is held once its effect is seen, within the delay;
+        // - with `resumeSent`, the leader's requests to etcd from when the commit is applied (its
+        //   answer in the delay): the save that goes with resume cannot land.
+        const at = resumeSent
+          ? await watch.on((r) => r.id === id && r.phase === phase, () => etcdLink.toTarget.pause(), phase)
+          : await watch.phase(id, phase);
+        if (resumeSent) {
+          // Resume's answer is held once it has taken effect, below.
+        } else if (migrationRule(phase)!.target !== 'etcd') natsLink.toClient.pause();
         else if (phase !== 'begun') etcdLink.toClient.pause();
         const [leader] = await electionLine(conn);
         const victim = replicas.get(leader!.id)!;
         expect(victim.running, `the leader ${leader!.id} runs`).toBe(true);
-        const effect = stepEffect(mc, conn, at.record);
+        const effect = stepEffect(mc, conn, resumeSent ? { ...at.record, phase: 'committed' } : at.record);
         await waitFor(effect.done, { what: `${effect.step} of ${id.slice(0, 8)} to take effect`, deadlineMs: 10_000, intervalMs: 3 });
         // Every reply to the replicas is held from here until the leader is dead.
         etcdLink.toClient.pause();
         natsLink.toClient.pause();
         const killedAt = monoNow();
         await victim.kill();
+        if (resumeSent) {
+          // The dead leader's save, held on its way to etcd, goes with its connection (a cut drops
+          // what the link holds); the other replicas reconnect.
+          etcdLink.cut();
+          etcdLink.heal();
+          etcdLink.toClient.delay(REPLY_DELAY_MS);
+        }
         etcdLink.toClient.flow();
         natsLink.toClient.flow();
         // Read from etcd itself, not the watch, which could still be delivering a last save.
@@ -169,10 +186,12 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
       const lockDir = realpathSync(mc.storage.lockDir);
       await using grab = await grabLockFile(join(lockDir, lockFileName(r2.resources[0]!.name)));
       const m3 = await migrate('host-a');
-      await killAt(m3, 'returning', () => {
-        expect(grab.held(), 'the third process held the lock file').toBe(true);
-        // Let the source re-take its lock file, so the restore can run it again.
-        grab.release();
+      await killAt(m3, 'returning', {
+        onMoved: () => {
+          expect(grab.held(), 'the third process held the lock file').toBe(true);
+          // Let the source re-take its lock file, so the restore can run it again.
+          grab.release();
+        },
       });
       const r3 = await watch.settled(m3);
       expect(r3.phase).toBe('aborted');
@@ -182,10 +201,19 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
       const epochs = await expectSettledVm(mc, conn, vm, [r1, r2, r3], 'host-b');
       for (const disk of epochs) expect(disk.map((e) => e.host)).toEqual(['host-a', 'host-b', 'host-b']);
 
+      // M4, host-b → host-a: the leader dies with resume carried out (the VM runs on host-a) and
+      // `committed` not saved: etcd still says `sent`. The successor sends the commit again,
+      // recognises it as its own, and resumes again a VM that already runs.
+      const m4 = await migrate('host-a');
+      await killAt(m4, 'sent', { resumeSent: true });
+      const r4 = await watch.settled(m4);
+      expect(r4.phase).toBe('done');
+      await expectSettledVm(mc, conn, vm, [r1, r2, r3, r4], 'host-a');
+
       for (const f of figures) figure('F-mig-1 leader killed', { ...f });
       const worst = Math.max(...figures.map((f) => f.movedAfterElectionMs));
       figure('F-mig-1 summary', { kills: figures.length, worstMovedAfterElectionMs: worst, replyDelayMs: REPLY_DELAY_MS, coordinatorTtlSeconds: COORDINATOR_TTL_SECONDS });
-      expect(figures).toHaveLength(11);
+      expect(figures).toHaveLength(12);
       for (const f of figures) expect(f.movedAfterElectionMs, `${f.phase}: moved ${f.movedAfterElectionMs} ms after ${f.newLeader}'s election`).toBeLessThan(MOVE_AFTER_ELECTION_MS);
     },
     180_000,

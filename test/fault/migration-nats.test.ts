@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { asBatonError, nextStep, type MigrationRecord } from '@baton/core';
 import type { Bus } from '@baton/bus';
-import { migrationServers, monoNow, waitFor } from '../support/index.js';
+import { migrationServers, monoNow, TcpProxy, waitFor } from '../support/index.js';
 import {
   type SeenRecord,
+  REPLY_DELAY_MS,
   capturingLog,
   expectSettledVm,
   figure,
@@ -68,7 +69,12 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
     'NATS down mid-send and restarted at commit costs only time; every earlier command replayed afterwards, duplicated and reordered, is refused STALE_TOKEN and changes nothing',
     async () => {
       const log: string[] = [];
-      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] }, { log: capturingLog(log), overrides: { sendTimeoutMs: 3_000 } });
+      // The coordinator reaches NATS through a link the test can hold and cut (the agents directly).
+      await using natsLink = await TcpProxy.start({ target: { port: servers.nats.port } });
+      await using rig = await faultRig(
+        { etcd: servers.etcd.endpoints, nats: [servers.nats.url] },
+        { log: capturingLog(log), overrides: { sendTimeoutMs: 3_000, nats: { servers: [`nats://${natsLink.hostPort}`] } } },
+      );
       const { mc, coordinator, conn, watch } = rig;
       const vm = await writingVm(mc, 'host-a', 'n1', ['n1-root.img', 'n1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_000 });
@@ -106,17 +112,29 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       expect(await leaseState(conn, r1)).toEqual(leasesBefore);
       await expectSettledVm(mc, conn, vm, [r1], 'host-b');
 
-      // M2 moves the VM back, NATS restarted (stop, start) the moment it is committed, while the
-      // resume is on its way; then every command of M1 and M2 arrives late: every one is refused,
-      // whatever its order.
+      // M2 moves the VM back, NATS restarted (stop, start) while resume's answer is on its way;
+      // then every command of M1 and M2 arrives late: every one is refused, whatever its order.
+      // Resume goes before `committed` is saved: the coordinator's replies are delayed, so that
+      // its answer cannot arrive before the test sees `committed`, and held from then; the
+      // restart loses it (the link's connections go with the server's), and the coordinator sends
+      // resume again to a VM that already runs.
+      natsLink.toClient.delay(REPLY_DELAY_MS);
       const m2 = await coordinator.migrate({ vm: 'n1', to: 'host-a' });
-      await watch.phase(m2.id, 'committed');
+      await watch.on((r) => r.id === m2.id && r.phase === 'committed', () => natsLink.toClient.pause(), 'committed');
       const restartedAt = monoNow();
+      natsLink.cut();
       await servers.nats.restart();
+      natsLink.heal();
       const restartMs = monoNow() - restartedAt;
       const r2 = await watch.settled(m2.id, 30_000);
       expect(r2.phase).toBe('done');
-      figure('F-mig-3 NATS restarted at commit', { outcome: r2.phase, restartMs: Math.round(restartMs), migrationMs: Math.round(r2.timeline.at(-1)!.atMs - r2.timeline[0]!.atMs) });
+      expect(log.filter((l) => l.startsWith(`resume of migration ${m2.id} did not go through`)), 'resume sent again').not.toEqual([]);
+      figure('F-mig-3 NATS restarted at commit', {
+        outcome: r2.phase,
+        restartMs: Math.round(restartMs),
+        migrationMs: Math.round(r2.timeline.at(-1)!.atMs - r2.timeline[0]!.atMs),
+        stepsSentAgain: log.filter((l) => l.includes(`of migration ${m2.id}`) && l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
+      });
       const m2Commands = agentCommands(bus, watch.versions(m2.id));
       const late = [...m1Commands, ...m2Commands];
       const leasesAfterM2 = await leaseState(conn, r2);

@@ -89,6 +89,9 @@ describe('a third party asking for the disks throughout many migrations', () => 
       expect(all).toHaveLength(MIGRATIONS);
       const during = (at: number): boolean => all.some((r) => r.timeline[0]!.atMs <= at && at <= r.timeline.at(-1)!.atMs);
       const handoffs = all.map((r) => [r.timeline.find((e) => e.phase === 'performing')!.atMs, r.timeline.find((e) => e.phase === 'confirming')!.atMs] as const);
+      const inHandoff = (at: number): boolean => handoffs.some(([from, to]) => from <= at && at <= to);
+      const agentInHandoffs = viaAgent.attempts.filter((a) => inHandoff(a.sentAt)).length;
+      const etcdInHandoffs = viaEtcd.sentAt.filter(inHandoff).length;
       const agentAnswers = new Map<string, number>();
       for (const a of viaAgent.attempts) agentAnswers.set(a.error?.code ?? 'granted', (agentAnswers.get(a.error?.code ?? 'granted') ?? 0) + 1);
       figure('F-mig-5 third party during migrations', {
@@ -96,13 +99,16 @@ describe('a third party asking for the disks throughout many migrations', () => 
         vms: VMS,
         elapsedMs: Math.round(elapsedMs),
         perMigrationMs: Math.round(elapsedMs / all.length),
-        viaAgent: { attempts: viaAgent.attempts.length, duringMigrations: viaAgent.attempts.filter((a) => during(a.sentAt)).length, sentFromSendToResume: viaAgent.attempts.filter((a) => handoffs.some(([from, to]) => from <= a.sentAt && a.sentAt <= to)).length, answers: Object.fromEntries(agentAnswers) },
-        viaEtcd: { attempts: viaEtcd.attempts, answers: Object.fromEntries(viaEtcd.answers) },
+        viaAgent: { attempts: viaAgent.attempts.length, duringMigrations: viaAgent.attempts.filter((a) => during(a.sentAt)).length, sentFromSendToResume: agentInHandoffs, answers: Object.fromEntries(agentAnswers) },
+        viaEtcd: { attempts: viaEtcd.attempts, sentFromSendToResume: etcdInHandoffs, answers: Object.fromEntries(viaEtcd.answers) },
       });
       expect(viaAgent.attempts.filter((a) => a.token !== undefined), 'grants to host-c').toEqual([]);
       expect(viaEtcd.wins, 'grants to host-d').toEqual([]);
       expect(viaAgent.attempts.length).toBeGreaterThan(MIGRATIONS);
       expect(viaEtcd.attempts).toBeGreaterThan(MIGRATIONS);
+      // Both asked while the leases were changing hands (send to resume), not only around it.
+      expect(agentInHandoffs, 'attempts through an agent between send and resume').toBeGreaterThan(MIGRATIONS / 4);
+      expect(etcdInHandoffs, 'attempts straight to etcd between send and resume').toBeGreaterThan(MIGRATIONS / 4);
       for (const { vm, home } of vms) {
         const records = byVm.get(vm.uuid)!;
         const host = records.length % 2 === 0 ? home : home === 'host-a' ? 'host-b' : 'host-a';

@@ -56,6 +56,10 @@ describe('cluster leases between two agents', () => {
     await using vm = await startSimVm(a, { uuid: randomUUID(), name: 'vm2', disks: [disk] });
     await vm.event((e) => e.event === 'running', 'running');
     await a.crash();
+    // Not at the crash: the dead host's session holds the disk until it expires.
+    const early = await b.client();
+    await early.request('register', { owner: { uuid: randomUUID(), name: 'vm2-b-early' } });
+    expect(await early.request('acquire', { resources: [{ name: disk }] }).catch(asBatonError)).toMatchObject({ code: 'RESOURCE_BUSY' });
     await vm.event((e) => e.event === 'self-fenced', 'self-fenced', 5_000);
     const granted = await grantOn(b, disk, 'vm2-b', 6_000);
     const epochs = checkDisk(disk);
