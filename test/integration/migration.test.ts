@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { newMigration, transition } from '@baton/core';
 import { MigrationStore } from '@baton/etcd';
-import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder } from '../support/index.js';
+import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder, zombieChildren } from '../support/index.js';
 
 /**
  * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
@@ -39,6 +39,19 @@ describe('live migration', () => {
       expect(epochs[1]!.token).toBe(record.tokens.commit);
     }
     expect(conn.keys.prefix).toContain(mc.cluster);
+  });
+
+  it('an agent re-executed while its VM runs waits for that VM once it ends: the copy destroyed at confirm leaves no zombie behind', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+    await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'z1', ['z1-root.img']);
+    await writtenUnder(mc.disk('z1-root.img'), vm.locks[0]!.token);
+    // The VM's process is a child of host-a's agent; after the re-exec, Node no longer knows it.
+    const agent = mc.agent('host-a');
+    await agent.reexec();
+    expect((await mc.migrate('z1', 'host-b')).phase).toBe('done');
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
+    expect(zombieChildren(agent.pid)).toEqual([]);
   });
 
   it('a failed send leaves everything with the source: the VM keeps running there under its old token, and migrates later', async () => {

@@ -51,6 +51,7 @@ export {
   processesMentioning,
   processState,
   threadStates,
+  zombieChildren,
   type ExitInfo,
   type ManagedProcessOptions,
 } from './process.js';

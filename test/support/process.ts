@@ -258,6 +258,22 @@ export function threadStates(pid: number): string[] {
   return tids.flatMap((tid) => processState(`${pid}/task/${tid}`) ?? []);
 }
 
+/** The children of `parent` that have exited and that nobody waited for (zombies). */
+export function zombieChildren(parent: number): number[] {
+  return readdirSync('/proc').flatMap((entry) => {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid)) return [];
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // Fields after the command name: state, ppid, ...
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return state === 'Z' && Number(ppid) === parent ? [pid] : [];
+    } catch {
+      return []; // gone between the listing and the read
+    }
+  });
+}
+
 /** Whether `pid` is a running (or stopped) process; zombies count as gone. */
 export function pidAlive(pid: number): boolean {
   const state = processState(pid);

@@ -7,6 +7,8 @@
  *   libvirt seed 000), and they survive execve() while the descriptor stays open.
  * - close-on-exec control, for the re-exec that keeps every lock held (libvirt seed 001).
  * - SO_PEERCRED, to know which pid and uid sit behind a local socket connection.
+ * - waitpid of one child, without blocking: after a re-exec Node no longer knows the children an
+ *   earlier image spawned (the sim VMs), so those that exit would stay zombies for the agent's life.
  *
  * Every call is synchronous: a non-blocking F_SETLK costs about a microsecond, far less than a
  * hop through libuv's thread pool. Failures return -errno instead of throwing, so the caller maps
@@ -18,6 +20,7 @@
 #include <node_api.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define CHECK(call)                                                      \
@@ -104,11 +107,22 @@ static napi_value peer_cred(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* reapExited(pid) -> pid once reaped, 0 while it runs, or -errno (ECHILD: not this process's child) */
+static napi_value reap_exited(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t pid;
+  if (get_args(env, info, 1, argv) || get_i64(env, argv[0], &pid)) return NULL;
+  int status;
+  pid_t rc = waitpid((pid_t)pid, &status, WNOHANG);
+  return make_int(env, rc >= 0 ? rc : -errno);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"setlk", NULL, setlk, NULL, NULL, NULL, napi_default, NULL},
       {"setCloexec", NULL, set_cloexec, NULL, NULL, NULL, napi_default, NULL},
       {"peerCred", NULL, peer_cred, NULL, NULL, NULL, napi_default, NULL},
+      {"reapExited", NULL, reap_exited, NULL, NULL, NULL, napi_default, NULL},
   };
   CHECK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -3,13 +3,14 @@ import { constants } from 'node:os';
 
 /**
  * The project's own N-API binding (native/baton_sys.c), loaded here and nowhere else: byte-range
- * fcntl locks (OFD or classic), close-on-exec control and SO_PEERCRED. See docs/adr/0001.
+ * fcntl locks (OFD or classic), close-on-exec control, SO_PEERCRED and a non-blocking waitpid. See docs/adr/0001.
  * Calls are synchronous and return -errno rather than throwing.
  */
 interface NativeBinding {
   setlk(fd: number, kind: 0 | 1 | 2, start: number, len: number, ofd: boolean): number;
   setCloexec(fd: number, on: boolean): number;
   peerCred(fd: number): [number, number, number] | number;
+  reapExited(pid: number): number;
 }
 
 const native = createRequire(import.meta.url)('../../native/build/Release/baton_sys.node') as NativeBinding;
@@ -75,4 +76,16 @@ export function peerCred(fd: number): PeerCred {
   const r = native.peerCred(fd);
   if (typeof r === 'number') throw new SysError('getsockopt(SO_PEERCRED)', -r);
   return { pid: r[0], uid: r[1], gid: r[2] };
+}
+
+/**
+ * Waits for `pid` if it is a child of this process that has exited (a zombie), without blocking.
+ * After a re-exec Node no longer knows the children an earlier image spawned, and nothing else
+ * would ever wait for them. True if it was reaped; false if it runs, or is not this process's child.
+ */
+export function reapChild(pid: number): boolean {
+  const rc = native.reapExited(pid);
+  if (rc === -constants.errno.ECHILD) return false;
+  if (rc < 0) throw new SysError('waitpid', -rc);
+  return rc === pid;
 }

@@ -3,6 +3,7 @@ import { mkdirSync, openSync, closeSync, linkSync, readdirSync, readFileSync, rm
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError, type Grant } from '@baton/core';
+import { reapChild } from '../../sys/binding.js';
 import { isProcessAlive, processStartTime, signalProcess } from '../../sys/proc.js';
 import type { VmInfo, VmSpec } from '@baton/core';
 import type { HypervisorDriver, SendOptions } from '../driver.js';
@@ -24,6 +25,15 @@ interface ProcessId {
   start: number;
 }
 
+/**
+ * A VM process seen to have ended is waited for, in case an earlier image of this agent spawned it
+ * (Node reaps only the children it spawned itself): it would stay a zombie otherwise.
+ */
+function gone(pid: number): undefined {
+  reapChild(pid);
+  return undefined;
+}
+
 /** Whether the process has gone within `ms` (polled: it is not this process's child after a re-exec). */
 async function exited(p: ProcessId, ms: number): Promise<boolean> {
   const deadline = performance.now() + ms;
@@ -31,6 +41,7 @@ async function exited(p: ProcessId, ms: number): Promise<boolean> {
     if (performance.now() >= deadline) return false;
     await new Promise<void>((resolve) => setTimeout(resolve, 5));
   }
+  gone(p.pid);
   return true;
 }
 
@@ -136,7 +147,8 @@ export class SimDriver implements HypervisorDriver {
       return undefined;
     }
     const [pid, start] = text.trim().split(' ').map(Number);
-    return pid !== undefined && start !== undefined && isProcessAlive(pid, start) ? { pid, start } : undefined;
+    if (pid === undefined || start === undefined) return undefined;
+    return isProcessAlive(pid, start) ? { pid, start } : gone(pid);
   }
 
   /** The pid of the VM's process if it still runs, whether or not it answers yet. */
