@@ -11,7 +11,10 @@ import { migrationFile, pidAlive, processState, waitFor, writtenUnder } from '..
  * back it gets its leases again with new tokens and runs on. Real etcd, NATS, agent processes and
  * sim VMs.
  */
-const file = migrationFile();
+// A crashed agent re-adopts its session only while etcd still has it: one TTL after the last
+// keepalive (sent up to TTL/3 before the crash), the restart must have reached etcd. 3 s (the
+// cluster's default here) left 2–3 s for a Node start, which a loaded CI machine overran once.
+const file = migrationFile({ ttlSeconds: 6 });
 const { servers } = file;
 
 /** etcd away past the TTL, then back: the VM (pid) is paused by its host's fence, then re-granted a lease newer than `token` and resumed. */

@@ -47,11 +47,11 @@ export function migrationServers<S extends ServerSpec = typeof ONE_ETCD_AND_NATS
  * One migration cluster for a test file, on its own etcd and NATS: started before the file's tests
  * with one coordinator (`coord-1`) leading, stopped after them.
  */
-export function migrationFile(): { readonly servers: ReturnType<typeof migrationServers>; readonly mc: MigrationCluster } {
+export function migrationFile(options: { ttlSeconds?: number } = {}): { readonly servers: ReturnType<typeof migrationServers>; readonly mc: MigrationCluster } {
   const servers = migrationServers();
   const file = { servers } as { servers: ReturnType<typeof migrationServers>; mc: MigrationCluster };
   beforeAll(async () => {
-    file.mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+    file.mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ...options });
     await file.mc.addCoordinator('coord-1');
     await file.mc.leader();
   });
