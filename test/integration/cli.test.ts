@@ -63,6 +63,17 @@ describe('baton CLI', () => {
       expect(r.stderr).toMatch(new RegExp(`${named('stateDir', configPath).source}too long for the sim VMs’ sockets.*incoming\\.sock is \\d+ bytes`, 'm'));
       expect(existsSync(long)).toBe(false);
     });
+
+    it('refuses a state directory that cannot be made, at once (one under /proc made Node’s own mkdir spin for ever)', async () => {
+      await using scratch = await ScratchDir.create('cli-config');
+      const configPath = join(scratch.path, 'proc.json');
+      const lockspaces = [{ name: 'images', kind: 'indirect', dir: scratch.path }];
+      writeFileSync(configPath, JSON.stringify({ socket: { path: join(scratch.path, 'agent.sock') }, stateDir: `/proc/${process.pid}/baton`, lockspaces }));
+      const r = await runCli(['agent', '--config', configPath]);
+      expect(r.status, why(r)).toBe(2);
+      expect(r.stderr).toContain(`INVALID_CONFIG: stateDir: /proc/${process.pid}/baton cannot be made a directory (ENOENT)`);
+      expect(existsSync(join(scratch.path, 'agent.sock'))).toBe(false);
+    });
   });
 
   it('lists held locks as a table and as JSON (baton locks)', async () => {

@@ -1,4 +1,3 @@
-import { mkdirSync } from 'node:fs';
 import {
   asBatonError,
   BatonError,
@@ -22,6 +21,7 @@ import type { Logger } from './logger.js';
 import { probeOfdLocks } from './locks/ofd-probe.js';
 import { LivenessMonitor } from './owners/liveness-monitor.js';
 import { OwnerRegistry, type OwnerRecord } from './owners/owner-registry.js';
+import { makeConfiguredDir } from './state/dirs.js';
 import { reexecImage } from './state/reexec.js';
 import { ClusterLocks } from './cluster/cluster-locks.js';
 import { ClusterMember } from './cluster/cluster-member.js';
@@ -90,8 +90,8 @@ export class Agent implements AsyncDisposable {
   ) {
     this.log = logger;
     this.clock = clock;
-    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-    for (const ls of config.lockspaces) if (ls.dir !== undefined) mkdirSync(ls.dir, { recursive: true, mode: 0o755 });
+    makeConfiguredDir('stateDir', config.stateDir, 0o700);
+    for (const [i, ls] of config.lockspaces.entries()) if (ls.dir !== undefined) makeConfiguredDir(`lockspaces[${i}].dir`, ls.dir, 0o755);
     this.ofd = config.ofdLocks && probeOfdLocks(config.stateDir);
     this.locks = new LockManager({
       lockspaces: config.lockspaces.map((c) => new Lockspace(c)),

@@ -1,5 +1,6 @@
-import { chmodSync, chownSync, mkdirSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, unlinkSync } from 'node:fs';
 import { connect, createServer, Socket, type Server } from 'node:net';
+import { makeConfiguredDir } from '../state/dirs.js';
 import { dirname } from 'node:path';
 import { BatonError, MAX_LINE_BYTES } from '@baton/core';
 import { peerCred, type PeerCred } from '../sys/index.js';
@@ -63,7 +64,7 @@ export class SocketServer {
       });
       return new SocketServer(server, opts);
     }
-    mkdirSync(dirname(opts.path), { recursive: true, mode: 0o755 });
+    makeConfiguredDir('socket.path', dirname(opts.path), 0o755);
     if (!opts.replaceExisting && (await answers(opts.path))) {
       throw new BatonError('UNAVAILABLE', `another agent is serving ${opts.path}; refusing to replace its socket`, { details: { socket: opts.path } });
     }
