@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
 import { exitCodeFor, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorService } from '@baton/coordinator';
 import { runCli, type CliResult } from '../support/agent-io.js';
@@ -220,6 +221,17 @@ describe('baton CLI for VMs and live migration', () => {
     const destroyed = await ok(['vm', 'destroy', vm.uuid]);
     expect(destroyed.stdout).toBe(`VM ${vm.uuid} destroyed on host-b; 1 lease(s) released\n`);
     await waitFor(async () => Object.keys(await mc.copies(vm.uuid)).length === 0, { what: 'cli-app1 gone from every host', deadlineMs: 5_000 });
+  });
+
+  it('refuses a host name that is not one DNS label (a NATS wildcard would reach every host) with INVALID_REQUEST, starting nothing', async () => {
+    for (const host of ['*', '>', 'host-a.vm', 'host a']) {
+      const started = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/vms`, { method: 'POST', body: { host, uuid: randomUUID(), name: 'bad-host', disks: [] } });
+      expect([started.status, started.body.error.code], host).toEqual([400, 'INVALID_REQUEST']);
+      const migrated = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/migrations`, { method: 'POST', body: { vm: 'cli-web1', to: host } });
+      expect([migrated.status, migrated.body.error.code], host).toEqual([400, 'INVALID_REQUEST']);
+    }
+    const { vms } = (await httpJson<{ vms: HostedVm[] }>(`${leader.url}/v1/vms`)).body;
+    expect(vms.filter((v) => v.name === 'bad-host')).toEqual([]);
   });
 
   it('answers MIGRATION_NOT_FOUND for an unknown migration and UNAVAILABLE, naming the URL, when nobody listens', async () => {

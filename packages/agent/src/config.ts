@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { LOCKSPACE_KINDS } from '@baton/core';
+import { HostIdSchema, LOCKSPACE_KINDS, shortHostname } from '@baton/core';
 import { BusConfigSchema } from '@baton/bus';
 import { EtcdConfigSchema } from '@baton/etcd';
 import { longestSimSocketPath } from './hypervisor/sim/layout.js';
@@ -56,7 +56,7 @@ export type LockspaceConfig = z.infer<typeof LockspaceConfigSchema>;
 export const AgentConfigSchema = z
   .strictObject({
     /** This host's name in the cluster. */
-    hostId: z.string().min(1).max(253).default(hostname()),
+    hostId: HostIdSchema.default(shortHostname(hostname())),
     /** Token counter and the re-exec state file. Local to the host, never shared. */
     stateDir: absolutePath.default(AGENT_DEFAULTS.stateDir),
     socket: z

@@ -1,4 +1,6 @@
+import { hostname } from 'node:os';
 import { describe, expect, it } from 'vitest';
+import { shortHostname } from '@baton/core';
 import { AgentConfigSchema } from '../src/config.js';
 
 const base = { lockspaces: [{ name: 'images', kind: 'indirect', dir: '/srv/locks' }] };
@@ -21,5 +23,17 @@ describe('agent configuration: UNIX socket paths', () => {
     expect(issuesAt({ ...sim, stateDir: `/${'d'.repeat(52)}` })).toEqual(['stateDir']);
     // Without VMs under it, a long state directory holds no socket.
     expect(issuesAt({ stateDir: `/${'d'.repeat(200)}` })).toEqual([]);
+  });
+});
+
+describe('agent configuration: the host name', () => {
+  it('takes one DNS label and refuses what would route another host’s NATS commands here ("." , wildcards, spaces)', () => {
+    for (const ok of ['host-a', 'hv_01', 'H1', 'x'.repeat(63)]) expect(issuesAt({ hostId: ok }), ok).toEqual([]);
+    for (const bad of ['*', '>', 'host-a.example.com', 'host a', '', '-a', 'x'.repeat(64)]) expect(issuesAt({ hostId: bad }), bad).toEqual(['hostId']);
+  });
+
+  it('defaults to the machine’s name up to its first "." (hostname -s)', () => {
+    expect(shortHostname('hv01.example.com')).toBe('hv01');
+    expect(AgentConfigSchema.parse(base).hostId).toBe(shortHostname(hostname()));
   });
 });

@@ -1,15 +1,15 @@
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { asBatonError, BatonError, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
+import { asBatonError, BatonError, HostIdSchema, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
 
 export const MigrateBodySchema = z.strictObject({
   /** The VM's uuid or name. */
   vm: z.string().min(1).max(256),
-  to: z.string().min(1).max(253),
+  to: HostIdSchema,
 });
 
-export const StartVmBodySchema = VmSpecSchema.safeExtend({ host: z.string().min(1).max(253) });
+export const StartVmBodySchema = VmSpecSchema.safeExtend({ host: HostIdSchema });
 
 /**
  * A leader-only request that reached a follower: sent on to the leader, whose answer (status and
