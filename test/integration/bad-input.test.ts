@@ -226,6 +226,10 @@ describe('bad input on the agent socket', () => {
     expect(await raw.call('register', { owner: { uuid: 'not-a-uuid', name: 'x' } }, { id: 1 })).toEqual(errorOf('INVALID_REQUEST', 1));
     expect(await raw.call('register', { owner: { uuid: randomUUID(), name: 'x' }, liveness: 'pid' }, { id: 2 })).toEqual(errorOf('INVALID_REQUEST', 2));
     expect(await raw.call('register', { owner: { uuid: randomUUID(), name: 'x', pid: 2 ** 31 - 1 }, liveness: 'pid' }, { id: 3 })).toEqual(errorOf('INVALID_REQUEST', 3));
+    // The agent's own pid: losing that owner's locks would have the agent signal itself.
+    for (const liveness of ['pid', 'connection']) {
+      expect(await raw.call('register', { owner: { uuid: randomUUID(), name: 'x', pid: agent.pid }, liveness }, { id: 3 })).toEqual(errorOf('INVALID_REQUEST', 3));
+    }
     const mine = randomUUID();
     expect(await raw.call('register', { owner: { uuid: mine, name: 'client' } }, { id: 4 })).toMatchObject({ id: 4, ok: true });
 

@@ -77,6 +77,11 @@ export class OwnerRegistry {
     if (liveness === 'pid' && owner.pid === undefined) {
       throw new BatonError('INVALID_REQUEST', 'a pid-bound owner needs a pid', { details: { owner: owner.uuid } });
     }
+    // An owner's pid is what the agent signals when the owner loses its locks (lease loss, a dead
+    // connection's holdings): the agent's own would be a suicide taking every lock of the host.
+    if (owner.pid === process.pid) {
+      throw new BatonError('INVALID_REQUEST', `pid ${owner.pid} is the agent's own; an owner names the process that uses the locks`, { details: { owner: owner.uuid, pid: owner.pid } });
+    }
     let startTime: number | undefined;
     if (owner.pid !== undefined) {
       startTime = processStartTime(owner.pid);
