@@ -242,6 +242,9 @@ describe('bad input on the agent socket', () => {
       ['129 resources', { resources: Array.from({ length: 129 }, (_, i) => ({ name: `r${i}` })) }],
       // One image named twice (two spellings): refused whole, so the valid-looking first entry is not taken.
       ['one image twice', { resources: [{ name: free }, { name: `${storage.imagesDir}/./free.img` }] }],
+      // Names no file system takes: a NUL byte, a component over NAME_MAX (was IO_ERROR, a 500).
+      ['a NUL byte', { resources: [{ name: `${storage.imagesDir}/a\0b.img` }] }],
+      ['a component too long', { resources: [{ name: `${storage.imagesDir}/${'x'.repeat(300)}.img` }] }],
     ];
     let id = 10;
     for (const [what, params] of bad) {

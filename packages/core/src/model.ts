@@ -38,7 +38,8 @@ export const MAX_LOCKSPACE_NAME = 64;
 
 /** A resource as a client names it: a path or name, in a lockspace (the agent's default if omitted). */
 export const ResourceRefSchema = z.strictObject({
-  name: z.string().min(1).max(MAX_RESOURCE_NAME),
+  // No path can hold a NUL byte: refused here rather than by the file system's call.
+  name: z.string().min(1).max(MAX_RESOURCE_NAME).refine((n) => !n.includes('\0'), 'a resource name holds no NUL byte'),
   lockspace: z.string().min(1).max(MAX_LOCKSPACE_NAME).optional(),
   mode: z.enum(LOCK_MODES).default('exclusive'),
 });

@@ -35,7 +35,7 @@ function resources(v: unknown): ResourceRef[] | undefined {
   for (const r of v) {
     if (!isRecord(r) || !onlyKeys(r, RESOURCE_KEYS)) return undefined;
     const { name, lockspace, mode = 'exclusive' } = r;
-    if (typeof name !== 'string' || name.length < 1 || name.length > MAX_RESOURCE_NAME) return undefined;
+    if (typeof name !== 'string' || name.length < 1 || name.length > MAX_RESOURCE_NAME || name.includes('\0')) return undefined;
     if (mode !== 'exclusive' && mode !== 'shared') return undefined;
     if (lockspace === undefined) {
       refs.push({ name, mode });

@@ -14,6 +14,10 @@ function fsError(err: unknown, name: string): BatonError {
   if (code === 'ENOENT' || code === 'ENOTDIR') {
     return new BatonError('RESOURCE_NOT_FOUND', `resource "${name}" does not exist`, { details: { resource: name } });
   }
+  // A name too long for the file system (a component over NAME_MAX): the request's fault.
+  if (code === 'ENAMETOOLONG') {
+    return new BatonError('INVALID_REQUEST', `resource "${name.slice(0, 200)}…" is a path too long for the file system`, { details: { resource: name, errno: code } });
+  }
   return new BatonError('IO_ERROR', `cannot resolve "${name}": ${(err as Error).message}`, { details: { resource: name, errno: code }, cause: err });
 }
 
