@@ -47,6 +47,25 @@ describe('cluster leases between two agents', () => {
     expect(again.grants[0]!.token).toBeGreaterThan(grants[0]!.token);
   });
 
+  it('refuses a second agent with a live host’s name (HOST_ALIVE): the host keeps its record, its session and its leases', async () => {
+    await using storage = await SharedStorage.create();
+    const cluster = clusterName();
+    await using a = await host(storage, 'host-a', cluster);
+    const ca = await a.client();
+    await ca.request('register', { owner: { uuid: randomUUID(), name: 'vm1' } });
+    const { grants } = await ca.request('acquire', { resources: [{ name: storage.image('vm1.img') }] });
+    const before = (await ca.request('hosts', {})).hosts;
+    // Waits out three TTLs (a session its own previous process left could still be expiring), then gives up.
+    const impostor = await host(storage, 'host-a', cluster).then(
+      async (p) => (await p.close(), 'started'),
+      (err: unknown) => String(err),
+    );
+    expect(impostor).toContain('HOST_ALIVE');
+    const after = (await ca.request('hosts', {})).hosts;
+    expect(after.map((h) => [h.host, h.pid, h.session])).toEqual(before.map((h) => [h.host, h.pid, h.session]));
+    expect((await ca.request('clusterLocks', {})).leases.map((l) => [l.host, l.token])).toEqual([['host-a', grants[0]!.token]]);
+  });
+
   it('frees a dead host’s disks when its session expires, and its VM had stopped writing before', async () => {
     await using storage = await SharedStorage.create();
     const cluster = clusterName();

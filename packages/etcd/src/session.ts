@@ -29,6 +29,8 @@ export interface SessionOptions {
   record?: Omit<HostRecord, 'v'>;
   /** A session a previous process of this agent held: adopted if etcd still has it. */
   adopt?: string | undefined;
+  /** A session of this process that was lost (its deadline passed) and may still live in etcd: its host record is ours to take over. */
+  supersedes?: string | undefined;
   onPhase(phase: SessionPhase, session: HostSession): void;
 }
 
@@ -84,7 +86,7 @@ export class HostSession {
     if (opts.record) {
       const record: HostRecord = HostRecordSchema.parse({ v: 1, ...opts.record });
       try {
-        await conn.put(conn.keys.host(opts.record.host), JSON.stringify(record), session.id);
+        await claimHostRecord(conn, record, session.id, opts.supersedes);
       } catch (err) {
         // An adopted session has its keepalive stream open already: it goes with the failure.
         session.stop();
@@ -283,4 +285,26 @@ export class HostSession {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/**
+ * Puts the host record on `session` only while no other session holds it, so that a second agent
+ * configured with a live host's name is refused instead of taking the name over (once its own
+ * session lapsed, the live host would vanish from the cluster's view and could be fenced as dead
+ * while its VMs run). The session a previous process of this agent held (adopted), or the one this
+ * process lost and is replacing, holds it: ours.
+ */
+async function claimHostRecord(conn: EtcdConnection, record: HostRecord, session: string, supersedes: string | undefined): Promise<void> {
+  const key = Buffer.from(conn.keys.host(record.host));
+  const put = [{ request_put: { key, value: Buffer.from(JSON.stringify(record)), lease: session } }];
+  const res = await conn.txn({ compare: [{ key, target: 'Version', result: 'Equal', version: 0 }], success: put, failure: [{ request_range: { key } }] }, 'claim of the host record');
+  if (res.succeeded) return;
+  const holder = String(res.responses[0]?.response_range?.kvs[0]?.lease ?? '');
+  if (holder === session || (supersedes !== undefined && holder === supersedes)) {
+    const ours = await conn.txn({ compare: [{ key, target: 'Lease', result: 'Equal', lease: holder }], success: put, failure: [] }, 'renewal of the host record');
+    if (ours.succeeded) return;
+  }
+  throw new BatonError('HOST_ALIVE', `host ${record.host} is held by another live session (${holder || 'gone since'}): is another agent running with this hostId?`, {
+    details: { host: record.host, session: holder },
+  });
 }

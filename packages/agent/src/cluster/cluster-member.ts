@@ -87,15 +87,17 @@ export class ClusterMember implements AsyncDisposable {
         return await this.open(adopt);
       } catch (err) {
         const e = err as BatonError;
-        if (e.code !== 'UNAVAILABLE' || this.opts.clock.now() >= giveUpAt) throw err;
-        this.opts.log.warn({ err: e.message }, 'cannot reach etcd yet; the agent serves nothing until it has joined the cluster');
+        // HOST_ALIVE: the host name's record is on another session. One this agent's previous
+        // process left without recording it may still be expiring; a live second agent keeps it.
+        if ((e.code !== 'UNAVAILABLE' && e.code !== 'HOST_ALIVE') || this.opts.clock.now() >= giveUpAt) throw err;
+        this.opts.log.warn({ err: e.message, code: e.code }, e.code === 'HOST_ALIVE' ? 'the host name is held by another session; waiting for it to expire' : 'cannot reach etcd yet; the agent serves nothing until it has joined the cluster');
         await new Promise<void>((resolve) => setTimeout(resolve, this.timing.keepaliveMs));
       }
     }
   }
 
-  private async open(adopt?: string): Promise<HostSession> {
-    const session = await HostSession.open({ ...this.sessionOptions(), adopt });
+  private async open(adopt?: string, supersedes?: string): Promise<HostSession> {
+    const session = await HostSession.open({ ...this.sessionOptions(), adopt, supersedes });
     try {
       this.file.write(this.opts.record.host, session.id);
     } catch (err) {
@@ -143,7 +145,7 @@ export class ClusterMember implements AsyncDisposable {
     const signal = this.abort.signal;
     while (!signal.aborted) {
       try {
-        const next = await this.open();
+        const next = await this.open(undefined, lost.id);
         this.current = next;
         this.opts.log.warn({ session: next.id, lost: lost.id }, `new cluster session ${next.id} after losing ${lost.id}`);
         await this.opts.onRecovered(next, lost);
