@@ -234,6 +234,13 @@ describe('baton CLI for VMs and live migration', () => {
     expect(vms.filter((v) => v.name === 'bad-host')).toEqual([]);
   });
 
+  it('answers a route it does not have, or a URL that does not decode, with the API’s error body', async () => {
+    const unknown = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/nothing-here`);
+    expect([unknown.status, unknown.body.error.code]).toEqual([404, 'UNKNOWN_METHOD']);
+    const badUrl = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/migrations/%E0%A4%A`);
+    expect([badUrl.status, badUrl.body.error.code]).toEqual([400, 'INVALID_REQUEST']);
+  });
+
   it('answers MIGRATION_NOT_FOUND for an unknown migration and UNAVAILABLE, naming the URL, when nobody listens', async () => {
     const nobody = `http://127.0.0.1:${await freePort()}`;
     const [unknown, unknownJson, unreachable, unreachableJson] = await Promise.all([

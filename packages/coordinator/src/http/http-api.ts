@@ -41,7 +41,12 @@ export class CoordinatorHttp {
   ) {}
 
   static async listen(opts: { host: string; port: number; coordinator: () => Coordinator | undefined }): Promise<CoordinatorHttp> {
-    const app = Fastify({ logger: false });
+    const app = Fastify({
+      logger: false,
+      // Refusals before any route (a URL that does not decode, a parameter over the limit) get the
+      // API's error body too.
+      frameworkErrors: (err, _req, reply) => void (reply as FastifyReply).code(400).send({ error: new BatonError('INVALID_REQUEST', err.message, { details: { reason: err.code } }).toBody() }),
+    });
     // Ends every progress stream when the server stops.
     const closing = new AbortController();
     const coordinatorOf = (): Coordinator => {
@@ -54,6 +59,11 @@ export class CoordinatorHttp {
     app.setErrorHandler((err, _req, reply) => {
       const status = (err as { statusCode?: number }).statusCode;
       const e = err instanceof BatonError || status === undefined || status >= 500 ? asBatonError(err) : new BatonError('INVALID_REQUEST', (err as Error).message);
+      return reply.code(ERROR_CATALOGUE[e.code].http).send({ error: e.toBody() });
+    });
+
+    app.setNotFoundHandler((req, reply) => {
+      const e = new BatonError('UNKNOWN_METHOD', `the API has no ${req.method} ${req.url.split('?')[0]}`, { details: { method: req.method, url: req.url } });
       return reply.code(ERROR_CATALOGUE[e.code].http).send({ error: e.toBody() });
     });
 
