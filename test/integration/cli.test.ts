@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -5,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import type { AgentClient } from '@baton/agent';
 import type { Grant } from '@baton/core';
 import { exitOf, runCli, ScratchDir, type CliResult } from '../support/agent-io.js';
-import { AgentProcess, ManagedProcess, SharedStorage, tryLockFrom } from '../support/index.js';
+import { AgentProcess, CLI_ENTRY, freePort, ManagedProcess, SharedStorage, tryLockFrom, waitFor } from '../support/index.js';
 
 /** `baton` as operators and hooks run it: exit statuses, stable error codes, and parseable output. */
 describe('baton CLI', () => {
@@ -62,6 +63,28 @@ describe('baton CLI', () => {
       expect(r.stderr).toMatch(new RegExp(`${named('socket.path', configPath).source}.*at most 107`, 'm'));
       expect(r.stderr).toMatch(new RegExp(`${named('stateDir', configPath).source}too long for the sim VMs’ sockets.*incoming\\.sock is \\d+ bytes`, 'm'));
       expect(existsSync(long)).toBe(false);
+    });
+
+    it('stops at once on SIGTERM while it waits for etcd at start: it holds nothing yet', async () => {
+      await using scratch = await ScratchDir.create('cli-config');
+      const configPath = join(scratch.path, 'no-etcd.json');
+      const lockspaces = [{ name: 'images', kind: 'indirect', dir: scratch.path }];
+      const etcd = { endpoints: [`http://127.0.0.1:${await freePort()}`], ttlSeconds: 30 };
+      writeFileSync(configPath, JSON.stringify({ socket: { path: join(scratch.path, 'agent.sock') }, stateDir: join(scratch.path, 'state'), lockspaces, etcd }));
+      const agent = spawn(process.execPath, [CLI_ENTRY, 'agent', '--config', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      agent.stdout.setEncoding('utf8').on('data', (t: string) => (out += t));
+      agent.stderr.resume();
+      const exited = new Promise<number | null>((resolve) => agent.once('exit', (code) => resolve(code)));
+      try {
+        // It would keep trying for three TTLs (90 s here) before giving up.
+        await waitFor(() => out.includes('cannot reach etcd yet'), { what: 'the agent waiting for etcd', deadlineMs: 20_000, intervalMs: 20 });
+        agent.kill('SIGTERM');
+        expect(await waitFor(() => exited, { what: 'the agent to exit', deadlineMs: 5_000 })).toBe(128 + 15);
+        expect(existsSync(join(scratch.path, 'agent.sock'))).toBe(false);
+      } finally {
+        agent.kill('SIGKILL');
+      }
     });
 
     it('refuses a state directory that cannot be made, at once (one under /proc made Node’s own mkdir spin for ever)', async () => {

@@ -1,8 +1,10 @@
+import { constants as osConstants } from 'node:os';
 import { asBatonError, exitCodeFor } from '@baton/core';
 import { Agent } from './agent.js';
 import { AgentConfigSchema } from './config.js';
 import { createLogger } from './logger.js';
 import { loadProcessConfig } from './process-config.js';
+import { REEXEC_ENV } from './state/state-file.js';
 
 /**
  * The agent as a process: with process-config.ts (shared with the coordinator's process), the
@@ -20,8 +22,20 @@ export async function runAgentProcess(opts: { configPath?: string | undefined })
     agent?.reexec().catch((err: unknown) => logger.error({ err }, 're-exec failed'));
   };
   process.on('SIGUSR1', () => (agent ? reexec() : (pending = 'reexec')));
+  // A booting image that inherited locks (a re-exec) must not drop them: the stop waits until it
+  // serves and answers as the agent does. A fresh start holds nothing yet (a crashed agent's
+  // locks went with it; its VMs keep their own deadline): it may be stopped at once, even while
+  // it waits for etcd.
+  const inherits = process.env[REEXEC_ENV] !== undefined;
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.on(signal, () => (agent ? agent.requestStop(signal) : (pending = signal)));
+    process.on(signal, () => {
+      if (agent) agent.requestStop(signal);
+      else if (inherits) pending = signal;
+      else {
+        logger.warn({ signal }, `${signal} while starting: nothing held yet, exiting`);
+        process.exit(128 + osConstants.signals[signal]);
+      }
+    });
   }
   try {
     agent = await Agent.start({ config, logger });
