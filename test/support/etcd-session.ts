@@ -15,6 +15,8 @@ export interface TestSessionOptions {
   /** Receives every phase the session goes through. */
   phases?: SessionPhase[];
   adopt?: string;
+  /** The session this one replaces (lost; its host record may still live): as an agent's recovery opens it. */
+  supersedes?: string;
   log?: SessionLog;
   lockspaces?: string[];
 }
@@ -29,6 +31,7 @@ export function openSession(conn: EtcdConnection, host: string, opts: TestSessio
     log: opts.log ?? quietLog,
     record: { host, address: '127.0.0.1:0', version: 'test', pid: process.pid, lockspaces: opts.lockspaces ?? ['disks'], startedAt: 'now', ttlSeconds },
     adopt: opts.adopt,
+    supersedes: opts.supersedes,
     onPhase: (p) => opts.phases?.push(p),
   });
 }

@@ -81,11 +81,12 @@ export function peerCred(fd: number): PeerCred {
 /**
  * Waits for `pid` if it is a child of this process that has exited (a zombie), without blocking.
  * After a re-exec Node no longer knows the children an earlier image spawned, and nothing else
- * would ever wait for them. True if it was reaped; false if it runs, or is not this process's child.
+ * would ever wait for them. `running`: a child not reapable yet, which includes one that shows as a
+ * zombie while its other threads still exit (a Node process has several).
  */
-export function reapChild(pid: number): boolean {
+export function reapChild(pid: number): 'reaped' | 'running' | 'not-ours' {
   const rc = native.reapExited(pid);
-  if (rc === -constants.errno.ECHILD) return false;
+  if (rc === -constants.errno.ECHILD) return 'not-ours';
   if (rc < 0) throw new SysError('waitpid', -rc);
-  return rc === pid;
+  return rc === pid ? 'reaped' : 'running';
 }

@@ -27,21 +27,24 @@ interface ProcessId {
 
 /**
  * A VM process seen to have ended is waited for, in case an earlier image of this agent spawned it
- * (Node reaps only the children it spawned itself): it would stay a zombie otherwise.
+ * (Node reaps only the children it spawned itself): it would stay a zombie otherwise. True once
+ * nothing is left to reap.
  */
-function gone(pid: number): undefined {
-  reapChild(pid);
-  return undefined;
+function reaped(pid: number): boolean {
+  return reapChild(pid) !== 'running';
 }
 
-/** Whether the process has gone within `ms` (polled: it is not this process's child after a re-exec). */
+/**
+ * Whether the process has gone within `ms`, and been reaped if it was this process's child
+ * (polled: it is not a child Node knows after a re-exec, and a Node process shows as a zombie a
+ * moment before it can be reaped, while its other threads exit).
+ */
 async function exited(p: ProcessId, ms: number): Promise<boolean> {
   const deadline = performance.now() + ms;
-  while (isProcessAlive(p.pid, p.start)) {
-    if (performance.now() >= deadline) return false;
+  while (isProcessAlive(p.pid, p.start) || !reaped(p.pid)) {
+    if (performance.now() >= deadline) return !isProcessAlive(p.pid, p.start);
     await new Promise<void>((resolve) => setTimeout(resolve, 5));
   }
-  gone(p.pid);
   return true;
 }
 
@@ -148,7 +151,9 @@ export class SimDriver implements HypervisorDriver {
     }
     const [pid, start] = text.trim().split(' ').map(Number);
     if (pid === undefined || start === undefined) return undefined;
-    return isProcessAlive(pid, start) ? { pid, start } : gone(pid);
+    if (isProcessAlive(pid, start)) return { pid, start };
+    reaped(pid);
+    return undefined;
   }
 
   /** The pid of the VM's process if it still runs, whether or not it answers yet. */
