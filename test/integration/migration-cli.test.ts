@@ -234,6 +234,19 @@ describe('baton CLI for VMs and live migration', () => {
     expect(vms.filter((v) => v.name === 'bad-host')).toEqual([]);
   });
 
+  it('refuses to start a VM whose uuid is on another host already (ALREADY_REGISTERED): one copy runs', async () => {
+    const uuid = randomUUID();
+    const first = await httpJson<HostedVm>(`${leader.url}/v1/vms`, { method: 'POST', body: { host: 'host-a', uuid, name: 'dup-1', disks: [{ path: mc.disk('dup-1.img') }] } });
+    expect(first.status).toBe(201);
+    const second = await httpJson<{ error: { code: string; details: { host: string } } }>(`${leader.url}/v1/vms`, {
+      method: 'POST',
+      body: { host: 'host-b', uuid, name: 'dup-2', disks: [{ path: mc.disk('dup-2.img') }] },
+    });
+    expect([second.status, second.body.error.code, second.body.error.details.host]).toEqual([409, 'ALREADY_REGISTERED', 'host-a']);
+    const { vms } = (await httpJson<{ vms: HostedVm[] }>(`${leader.url}/v1/vms`)).body;
+    expect(vms.filter((v) => v.uuid === uuid).map((v) => v.host)).toEqual(['host-a']);
+  });
+
   it('answers a route it does not have, or a URL that does not decode, with the API’s error body', async () => {
     const unknown = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/nothing-here`);
     expect([unknown.status, unknown.body.error.code]).toEqual([404, 'UNKNOWN_METHOD']);

@@ -294,7 +294,18 @@ export class Coordinator implements AsyncDisposable {
   }
 
   /** Start a VM on a host: its agent creates it paused, takes its leases, then runs it (a process to spawn: the send's deadline, not a step's). */
+  /**
+   * Start a VM on `host`. A uuid that names a VM on another host is refused: two copies of one VM
+   * would both run, and every later command naming it would find it on several hosts. On the same
+   * host the agent's start answers with the VM it has.
+   */
   async startVm(host: string, spec: VmSpecInput): Promise<HostedVm> {
+    const elsewhere = (await this.vms()).find((v) => v.uuid === spec.uuid.toLowerCase() && v.host !== host);
+    if (elsewhere !== undefined) {
+      throw new BatonError('ALREADY_REGISTERED', `VM ${spec.uuid} is on ${elsewhere.host} already (${elsewhere.state}); start it there or migrate it`, {
+        details: { vm: spec.uuid, host: elsewhere.host, state: elsewhere.state },
+      });
+    }
     return this.agents.command(host, 'vm.start', spec, 'send');
   }
 

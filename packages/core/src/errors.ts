@@ -21,7 +21,7 @@ export const ERROR_CATALOGUE = {
   LOCKS_HELD: { http: 409, exit: 7, summary: 'Refused to stop: locks are still held and dropping them was not asked for explicitly.' },
   SHUTTING_DOWN: { http: 503, exit: 4, summary: 'The process is stopping or re-executing and takes no new work.' },
   INVALID_CONFIG: { http: 500, exit: 2, summary: 'The configuration failed validation; every bad field is named.' },
-  HOST_ALIVE: { http: 409, exit: 3, summary: 'The host named in a fence declaration still renews its session; it is not dead.' },
+  HOST_ALIVE: { http: 409, exit: 3, summary: 'The host named still renews its session: it is not dead (a fence declaration), or its name is taken (a second agent starting with it).' },
   NOT_LEADER: { http: 421, exit: 4, summary: 'This coordinator replica is not the leader; the leader’s address is in details.' },
   MIGRATION_CONFLICT: { http: 409, exit: 3, summary: 'The VM already has a migration in flight.' },
   MIGRATING: { http: 409, exit: 3, summary: 'The VM is being migrated; destroying it waits until the migration ends.' },
