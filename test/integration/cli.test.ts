@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:net';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -84,6 +85,33 @@ describe('baton CLI', () => {
         expect(existsSync(join(scratch.path, 'agent.sock'))).toBe(false);
       } finally {
         agent.kill('SIGKILL');
+      }
+    });
+
+    it('calls an HTTP port in use, or an etcd password file it cannot read, INVALID_CONFIG (status 2) naming the field', async () => {
+      await using scratch = await ScratchDir.create('cli-config');
+      const taken = createServer();
+      await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+      try {
+        const port = (taken.address() as { port: number }).port;
+        const lockspaces = [{ name: 'images', kind: 'indirect', dir: scratch.path }];
+        const cases: [string, object, string][] = [
+          ['port in use', { http: { host: '127.0.0.1', port } }, `http: cannot listen on 127.0.0.1:${port} (EADDRINUSE)`],
+          [
+            'password file missing',
+            { etcd: { endpoints: ['http://127.0.0.1:1'], auth: { username: 'u', passwordFile: join(scratch.path, 'missing') } } },
+            `etcd.auth.passwordFile ${join(scratch.path, 'missing')} cannot be read (ENOENT)`,
+          ],
+        ];
+        for (const [what, extra, message] of cases) {
+          const configPath = join(scratch.path, 'c.json');
+          writeFileSync(configPath, JSON.stringify({ socket: { path: join(scratch.path, 'agent.sock') }, stateDir: join(scratch.path, 'state'), lockspaces, ...extra }));
+          const r = await runCli(['agent', '--config', configPath]);
+          expect(r.status, `${what}: ${why(r)}`).toBe(2);
+          expect(r.stderr, what).toContain(`INVALID_CONFIG: ${message}`);
+        }
+      } finally {
+        taken.close();
       }
     });
 
