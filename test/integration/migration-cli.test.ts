@@ -247,6 +247,18 @@ describe('baton CLI for VMs and live migration', () => {
     expect(vms.filter((v) => v.uuid === uuid).map((v) => v.host)).toEqual(['host-a']);
   });
 
+  it('refuses to start a VM under a uuid a client of the host’s agent holds as its owner (ALREADY_REGISTERED): the client keeps its lock', async () => {
+    const uuid = randomUUID();
+    const client = await mc.agent('host-b').client();
+    await client.request('register', { owner: { uuid, name: 'a-client' } });
+    const { grants } = await client.request('acquire', { resources: [{ name: mc.disk('client-held.img') }] });
+    const started = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/vms`, { method: 'POST', body: { host: 'host-b', uuid, name: 'clash', disks: [{ path: mc.disk('clash.img') }] } });
+    expect([started.status, started.body.error.code]).toEqual([409, 'ALREADY_REGISTERED']);
+    expect((await client.request('inquire', {})).locks.map((l) => l.token)).toEqual([grants[0]!.token]);
+    const { vms } = (await httpJson<{ vms: HostedVm[] }>(`${leader.url}/v1/vms`)).body;
+    expect(vms.filter((v) => v.uuid === uuid)).toEqual([]);
+  });
+
   it('answers a route it does not have, or a URL that does not decode, with the API’s error body', async () => {
     const unknown = await httpJson<{ error: { code: string } }>(`${leader.url}/v1/nothing-here`);
     expect([unknown.status, unknown.body.error.code]).toEqual([404, 'UNKNOWN_METHOD']);

@@ -134,6 +134,14 @@ export class VmHost implements AsyncDisposable {
       const existing = await driver.find(spec.uuid);
       if (existing?.state === 'running') return this.hosted(existing);
       if (existing?.state === 'incoming') throw new BatonError('MIGRATING', `VM ${spec.name} is arriving here in a migration`, { details: { vm: spec.uuid } });
+      // No such VM here, yet its uuid names an owner (a client of the agent's socket): the VM
+      // would share that owner's record, and lose its locks when that client goes.
+      const owner = existing === undefined ? this.opts.registry.get(spec.uuid) : undefined;
+      if (owner !== undefined) {
+        throw new BatonError('ALREADY_REGISTERED', `uuid ${spec.uuid} is an owner of this agent's already (${owner.owner.name}, ${owner.liveness}-bound); a VM needs a uuid of its own`, {
+          details: { vm: spec.uuid, owner: owner.owner, liveness: owner.liveness },
+        });
+      }
       const vm = existing ?? (await driver.create(spec));
       try {
         const grants = this.opts.locks.holdsAny(spec.uuid) ? this.opts.locks.grantsOf(spec.uuid) : await this.acquireDisks(this.register(vm, spec.onLeaseLoss), spec.disks);
