@@ -121,10 +121,9 @@ describe('coordinator leader SIGKILLed at each step boundary (replicas as proces
         const at = resumeSent
           ? await watch.on((r) => r.id === id && r.phase === phase, () => etcdLink.toTarget.pause(), phase)
           : await watch.phase(id, phase);
-        if (resumeSent) {
-          // Resume's answer is held once it has taken effect, below.
-        } else if (migrationRule(phase)!.target !== 'etcd') natsLink.toClient.pause();
-        else if (phase !== 'begun') etcdLink.toClient.pause();
+        // (With `resumeSent`, resume's answer is held once it has taken effect, below.)
+        if (!resumeSent && migrationRule(phase)!.target !== 'etcd') natsLink.toClient.pause();
+        else if (!resumeSent && phase !== 'begun') etcdLink.toClient.pause();
         const [leader] = await electionLine(conn);
         const victim = replicas.get(leader!.id)!;
         expect(victim.running, `the leader ${leader!.id} runs`).toBe(true);

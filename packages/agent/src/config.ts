@@ -1,9 +1,14 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { HostIdSchema, LOCKSPACE_KINDS, shortHostname } from '@baton/core';
+import { HostIdSchema, LOCKSPACE_KINDS } from '@baton/core';
 import { BusConfigSchema } from '@baton/bus';
 import { EtcdConfigSchema } from '@baton/etcd';
 import { longestSimSocketPath } from './hypervisor/sim/layout.js';
+
+/** The default host name: the machine's, up to its first '.' (as `hostname -s`). */
+export function shortHostname(name: string): string {
+  return name.split('.')[0]!;
+}
 
 /** Defaults, named in one place. */
 export const AGENT_DEFAULTS = {

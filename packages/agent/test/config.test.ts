@@ -1,7 +1,6 @@
 import { hostname } from 'node:os';
 import { describe, expect, it } from 'vitest';
-import { shortHostname } from '@baton/core';
-import { AgentConfigSchema } from '../src/config.js';
+import { AgentConfigSchema, shortHostname } from '../src/config.js';
 
 const base = { lockspaces: [{ name: 'images', kind: 'indirect', dir: '/srv/locks' }] };
 const issuesAt = (input: object): string[] => (AgentConfigSchema.safeParse({ ...base, ...input }).error?.issues ?? []).map((i) => i.path.join('.'));

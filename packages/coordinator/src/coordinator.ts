@@ -293,11 +293,11 @@ export class Coordinator implements AsyncDisposable {
     return lists.flat();
   }
 
-  /** Start a VM on a host: its agent creates it paused, takes its leases, then runs it (a process to spawn: the send's deadline, not a step's). */
   /**
-   * Start a VM on `host`. A uuid that names a VM on another host is refused: two copies of one VM
-   * would both run, and every later command naming it would find it on several hosts. On the same
-   * host the agent's start answers with the VM it has.
+   * Start a VM on a host: its agent creates it paused, takes its leases, then runs it (a process
+   * to spawn: the send's deadline, not a step's). A uuid that names a VM on another host is
+   * refused: two copies of one VM would both run, and every later command naming it would find it
+   * on several hosts. On the same host the agent's start answers with the VM it has.
    */
   async startVm(host: string, spec: VmSpecInput): Promise<HostedVm> {
     const elsewhere = (await this.vms()).find((v) => v.uuid === spec.uuid.toLowerCase() && v.host !== host);

@@ -73,6 +73,16 @@ export function asBatonError(err: unknown, code: ErrorCode = 'INTERNAL'): BatonE
 }
 
 /** Any thrown value as a wire error: BatonErrors keep their code, anything else is INTERNAL. */
+/** errnos of a listen that fail for the configuration's reasons: an address that does not resolve, is not this host's, or is taken. */
+const CONFIG_LISTEN_ERRNOS = new Set(['ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL', 'EADDRINUSE', 'EACCES']);
+
+/** A failed listen on the configured `http` address: INVALID_CONFIG naming the field when the configuration is at fault, else the error as it is. */
+export function httpListenError(err: unknown, host: string, port: number): unknown {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== 'string' || !CONFIG_LISTEN_ERRNOS.has(code)) return err;
+  return new BatonError('INVALID_CONFIG', `http: cannot listen on ${host}:${port} (${code})`, { details: { field: code === 'EADDRINUSE' ? 'http.port' : 'http.host', errno: code }, cause: err });
+}
+
 export function toErrorBody(err: unknown): ErrorBody {
   return asBatonError(err).toBody();
 }

@@ -1,8 +1,8 @@
 import { chmodSync, chownSync, unlinkSync } from 'node:fs';
 import { connect, createServer, Socket, type Server } from 'node:net';
-import { makeConfiguredDir } from '../state/dirs.js';
 import { dirname } from 'node:path';
 import { BatonError, MAX_LINE_BYTES } from '@baton/core';
+import { makeConfiguredDir } from '../state/dirs.js';
 import { peerCred, type PeerCred } from '../sys/index.js';
 import { ClientConnection, handleFd } from './connection.js';
 import type { Handlers } from './dispatch.js';

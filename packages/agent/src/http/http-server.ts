@@ -1,4 +1,4 @@
-import { BatonError } from '@baton/core';
+import { httpListenError } from '@baton/core';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 
@@ -31,12 +31,7 @@ export class HttpServer {
       await app.listen({ host: opts.host, port: opts.port });
     } catch (err) {
       await app.close();
-      // An address that does not resolve, is not this host's, or is taken: the configuration's fault.
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EADDRNOTAVAIL' || code === 'EADDRINUSE' || code === 'EACCES') {
-        throw new BatonError('INVALID_CONFIG', `http: cannot listen on ${opts.host}:${opts.port} (${code})`, { details: { field: code === 'EADDRINUSE' ? 'http.port' : 'http.host', errno: code }, cause: err });
-      }
-      throw err;
+      throw httpListenError(err, opts.host, opts.port);
     }
     const address = app.server.address();
     const port = typeof address === 'object' && address !== null ? address.port : opts.port;

@@ -112,15 +112,30 @@ export class VmHost implements AsyncDisposable {
     return { ...vm, host: this.opts.host, locks: this.opts.locks.grantsOf(vm.uuid) };
   }
 
+  /**
+   * The VM's owner record, if it has one. A VM's record is pid-bound (to the VM's process); a
+   * record of another kind under its uuid is a client of the agent's socket: not the VM's, and
+   * refused, since the VM would share it and lose its locks when that client goes.
+   */
+  private vmOwner(uuid: string): OwnerRecord | undefined {
+    const known = this.opts.registry.get(uuid);
+    if (known === undefined || known.liveness === 'pid') return known;
+    throw new BatonError('ALREADY_REGISTERED', `uuid ${uuid} is an owner of this agent's already (${known.owner.name}, ${known.liveness}-bound); a VM needs a uuid of its own`, {
+      details: { vm: uuid, owner: known.owner, liveness: known.liveness },
+    });
+  }
+
   private register(vm: VmInfo, onLeaseLoss: LeaseLoss): OwnerRecord {
-    return this.opts.registry.get(vm.uuid) ?? this.opts.registry.register({ uuid: vm.uuid, name: vm.name, pid: vm.pid }, 'pid', 0, onLeaseLoss);
+    return this.vmOwner(vm.uuid) ?? this.opts.registry.register({ uuid: vm.uuid, name: vm.name, pid: vm.pid }, 'pid', 0, onLeaseLoss);
   }
 
   /**
    * Drop the VM's local locks and its owner record (its leases are not touched), and the policy a
-   * definition gave it unless the VM may still run here (sent, but not yet confirmed gone).
+   * definition gave it unless the VM may still run here (sent, but not yet confirmed gone). A
+   * client's record under the same uuid is not the VM's: left alone, with its locks.
    */
   private forget(uuid: string, { keepPolicy = false } = {}): Grant[] {
+    if (this.opts.registry.get(uuid)?.liveness === 'connection') return [];
     this.opts.registry.remove(uuid);
     this.arrivals.delete(uuid);
     if (!keepPolicy) this.opts.policies.delete(uuid);
@@ -134,14 +149,8 @@ export class VmHost implements AsyncDisposable {
       const existing = await driver.find(spec.uuid);
       if (existing?.state === 'running') return this.hosted(existing);
       if (existing?.state === 'incoming') throw new BatonError('MIGRATING', `VM ${spec.name} is arriving here in a migration`, { details: { vm: spec.uuid } });
-      // No such VM here, yet its uuid names an owner (a client of the agent's socket): the VM
-      // would share that owner's record, and lose its locks when that client goes.
-      const owner = existing === undefined ? this.opts.registry.get(spec.uuid) : undefined;
-      if (owner !== undefined) {
-        throw new BatonError('ALREADY_REGISTERED', `uuid ${spec.uuid} is an owner of this agent's already (${owner.owner.name}, ${owner.liveness}-bound); a VM needs a uuid of its own`, {
-          details: { vm: spec.uuid, owner: owner.owner, liveness: owner.liveness },
-        });
-      }
+      // Before a process is spawned: a uuid a client holds is refused without one to clean up.
+      this.vmOwner(spec.uuid);
       const vm = existing ?? (await driver.create(spec));
       try {
         const grants = this.opts.locks.holdsAny(spec.uuid) ? this.opts.locks.grantsOf(spec.uuid) : await this.acquireDisks(this.register(vm, spec.onLeaseLoss), spec.disks);

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { asBatonError, BatonError, HostIdSchema, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
+import { asBatonError, BatonError, HostIdSchema, httpListenError, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
 
 export const MigrateBodySchema = z.strictObject({
@@ -158,7 +158,12 @@ export class CoordinatorHttp {
       return { status: 'ready', leader: c.isLeader };
     });
 
-    await app.listen({ host: opts.host, port: opts.port });
+    try {
+      await app.listen({ host: opts.host, port: opts.port });
+    } catch (err) {
+      await app.close();
+      throw httpListenError(err, opts.host, opts.port);
+    }
     const address = app.server.address();
     const port = typeof address === 'object' && address !== null ? address.port : opts.port;
     const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;

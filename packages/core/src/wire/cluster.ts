@@ -6,7 +6,6 @@ import { LOCK_MODES } from '../model.js';
  * JSON; a value that fails its schema is reported, never guessed at.
  */
 
-/** How to stop a VM whose host can no longer prove it holds the VM's leases (sanlock's killpath). */
 /**
  * A host's name in the cluster: one DNS label (letters, digits, '-', '_'; at most 63). It is a
  * token of NATS subjects (`baton.<cluster>.agent.<host>.<verb>`) and a segment of etcd keys, so a
@@ -16,11 +15,7 @@ export const HostIdSchema = z
   .string()
   .regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, "a host name is one DNS label: letters, digits, '-' and '_', at most 63, no '.'");
 
-/** The default host name: the machine's, up to its first '.' (as `hostname -s`). */
-export function shortHostname(name: string): string {
-  return name.split('.')[0]!;
-}
-
+/** How to stop a VM whose host can no longer prove it holds the VM's leases (sanlock's killpath). */
 export const LEASE_LOSS_POLICIES = ['kill', 'pause', 'killpath'] as const;
 export type LeaseLossPolicy = (typeof LEASE_LOSS_POLICIES)[number];
 

@@ -141,7 +141,7 @@ export class SimDriver implements HypervisorDriver {
     }
   }
 
-  /** The VM's process as its pid file names it (pid and start time), if it still runs. */
+  /** The VM's process as its pid file names it (pid and start time), if it still runs; one that has ended is reaped. */
   private pidFile(uuid: string): ProcessId | undefined {
     let text: string;
     try {
