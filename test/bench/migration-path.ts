@@ -1,8 +1,7 @@
 // The handoff's critical path, read from the VMs' own event logs (source `paused` → destination
 // `running`) and split into phases with the record's timeline.
 import { existsSync, readFileSync } from 'node:fs';
-import { migrationRule, type MigrationRecord } from '@baton/core';
-import { OVERLAPS_SAVE } from '@baton/coordinator';
+import { migrationRule, OVERLAPS_SAVE, type MigrationRecord } from '@baton/core';
 import { MigrationCluster } from '../support/index.js';
 
 /** The critical path's phases, in order; their sum is the path. */

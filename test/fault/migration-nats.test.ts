@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { asBatonError, nextStep, type MigrationRecord } from '@baton/core';
+import { asBatonError, currentRevision, nextStep, type MigrationRecord } from '@baton/core';
 import type { Bus } from '@baton/bus';
 import { migrationServers, monoNow, TcpProxy, waitFor } from '../support/index.js';
 import {
@@ -149,7 +149,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
   );
 
   it(
-    'commands of closed migrations arriving during a later migration’s send are refused STALE_TOKEN and touch neither copy',
+    'commands of closed migrations arriving during a later migration’s send are refused STALE_TOKEN, and its own steps with a revision it never wrote INVALID_REQUEST; neither copy is touched',
     async () => {
       await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const { mc, coordinator, conn, watch } = rig;
@@ -173,9 +173,20 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       // An agent handles a VM's commands one at a time: those for host-a are taken after the
       // send, while the source copy is paused with its state sent, the riskiest moment for a
       // confirm (destroy the copy that does not run) or a resume (unpause it).
-      const answers = await replay(bus, late);
+      // And commands that no coordinator sent: M3's own steps that destroy or run a copy, carrying
+      // a revision M3 has not written (a discard like this once destroyed the incoming copy mid-send).
+      const sending = watch.latest(m3.id)!;
+      const ahead = (['discard', 'resume', 'confirm', 'restore'] as const).map((step) => {
+        const host = step === 'discard' || step === 'resume' ? sending.destination : sending.source;
+        const key = { migration: sending.id, step, token: currentRevision(sending) + 1_000 };
+        return { label: `${sending.id.slice(0, 8)} ${step}@${key.token} → ${host}`, subject: bus.subjects.agent(host, `migration.${step}`), params: { key, record: sending } };
+      });
+      const answers = await replay(bus, [...late, ...ahead]);
       figure('F-mig-3 late commands during a later send', { answers, phaseWhenAnswered: watch.latest(m3.id)!.phase });
-      expect.soft(answers, 'every command of a closed migration refused STALE_TOKEN').toEqual(Object.fromEntries(late.map((c) => [c.label, ['STALE_TOKEN']])));
+      expect.soft(answers, 'every command of a closed migration refused STALE_TOKEN, every one ahead of the record INVALID_REQUEST').toEqual({
+        ...Object.fromEntries(late.map((c) => [c.label, ['STALE_TOKEN']])),
+        ...Object.fromEntries(ahead.map((c) => [c.label, ['INVALID_REQUEST']])),
+      });
 
       const r3 = await watch.settled(m3.id, 20_000);
       expect(r3.phase).toBe('done');

@@ -116,8 +116,10 @@ describe('bad input on the agent socket', () => {
     expect(await raw.call('release', {}, { id: 2 })).toEqual(errorOf('NOT_REGISTERED', 2));
     await expectHello(raw, 3);
 
-    // The holder's uuid is bound to the holder's live connection: nobody else may take it over.
+    // The holder's uuid is bound to the holder's live connection: nobody else may take it over,
+    // however the uuid is spelt (without dashes, in capitals: libvirt reads all of them as one).
     expect(await raw.call('register', { owner: { uuid: held.uuid, name: 'holder' } }, { id: 4 })).toEqual(errorOf('ALREADY_REGISTERED', 4));
+    expect(await raw.call('register', { owner: { uuid: held.uuid.replaceAll('-', '').toUpperCase(), name: 'holder' } }, { id: 4 })).toEqual(errorOf('ALREADY_REGISTERED', 4));
     expect(await raw.call('release', {}, { id: 5 })).toEqual(errorOf('NOT_REGISTERED', 5));
 
     const mine = randomUUID();

@@ -94,8 +94,11 @@ describe('bus', () => {
     const answer = JSON.parse((await peer.next()).payload) as unknown;
     expect(answer).toMatchObject({ ok: false, error: { code: 'UNSUPPORTED_VERSION' } });
     peer.publish(subject, 'not json', 'raw.inbox');
-    expect(JSON.parse((await peer.next()).payload)).toMatchObject({ ok: false, error: { code: 'INVALID_REQUEST' } });
-    expect(refusals).toEqual(['UNSUPPORTED_VERSION', 'INVALID_REQUEST']);
+    expect(JSON.parse((await peer.next()).payload)).toMatchObject({ ok: false, error: { code: 'INVALID_REQUEST', message: `a command on ${subject} is not JSON` } });
+    // A refusal names what is wrong, in one line, as on the socket (not a validator's dump).
+    peer.publish(subject, JSON.stringify({ params: {} }), 'raw.inbox');
+    expect(JSON.parse((await peer.next()).payload)).toMatchObject({ ok: false, error: { code: 'INVALID_REQUEST', message: expect.stringMatching(/^a command on \S+ has no envelope \{v, params\}: v: [^\n]+$/) } });
+    expect(refusals).toEqual(['UNSUPPORTED_VERSION', 'INVALID_REQUEST', 'INVALID_REQUEST']);
     expect(handled).toBe(handledBefore);
   });
 

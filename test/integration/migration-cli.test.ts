@@ -243,8 +243,17 @@ describe('baton CLI for VMs and live migration', () => {
       body: { host: 'host-b', uuid, name: 'dup-2', disks: [{ path: mc.disk('dup-2.img') }] },
     });
     expect([second.status, second.body.error.code, second.body.error.details.host]).toEqual([409, 'ALREADY_REGISTERED', 'host-a']);
+    // On its own host, the same start again (a retry, with the uuid spelt otherwise) answers with
+    // the VM that runs; a start asking for other disks is refused, not dropped: define changes them.
+    const again = await httpJson<HostedVm>(`${leader.url}/v1/vms`, { method: 'POST', body: { host: 'host-a', uuid: uuid.replaceAll('-', '').toUpperCase(), name: 'dup-1', disks: [{ path: mc.disk('dup-1.img') }] } });
+    expect([again.status, again.body.uuid, again.body.pid]).toEqual([201, uuid, first.body.pid]);
+    const otherDisks = await httpJson<{ error: { code: string; details: { differs: string[] } } }>(`${leader.url}/v1/vms`, {
+      method: 'POST',
+      body: { host: 'host-a', uuid, name: 'dup-1', disks: [{ path: mc.disk('dup-1.img') }, { path: mc.disk('dup-3.img') }] },
+    });
+    expect([otherDisks.status, otherDisks.body.error.code, otherDisks.body.error.details.differs]).toEqual([409, 'ALREADY_REGISTERED', ['disks']]);
     const { vms } = (await httpJson<{ vms: HostedVm[] }>(`${leader.url}/v1/vms`)).body;
-    expect(vms.filter((v) => v.uuid === uuid).map((v) => v.host)).toEqual(['host-a']);
+    expect(vms.filter((v) => v.uuid === uuid).map((v) => [v.host, v.locks.map((l) => l.resource)])).toEqual([['host-a', [mc.disk('dup-1.img')]]]);
   });
 
   it('refuses to start a VM under a uuid a client of the host’s agent holds as its owner (ALREADY_REGISTERED): the client keeps its lock', async () => {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { asBatonError, newMigration, nextStep, transition } from '@baton/core';
+import { asBatonError, newMigration, nextStep, transition, type MigrationStep } from '@baton/core';
 import { EtcdSteps } from '@baton/coordinator';
 import { ClusterView, LeaseTable, MigrationStore } from '@baton/etcd';
 import { connectEtcd, EtcdServer, openSession, TcpProxy, waitFor } from '../support/index.js';
@@ -49,21 +49,45 @@ describe('migration store', () => {
     expect(await store.create(record('m-again'), { leaderKey }).catch(asBatonError)).toMatchObject({ code: 'MIGRATION_CONFLICT', details: { migration: 'm-led' } });
   });
 
-  it('lets an agent refuse a command older than the record, of an ended migration, or of an unknown one (STALE_TOKEN)', async () => {
+  it('lets an agent refuse a command older than the record, of an ended migration, or of an unknown one (STALE_TOKEN), and one newer than the record (INVALID_REQUEST)', async () => {
     await using conn = connectEtcd(etcd.endpoints);
     const store = new MigrationStore(conn);
     const vm = { uuid: randomUUID(), name: 'db-1' };
+    const key = (step: MigrationStep, token: number) => ({ migration: 'm-s', step, token });
     const created = await store.create(newMigration({ id: 'm-s', vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-1.img', lockspace: 'images', mode: 'exclusive' }] }, 0));
     const begun = await store.save(created, transition(created.record, { step: 'begin', ok: true, revision: 40, grants: [30] }, 1));
-    await expect(store.assertCurrent('m-s', 40)).resolves.toMatchObject({ phase: 'preparing' });
-    await expect(store.assertCurrent('m-s', 41)).resolves.toMatchObject({ phase: 'preparing' });
-    expect(await store.assertCurrent('m-s', 39).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', details: { presented: 39, current: 40 } });
-    expect(await store.assertCurrent('m-unknown', 99).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN' });
+    await expect(store.assertCurrent(key('prepare', 40))).resolves.toMatchObject({ phase: 'preparing' });
+    expect(await store.assertCurrent(key('prepare', 39)).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', details: { presented: 39, current: 40 } });
+    // A revision the migration never wrote: no coordinator sent it (the helper found a forged
+    // discard with such a token destroying the incoming copy mid-send).
+    expect(await store.assertCurrent(key('prepare', 41)).catch(asBatonError)).toMatchObject({ code: 'INVALID_REQUEST', details: { presented: 41, current: 40 } });
+    expect(await store.assertCurrent({ migration: 'm-unknown', step: 'prepare', token: 99 }).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN' });
     const failed = transition(begun.record, { step: 'prepare', ok: false, error: { code: 'IO_ERROR', message: 'no room' } }, 2);
     const unmarked = transition(failed, { step: 'unmark', ok: true, revision: 50 }, 3);
     const discarded = transition(unmarked, { step: 'discard', ok: true }, 4);
     await store.save(begun, transition(discarded, { step: 'restore', ok: true }, 5));
-    expect(await store.assertCurrent('m-s', 50).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', message: expect.stringContaining('ended') });
+    expect(await store.assertCurrent(key('restore', 50)).catch(asBatonError)).toMatchObject({ code: 'STALE_TOKEN', message: expect.stringContaining('ended') });
+  });
+
+  it('lets a resume, sent while its record is saved, carry a token up to the revision that wrote the record (the commit’s), and no further', async () => {
+    await using conn = connectEtcd(etcd.endpoints);
+    const store = new MigrationStore(conn);
+    const vm = { uuid: randomUUID(), name: 'db-3' };
+    let record = newMigration({ id: 'm-r', vm, source: 'host-a', destination: 'host-b', resources: [{ name: '/d/db-3.img', lockspace: 'images', mode: 'exclusive' }] }, 0);
+    const created = await store.create(record);
+    record = transition(record, { step: 'begin', ok: true, revision: 2, grants: [1] }, 1);
+    record = transition(record, { step: 'prepare', ok: true, incoming: 'unix:/run/in.sock' }, 2);
+    record = transition(record, { step: 'mark', ok: true, revision: 3 }, 3);
+    record = transition(record, { step: 'perform', ok: true }, 4);
+    // As the commit leaves it: the record in `sent`, written by the transaction whose revision is the commit's token.
+    const sent = await store.save(created, record);
+    const commit = Number(sent.revision);
+    const resume = (token: number) => ({ migration: 'm-r', step: 'resume' as const, token });
+    await expect(store.assertCurrent(resume(commit))).resolves.toMatchObject({ phase: 'sent' });
+    expect(await store.assertCurrent(resume(commit + 1)).catch(asBatonError)).toMatchObject({ code: 'INVALID_REQUEST', details: { presented: commit + 1 } });
+    // Any other step must carry the record's newest token exactly.
+    expect(await store.assertCurrent({ migration: 'm-r', step: 'discard', token: commit }).catch(asBatonError)).toMatchObject({ code: 'INVALID_REQUEST', details: { current: 3 } });
+    expect(nextStep(transition(record, { step: 'commit', ok: true, revision: commit }, 5))!.key).toEqual(resume(commit));
   });
 });
 

@@ -374,7 +374,7 @@ export class Agent implements AsyncDisposable {
   }
 
   private inquire(ctx: ConnectionContext, p: AgentParsedParams<'inquire'>): AgentResult<'inquire'> {
-    const target = p.owner?.toLowerCase() ?? ctx.ownerUuid;
+    const target = p.owner ?? ctx.ownerUuid;
     if (target === undefined) throw new BatonError('NOT_REGISTERED', 'name an owner, or register one on this connection');
     if (ctx.restricted && target !== ctx.ownerUuid) throw new BatonError('DENIED', 'a restricted connection may inquire only its own owner');
     const record = this.registry.get(target);

@@ -1,6 +1,6 @@
 import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
 import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import { asBatonError, BatonError, PROTOCOL_VERSION, ReplyEnvelope, type ErrorBody, type ErrorCode } from '@baton/core';
+import { asBatonError, BatonError, parseOrRefuse, PROTOCOL_VERSION, ReplyEnvelope, type ErrorBody, type ErrorCode } from '@baton/core';
 import { z } from 'zod';
 import { Subjects, type BusConfig } from './config.js';
 
@@ -70,7 +70,9 @@ export class Bus implements AsyncDisposable {
         };
         let params: unknown;
         try {
-          const env = CommandEnvelope.parse(msg.json());
+          const body = safeJson(msg);
+          if (body === undefined) throw new BatonError('INVALID_REQUEST', `a command on ${msg.subject} is not JSON`);
+          const env = parseOrRefuse(CommandEnvelope, body, `a command on ${msg.subject} has no envelope {v, params}`);
           if (env.v !== PROTOCOL_VERSION) throw new BatonError('UNSUPPORTED_VERSION', `protocol version ${env.v} is not supported`, { details: { supported: [PROTOCOL_VERSION] } });
           params = env.params;
         } catch (e) {
@@ -131,7 +133,7 @@ export class Bus implements AsyncDisposable {
   }
 }
 
-/** A message's JSON, or undefined when it is not JSON (the schema then refuses it). */
+/** A message's JSON, or undefined when it is not JSON. */
 function safeJson(msg: { json(): unknown }): unknown {
   try {
     return msg.json();

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
   BatonError,
+  canonicalUuid,
   isSettled,
   leaseTiming,
   newMigration,
@@ -204,7 +205,7 @@ export class Coordinator implements AsyncDisposable {
 
   /** A VM (uuid or name) by its leases in etcd, and the one host that holds them. */
   private async locate(asked: string): Promise<{ vm: MigrationRecord['vm']; host: string; leases: ClusterLease[] }> {
-    const wanted = asked.toLowerCase();
+    const wanted = canonicalUuid(asked);
     const leases = (await this.view.leases()).filter((l) => l.owner.uuid === wanted || l.owner.name === asked);
     const vm = uniqueVm(asked, leases);
     const host = leases[0]!.host;
@@ -300,7 +301,7 @@ export class Coordinator implements AsyncDisposable {
    * on several hosts. On the same host the agent's start answers with the VM it has.
    */
   async startVm(host: string, spec: VmSpecInput): Promise<HostedVm> {
-    const elsewhere = (await this.vms()).find((v) => v.uuid === spec.uuid.toLowerCase() && v.host !== host);
+    const elsewhere = (await this.vms()).find((v) => v.uuid === canonicalUuid(spec.uuid) && v.host !== host);
     if (elsewhere !== undefined) {
       throw new BatonError('ALREADY_REGISTERED', `VM ${spec.uuid} is on ${elsewhere.host} already (${elsewhere.state}); start it there or migrate it`, {
         details: { vm: spec.uuid, host: elsewhere.host, state: elsewhere.state },
@@ -311,7 +312,7 @@ export class Coordinator implements AsyncDisposable {
 
   /** Destroy a VM wherever it runs (refused with MIGRATING while it migrates). */
   async destroyVm(vm: string): Promise<DestroyedVm> {
-    const found = (await this.vms()).filter((v) => v.uuid === vm.toLowerCase() || v.name === vm);
+    const found = (await this.vms()).filter((v) => v.uuid === canonicalUuid(vm) || v.name === vm);
     if (found.length === 0) throw new BatonError('VM_NOT_FOUND', `no host runs a VM ${vm}`, { details: { vm } });
     if (new Set(found.map((v) => v.uuid)).size > 1) throw new BatonError('INVALID_REQUEST', `"${vm}" names several VMs; give its uuid`, { details: { vms: found.map((v) => v.uuid) } });
     // A copy that runs (or holds locks) is the VM; an incoming copy elsewhere is the migration's to clean up.

@@ -2,7 +2,6 @@ export { EtcdSteps } from './saga/etcd-steps.js';
 export { AgentSteps } from './saga/agent-steps.js';
 export { MigrationDriver } from './saga/migration-driver.js';
 export { MigrationLimitsSchema, type MigrationLimits } from './saga/migration-slots.js';
-export { OVERLAPS_SAVE } from './saga/drive.js';
 export { Coordinator, type MigrateRequest, type ReplicaInfo } from './coordinator.js';
 export { CoordinatorService } from './service.js';
 export { CoordinatorConfigSchema, type CoordinatorConfig, type CoordinatorConfigInput } from './config.js';

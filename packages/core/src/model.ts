@@ -8,7 +8,21 @@ import { z } from 'zod';
 export const LOCK_MODES = ['exclusive', 'shared'] as const;
 export type LockMode = (typeof LOCK_MODES)[number];
 
-export const UUID = z.string().regex(/^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$/, 'a UUID');
+const UUID_PATTERN = /^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$/;
+
+/**
+ * A uuid in its one spelling (lower case, dashed), as libvirt prints one whichever way it was
+ * given: `ABCD…` and `abcd…` without dashes name the same VM, so they must be the same owner. A
+ * string that is no uuid (a VM's name, where either may be given) is returned as it is.
+ */
+export function canonicalUuid(s: string): string {
+  if (!UUID_PATTERN.test(s)) return s;
+  const hex = s.replaceAll('-', '').toLowerCase();
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** A uuid, with or without dashes, in either case; parsed into its canonical spelling. */
+export const UUID = z.string().regex(UUID_PATTERN, 'a UUID').transform(canonicalUuid);
 
 /**
  * A lock owner, as virtlockd registers one: a VM's uuid and name, the hypervisor's numeric id,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { compareTokens, decideAcquire, isStale, isWithinRoots, lockFileName, isPlainName } from '../src/index.js';
+import { canonicalUuid, compareTokens, decideAcquire, isStale, isWithinRoots, lockFileName, isPlainName, UUID } from '../src/index.js';
 
 describe('decideAcquire (seed 000: answered from the table)', () => {
   const owners = (...o: string[]) => new Set(o);
@@ -43,5 +43,17 @@ describe('lockspace naming', () => {
     expect(isPlainName('a/b')).toBe(false);
     expect(isPlainName('a b')).toBe(false);
     expect(isPlainName('')).toBe(false);
+  });
+});
+
+describe('UUID (one spelling per VM)', () => {
+  const dashed = '6f1c2a9e-0b3d-4e5f-8a7b-9c0d1e2f3a4b';
+  it('parses a uuid with or without dashes, in either case, into lower case with dashes', () => {
+    for (const spelt of [dashed, dashed.toUpperCase(), dashed.replaceAll('-', ''), dashed.replaceAll('-', '').toUpperCase()]) expect(UUID.parse(spelt)).toBe(dashed);
+  });
+  it('refuses what is not a uuid, and leaves a name alone where a name or uuid may be given', () => {
+    expect(UUID.safeParse(`${dashed}0`).success).toBe(false);
+    expect(UUID.safeParse('web-1').success).toBe(false);
+    expect(canonicalUuid('Web-1')).toBe('Web-1');
   });
 });

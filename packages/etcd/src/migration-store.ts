@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { asBatonError, Backoff, BatonError, currentRevision, isClosedPhase, isStale, parseMigrationRecord, type MigrationRecord, type Token } from '@baton/core';
+import { asBatonError, Backoff, BatonError, compareTokens, currentRevision, isClosedPhase, isStale, OVERLAPS_SAVE, parseMigrationRecord, type IdempotencyKey, type MigrationRecord } from '@baton/core';
 import type { ICompare, IKeyValue } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 
@@ -144,8 +144,8 @@ export class MigrationStore {
   }
 
   /** `assertCurrentIn` on the record as etcd has it now. */
-  async assertCurrent(id: string, token: Token): Promise<MigrationRecord> {
-    return assertCurrentIn(id, await this.get(id), token);
+  async assertCurrent(key: IdempotencyKey): Promise<MigrationRecord> {
+    return assertCurrentIn(await this.get(key.migration), key);
   }
 
   /** The id of the VM's open migration, if it has one. */
@@ -165,18 +165,26 @@ export function storedMigration(kv: IKeyValue): StoredMigration {
 }
 
 /**
- * Refuse (STALE_TOKEN) a command whose token is older than the record's newest revision: the
- * coordinator saves each etcd step before it sends the next command (resume aside: it is sent
- * while its record is saved, safe early; see the coordinator's OVERLAPS_SAVE), so a late or
- * duplicated command of an earlier step, of a deposed leader, or of an ended migration is refused
- * here before it acts.
+ * Refuse a command whose token is not the one the record in etcd asks for: older (STALE_TOKEN) is
+ * a late or duplicated command of an earlier step, of a deposed leader, or of an ended migration;
+ * newer than anything the migration wrote (INVALID_REQUEST) is no command of its coordinator's.
+ * The coordinator saves the record that asks for a step before it sends the step, so the token is
+ * the record's newest (`currentRevision`), but for the steps it sends while that save is under way
+ * (OVERLAPS_SAVE: resume), whose token the record's own revision covers, since the transaction that
+ * wrote the token (the commit) wrote the record too.
  */
-export function assertCurrentIn(id: string, stored: StoredMigration | undefined, token: Token): MigrationRecord {
+export function assertCurrentIn(stored: StoredMigration | undefined, { migration: id, step, token }: IdempotencyKey): MigrationRecord {
   if (!stored) throw new BatonError('STALE_TOKEN', `migration ${id} is unknown here`, { details: { migration: id, presented: token } });
   // An ended migration waits for nothing: whatever arrives for it now is a late duplicate.
   if (isClosedPhase(stored.record.phase)) throw new BatonError('STALE_TOKEN', `migration ${id} has ended (${stored.record.phase})`, { details: { migration: id, presented: token } });
   const current = currentRevision(stored.record);
   if (isStale(token, current)) throw new BatonError('STALE_TOKEN', `migration ${id}: token ${token} is older than ${current}`, { details: { migration: id, presented: token, current } });
+  const newest = OVERLAPS_SAVE.includes(step) ? Number(stored.revision) : current;
+  if (compareTokens(token, newest) > 0) {
+    throw new BatonError('INVALID_REQUEST', `migration ${id}: token ${token} was never written by it (${step} asks for ${current}${newest === current ? '' : ` to ${newest}`})`, {
+      details: { migration: id, step, presented: token, current },
+    });
+  }
   return stored.record;
 }
 

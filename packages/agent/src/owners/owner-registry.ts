@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BatonError, LeaseLossSchema, LIVENESS, OwnerSchema, type LeaseLoss, type Liveness, type Owner } from '@baton/core';
+import { BatonError, canonicalUuid, LeaseLossSchema, LIVENESS, OwnerSchema, type LeaseLoss, type Liveness, type Owner } from '@baton/core';
 import { processStartTime } from '../sys/index.js';
 
 /** `fenced`: paused by the lease-loss policy, waiting for its leases to come back with new tokens. */
@@ -26,7 +26,7 @@ export type OwnerRecord = z.infer<typeof OwnerRecordSchema>;
 /** Attaching to an existing owner: uuid and name must match; id and pid too where given. */
 function sameIdentity(registered: Owner, claimed: Owner): boolean {
   return (
-    registered.uuid.toLowerCase() === claimed.uuid.toLowerCase() &&
+    canonicalUuid(registered.uuid) === canonicalUuid(claimed.uuid) &&
     registered.name === claimed.name &&
     (claimed.id === undefined || registered.id === claimed.id) &&
     (claimed.pid === undefined || registered.pid === claimed.pid)
@@ -38,7 +38,7 @@ export class OwnerRegistry {
   private readonly owners = new Map<string, OwnerRecord>();
 
   get(uuid: string): OwnerRecord | undefined {
-    return this.owners.get(uuid.toLowerCase());
+    return this.owners.get(canonicalUuid(uuid));
   }
 
   all(): OwnerRecord[] {
@@ -54,7 +54,7 @@ export class OwnerRegistry {
    * identity. A connection-bound owner belongs to one connection for its whole life.
    */
   register(owner: Owner, liveness: Liveness, connection: number, onLeaseLoss: LeaseLoss = { policy: 'kill' }): OwnerRecord {
-    const key = owner.uuid.toLowerCase();
+    const key = canonicalUuid(owner.uuid);
     const existing = this.owners.get(key);
     if (existing?.adopted && sameIdentity(existing.owner, owner)) {
       existing.adopted = false;
@@ -101,13 +101,13 @@ export class OwnerRegistry {
 
   /** An owner found in the cluster after an agent restart, its process still running. */
   adopt(owner: Owner, startTime: number, onLeaseLoss: LeaseLoss): OwnerRecord {
-    const record: OwnerRecord = { owner: { ...owner, uuid: owner.uuid.toLowerCase() }, liveness: 'pid', startTime, state: 'live', onLeaseLoss, adopted: true };
+    const record: OwnerRecord = { owner: { ...owner, uuid: canonicalUuid(owner.uuid) }, liveness: 'pid', startTime, state: 'live', onLeaseLoss, adopted: true };
     this.owners.set(record.owner.uuid, record);
     return record;
   }
 
   remove(uuid: string): void {
-    this.owners.delete(uuid.toLowerCase());
+    this.owners.delete(canonicalUuid(uuid));
   }
 
   restore(records: readonly OwnerRecord[]): void {

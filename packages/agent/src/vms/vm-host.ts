@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import {
   asBatonError,
   BatonError,
@@ -7,6 +8,7 @@ import {
   type AgentStepVerb,
   type Grant,
   type HostedVm,
+  type IdempotencyKey,
   type LeaseLoss,
   type MigrationRecord,
   type MigrationStepParams,
@@ -147,7 +149,10 @@ export class VmHost implements AsyncDisposable {
     const { driver, member } = this.opts;
     return this.serial.run(spec.uuid, async () => {
       const existing = await driver.find(spec.uuid);
-      if (existing?.state === 'running') return this.hosted(existing);
+      if (existing?.state === 'running') {
+        this.assertRunsAs(existing, spec);
+        return this.hosted(existing);
+      }
       if (existing?.state === 'incoming') throw new BatonError('MIGRATING', `VM ${spec.name} is arriving here in a migration`, { details: { vm: spec.uuid } });
       // Before a process is spawned: a uuid a client holds is refused without one to clean up.
       this.vmOwner(spec.uuid);
@@ -161,6 +166,24 @@ export class VmHost implements AsyncDisposable {
         await this.stopAndRelease(spec.uuid);
         throw err;
       }
+    });
+  }
+
+  /**
+   * A start of a VM that runs here already answers with it (a start sent again) only if it asks
+   * for what runs: another name, disk set or lease-loss policy is refused, not silently dropped.
+   * A change goes through `define`.
+   */
+  private assertRunsAs(vm: VmInfo, spec: VmSpec): void {
+    const change = this.diskChange(spec.uuid, spec.disks);
+    const differs = [
+      ...(vm.name === spec.name ? [] : ['name']),
+      ...(change.added.length + change.removed.length === 0 ? [] : ['disks']),
+      ...(isDeepStrictEqual(this.opts.registry.get(spec.uuid)?.onLeaseLoss, spec.onLeaseLoss) ? [] : ['onLeaseLoss']),
+    ];
+    if (differs.length === 0) return;
+    throw new BatonError('ALREADY_REGISTERED', `VM ${vm.name} runs on ${this.opts.host} already, with another ${differs.join(', ')}; change its definition instead (vm.define, PUT /v1/vms/:vm/definition)`, {
+      details: { vm: spec.uuid, host: this.opts.host, differs },
     });
   }
 
@@ -308,10 +331,10 @@ export class VmHost implements AsyncDisposable {
         // Otherwise the VM's copy is asked for while the leases are checked.
         const copy = this.opts.driver.find(record.vm.uuid);
         copy.catch(() => undefined);
-        const tokens = await this.leaseTokens(record, role, key.token, copy);
+        const tokens = await this.leaseTokens(record, role, key, copy);
         return this.run(record, role, tokens, await copy);
       }
-      await this.store.assertCurrent(record.id, key.token);
+      await this.store.assertCurrent(key);
       switch (verb) {
         case 'prepare': {
           const prepared = await this.prepare(record);
@@ -348,9 +371,9 @@ export class VmHost implements AsyncDisposable {
    * The tokens of the VM's leases as etcd has them now (the leases and the record in one read),
    * all of them this host's for this VM, or a refusal.
    */
-  private async leaseTokens(record: MigrationRecord, role: 'source' | 'destination', token: Token, copy: Promise<VmInfo | undefined>): Promise<Token[]> {
+  private async leaseTokens(record: MigrationRecord, role: 'source' | 'destination', key: IdempotencyKey, copy: Promise<VmInfo | undefined>): Promise<Token[]> {
     const { holders, record: stored } = await Handoff.of(this.opts.member.conn, record).holders();
-    assertCurrentIn(record.id, stored, token);
+    assertCurrentIn(stored, key);
     const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== record.vm.uuid);
     if (foreign) {
       // The destination's session was lost after commit: this copy must never run.

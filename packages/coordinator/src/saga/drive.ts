@@ -5,6 +5,7 @@ import {
   decideReply,
   isSettled,
   nextStep,
+  OVERLAPS_SAVE,
   raceAbort,
   RETRYABLE_STEP_CODES,
   stageDefinition,
@@ -12,7 +13,6 @@ import {
   transition,
   type MigrationCommand,
   type MigrationRecord,
-  type MigrationStep,
   type MigrationStepReply,
   type VmDefinition,
 } from '@baton/core';
@@ -20,17 +20,6 @@ import type { StoredMigration } from '@baton/etcd';
 import type { MigrationDriverOptions } from './migration-driver.js';
 
 const MAX_RETRY_MS = 1_000;
-
-/**
- * Steps sent while the record that asks for them is still being saved, because they lie on the
- * handoff's critical path (source paused → destination running) and are safe early: `resume`
- * runs the VM only where the destination holds every lease with the commit's token (etcd says so,
- * or the destination's memory of the arrival vouches for it), so a duplicate or a deposed leader's
- * copy can do no harm; and a leader that dies before the save lands leaves `sent`, whose commit a
- * successor re-issues and recognises as its own. The save starts once the command is on its way:
- * the bus sends in a microtask its send queues, and a save started first would go before it.
- */
-export const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
 
 /** A `stage` call waiting for a save that carries its definition (or a newer one). */
 interface StageWaiter {
@@ -156,6 +145,7 @@ export class Drive {
     }
     if (!OVERLAPS_SAVE.includes(command.step)) await this.saved;
     const reply = raceAbort(this.opts.agents.run(this.record, command), this.signal);
+    // Only now: the bus sends in a microtask its send queues, and a save started first would go before it.
     if (this.unsaved !== undefined) this.chainSave(this.unsaved);
     this.unsaved = undefined;
     return reply;

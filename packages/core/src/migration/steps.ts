@@ -12,8 +12,9 @@ import type { MigrationEvent, MigrationStepReply } from './machine.js';
  * which test/migration-model/agents.ts models and the explorer checks against S1–S6:
  *
  * - Every command is refused (STALE_TOKEN) if its token is older than the lease's current
- *   revision in etcd, before anything else; and handled by its effect, not by remembered replies
- *   (a crash forgets them): a second delivery finds the world already as it wants it.
+ *   revision in etcd, before anything else, and (INVALID_REQUEST) if it names a revision the
+ *   migration has not written (see `OVERLAPS_SAVE`); and handled by its effect, not by remembered
+ *   replies (a crash forgets them): a second delivery finds the world already as it wants it.
  * - prepare (destination): create the incoming VM paused with the definition in force, and check
  *   every lock file opens. perform (source): send; only once the send succeeded, pause and drop
  *   the local locks (S4). A paused source sends again.
@@ -24,6 +25,18 @@ import type { MigrationEvent, MigrationStepReply } from './machine.js';
  * - An agent restarting after a crash keeps a running VM only if it holds the lease and can take
  *   its local locks again, and pauses it otherwise; it never unpauses a paused VM by itself.
  */
+
+/**
+ * Steps the coordinator sends while the record that asks for them is still being saved, because
+ * they lie on the handoff's critical path (source paused → destination running) and are safe
+ * early: `resume` runs the VM only where the destination holds every lease with the commit's
+ * token (etcd says so, or the destination's memory of the arrival vouches for it), so a duplicate
+ * or a deposed leader's copy can do no harm; and a leader that dies before the save lands leaves
+ * `sent`, whose commit a successor re-issues and recognises as its own. Every other agent step is
+ * sent once its record is saved, so an agent sees in etcd exactly the token such a command
+ * carries; a resume's token is at most the record's own revision (the commit wrote both).
+ */
+export const OVERLAPS_SAVE: readonly MigrationStep[] = ['resume'];
 
 export interface IdempotencyKey {
   migration: string;

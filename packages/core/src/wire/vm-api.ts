@@ -14,11 +14,9 @@ import { VmDefinitionSchema } from './vm-definition.js';
 export const VM_STATES = ['incoming', 'paused', 'running'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
-const VmUuidSchema = UUID.transform((u) => u.toLowerCase());
-
 /** What it takes to start a VM: who it is, and its definition. */
 export const VmSpecSchema = z.strictObject({
-  uuid: VmUuidSchema,
+  uuid: UUID,
   name: z.string().min(1).max(256),
   ...VmDefinitionSchema.shape,
 });
@@ -58,9 +56,9 @@ export type AgentStepVerb = (typeof AGENT_STEP_VERBS)[number];
 export const VM_COMMANDS = {
   'vm.start': { params: VmSpecSchema, result: HostedVmSchema },
   'vm.list': { params: z.strictObject({}).default({}), result: z.object({ vms: z.array(HostedVmSchema) }) },
-  'vm.destroy': { params: z.strictObject({ uuid: VmUuidSchema }), result: z.object({ uuid: z.string(), released: z.number().int() }) },
+  'vm.destroy': { params: z.strictObject({ uuid: UUID }), result: z.object({ uuid: z.string(), released: z.number().int() }) },
   /** Replace a VM's definition (disks, lease-loss policy), in its turn after the VM's other commands; refused (MIGRATING) while it migrates. */
-  'vm.define': { params: z.strictObject({ uuid: VmUuidSchema, definition: VmDefinitionSchema }), result: HostedVmSchema },
+  'vm.define': { params: z.strictObject({ uuid: UUID, definition: VmDefinitionSchema }), result: HostedVmSchema },
   /** Every agent step answers with its VM as it is now; prepare adds where to send the state. */
   migration: { params: MigrationStepParamsSchema, result: z.object({ vm: VmInfoSchema.nullable(), incoming: z.string().optional(), onLeaseLoss: LeaseLossSchema.optional() }) },
 } as const;
