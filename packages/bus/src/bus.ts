@@ -6,6 +6,9 @@ import { Subjects, type BusConfig } from './config.js';
 
 const CommandEnvelope = z.object({ v: z.number(), params: z.unknown() });
 
+/** JetStream's answers that mean it holds nothing to read. */
+const NOTHING_STORED: readonly number[] = [JetStreamApiCodes.NoMessageFound, JetStreamApiCodes.StreamNotFound, JetStreamApiCodes.JetStreamNotEnabledForAccount];
+
 /** A handler answers a command's params with a result, or throws a BatonError (its code travels). */
 export type CommandHandler = (params: unknown, subject: string) => unknown;
 
@@ -95,8 +98,11 @@ export class Bus implements AsyncDisposable {
     this.nc.publish(subject, JSON.stringify(event));
   }
 
-  /** A JetStream stream over the events, so history outlives a coordinator (idempotent). */
-  async ensureHistory(stream: string): Promise<void> {
+  /**
+   * A JetStream stream over the events, so history outlives a coordinator and the records etcd
+   * keeps (idempotent: a stream that exists is left as it is). `maxAgeMs` 0 keeps events for ever.
+   */
+  async ensureHistory(stream: string, opts: { maxAgeMs?: number } = {}): Promise<void> {
     try {
       const jsm = await jetstreamManager(this.nc);
       const exists = await jsm.streams.info(stream).then(
@@ -106,18 +112,38 @@ export class Bus implements AsyncDisposable {
           throw err;
         },
       );
-      if (!exists) await jsm.streams.add({ name: stream, subjects: [this.subjects.allEvents] });
+      if (!exists) await jsm.streams.add({ name: stream, subjects: [this.subjects.allEvents], max_age: nanos(opts.maxAgeMs ?? 0) });
     } catch (err) {
       throw new BatonError('UNAVAILABLE', `JetStream stream ${stream} is not available: ${(err as Error).message}`, { details: { stream }, cause: err });
     }
   }
 
-  /** Publish an event and wait for JetStream to store it. */
-  async record(subject: string, event: unknown): Promise<void> {
+  /**
+   * Publish an event and wait for JetStream to store it. `msgId` makes a repeat within the
+   * stream's duplicate window (two minutes by default) a no-op.
+   */
+  async record(subject: string, event: unknown, opts: { msgId?: string } = {}): Promise<void> {
     try {
-      await jetstream(this.nc).publish(subject, JSON.stringify(event));
+      await jetstream(this.nc).publish(subject, JSON.stringify(event), opts.msgId === undefined ? undefined : { msgID: opts.msgId });
     } catch (err) {
       throw new BatonError('UNAVAILABLE', `event on ${subject} was not stored: ${(err as Error).message}`, { details: { subject }, cause: err });
+    }
+  }
+
+  /**
+   * The last event `stream` stored on `subject`; undefined when it holds none, or there is no
+   * such stream, or no JetStream at all (nothing was ever stored).
+   */
+  async lastRecorded(stream: string, subject: string): Promise<unknown> {
+    try {
+      const jsm = await jetstreamManager(this.nc);
+      const msg = await jsm.streams.getMessage(stream, { last_by_subj: subject });
+      return msg === null ? undefined : msg.json();
+    } catch (err) {
+      // The package's JetStreamNotEnabled class is not exported; its name is set.
+      if ((err as Error).name === 'JetStreamNotEnabled') return undefined;
+      if (err instanceof JetStreamApiError && NOTHING_STORED.includes(err.code)) return undefined;
+      throw new BatonError('UNAVAILABLE', `JetStream stream ${stream} could not be read: ${(err as Error).message}`, { details: { stream, subject }, cause: err });
     }
   }
 
@@ -140,4 +166,9 @@ function safeJson(msg: { json(): unknown }): unknown {
   } catch {
     return undefined;
   }
+}
+
+/** JetStream's durations are nanoseconds. */
+function nanos(ms: number): number {
+  return ms * 1_000_000;
 }

@@ -23,6 +23,18 @@ export const CoordinatorConfigSchema = z.strictObject({
   retryMs: z.number().int().positive().default(50),
   /** How many migrations run at once, per host and in the cluster; the others wait, `begun`. */
   limits: MigrationLimitsSchema,
+  /** Where migrations are kept once they have ended (history.ts). */
+  history: z
+    .strictObject({
+      /** The JetStream stream over `<subject prefix>.events.>` (default `BATON_<cluster>`). */
+      stream: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, - and _').optional(),
+      /** How long the stream keeps an event; 0 for ever. */
+      maxAgeDays: z.number().int().min(0).default(90),
+      /** Settled records kept in etcd (the newest); older ones are removed once the stream holds them. */
+      keepClosed: z.number().int().min(0).default(1000),
+    })
+    .prefault({}),
 });
 export type CoordinatorConfig = z.infer<typeof CoordinatorConfigSchema>;
 export type CoordinatorConfigInput = z.input<typeof CoordinatorConfigSchema>;
+export type HistoryConfig = CoordinatorConfig['history'];

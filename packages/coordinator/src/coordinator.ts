@@ -3,6 +3,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import {
   BatonError,
   canonicalUuid,
+  compareByStart,
   isSettled,
   leaseTiming,
   newMigration,
@@ -21,6 +22,7 @@ import { Bus } from '@baton/bus';
 import { ClusterView, Election, EtcdConnection, HostSession, MigrationStore, storedMigration, type Leadership, type StoredMigration } from '@baton/etcd';
 import type { CoordinatorConfig } from './config.js';
 import type { Log } from './log.js';
+import { MigrationHistory } from './history.js';
 import { CoordinatorMetrics } from './http/metrics.js';
 import { AgentSteps } from './saga/agent-steps.js';
 import { EtcdSteps } from './saga/etcd-steps.js';
@@ -62,6 +64,7 @@ export class Coordinator implements AsyncDisposable {
   readonly store: MigrationStore;
   readonly view: ClusterView;
   readonly metrics = new CoordinatorMetrics(() => this.driver.queued);
+  readonly history: MigrationHistory;
   private readonly driver: MigrationDriver;
   private readonly agents: AgentSteps;
   private readonly clock: MonotonicClock;
@@ -82,6 +85,7 @@ export class Coordinator implements AsyncDisposable {
     this.store = new MigrationStore(this.conn);
     this.view = new ClusterView(this.conn);
     this.agents = new AgentSteps(bus, { stepMs: config.stepTimeoutMs, sendMs: config.sendTimeoutMs });
+    this.history = new MigrationHistory({ bus, store: this.store, config: config.history, cluster: config.etcd.cluster, log: this.log });
     this.driver = new MigrationDriver({
       store: this.store,
       etcd: new EtcdSteps(this.conn),
@@ -164,9 +168,10 @@ export class Coordinator implements AsyncDisposable {
     const waiting = (s: StoredMigration): number => Number(s.record.phase === 'begun');
     const open = (await this.store.list())
       .filter((s) => !isSettled(s.record))
-      .sort((x, y) => waiting(x) - waiting(y) || (x.record.startedAt ?? '').localeCompare(y.record.startedAt ?? ''));
+      .sort((x, y) => waiting(x) - waiting(y) || compareByStart(x.record, y.record));
     this.log.info({ id: this.id, resuming: open.map((s) => `${s.record.id}:${s.record.phase}`) }, `leading; resuming ${open.length} open migration(s)`);
     for (const stored of open) this.track(stored, leadership.signal);
+    const keeping = this.history.keep(leadership.signal);
     this.leadership = leadership;
     this.metrics.leader.set(1);
     const lost = Promise.withResolvers<void>();
@@ -174,7 +179,7 @@ export class Coordinator implements AsyncDisposable {
     else leadership.signal.addEventListener('abort', () => lost.resolve(), { once: true });
     await lost.promise;
     this.log.warn({ id: this.id, reason: String((leadership.signal.reason as Error | undefined)?.message ?? leadership.signal.reason) }, 'leadership lost; every migration stops before its next step');
-    await Promise.allSettled(this.driver.runs());
+    await Promise.allSettled([...this.driver.runs(), keeping]);
   }
 
   private track(stored: StoredMigration, signal: AbortSignal): void {
@@ -183,6 +188,7 @@ export class Coordinator implements AsyncDisposable {
     void this.driver.drive(stored, signal).then(
       (done) => {
         this.log.info({ migration: id, phase: done.record.phase }, `migration ${id} ${done.record.phase}`);
+        void this.history.prune(signal);
       },
       (err: unknown) => {
         if (!signal.aborted) this.log.error({ migration: id, err: (err as Error).message }, `migration ${id} stopped: ${(err as Error).message}`);
@@ -192,7 +198,7 @@ export class Coordinator implements AsyncDisposable {
 
   private saved(record: MigrationRecord, previous?: MigrationRecord): void {
     this.metrics.saved(record, previous);
-    this.bus.publish(this.bus.subjects.event('migration', record.id), record);
+    this.history.saved(record);
   }
 
   /** This replica's leadership, or NOT_LEADER naming the leader. */
@@ -326,16 +332,20 @@ export class Coordinator implements AsyncDisposable {
     return (await this.driver.running(id)?.catch(() => undefined))?.record;
   }
 
-  async get(id: string): Promise<StoredMigration> {
+  /** A record as etcd has it, or (no revision) as the history kept it once it left etcd. */
+  async get(id: string): Promise<StoredMigration | { record: MigrationRecord; revision?: undefined }> {
     const stored = await this.store.get(id);
-    if (!stored) throw new BatonError('MIGRATION_NOT_FOUND', `no migration ${id}`, { details: { migration: id } });
-    return stored;
+    if (stored) return stored;
+    const kept = await this.history.find(id);
+    if (kept) return { record: kept };
+    throw new BatonError('MIGRATION_NOT_FOUND', `no migration ${id}`, { details: { migration: id } });
   }
 
   /** Every version of a record from `stored` on, until it is settled or `signal` aborts. */
-  async follow(stored: StoredMigration, signal: AbortSignal, onRecord: (record: MigrationRecord) => void): Promise<void> {
+  async follow(stored: StoredMigration | { record: MigrationRecord; revision?: undefined }, signal: AbortSignal, onRecord: (record: MigrationRecord) => void): Promise<void> {
     onRecord(stored.record);
-    if (isSettled(stored.record)) return;
+    // Only settled records leave etcd for the history.
+    if (isSettled(stored.record) || stored.revision === undefined) return;
     const done = Promise.withResolvers<void>();
     const watch = await this.conn.watch(this.conn.keys.migration(stored.record.id), { fromRevision: String(BigInt(stored.revision) + 1n) }, {
       put: (kv) => {

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { asBatonError, Backoff, BatonError, compareTokens, currentRevision, isClosedPhase, isStale, OVERLAPS_SAVE, parseMigrationRecord, type IdempotencyKey, type MigrationRecord } from '@baton/core';
+import { asBatonError, Backoff, BatonError, compareTokens, currentRevision, isClosedPhase, isSettled, isStale, OVERLAPS_SAVE, parseMigrationRecord, type IdempotencyKey, type MigrationRecord } from '@baton/core';
 import type { ICompare, IKeyValue } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
 
@@ -136,6 +136,17 @@ export class MigrationStore {
         return { record: next, revision: String(kv.mod_revision) };
       }
     }
+  }
+
+  /**
+   * Delete a settled record as stored; one written since (compared by revision) stays. Returns
+   * whether it went. The migration's history outlives it in the event stream.
+   */
+  async remove(stored: StoredMigration): Promise<boolean> {
+    if (!isSettled(stored.record)) throw new BatonError('INTERNAL', `migration ${stored.record.id} is not settled (${stored.record.phase}); only a settled record is removed`);
+    const key = Buffer.from(this.key(stored.record.id));
+    const res = await this.conn.txn({ compare: [{ key, target: 'Mod', result: 'Equal', mod_revision: stored.revision }], success: [{ request_delete_range: { key } }] }, `removing migration ${stored.record.id}`);
+    return res.succeeded;
   }
 
   async get(id: string): Promise<StoredMigration | undefined> {

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
-import { asBatonError, BatonError, HostIdSchema, httpListenError, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
+import { asBatonError, BatonError, compareByStart, HostIdSchema, httpListenError, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
 
 export const MigrateBodySchema = z.strictObject({
@@ -76,8 +76,7 @@ export class CoordinatorHttp {
 
     app.get('/v1/migrations', async () => {
       const all = await coordinatorOf().store.list();
-      // Wall-clock start orders records across leaders (their monotonic clocks differ after a failover).
-      return { migrations: all.map((s) => s.record).sort((a, b) => (a.startedAt ?? '').localeCompare(b.startedAt ?? '') || a.timeline[0]!.atMs - b.timeline[0]!.atMs) };
+      return { migrations: all.map((s) => s.record).sort(compareByStart) };
     });
 
     app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (req) => {

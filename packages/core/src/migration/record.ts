@@ -120,6 +120,15 @@ export function currentRevision(record: MigrationRecord): Token {
   return MIGRATION_TOKEN_SLOTS.reduce<Token>((newest, slot) => record.tokens[slot] ?? newest, 0);
 }
 
+/**
+ * The order migrations were asked for: by the wall clock of the replicas that took them (their
+ * monotonic clocks differ after a failover), then by the first timeline entry. For lists and
+ * queues, never a lease decision.
+ */
+export function compareByStart(a: MigrationRecord, b: MigrationRecord): number {
+  return (a.startedAt ?? '').localeCompare(b.startedAt ?? '') || a.timeline[0]!.atMs - b.timeline[0]!.atMs;
+}
+
 /** Closed, and no staged definition left to apply: nothing remains to do for this record. */
 export function isSettled(record: MigrationRecord): boolean {
   return isClosedPhase(record.phase) && record.staged === null;
