@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { AgentClient } from '@baton/agent';
-import { BatonError } from '@baton/core';
+import { BatonError, MAX_LINE_BYTES } from '@baton/core';
+import { RawAgentSocket } from '../support/agent-io.js';
 import { AgentProcess, SharedStorage, startProbe, startSimVm } from '../support/index.js';
 
 /** 50 in `npm test`; `npm run soak` raises it. */
@@ -81,5 +82,24 @@ describe('re-exec under load', () => {
     // The counter continues where the old image stopped: no reservation block is skipped.
     expect(after).toBe(before + 1);
     await expect(c.request('acquire', { resources: [{ name: 'a' }] })).rejects.toBeInstanceOf(BatonError);
+  });
+
+  it('carries a half-received line, and the rest of an oversized one already answered, across a re-exec', async () => {
+    await using storage = await SharedStorage.create();
+    await using agent = await AgentProcess.start({ storage });
+    await using raw = await RawAgentSocket.connect(agent.socketPath);
+    const hello = (id: number): string => JSON.stringify({ v: 1, id, method: 'hello', params: {} });
+    // Half a request, then the image changes, then the other half: one request, answered once.
+    raw.write(hello(1).slice(0, 20));
+    await agent.reexec();
+    raw.write(hello(1).slice(20) + '\n');
+    expect(await raw.next()).toMatchObject({ id: 1, ok: true });
+    // An oversized line, answered LINE_TOO_LONG as soon as it is one; its rest arrives after a
+    // re-exec and is discarded up to its newline, not read as a request of its own.
+    raw.write('{"v":1,"id":2,"method":"hello","params":{},"pad":"' + 'x'.repeat(MAX_LINE_BYTES));
+    expect(await raw.next()).toMatchObject({ id: null, ok: false, error: { code: 'LINE_TOO_LONG' } });
+    await agent.reexec();
+    raw.write('x'.repeat(1000) + '"}\n' + hello(3) + '\n');
+    expect(await raw.next()).toMatchObject({ id: 3, ok: true });
   });
 });

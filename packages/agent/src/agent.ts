@@ -26,7 +26,7 @@ import { reexecImage } from './state/reexec.js';
 import { ClusterLocks } from './cluster/cluster-locks.js';
 import { ClusterMember } from './cluster/cluster-member.js';
 import { Fencer } from './cluster/fencer.js';
-import { REEXEC_ENV, takeInheritedState, type AgentState } from './state/state-file.js';
+import { carriedInput, REEXEC_ENV, takeInheritedState, type AgentState } from './state/state-file.js';
 import { resolveGroup } from './sys/groups.js';
 import type { PeerCred } from './sys/index.js';
 import { VERSION } from './version.js';
@@ -169,7 +169,7 @@ export class Agent implements AsyncDisposable {
       },
     });
     if (adopted) {
-      this.server.adopt(adopted.connections.map((c) => ({ ...c, pending: Buffer.from(c.pending, 'base64') })));
+      this.server.adopt(adopted.connections.map(({ queued, pending, discarding, ...c }) => ({ ...c, carried: carriedInput({ queued, pending, discarding }) })));
       // Termination in progress when the old image exec'd restarts its grace period here.
       for (const r of this.registry.all()) if (r.state === 'terminating') this.monitor.terminate(r, 'connection closed (before re-exec)');
     }

@@ -17,13 +17,25 @@ export interface ConnectionOptions {
   maxLineBytes: number;
   handlers: Handlers;
   onClose(conn: ClientConnection): void;
-  /** Bytes received by a previous image but not yet handled (re-exec). */
-  pending?: Buffer;
+  /** What a previous image received on this connection but had not handled (re-exec). */
+  carried?: CarriedInput;
   ownerUuid?: string;
   restricted?: boolean;
 }
 
-type Received = { kind: 'line'; line: string } | { kind: 'too-long' };
+/** A request line, or an oversized line to answer with LINE_TOO_LONG, in the order received. */
+export type Received = { kind: 'line'; line: string } | { kind: 'too-long' };
+
+/**
+ * A connection's input not yet handled, as a re-exec carries it: the requests split but not
+ * answered, then the bytes after them (a partial line and what sat unread in the socket), and
+ * whether those bytes are the rest of an oversized line already answered.
+ */
+export interface CarriedInput {
+  queued: Received[];
+  pending: Buffer;
+  discarding: boolean;
+}
 
 /**
  * One client on the agent socket: lines in, replies out, in order. A request that waits on the
@@ -49,14 +61,17 @@ export class ClientConnection implements ConnectionContext {
     this.peer = opts.peer;
     this.ownerUuid = opts.ownerUuid;
     this.restricted = opts.restricted ?? false;
-    this.reader = new LineReader(opts.maxLineBytes);
+    this.reader = new LineReader(opts.maxLineBytes, { discarding: opts.carried?.discarding ?? false });
     socket.on('data', (chunk: Buffer) => this.receive(chunk));
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.closed = true;
       opts.onClose(this);
     });
-    if (opts.pending && opts.pending.length > 0) this.receive(opts.pending);
+    if (opts.carried) {
+      this.queue.push(...opts.carried.queued);
+      this.receive(opts.carried.pending);
+    }
   }
 
   private receive(chunk: Buffer): void {
@@ -113,16 +128,15 @@ export class ClientConnection implements ConnectionContext {
   }
 
   /**
-   * Every byte received and not yet handled, in order: the partial line, then what sits unread in
-   * the socket's buffer. The unread part is put back, so nothing changes if the exec fails.
+   * Everything received and not yet handled, in order (CarriedInput). The unread part is put
+   * back, so nothing changes if the exec fails.
    */
-  pendingBytes(): Buffer {
+  carry(): CarriedInput {
     const unread: Buffer[] = [];
     for (let c = this.socket.read() as Buffer | null; c !== null; c = this.socket.read() as Buffer | null) unread.push(c);
     const rest = Buffer.concat(unread);
     if (rest.length > 0) this.socket.unshift(rest);
-    const queued = this.queue.flatMap((e) => (e.kind === 'line' ? [Buffer.from(e.line + '\n')] : []));
-    return Buffer.concat([...queued, this.reader.pending(), rest]);
+    return { queued: [...this.queue], pending: Buffer.concat([this.reader.pending(), rest]), discarding: this.reader.isDiscarding };
   }
 
   /** Resolves when every reply written so far has reached the kernel. */

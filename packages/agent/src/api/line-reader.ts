@@ -7,13 +7,24 @@ export type LineEvent = { kind: 'line'; line: string } | { kind: 'too-long'; byt
 export class LineReader {
   private parts: Buffer[] = [];
   private size = 0;
-  private discarding = false;
+  private discarding: boolean;
 
-  constructor(private readonly maxBytes: number) {}
+  /** `discarding`: in the middle of an oversized line already reported (a re-exec carries it). */
+  constructor(
+    private readonly maxBytes: number,
+    opts: { discarding?: boolean } = {},
+  ) {
+    this.discarding = opts.discarding ?? false;
+  }
 
   /** Bytes received but not yet a whole line (carried across a re-exec). */
   pending(): Buffer {
     return Buffer.concat(this.parts);
+  }
+
+  /** Whether the bytes up to the next newline are the rest of an oversized line (carried across a re-exec). */
+  get isDiscarding(): boolean {
+    return this.discarding;
   }
 
   *push(chunk: Buffer): Generator<LineEvent> {

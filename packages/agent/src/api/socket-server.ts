@@ -4,7 +4,7 @@ import { dirname } from 'node:path';
 import { BatonError, MAX_LINE_BYTES } from '@baton/core';
 import { makeConfiguredDir } from '../state/dirs.js';
 import { peerCred, type PeerCred } from '../sys/index.js';
-import { ClientConnection, handleFd } from './connection.js';
+import { ClientConnection, handleFd, type CarriedInput } from './connection.js';
 import type { Handlers } from './dispatch.js';
 
 export interface InheritedConnection {
@@ -12,7 +12,7 @@ export interface InheritedConnection {
   fd: number;
   ownerUuid?: string | undefined;
   restricted: boolean;
-  pending: Buffer;
+  carried: CarriedInput;
   peer?: PeerCred | undefined;
 }
 
@@ -109,7 +109,7 @@ export class SocketServer {
         this.conns.delete(c.id);
         this.opts.onConnectionClosed(c);
       },
-      ...(inherited ? { pending: inherited.pending, restricted: inherited.restricted, ...(inherited.ownerUuid ? { ownerUuid: inherited.ownerUuid } : {}) } : {}),
+      ...(inherited ? { carried: inherited.carried, restricted: inherited.restricted, ...(inherited.ownerUuid ? { ownerUuid: inherited.ownerUuid } : {}) } : {}),
     });
     this.conns.set(id, conn);
     if (!inherited && !this.opts.allowPeer(peer)) {

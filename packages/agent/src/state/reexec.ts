@@ -5,7 +5,7 @@ import type { LockManager } from '../locks/lock-manager.js';
 import type { Logger } from '../logger.js';
 import type { OwnerRecord } from '../owners/owner-registry.js';
 import { setCloexec } from '../sys/index.js';
-import { processIdentity, REEXEC_ENV, STATE_MAGIC, STATE_VERSION, stateFilePath, writeState, type AgentState } from './state-file.js';
+import { carriedState, processIdentity, REEXEC_ENV, STATE_MAGIC, STATE_VERSION, stateFilePath, writeState, type AgentState } from './state-file.js';
 
 export interface ReexecInputs {
   stateDir: string;
@@ -44,7 +44,7 @@ export function reexecImage(inputs: ReexecInputs): void {
       ...(c.ownerUuid === undefined ? {} : { ownerUuid: c.ownerUuid }),
       restricted: c.restricted,
       ...(c.peer === undefined ? {} : { peer: c.peer }),
-      pending: c.pendingBytes().toString('base64'),
+      ...carriedState(c.carry()),
     })),
     locks: inputs.locks.snapshot(),
     ...(inputs.cluster === undefined ? {} : { cluster: inputs.cluster }),

@@ -2,6 +2,7 @@ import { readFileSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { asBatonError, BatonError, parseOrRefuse, wallTimeIso } from '@baton/core';
+import type { CarriedInput } from '../api/connection.js';
 import { LockSnapshotSchema } from '../locks/lock-manager.js';
 import { OwnerRecordSchema } from '../owners/owner-registry.js';
 import { bootId, processStartTime } from '../sys/index.js';
@@ -38,7 +39,10 @@ export const AgentStateSchema = z.strictObject({
       ownerUuid: z.string().optional(),
       restricted: z.boolean(),
       peer: z.object({ pid: z.number(), uid: z.number(), gid: z.number() }).optional(),
+      /** CarriedInput: the requests split but not answered, then the bytes after them (base64). */
+      queued: z.array(z.union([z.strictObject({ kind: z.literal('line'), line: z.string() }), z.strictObject({ kind: z.literal('too-long') })])).default([]),
       pending: z.string(),
+      discarding: z.boolean().default(false),
     }),
   ),
   locks: z.array(LockSnapshotSchema),
@@ -46,6 +50,16 @@ export const AgentStateSchema = z.strictObject({
   cluster: z.object({ session: z.string(), validUntil: z.number() }).optional(),
 });
 export type AgentState = z.infer<typeof AgentStateSchema>;
+type ConnectionState = AgentState['connections'][number];
+
+/** A connection's unhandled input as the state file holds it, and back. */
+export function carriedState(input: CarriedInput): Pick<ConnectionState, 'queued' | 'pending' | 'discarding'> {
+  return { queued: input.queued, pending: input.pending.toString('base64'), discarding: input.discarding };
+}
+
+export function carriedInput(state: Pick<ConnectionState, 'queued' | 'pending' | 'discarding'>): CarriedInput {
+  return { queued: state.queued, pending: Buffer.from(state.pending, 'base64'), discarding: state.discarding };
+}
 
 export function stateFilePath(stateDir: string): string {
   return join(stateDir, 'reexec-state.json');
