@@ -5,7 +5,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { AgentClient } from '@baton/agent';
-import type { Grant } from '@baton/core';
+import { asBatonError, type Grant } from '@baton/core';
 import { exitOf, runCli, ScratchDir, type CliResult } from '../support/agent-io.js';
 import { AgentProcess, CLI_ENTRY, freePort, ManagedProcess, SharedStorage, tryLockFrom, waitFor } from '../support/index.js';
 
@@ -189,6 +189,14 @@ describe('baton CLI', () => {
     expect(JSON.parse(released.stdout)).toEqual({ grants: [grant] });
     expect(await tryLockFrom(grant.lockPath)).toBe('granted');
     expect(vmProcess.running).toBe(true);
+
+    // An owner this host does not know (a mistyped uuid): refused by name, and registered nowhere.
+    const stranger = randomUUID();
+    const unknown = await runCli(['lock', 'release', '--socket', agent.socketPath, '--owner', stranger, '--name', 'hooked', disk]);
+    expect(unknown.status, why(unknown)).toBe(2);
+    expect(unknown.stderr).toContain(`error NOT_REGISTERED: owner ${stranger} is not registered on this host`);
+    const observer = await agent.client();
+    expect(await observer.request('inquire', { owner: stranger }).catch(asBatonError)).toMatchObject({ code: 'NOT_REGISTERED' });
   });
 
   it('prints an owner’s lock state document (baton lock inquire --json)', async () => {

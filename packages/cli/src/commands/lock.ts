@@ -68,6 +68,9 @@ export function registerLockCommands(program: Command): void {
     .action(async (resources: string[], opts: OwnerOpts) => {
       await reporting(opts, async () => {
         const { released } = await withAgent(opts, async (c) => {
+          // An owner this host does not know is refused (NOT_REGISTERED, naming it), not registered
+          // anew only to release nothing.
+          await c.request('inquire', { owner: opts.owner });
           await registerOwner(c, opts, false);
           return c.request('release', resources.length === 0 ? {} : { resources: refsOf(resources, opts) });
         });
