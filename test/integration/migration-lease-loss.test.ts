@@ -17,16 +17,21 @@ import { migrationFile, pidAlive, processState, waitFor, writtenUnder } from '..
 const file = migrationFile({ ttlSeconds: 6 });
 const { servers } = file;
 
-/** etcd away past the TTL, then back: the VM (pid) is paused by its host's fence, then re-granted a lease newer than `token` and resumed. */
-async function pausedThroughOutage(uuid: string, pid: number, token: number): Promise<ClusterLease> {
+/**
+ * etcd away past the TTL, then back: the VM is paused by its host's fence through its hypervisor
+ * (the sim's pause, as libvirt suspends a domain; not SIGSTOP), then re-granted a lease newer than
+ * `token` and unpaused.
+ */
+async function pausedThroughOutage(host: string, uuid: string, pid: number, token: number): Promise<ClusterLease> {
+  const state = async (): Promise<string | undefined> => (await file.mc.driver(host).find(uuid))?.state;
   await servers.etcd.kill('SIGKILL');
-  await waitFor(() => processState(pid) === 'T', { what: `the VM (pid ${pid}) paused by its host's fence`, deadlineMs: 15_000, intervalMs: 20 });
-  expect(pidAlive(pid)).toBe(true);
+  await waitFor(async () => (await state()) === 'paused', { what: `the VM (pid ${pid}) paused by its host's fence`, deadlineMs: 15_000, intervalMs: 20 });
+  expect([pidAlive(pid), processState(pid)]).toEqual([true, expect.not.stringMatching(/^T$/)]);
   await servers.etcd.start();
   return waitFor(
     async () => {
       const l = (await file.mc.leases(uuid).catch(() => []))[0];
-      return l !== undefined && l.token > token && processState(pid) !== 'T' ? l : false;
+      return l !== undefined && l.token > token && (await state()) === 'running' ? l : false;
     },
     { what: 'the VM re-granted its lease and resumed', deadlineMs: 30_000, intervalMs: 50 },
   );
@@ -49,7 +54,7 @@ describe('a redefined VM', () => {
     await writtenUnder(root, done.tokens.commit!, 3);
 
     // etcd gone (its data kept) past the TTL: every host fences on its own clock.
-    const regranted = await pausedThroughOutage(vm.uuid, pid, done.tokens.commit!);
+    const regranted = await pausedThroughOutage('host-b', vm.uuid, pid, done.tokens.commit!);
     expect(regranted).toMatchObject({ host: 'host-b', owner: { onLeaseLoss: { policy: 'pause' } } });
     // One writer per token; the destination's tokens only grew.
     const epochs = (await writtenUnder(root, regranted.token, 3)).map((e) => [e.host, e.token]);
@@ -73,7 +78,7 @@ describe('a redefined VM', () => {
     const adopted = await waitFor(async () => (await file.mc.vms()).find((v) => v.uuid === vm.uuid && v.locks.length === 1) ?? false, { what: 'the VM re-adopted by the restarted agent', deadlineMs: 15_000 });
     expect([adopted.pid, adopted.locks[0]!.token]).toEqual([vm.pid, vm.locks[0]!.token]);
 
-    const regranted = await pausedThroughOutage(vm.uuid, vm.pid, vm.locks[0]!.token);
+    const regranted = await pausedThroughOutage('host-a', vm.uuid, vm.pid, vm.locks[0]!.token);
     expect(regranted).toMatchObject({ host: 'host-a', owner: { onLeaseLoss: { policy: 'pause' } } });
     expect((await writtenUnder(root, regranted.token, 3)).map((e) => [e.host, e.token])).toEqual([
       ['host-a', vm.locks[0]!.token],

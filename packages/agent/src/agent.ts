@@ -25,7 +25,7 @@ import { makeConfiguredDir } from './state/dirs.js';
 import { reexecImage } from './state/reexec.js';
 import { ClusterLocks } from './cluster/cluster-locks.js';
 import { ClusterMember } from './cluster/cluster-member.js';
-import { Fencer } from './cluster/fencer.js';
+import { driverPauses, Fencer } from './cluster/fencer.js';
 import { carriedInput, REEXEC_ENV, takeInheritedState, type AgentState } from './state/state-file.js';
 import { resolveGroup } from './sys/groups.js';
 import type { PeerCred } from './sys/index.js';
@@ -216,8 +216,12 @@ export class Agent implements AsyncDisposable {
       heldKeys: () => this.cluster?.heldKeys() ?? new Set(),
     });
     this.member = member;
-    this.fencer = new Fencer({ log: this.log, killGraceMs: member.timing.fenceKillGraceMs });
     const driver = this.driver;
+    this.fencer = new Fencer({
+      log: this.log,
+      killGraceMs: member.timing.fenceKillGraceMs,
+      ...(driver ? { vms: driverPauses(driver, (uuid) => this.locks.grantsOf(uuid), () => member.validUntil) } : {}),
+    });
     const policies = driver && new PolicyFile(this.config.stateDir, this.config.hostId, (problem) => this.log.warn({ problem }, 'the policy file is ignored'));
     this.policies = policies;
     this.cluster = new ClusterLocks({

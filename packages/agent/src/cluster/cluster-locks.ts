@@ -124,7 +124,9 @@ export class ClusterLocks {
         );
         locks.retoken(owner, new Map(grants.map((g, i) => [locks.keyOf(g), leases[i]!.token])));
         record.state = 'live';
-        fencer.resume(record);
+        await fencer.resume(record).catch((err: unknown) => {
+          log.error({ owner: record.owner, err: (err as Error).message }, `${record.owner.name} got its leases back but its hypervisor did not unpause it`);
+        });
         // After the resume: a stopped VM cannot take them. Until then it writes under its old
         // tokens, which every disk refuses if anyone wrote under a newer one meanwhile.
         await this.regrantVm(owner, locks.grantsOf(owner)).catch((err: unknown) => {
