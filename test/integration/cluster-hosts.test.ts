@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { checkDisk, clusterName, EtcdServer, SharedStorage, simVmRunning, startClusterHost, startSimVm, TcpProxy, TwoHosts, waitFor, type AgentProcess } from '../support/index.js';
+import { checkDisk, clusterName, EtcdServer, SharedStorage, simVmRunning, startClusterHost, startProbe, startSimVm, TcpProxy, TwoHosts, waitFor, type AgentProcess } from '../support/index.js';
 import { asBatonError, type AgentResult } from '@baton/core';
 
 /**
@@ -45,6 +45,29 @@ describe('cluster leases between two agents', () => {
     await ca.request('release', {});
     const again = await cb.request('acquire', { resources: [{ name: disk }] });
     expect(again.grants[0]!.token).toBeGreaterThan(grants[0]!.token);
+  });
+
+  it('gives the cluster lease back when the local lock cannot be taken (a process outside Baton holds the lock file), and grants it once the file is free', async () => {
+    await using storage = await SharedStorage.create();
+    await using a = await host(storage, 'host-a', clusterName());
+    const c = await a.client();
+    await c.request('register', { owner: { uuid: randomUUID(), name: 'vm1' } });
+    const disk = storage.image('grabbed.img');
+    // Once through, for the lock file's path; then a plain process takes it (an OFD lock on byte 0).
+    const first = (await c.request('acquire', { resources: [{ name: disk }] })).grants[0]!;
+    await c.request('release', {});
+    await using grab = await startProbe(first.lockPath, ['--op', 'grab', '--lock-kind', 'ofd']);
+    await waitFor(() => grab.events().some((e) => e.event === 'holding'), { what: 'the lock file held by the outside process', deadlineMs: 5_000, intervalMs: 10 });
+
+    // etcd grants the lease, the local lock fails: the lease is given back before the refusal.
+    expect(await c.request('acquire', { resources: [{ name: disk }] }).catch(asBatonError)).toMatchObject({ code: 'RESOURCE_BUSY' });
+    expect((await c.request('clusterLocks', {})).leases).toEqual([]);
+    expect((await c.request('inquire', {})).locks).toEqual([]);
+
+    await grab.close();
+    const { grants } = await c.request('acquire', { resources: [{ name: disk }] });
+    expect(grants[0]!.token).toBeGreaterThan(first.token);
+    expect((await c.request('clusterLocks', {})).leases).toMatchObject([{ host: 'host-a', token: grants[0]!.token }]);
   });
 
   it('refuses a second agent with a live host’s name (HOST_ALIVE): the host keeps its record, its session and its leases', async () => {
