@@ -175,6 +175,24 @@ describe('baton CLI for VMs and live migration', () => {
     expect(timelineTable(one.stdout).rows.map((row) => row[0])).toEqual(FAILED_SEND);
   });
 
+  it('serves liveness, readiness (saying which replica leads), the hosts and Prometheus metrics on either replica', async () => {
+    await mc.startVm('host-a', 'probe-1', ['probe-1.img']);
+    expect((await mc.migrate('probe-1', 'host-b')).phase).toBe('done');
+    for (const [replica, leads] of [[leader, true], [follower, false]] as const) {
+      expect(await httpJson(`${replica.url}/livez`)).toEqual({ status: 200, body: { status: 'ok' } });
+      expect(await httpJson(`${replica.url}/readyz`)).toEqual({ status: 200, body: { status: 'ready', leader: leads } });
+      const hosts = (await httpJson<{ hosts: { host: string }[] }>(`${replica.url}/v1/hosts`)).body.hosts.map((h) => h.host);
+      expect(hosts.sort()).toEqual(['host-a', 'host-b']);
+      const metrics = await fetch(`${replica.url}/metrics`, { signal: AbortSignal.timeout(5_000) });
+      expect(metrics.headers.get('content-type')).toMatch(/^text\/plain/);
+      const text = await metrics.text();
+      expect(text).toMatch(new RegExp(`^baton_coordinator_leader ${leads ? 1 : 0}$`, 'm'));
+      // Only the leader drives migrations, so only it counts them.
+      const done = Number(/^baton_migrations_total\{outcome="done"\} (\d+)$/m.exec(text)?.[1] ?? 0);
+      expect(leads ? done >= 1 : done === 0, text).toBe(true);
+    }
+  });
+
   it('status names the leader, the replicas and the hosts, from either replica (BATON_COORDINATOR_URL when no --coordinator)', async () => {
     const [viaLeader, viaFollower, json] = await Promise.all([
       ok(['status']),
