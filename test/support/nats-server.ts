@@ -1,3 +1,5 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { findBinary } from './binaries.js';
 import { httpJson } from './http-json.js';
 import { LocalServer, startWithPortRetry, type LaunchSpec } from './local-server.js';
@@ -8,6 +10,12 @@ import { makeTempDir } from './temp-dir.js';
 export interface NatsServerOptions {
   /** Enable JetStream (`-js`) with a temporary store dir. @default false */
   jetstream?: boolean;
+  /**
+   * nats-server configuration text (an `authorization` block, a `tls` block, ...), written to a
+   * file (mode 0600: it may hold passwords) passed with `-c`. The command-line flags the harness
+   * passes (address, ports, name, JetStream) take precedence over it.
+   */
+  config?: string;
   /** @default DEFAULT_START_TIMEOUT_MS */
   startTimeoutMs?: number;
 }
@@ -26,6 +34,7 @@ interface NatsConfig {
   port: number;
   monitorPort: number;
   storeDir: string | undefined;
+  configFile: string | undefined;
 }
 
 /** Reads the INFO line a NATS server sends first on every client connection. */
@@ -47,6 +56,8 @@ export class NatsServer extends LocalServer {
   readonly monitorUrl: string;
   /** JetStream's store dir, when JetStream is on. */
   readonly storeDir: string | undefined;
+  /** The file given with `-c`, when the server was started with a configuration. */
+  readonly configFile: string | undefined;
   readonly #binary: string;
 
   private constructor(config: NatsConfig) {
@@ -55,6 +66,7 @@ export class NatsServer extends LocalServer {
     this.port = config.port;
     this.monitorPort = config.monitorPort;
     this.storeDir = config.storeDir;
+    this.configFile = config.configFile;
     this.url = `nats://${LOOPBACK}:${config.port}`;
     this.monitorUrl = `http://${LOOPBACK}:${config.monitorPort}`;
     this.name = `nats-server ${this.url}`;
@@ -66,12 +78,20 @@ export class NatsServer extends LocalServer {
         const [port, monitorPort] = await freePorts(2);
         if (port === undefined || monitorPort === undefined) throw new Error('no free ports');
         const storeDir = options.jetstream === true ? await makeTempDir('nats') : undefined;
-        const server = new NatsServer({ port, monitorPort, storeDir });
-        if (storeDir !== undefined) server.ownedDirs.push(storeDir);
+        const configDir = options.config === undefined ? undefined : await makeTempDir('nats-conf');
+        const configFile = configDir === undefined ? undefined : join(configDir, 'nats-server.conf');
+        const server = new NatsServer({ port, monitorPort, storeDir, configFile });
+        for (const dir of [storeDir, configDir]) if (dir !== undefined) server.ownedDirs.push(dir);
+        if (configFile !== undefined) writeFileSync(configFile, options.config ?? '', { mode: 0o600 });
         return server;
       },
       (server) => server.start(options.startTimeoutMs === undefined ? {} : { deadlineMs: options.startTimeoutMs }),
     );
+  }
+
+  /** `tls://127.0.0.1:PORT`: the same port, for a client that insists on TLS (NATS upgrades the connection after its greeting). */
+  get tlsUrl(): string {
+    return `tls://${this.hostPort}`;
   }
 
   /** `host:port`, as most NATS clients take their servers. */
@@ -84,7 +104,7 @@ export class NatsServer extends LocalServer {
   }
 
   protected spec(): LaunchSpec {
-    const args = ['-a', LOOPBACK, '-p', String(this.port), '-m', String(this.monitorPort), '-n', `baton-test-${this.port}`];
+    const args = [...(this.configFile === undefined ? [] : ['-c', this.configFile]), '-a', LOOPBACK, '-p', String(this.port), '-m', String(this.monitorPort), '-n', `baton-test-${this.port}`];
     if (this.storeDir !== undefined) args.push('-js', '-sd', this.storeDir);
     return { command: this.#binary, args };
   }

@@ -1,6 +1,8 @@
-import { connect, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { checkServerIdentity, type ConnectionOptions as NodeTlsOptions } from 'node:tls';
+import { AuthorizationError, connect, PermissionViolationError, type ConnectionOptions, type NatsConnection, type Subscription, type TlsOptions } from '@nats-io/transport-node';
 import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
-import { asBatonError, BatonError, parseOrRefuse, PROTOCOL_VERSION, ReplyEnvelope, type ErrorBody, type ErrorCode } from '@baton/core';
+import { asBatonError, BatonError, parseOrRefuse, PROTOCOL_VERSION, readSecretFile, ReplyEnvelope, type ErrorBody, type ErrorCode } from '@baton/core';
 import { z } from 'zod';
 import { Subjects, type BusConfig } from './config.js';
 
@@ -25,17 +27,37 @@ export class Bus implements AsyncDisposable {
   private constructor(
     private readonly nc: NatsConnection,
     private readonly config: BusConfig,
+    private readonly onError: (err: BatonError) => void,
   ) {
     this.subjects = new Subjects(config);
+    void this.watchRefusals();
   }
 
-  static async connect(config: BusConfig, name: string): Promise<Bus> {
+  /**
+   * Connect as `name` (nats-server's monitoring shows it), with the configured user and TLS. A
+   * refusal (credentials, client certificate, a server certificate the CA does not vouch for) is
+   * DENIED: no retry changes it, and an agent that gets it exits 5. An unreachable server is
+   * UNAVAILABLE. What NATS refuses later, asynchronously (a publish or subscription the user's
+   * permissions do not allow, the credentials on a reconnect), goes to `onError`, by default a
+   * process warning on stderr.
+   */
+  static async connect(config: BusConfig, name: string, opts: { onError?: (err: BatonError) => void } = {}): Promise<Bus> {
+    // Before dialling: a password file others can read is refused (INVALID_CONFIG) even if NATS is down.
+    const options = connectionOptions(config);
+    let nc: NatsConnection;
     try {
       // Reconnect for ever: a NATS restart is an outage to ride out, not a reason to exit.
-      const nc = await connect({ servers: config.servers, name, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
-      return new Bus(nc, config);
+      nc = await connect({ ...options, name, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
     } catch (err) {
-      throw new BatonError('UNAVAILABLE', `cannot reach NATS at ${config.servers.join(', ')}: ${(err as Error).message}`, { cause: err });
+      throw natsRefusal(err, config) ?? new BatonError('UNAVAILABLE', `cannot reach NATS at ${config.servers.join(', ')}: ${(err as Error).message}`, { cause: err });
+    }
+    return new Bus(nc, config, opts.onError ?? warn);
+  }
+
+  /** NATS answers a refused publish or subscription with `-ERR` on the connection, not to the call: nats.js reports it as a status. */
+  private async watchRefusals(): Promise<void> {
+    for await (const status of this.nc.status()) {
+      if (status.type === 'error') this.onError(natsRefusal(status.error, this.config) ?? new BatonError('UNAVAILABLE', `NATS reported an error: ${status.error.message}`, { cause: status.error }));
     }
   }
 
@@ -45,7 +67,8 @@ export class Bus implements AsyncDisposable {
     try {
       msg = await this.nc.request(subject, JSON.stringify({ v: PROTOCOL_VERSION, params }), { timeout: opts.timeoutMs ?? this.config.requestTimeoutMs });
     } catch (err) {
-      throw new BatonError('UNAVAILABLE', `no answer to ${subject}: ${(err as Error).message}`, { details: { subject }, cause: err });
+      // A request the user may not send (or whose reply it may not receive) is refused, not lost.
+      throw natsRefusal(err, this.config) ?? new BatonError('UNAVAILABLE', `no answer to ${subject}: ${(err as Error).message}`, { details: { subject }, cause: err });
     }
     // A reply that cannot be read is no refusal: the peer may have acted (UNAVAILABLE: send again).
     const reply = ReplyEnvelope.safeParse(safeJson(msg));
@@ -57,12 +80,20 @@ export class Bus implements AsyncDisposable {
   /**
    * Answer commands on `subject` (wildcards allowed); every failure is a catalogue error reply.
    * `onRefused` learns of every refusal answered, whether the envelope was not understood or the
-   * handler threw.
+   * handler threw. Resolves once NATS has taken the subscription; a subscription the user's
+   * permissions do not allow rejects with DENIED (and goes to `onError`), rather than serving
+   * nothing in silence. A caller that does not wait sees it through `onError` only.
    */
-  serve(subject: string, handler: CommandHandler, onRefused?: (err: BatonError) => void): void {
+  serve(subject: string, handler: CommandHandler, onRefused?: (err: BatonError) => void): Promise<void> {
+    let denied: unknown;
     const sub = this.nc.subscribe(subject, {
       callback: (err, msg) => {
-        if (err) return;
+        if (err) {
+          // nats.js has closed the subscription: nothing will arrive on it.
+          denied = err;
+          this.subs.delete(sub);
+          return;
+        }
         const respond = (body: unknown): void => {
           msg.respond(JSON.stringify(body));
         };
@@ -92,6 +123,18 @@ export class Bus implements AsyncDisposable {
       },
     });
     this.subs.add(sub);
+    // NATS handles a connection's commands in order: a refused SUB is answered (-ERR) before the
+    // PONG of a PING sent after it.
+    const taken = this.nc.flush().then(
+      () => {
+        if (denied !== undefined) throw natsRefusal(denied, this.config) ?? asBatonError(denied, 'UNAVAILABLE');
+      },
+      (err: unknown) => {
+        throw new BatonError('UNAVAILABLE', `NATS did not confirm the subscription to ${subject}: ${(err as Error).message}`, { details: { subject }, cause: err });
+      },
+    );
+    taken.catch(() => undefined);
+    return taken;
   }
 
   publish(subject: string, event: unknown): void {
@@ -171,4 +214,92 @@ function safeJson(msg: { json(): unknown }): unknown {
 /** JetStream's durations are nanoseconds. */
 function nanos(ms: number): number {
   return ms * 1_000_000;
+}
+
+/** Where a refusal goes when the caller gave no `onError`: stderr, as a process warning. */
+function warn(err: BatonError): void {
+  process.emitWarning(err.message, { code: `BATON_${err.code}` });
+}
+
+/** nats.js's options for the configured servers, user and TLS; INVALID_CONFIG when a file they name cannot be used. */
+function connectionOptions(config: BusConfig): ConnectionOptions {
+  const { auth, tls } = config;
+  // nats.js would report a missing file as a failed connection, retried as an outage.
+  for (const [key, path] of Object.entries(tls ?? {})) {
+    if (path === undefined) continue;
+    try {
+      accessSync(path, constants.R_OK);
+    } catch (err) {
+      throw new BatonError('INVALID_CONFIG', `nats.tls.${key} ${path} cannot be read (${String((err as NodeJS.ErrnoException).code)})`, { details: { field: `nats.tls.${key}` }, cause: err });
+    }
+  }
+  return {
+    servers: config.servers,
+    ...(auth === undefined ? {} : { user: auth.username, pass: readSecretFile('nats.auth.passwordFile', auth.passwordFile, { statSync, readFileSync }) }),
+    // nats.js reads the files at every (re)connect, so renewed certificates are picked up.
+    ...(tls === undefined ? {} : { tls: { caFile: tls.caFile, ...(tls.certFile === undefined || tls.keyFile === undefined ? {} : { certFile: tls.certFile, keyFile: tls.keyFile }), ...nodeTls(config.servers) } }),
+  };
+}
+
+/**
+ * Options nats.js hands on to Node's `tls.connect` (it spreads its `tls` option into them; its
+ * TlsOptions type does not list them).
+ */
+function nodeTls(servers: readonly string[]): TlsOptions & Pick<NodeTlsOptions, 'maxVersion' | 'checkServerIdentity'> {
+  const hosts = [...new Set(servers.map((s) => new URL(s).hostname.replace(/^\[(.*)\]$/, '$1')))];
+  return {
+    // Under TLS 1.3 a server refuses a client's certificate after the handshake, and nats.js 3.4
+    // loses that alert: the connect just waits out its 20 s timeout and the refusal reads as an
+    // outage. Under TLS 1.2 the refusal is part of the handshake and is reported at once, as what
+    // it is (DENIED). nats-server's own minimum is 1.2.
+    maxVersion: 'TLSv1.2',
+    // nats.js does not name an IP address to Node's TLS (an IP may not be sent as SNI), so Node
+    // would check the certificate against "localhost" (nats.js issue 303). A certificate must name
+    // the server dialled when nats.js says which, and else one of the configured servers.
+    checkServerIdentity: (hostname, cert) => {
+      let refused: Error | undefined;
+      for (const host of hosts.includes(hostname) ? [hostname] : hosts) {
+        const err = checkServerIdentity(host, cert);
+        if (err === undefined) return undefined;
+        refused ??= err;
+      }
+      return refused;
+    },
+  };
+}
+
+/** The user a refusal concerns, for its message. */
+function who(config: BusConfig): string {
+  return config.auth === undefined ? 'a client without credentials' : `user ${config.auth.username}`;
+}
+
+/**
+ * A refusal by NATS as DENIED: credentials (Authorization Violation), permissions (Permissions
+ * Violation), and TLS either way (the server refused this client's certificate, or the server's
+ * certificate is not one the configured CA vouches for for that address). No retry changes any
+ * of them. Undefined for anything else: an outage.
+ */
+function natsRefusal(err: unknown, config: BusConfig): BatonError | undefined {
+  const at = `NATS at ${config.servers.join(', ')}`;
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof PermissionViolationError) {
+      return new BatonError('DENIED', `NATS refused ${who(config)}: ${e.message}`, { details: { subject: e.subject, operation: e.operation }, cause: err });
+    }
+    if (e instanceof AuthorizationError) return new BatonError('DENIED', `${at} refused ${who(config)}: ${e.message}`, { cause: err });
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && /^ERR_SSL_.*ALERT/.test(code)) {
+      const reason = (e as { reason?: unknown }).reason ?? e.message;
+      const mine = config.tls?.certFile ?? 'none';
+      return new BatonError('DENIED', `${at} refused the TLS handshake: ${String(reason)} (client certificate: ${mine})`, { details: { tls: code }, cause: err });
+    }
+    // OpenSSL's verification codes (UNABLE_TO_VERIFY_LEAF_SIGNATURE, CERT_HAS_EXPIRED, ...) and
+    // Node's for a certificate that names another host.
+    if (typeof code === 'string' && (code === 'ERR_TLS_CERT_ALTNAME_INVALID' || /^[A-Z_]*(CERT|SIGNATURE|ISSUER|_CA)[A-Z_]*$/.test(code))) {
+      return new BatonError('DENIED', `${at} presented a certificate this process does not trust (nats.tls.caFile): ${e.message}`, { details: { tls: code }, cause: err });
+    }
+    if (/does not support 'tls'|tls is not available/i.test(e.message)) {
+      return new BatonError('DENIED', `${at} does not offer TLS, which nats.tls requires`, { cause: err });
+    }
+  }
+  return undefined;
 }

@@ -132,3 +132,59 @@ export function loadConfig<S extends z.ZodType>(schema: S, sources: ConfigSource
   }
   throw invalid(issues);
 }
+
+/** A path in a configuration that must not depend on the process's working directory. */
+export const AbsolutePath = z.string().startsWith('/', 'must be an absolute path');
+
+/**
+ * A client's TLS, as PEM files: the CA that signed the server's certificate, and this process's
+ * own certificate and key for a server that verifies its clients.
+ */
+export const TlsFilesSchema = z
+  .strictObject({
+    caFile: AbsolutePath,
+    certFile: AbsolutePath.optional(),
+    keyFile: AbsolutePath.optional(),
+  })
+  .refine((t) => (t.certFile === undefined) === (t.keyFile === undefined), { message: 'certFile and keyFile go together' });
+
+/** A user and the file holding its password ({@link readSecretFile}): the password never appears in the configuration. */
+export const PasswordAuthSchema = z.strictObject({
+  username: z.string().min(1),
+  /** The password is read from this file (mode 0600), never from the config itself. */
+  passwordFile: AbsolutePath,
+});
+
+/**
+ * What {@link readSecretFile} needs of the file system. Core does no I/O itself: the adapters
+ * pass `node:fs`, so every secret file is checked by this one rule.
+ */
+export interface SecretFileReader {
+  statSync(path: string): { mode: number };
+  readFileSync(path: string, encoding: 'utf8'): string;
+}
+
+/**
+ * The secret (a password) held by the file a configuration field names, without its trailing
+ * newline. A file group or others can read is refused: whoever reads it holds the process's
+ * credentials. Every failure is INVALID_CONFIG naming the field (`details.field`).
+ */
+export function readSecretFile(field: string, path: string, fs: SecretFileReader): string {
+  const unreadable = (err: unknown): BatonError =>
+    new BatonError('INVALID_CONFIG', `${field} ${path} cannot be read (${String((err as { code?: unknown }).code ?? (err as Error).message)})`, { details: { field }, cause: err });
+  let mode: number;
+  try {
+    mode = fs.statSync(path).mode & 0o777;
+  } catch (err) {
+    throw unreadable(err);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new BatonError('INVALID_CONFIG', `${field} ${path} has mode ${mode.toString(8)}; it must not be readable by group or others (chmod 600)`, { details: { field, mode: mode.toString(8) } });
+  }
+  try {
+    return fs.readFileSync(path, 'utf8').trim();
+  } catch (err) {
+    // Mode 0600 but another user's file (EACCES), or a directory (EISDIR): the same refusal.
+    throw unreadable(err);
+  }
+}

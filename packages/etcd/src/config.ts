@@ -1,7 +1,5 @@
 import { z } from 'zod';
-import { TtlSeconds } from '@baton/core';
-
-const absolutePath = z.string().startsWith('/', 'must be an absolute path');
+import { PasswordAuthSchema, TlsFilesSchema, TtlSeconds } from '@baton/core';
 
 /** How a Baton process reaches etcd. Shared by the agent's and the coordinator's config. */
 export const EtcdConfigSchema = z
@@ -18,21 +16,8 @@ export const EtcdConfigSchema = z
      * operator fenced its host), its resources stay unavailable this much longer. 0: off.
      */
     lockDelayMs: z.number().int().min(0).max(600_000).default(0),
-    tls: z
-      .strictObject({
-        caFile: absolutePath,
-        certFile: absolutePath.optional(),
-        keyFile: absolutePath.optional(),
-      })
-      .refine((t) => (t.certFile === undefined) === (t.keyFile === undefined), { message: 'certFile and keyFile go together' })
-      .optional(),
-    auth: z
-      .strictObject({
-        username: z.string().min(1),
-        /** The password is read from this file (mode 0600), never from the config itself. */
-        passwordFile: absolutePath,
-      })
-      .optional(),
+    tls: TlsFilesSchema.optional(),
+    auth: PasswordAuthSchema.optional(),
     /** Longest a single request may take before it counts as failed (0: a quarter of the TTL). */
     requestTimeoutMs: z.number().int().min(0).default(0),
   })

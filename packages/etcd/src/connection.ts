@@ -18,22 +18,13 @@ import {
   type ILeaseKeepAliveResponse,
   type IKeyValue,
 } from 'etcd3';
-import { BatonError, leaseTiming, rpcDeadline } from '@baton/core';
+import { BatonError, leaseTiming, readSecretFile, rpcDeadline } from '@baton/core';
 import { keyPrefix, type EtcdConfig } from './config.js';
 import { KeyLayout, prefixEnd } from './keys.js';
 
 /** A password file others can read is refused: the credentials could write every lease of the cluster. */
 function readPasswordFile(path: string): string {
-  let mode: number;
-  try {
-    mode = statSync(path).mode & 0o777;
-  } catch (err) {
-    throw new BatonError('INVALID_CONFIG', `etcd.auth.passwordFile ${path} cannot be read (${(err as NodeJS.ErrnoException).code})`, { details: { field: 'etcd.auth.passwordFile' }, cause: err });
-  }
-  if ((mode & 0o077) !== 0) {
-    throw new BatonError('INVALID_CONFIG', `etcd.auth.passwordFile ${path} has mode ${mode.toString(8)}; it must not be readable by group or others (chmod 600)`, { details: { field: 'etcd.auth.passwordFile', mode: mode.toString(8) } });
-  }
-  return readFileSync(path, 'utf8').trim();
+  return readSecretFile('etcd.auth.passwordFile', path, { statSync, readFileSync });
 }
 
 /** The request never reached a member: the connection was refused or never established. */
