@@ -1,7 +1,7 @@
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import { checkServerIdentity, type ConnectionOptions as NodeTlsOptions } from 'node:tls';
 import { AuthorizationError, connect, PermissionViolationError, type ConnectionOptions, type NatsConnection, type Subscription, type TlsOptions } from '@nats-io/transport-node';
-import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, JetStreamApiCodes, JetStreamApiError, jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { asBatonError, BatonError, parseOrRefuse, PROTOCOL_VERSION, readSecretFile, ReplyEnvelope, type ErrorBody, type ErrorCode } from '@baton/core';
 import { z } from 'zod';
 import { Subjects, type BusConfig } from './config.js';
@@ -22,6 +22,7 @@ export type CommandHandler = (params: unknown, subject: string) => unknown;
 export class Bus implements AsyncDisposable {
   readonly subjects: Subjects;
   private readonly subs = new Set<Subscription>();
+  private jsm: Promise<JetStreamManager> | undefined;
   private closed = false;
 
   private constructor(
@@ -142,12 +143,24 @@ export class Bus implements AsyncDisposable {
   }
 
   /**
+   * JetStream's manager, made once: making one asks the server for the account's JetStream (a
+   * round trip). A failure is not kept, so JetStream enabled later is found.
+   */
+  private manager(): Promise<JetStreamManager> {
+    this.jsm ??= jetstreamManager(this.nc).catch((err: unknown) => {
+      this.jsm = undefined;
+      throw err;
+    });
+    return this.jsm;
+  }
+
+  /**
    * A JetStream stream over the events, so history outlives a coordinator and the records etcd
    * keeps (idempotent: a stream that exists is left as it is). `maxAgeMs` 0 keeps events for ever.
    */
   async ensureHistory(stream: string, opts: { maxAgeMs?: number } = {}): Promise<void> {
     try {
-      const jsm = await jetstreamManager(this.nc);
+      const jsm = await this.manager();
       const exists = await jsm.streams.info(stream).then(
         () => true,
         (err: unknown) => {
@@ -179,7 +192,7 @@ export class Bus implements AsyncDisposable {
    */
   async lastRecorded(stream: string, subject: string): Promise<unknown> {
     try {
-      const jsm = await jetstreamManager(this.nc);
+      const jsm = await this.manager();
       const msg = await jsm.streams.getMessage(stream, { last_by_subj: subject });
       return msg === null ? undefined : msg.json();
     } catch (err) {

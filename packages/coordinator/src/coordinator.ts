@@ -37,6 +37,9 @@ export interface CoordinatorOptions {
   url: string;
 }
 
+/** A record found by id: in etcd (with its revision), or in the history once it left etcd. */
+export type FoundMigration = StoredMigration | { record: MigrationRecord; revision?: undefined };
+
 /** What a candidacy tells the other replicas and the CLI. */
 export interface ReplicaInfo {
   id: string;
@@ -166,12 +169,11 @@ export class Coordinator implements AsyncDisposable {
     // the waiting ones (begun) in the order they were asked for (by the wall clock of the replicas
     // that took them: a queue's order, no lease decision).
     const waiting = (s: StoredMigration): number => Number(s.record.phase === 'begun');
-    const open = (await this.store.list())
-      .filter((s) => !isSettled(s.record))
-      .sort((x, y) => waiting(x) - waiting(y) || compareByStart(x.record, y.record));
+    const all = await this.store.list();
+    const open = all.filter((s) => !isSettled(s.record)).sort((x, y) => waiting(x) - waiting(y) || compareByStart(x.record, y.record));
     this.log.info({ id: this.id, resuming: open.map((s) => `${s.record.id}:${s.record.phase}`) }, `leading; resuming ${open.length} open migration(s)`);
     for (const stored of open) this.track(stored, leadership.signal);
-    const keeping = this.history.keep(leadership.signal);
+    const keeping = this.history.keep(leadership.signal, all.length - open.length);
     this.leadership = leadership;
     this.metrics.leader.set(1);
     const lost = Promise.withResolvers<void>();
@@ -188,7 +190,7 @@ export class Coordinator implements AsyncDisposable {
     void this.driver.drive(stored, signal).then(
       (done) => {
         this.log.info({ migration: id, phase: done.record.phase }, `migration ${id} ${done.record.phase}`);
-        void this.history.prune(signal);
+        this.history.ended(signal);
       },
       (err: unknown) => {
         if (!signal.aborted) this.log.error({ migration: id, err: (err as Error).message }, `migration ${id} stopped: ${(err as Error).message}`);
@@ -333,7 +335,7 @@ export class Coordinator implements AsyncDisposable {
   }
 
   /** A record as etcd has it, or (no revision) as the history kept it once it left etcd. */
-  async get(id: string): Promise<StoredMigration | { record: MigrationRecord; revision?: undefined }> {
+  async get(id: string): Promise<FoundMigration> {
     const stored = await this.store.get(id);
     if (stored) return stored;
     const kept = await this.history.find(id);
@@ -342,7 +344,7 @@ export class Coordinator implements AsyncDisposable {
   }
 
   /** Every version of a record from `stored` on, until it is settled or `signal` aborts. */
-  async follow(stored: StoredMigration | { record: MigrationRecord; revision?: undefined }, signal: AbortSignal, onRecord: (record: MigrationRecord) => void): Promise<void> {
+  async follow(stored: FoundMigration, signal: AbortSignal, onRecord: (record: MigrationRecord) => void): Promise<void> {
     onRecord(stored.record);
     // Only settled records leave etcd for the history.
     if (isSettled(stored.record) || stored.revision === undefined) return;

@@ -21,6 +21,11 @@ export class MigrationHistory {
   private ready = false;
   private pruning: Promise<void> | undefined;
   private pruneAgain = false;
+  /**
+   * Settled records in etcd as this leader knows them: counted in the list it read when elected,
+   * one more per migration it ends. Only a count above `keepClosed` lists the records again.
+   */
+  private settled = 0;
 
   constructor(
     private readonly opts: { bus: Bus; store: MigrationStore; config: HistoryConfig; cluster: string; log: Log },
@@ -38,11 +43,12 @@ export class MigrationHistory {
   }
 
   /**
-   * Leader: make sure the stream exists, tried again (up to every 30 s) until it does or
-   * `signal` aborts, then prune.
+   * Leader, elected with `settled` settled records in etcd: make sure the stream exists, tried
+   * again (up to every 30 s) until it does or `signal` aborts, then prune.
    */
-  async keep(signal: AbortSignal): Promise<void> {
+  async keep(signal: AbortSignal, settled: number): Promise<void> {
     const { bus, config, log } = this.opts;
+    this.settled = settled;
     const backoff = new Backoff(1_000, 30_000);
     while (!this.ready && !signal.aborted) {
       try {
@@ -56,9 +62,19 @@ export class MigrationHistory {
     await this.prune(signal);
   }
 
+  /** A migration this leader drove has settled. */
+  ended(signal: AbortSignal): void {
+    this.settled++;
+    void this.prune(signal);
+  }
+
+  private get overKept(): boolean {
+    return this.settled > this.opts.config.keepClosed;
+  }
+
   /** Remove settled records beyond `keepClosed` from etcd, oldest first. Calls that overlap one under way run once more after it. */
-  prune(signal: AbortSignal): Promise<void> {
-    if (!this.ready) return Promise.resolve();
+  private prune(signal: AbortSignal): Promise<void> {
+    if (!this.ready || !this.overKept) return Promise.resolve();
     if (this.pruning) {
       this.pruneAgain = true;
       return this.pruning;
@@ -67,7 +83,7 @@ export class MigrationHistory {
       do {
         this.pruneAgain = false;
         await this.pruneOnce(signal);
-      } while (this.pruneAgain && !signal.aborted);
+      } while (this.pruneAgain && this.overKept && !signal.aborted);
     })()
       .catch((err: unknown) => this.opts.log.warn({ err: (err as Error).message }, `pruning settled migrations failed; tried again after the next one ends: ${(err as Error).message}`))
       .finally(() => (this.pruning = undefined));
@@ -76,13 +92,18 @@ export class MigrationHistory {
 
   private async pruneOnce(signal: AbortSignal): Promise<void> {
     const { bus, store, config, log } = this.opts;
+    const counted = this.settled;
     const settled = (await store.list()).filter((s) => isSettled(s.record)).sort((a, b) => compareByStart(a.record, b.record));
-    const old = settled.slice(0, Math.max(0, settled.length - config.keepClosed));
-    for (const stored of old) {
+    // The list corrects the count; migrations ended meanwhile stay counted.
+    this.settled += settled.length - counted;
+    for (const stored of settled.slice(0, Math.max(0, settled.length - config.keepClosed))) {
       if (signal.aborted) return;
       // Stored in the stream before it leaves etcd; the id makes a repeat after a crash a no-op.
       await bus.record(this.subject(stored.record.id), stored.record, { msgId: `${stored.record.id}@${stored.revision}` });
-      if (await store.remove(stored)) log.debug({ migration: stored.record.id }, `migration ${stored.record.id} moved to the history`);
+      if (await store.remove(stored)) {
+        this.settled--;
+        log.debug({ migration: stored.record.id }, `migration ${stored.record.id} moved to the history`);
+      }
     }
   }
 

@@ -1,5 +1,5 @@
 import { setTimeout as delay } from 'node:timers/promises';
-import { asBatonError, Backoff, BatonError, type Grant, type LockMode, type ResourceRef } from '@baton/core';
+import { asBatonError, Backoff, BatonError, canonicalUuid, type Grant, type LockMode, type ResourceRef } from '@baton/core';
 import type { HeldLease, HostSession, LeaseClaim, LeaseTable } from '@baton/etcd';
 import type { HypervisorDriver } from '../hypervisor/driver.js';
 import type { LockManager } from '../locks/lock-manager.js';
@@ -175,7 +175,9 @@ export class ClusterLocks {
     const byOwner = new Map<string, Awaited<ReturnType<typeof member.table.leasesOf>>>();
     for (const l of await member.table.leasesOf(session.id)) {
       if (l.value.host !== host) continue;
-      byOwner.set(l.value.owner.uuid, [...(byOwner.get(l.value.owner.uuid) ?? []), l]);
+      // A lease value is any agent version's writing: its uuid in the one spelling the registry and the locks key by.
+      const uuid = canonicalUuid(l.value.owner.uuid);
+      byOwner.set(uuid, [...(byOwner.get(uuid) ?? []), l]);
     }
     for (const [uuid, leases] of byOwner) {
       const o = leases[0]!.value.owner;

@@ -53,8 +53,8 @@ export class Fencer {
 
   fence(record: OwnerRecord): void {
     const { owner, onLeaseLoss } = record;
-    const pid = owner.pid;
-    if (pid === undefined || record.startTime === undefined || !isProcessAlive(pid, record.startTime)) return;
+    const pid = alivePid(record);
+    if (pid === undefined) return;
     this.opts.log.error({ owner, policy: onLeaseLoss.policy }, `fencing ${owner.name}: ${onLeaseLoss.policy}`);
     switch (onLeaseLoss.policy) {
       case 'pause':
@@ -78,24 +78,27 @@ export class Fencer {
   /** The driver has until the kill grace to confirm the pause; otherwise the process is stopped. */
   private pauseVm(record: OwnerRecord, vms: VmPauses): void {
     const { owner } = record;
+    // Whichever comes first, the driver's answer or the grace, decides; the other does nothing.
     let decided = false;
-    const stop = (why: string): void => {
-      if (decided) return;
+    const decide = (): boolean => {
+      if (decided) return false;
       decided = true;
       clearTimeout(late);
       this.timers.delete(late);
+      return true;
+    };
+    const stop = (why: string): void => {
+      if (!decide()) return;
       this.opts.log.error({ owner, why }, `pausing ${owner.name} with SIGSTOP: ${why}`);
-      if (owner.pid !== undefined && record.startTime !== undefined && isProcessAlive(owner.pid, record.startTime)) signalProcess(owner.pid, 'SIGSTOP');
+      const pid = alivePid(record);
+      if (pid !== undefined) signalProcess(pid, 'SIGSTOP');
     };
     const late = setTimeout(() => stop('its hypervisor did not confirm the pause in time'), this.opts.killGraceMs);
     this.timers.add(late);
-    vms.pause(owner.uuid).then(
+    void vms.pause(owner.uuid).then(
       (paused) => {
         if (!paused) return stop('its hypervisor does not run it');
-        if (decided) return;
-        decided = true;
-        clearTimeout(late);
-        this.timers.delete(late);
+        if (!decide()) return;
         this.pausedVms.add(owner.uuid);
         this.opts.log.error({ owner }, `paused ${owner.name} through its hypervisor`);
       },
@@ -112,7 +115,8 @@ export class Fencer {
   private killLater(record: OwnerRecord): void {
     const t = setTimeout(() => {
       this.timers.delete(t);
-      if (record.owner.pid !== undefined && record.startTime !== undefined && isProcessAlive(record.owner.pid, record.startTime)) signalProcess(record.owner.pid, 'SIGKILL');
+      const pid = alivePid(record);
+      if (pid !== undefined) signalProcess(pid, 'SIGKILL');
     }, this.opts.killGraceMs);
     this.timers.add(t);
   }
@@ -121,4 +125,10 @@ export class Fencer {
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
   }
+}
+
+/** The owner's pid while that process (pid and start time) still runs; undefined otherwise. */
+function alivePid(record: OwnerRecord): number | undefined {
+  const { pid } = record.owner;
+  return pid !== undefined && record.startTime !== undefined && isProcessAlive(pid, record.startTime) ? pid : undefined;
 }

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { BatonError, canonicalUuid, LeaseLossSchema, LIVENESS, OwnerSchema, type LeaseLoss, type Liveness, type Owner } from '@baton/core';
+import { BatonError, LeaseLossSchema, LIVENESS, OwnerSchema, type LeaseLoss, type Liveness, type Owner } from '@baton/core';
 import { processStartTime } from '../sys/index.js';
 
 /** `fenced`: paused by the lease-loss policy, waiting for its leases to come back with new tokens. */
@@ -26,19 +26,23 @@ export type OwnerRecord = z.infer<typeof OwnerRecordSchema>;
 /** Attaching to an existing owner: uuid and name must match; id and pid too where given. */
 function sameIdentity(registered: Owner, claimed: Owner): boolean {
   return (
-    canonicalUuid(registered.uuid) === canonicalUuid(claimed.uuid) &&
+    registered.uuid === claimed.uuid &&
     registered.name === claimed.name &&
     (claimed.id === undefined || registered.id === claimed.id) &&
     (claimed.pid === undefined || registered.pid === claimed.pid)
   );
 }
 
-/** Who holds locks on this host, and how the agent will learn that they are gone. */
+/**
+ * Who holds locks on this host, and how the agent will learn that they are gone. Keyed by uuid as
+ * given, in the one spelling the UUID schema gives every uuid that reaches the agent (socket,
+ * NATS, state file; lease values are spelt so where they are adopted).
+ */
 export class OwnerRegistry {
   private readonly owners = new Map<string, OwnerRecord>();
 
   get(uuid: string): OwnerRecord | undefined {
-    return this.owners.get(canonicalUuid(uuid));
+    return this.owners.get(uuid);
   }
 
   all(): OwnerRecord[] {
@@ -54,7 +58,7 @@ export class OwnerRegistry {
    * identity. A connection-bound owner belongs to one connection for its whole life.
    */
   register(owner: Owner, liveness: Liveness, connection: number, onLeaseLoss: LeaseLoss = { policy: 'kill' }): OwnerRecord {
-    const key = canonicalUuid(owner.uuid);
+    const key = owner.uuid;
     const existing = this.owners.get(key);
     if (existing?.adopted && sameIdentity(existing.owner, owner)) {
       existing.adopted = false;
@@ -101,13 +105,13 @@ export class OwnerRegistry {
 
   /** An owner found in the cluster after an agent restart, its process still running. */
   adopt(owner: Owner, startTime: number, onLeaseLoss: LeaseLoss): OwnerRecord {
-    const record: OwnerRecord = { owner: { ...owner, uuid: canonicalUuid(owner.uuid) }, liveness: 'pid', startTime, state: 'live', onLeaseLoss, adopted: true };
+    const record: OwnerRecord = { owner: { ...owner, uuid: owner.uuid }, liveness: 'pid', startTime, state: 'live', onLeaseLoss, adopted: true };
     this.owners.set(record.owner.uuid, record);
     return record;
   }
 
   remove(uuid: string): void {
-    this.owners.delete(canonicalUuid(uuid));
+    this.owners.delete(uuid);
   }
 
   restore(records: readonly OwnerRecord[]): void {
