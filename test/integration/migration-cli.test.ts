@@ -130,6 +130,34 @@ describe('baton CLI for VMs and live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
   });
 
+  it('on a terminal, migrate draws one bar, redrawn in place from 0/7 begun to 7/7 done, then the timeline', async () => {
+    const vm = await mc.startVm('host-a', 'cli-web4', ['cli-web4.img']);
+    const r = await runCli(['migrate', 'cli-web4', '--to', 'host-b', '--coordinator', leader.url], { deadlineMs: 30_000, tty: true });
+    expect(r.status, why(r)).toBe(0);
+    const lines = r.stdout.split('\r\n');
+    expect(lines[0]).toMatch(/^migration \S+: VM cli-web4 \(.+\) host-a → host-b$/);
+    // The bar's line: every drawing starts by returning to column 0 and clearing the line.
+    const frames = lines[1]!.split('\r\x1b[2K');
+    expect(frames[0], 'nothing before the first drawing').toBe('');
+    const drawn = frames.slice(1).map((f) => {
+      const m = /^\[([█░]{24})\] (\d)\/7 (\S+) +\+\d+\.\d ms$/.exec(f);
+      expect(m, JSON.stringify(f)).not.toBeNull();
+      return { filled: m![1]!.indexOf('░') < 0 ? 24 : m![1]!.indexOf('░'), taken: Number(m![2]), phase: m![3]! };
+    });
+    expect(drawn[0]).toEqual({ filled: 0, taken: 0, phase: 'begun' });
+    expect(drawn.at(-1)).toEqual({ filled: 24, taken: 7, phase: 'done' });
+    for (const [i, d] of drawn.entries()) {
+      expect(d.phase, 'the phase the steps taken lead to').toBe(HANDOFF[d.taken]);
+      expect(d.filled).toBe(Math.round((d.taken / 7) * 24));
+      if (i > 0) expect(d.taken, 'the bar only moves on').toBeGreaterThan(drawn[i - 1]!.taken);
+    }
+    // No line per phase on a terminal; the timeline table follows the bar.
+    expect(lines.filter((l) => /^ {2}\S+ +\+\d+\.\d ms$/.test(l))).toEqual([]);
+    expect(timelineTable(lines.join('\n')).rows.map((row) => row[0])).toEqual(HANDOFF);
+    expect(lines.filter((l) => l !== '').at(-1)).toBe('VM cli-web4 runs on host-b');
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
+  });
+
   it('a failed send: migrate exits with IO_ERROR’s status and prints the aborted timeline; migrations lists the aborted and the later done one', async () => {
     const vm = await mc.startVm('host-a', 'cli-db1', ['cli-db1.img']);
     const driver = mc.driver('host-a');

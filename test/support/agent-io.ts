@@ -113,16 +113,24 @@ export interface CliResult {
   stderr: string;
 }
 
+/** A word the shell reads back as exactly `word`. */
+const shellWord = (word: string): string => `'${word.replaceAll("'", `'\\''`)}'`;
+
 /**
  * `baton <args>` as a user runs it: a node process, stdout and stderr kept apart. The runner's own
  * `BATON_*` variables are left out (they would reconfigure the CLI); `env` adds variables. It is
- * killed (and the call fails) if it has not exited within the deadline.
+ * killed (and the call fails) if it has not exited within the deadline. With `tty`, it runs on a
+ * pseudo-terminal, as at an operator's prompt, through util-linux's `script` (Debian's essential
+ * bsdutils): stdout and stderr are then the one terminal, all in `stdout`, lines ending in CRLF.
  */
-export function runCli(args: readonly string[], opts: { env?: Record<string, string>; deadlineMs?: number } = {}): Promise<CliResult> {
+export function runCli(args: readonly string[], opts: { env?: Record<string, string>; deadlineMs?: number; tty?: boolean } = {}): Promise<CliResult> {
   const deadlineMs = opts.deadlineMs ?? 15_000;
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BATON_')));
+  const argv = [process.execPath, CLI_ENTRY, ...args];
+  // -e: script exits with the command's status; -q: no "Script started" banner; the log goes nowhere.
+  const [file, ...rest] = opts.tty ? ['script', '-qec', argv.map(shellWord).join(' '), '/dev/null'] : argv;
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_ENTRY, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, ...opts.env } });
+    const child = spawn(file!, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, ...opts.env } });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (t: string) => (stdout += t));

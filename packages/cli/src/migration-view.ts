@@ -1,4 +1,4 @@
-import { BatonError, migrationRule, type ErrorCode, type MigrationRecord, type TimelineEntry } from '@baton/core';
+import { BatonError, migrationRule, stepsLeft, type ErrorCode, type MigrationRecord, type TimelineEntry } from '@baton/core';
 import { handoffWindowMs } from '@baton/coordinator';
 import { printTable } from './output.js';
 
@@ -33,6 +33,20 @@ export function migrationRows(records: readonly MigrationRecord[]): Record<strin
 /** `  performing   +12.3 ms`, with the error code when a failure led into the phase. */
 export function progressLine(record: MigrationRecord, entry: TimelineEntry): string {
   const line = `  ${entry.phase.padEnd(11)} +${formatMs(sinceBegun(record, entry))}`;
+  return entry.error === undefined ? line : `${line}  ${entry.error}`;
+}
+
+/**
+ * `[██████████░░░░░░] 5/7 sent        +41.2 ms`: the steps taken out of those the migration takes
+ * if the rest succeed, so an abort redraws the bar to its own (shorter) end rather than jumping
+ * back. What `baton migrate` draws on a terminal, in place, as `virsh migrate --verbose` does.
+ */
+export function progressBar(record: MigrationRecord, width = 24): string {
+  const taken = record.timeline.length - 1;
+  const total = taken + stepsLeft(record.phase);
+  const filled = total === 0 ? width : Math.round((taken / total) * width);
+  const entry = record.timeline.at(-1)!;
+  const line = `[${'█'.repeat(filled)}${'░'.repeat(width - filled)}] ${taken}/${total} ${entry.phase.padEnd(10)} +${formatMs(sinceBegun(record, entry))}`;
   return entry.error === undefined ? line : `${line}  ${entry.error}`;
 }
 

@@ -11,6 +11,7 @@ import {
   decideReply,
   migrationRule,
   newMigration,
+  stepsLeft,
   nextStep,
   parseMigrationRecord,
   stageDefinition,
@@ -96,6 +97,13 @@ describe('the migration transition table', () => {
     };
     expect([...reach(['begun'])].sort()).toEqual([...MIGRATION_PHASES].sort());
     for (const p of MIGRATION_PHASES) expect([...reach([p])].some((q) => q === 'done' || q === 'aborted')).toBe(true);
+  });
+
+  it('counts the steps left to the end along each success: 7 for a handoff, and the abort paths from where they start', () => {
+    expect(Object.fromEntries(MIGRATION_PHASES.map((p) => [p, stepsLeft(p)]))).toEqual({
+      begun: 7, preparing: 6, prepared: 5, performing: 4, sent: 3, committed: 2, confirming: 1, done: 0,
+      unmarking: 3, discarding: 2, returning: 2, restoring: 1, aborted: 0,
+    });
   });
 });
 

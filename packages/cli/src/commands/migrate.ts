@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { BatonError, exitCodeFor, type MigrationRecord } from '@baton/core';
 import { CoordinatorClient, DEFAULT_COORDINATOR_URL, FOLLOW_TIMEOUT_MS, type CoordinatorStatus } from '../coordinator-client.js';
-import { abortCause, abortError, migrationHeader, migrationRows, MIGRATION_COLUMNS, printTimeline, progressLine } from '../migration-view.js';
+import { abortCause, abortError, migrationHeader, migrationRows, MIGRATION_COLUMNS, printTimeline, progressBar, progressLine } from '../migration-view.js';
 import { printJson, printTable, reporting } from '../output.js';
 
 export interface CoordinatorOpts {
@@ -38,16 +38,15 @@ async function migrate(vm: string, opts: MigrateOpts): Promise<void> {
     else process.stdout.write(`${migrationHeader(accepted)}\nstarted; follow it with: baton migrations ${accepted.id}\n`);
     return;
   }
-  // Print each timeline entry once, as it first appears in any version of the record.
-  let shown = 0;
-  const show = (record: MigrationRecord): void => {
-    if (opts.json) return;
-    for (const entry of record.timeline.slice(shown)) process.stdout.write(progressLine(record, entry) + '\n');
-    shown = Math.max(shown, record.timeline.length);
-  };
   if (!opts.json) process.stdout.write(migrationHeader(accepted) + '\n');
-  show(accepted);
-  const settled = await client.follow(accepted.id, show, followMs);
+  const progress = opts.json ? undefined : process.stdout.isTTY ? terminalBar() : phaseLines();
+  progress?.show(accepted);
+  let settled: MigrationRecord;
+  try {
+    settled = await client.follow(accepted.id, (record) => progress?.show(record), followMs);
+  } finally {
+    progress?.end();
+  }
   if (opts.json) {
     printJson(settled);
     // The record is the output either way; the exit status still says how the migration ended.
@@ -58,6 +57,43 @@ async function migrate(vm: string, opts: MigrateOpts): Promise<void> {
   printTimeline(settled);
   if (settled.phase === 'aborted') throw abortError(settled);
   process.stdout.write(`VM ${settled.vm.name} runs on ${settled.destination}\n`);
+}
+
+interface Progress {
+  show(record: MigrationRecord): void;
+  end(): void;
+}
+
+/**
+ * On a terminal: one bar, redrawn in place; clipped to the width, since a wrapped line cannot be
+ * redrawn. A version older than the one drawn (a stream opened again on another replica starts
+ * from what that one has) leaves the bar as it is.
+ */
+function terminalBar(): Progress {
+  let drawn = 0;
+  return {
+    show(record) {
+      if (record.timeline.length < drawn) return;
+      drawn = record.timeline.length;
+      const columns = process.stdout.columns > 1 ? process.stdout.columns - 1 : 80;
+      process.stdout.write(`\r\x1b[2K${progressBar(record).slice(0, columns)}`);
+    },
+    end() {
+      if (drawn > 0) process.stdout.write('\n');
+    },
+  };
+}
+
+/** Into a pipe or a log: each timeline entry once, on its own line, as it first appears in any version of the record. */
+function phaseLines(): Progress {
+  let shown = 0;
+  return {
+    show(record) {
+      for (const entry of record.timeline.slice(shown)) process.stdout.write(progressLine(record, entry) + '\n');
+      shown = Math.max(shown, record.timeline.length);
+    },
+    end() {},
+  };
 }
 
 function printStatus(status: CoordinatorStatus): void {
@@ -76,7 +112,7 @@ function printStatus(status: CoordinatorStatus): void {
 /** `baton migrate`, `baton migrations`, `baton status`: the coordinator's view, over its HTTP API. */
 export function registerMigrationCommands(program: Command): void {
   coordinatorOptions(program.command('migrate <vm>'))
-    .description('live-migrate a VM (uuid or name): its disk leases go to --to without a gap or an overlap; shows each phase as it is reached')
+    .description('live-migrate a VM (uuid or name): its disk leases go to --to without a gap or an overlap; on a terminal, a progress bar through the phases (elsewhere, one line per phase as it is reached), then the timeline')
     .requiredOption('--to <host>', 'the destination host')
     .option('--no-wait', 'return once the coordinator has taken the migration')
     .option('--timeout <seconds>', `how long to follow the migration (default ${FOLLOW_TIMEOUT_MS / 1000}); it goes on without the command`)

@@ -110,3 +110,14 @@ export const MIGRATION_PHASE_NEEDS: { readonly [P in MigrationPhase]: readonly M
   // An aborted record either never began (validation refused) or went through restoring.
   aborted: [],
 };
+
+/**
+ * How many steps a record in `phase` still has to take if each succeeds: the length of the `ok`
+ * path to its closed phase. With the steps already taken it makes a progress measure that stays
+ * honest on the abort paths, which are shorter than the handoff and start part-way through it.
+ */
+export function stepsLeft(phase: MigrationPhase): number {
+  let n = 0;
+  for (let rule = migrationRule(phase); rule !== undefined; rule = migrationRule(rule.ok)) n++;
+  return n;
+}
