@@ -201,22 +201,26 @@ describe('agents under their NATS users', () => {
     await using agent = await AgentProcess.start({ storage, hostId: 'hv-01', config: agentConfig('hv-01') });
     const { bus: coordinator } = await connectAs('coordinator');
     await using _c = coordinator;
-    // The agent logs "agent started" once its subscriptions are sent, not once NATS has them.
-    const listed = await waitFor(async () => (await coordinator.request(coordinator.subjects.agent('hv-01', 'vm.list'), {}).catch(() => undefined)) ?? false, {
-      what: 'hv-01 to answer vm.list',
-      deadlineMs: 5_000,
-      intervalMs: 20,
-    });
-    expect(listed).toEqual({ vms: [] });
+    // "agent started" comes once NATS has taken every subscription: the first command is answered.
+    expect(await coordinator.request(coordinator.subjects.agent('hv-01', 'vm.list'), {})).toEqual({ vms: [] });
     expect(agent.json.proc.running).toBe(true);
-    // Nothing it did was refused (a refusal would be a BATON_DENIED warning on its stderr).
-    expect(agent.json.proc.output()).not.toContain('[BATON_');
+    // Nothing it did was refused (a refusal would be a DENIED line in its log).
+    expect(agent.json.proc.output()).not.toContain('DENIED');
 
     // Another host started with hv-01's user: NATS takes the connection but refuses every
-    // subscription, and the agent says so on stderr (it does not exit: see docs/cluster.md#nats).
-    await using impostor = await AgentProcess.start({ storage, hostId: 'hv-03', config: agentConfig('hv-01') });
-    const refusal = `[BATON_DENIED] Warning: NATS refused user baton-prod-hv-01: Permissions Violation for Subscription to "baton.prod.agent.hv-03.vm.destroy"`;
-    await waitFor(() => impostor.json.proc.output().includes(refusal), { what: 'the impostor’s refused subscription on its stderr', deadlineMs: 5_000, intervalMs: 20 });
+    // subscription. The agent does not go on serving nothing: it exits 5 (DENIED), naming the
+    // subject, with the refusal in its log (the first one: it stops at that).
+    const impostorPath = join(scratch.path, 'hv-03.json');
+    writeFileSync(impostorPath, JSON.stringify(AgentProcess.configFor(join(scratch.path, 'hv-03'), { storage, hostId: 'hv-03', config: agentConfig('hv-01') })));
+    const impostor = await runCli(['agent', '--config', impostorPath], { deadlineMs: 30_000 });
+    expect(impostor.status, why(impostor)).toBe(5);
+    const subjectRefused = (verb: string): string => `NATS refused user baton-prod-hv-01: Permissions Violation for Subscription to "baton.prod.agent.hv-03.${verb}"`;
+    expect(impostor.stderr).toMatch(new RegExp(`^baton agent: DENIED: ${literal(subjectRefused('vm.start'))}$`, 'm'));
+    const logged = impostor.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { code?: string; msg: string });
+    const denied = logged.filter((l) => l.code === 'DENIED').map((l) => l.msg);
+    expect(denied).toContain(subjectRefused('vm.start'));
+    expect(denied).toContain(`agent failed to start: ${subjectRefused('vm.start')}`);
+    expect(logged.map((l) => l.msg)).not.toContain('agent started');
     expect(await coordinator.request(coordinator.subjects.agent('hv-03', 'vm.list'), {}).then(() => undefined, asBatonError)).toMatchObject({ code: 'UNAVAILABLE' });
 
     // hv-02 with a wrong password, given through the environment as an operator would

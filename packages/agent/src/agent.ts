@@ -241,8 +241,10 @@ export class Agent implements AsyncDisposable {
 
   /** The coordinator's commands: this host's VMs and its steps of their migrations (needs etcd and a driver: the config says so). */
   private async serveVms(config: NonNullable<AgentConfig['nats']>): Promise<void> {
-    this.bus = await Bus.connect(config, `baton-agent ${this.config.hostId}`);
-    this.vms = new VmHost({ host: this.config.hostId, driver: this.driver!, bus: this.bus, member: this.member!, cluster: this.cluster!, locks: this.locks, registry: this.registry, policies: this.policies!, log: this.log });
+    // What NATS refuses after the connect (a publish, a subscription, the credentials on a
+    // reconnect) goes to the agent's log with its code, where its other failures are.
+    this.bus = await Bus.connect(config, `baton-agent ${this.config.hostId}`, { onError: (err) => this.log.error({ code: err.code, details: err.details }, err.message) });
+    this.vms = await VmHost.start({ host: this.config.hostId, driver: this.driver!, bus: this.bus, member: this.member!, cluster: this.cluster!, locks: this.locks, registry: this.registry, policies: this.policies!, log: this.log });
   }
 
   private degrade(err: BatonError): void {

@@ -107,7 +107,8 @@ export class Coordinator implements AsyncDisposable {
   }
 
   static async start(opts: CoordinatorOptions): Promise<Coordinator> {
-    const bus = await Bus.connect(opts.config.nats, `baton-coordinator ${opts.config.id}`);
+    // A publish NATS refuses (events, the history) is reported on the connection, not to the call: into the log with its code.
+    const bus = await Bus.connect(opts.config.nats, `baton-coordinator ${opts.config.id}`, { onError: (err) => opts.log.error({ code: err.code, details: err.details }, err.message) });
     const coordinator = new Coordinator(opts, bus);
     coordinator.campaigning = coordinator.campaignForever();
     return coordinator;

@@ -90,24 +90,47 @@ export class VmHost implements AsyncDisposable {
   private renewing = false;
   private closed = false;
 
-  constructor(private readonly opts: VmHostOptions) {
+  /** Every subscription, taken or refused by NATS. */
+  private readonly subscribed: Promise<unknown>;
+
+  private constructor(private readonly opts: VmHostOptions) {
     this.store = new MigrationStore(opts.member.conn);
     const { bus, host } = opts;
-    bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(parseOrRefuse(VM_COMMANDS['vm.start'].params, p, 'vm.start')));
-    bus.serve(bus.subjects.agent(host, 'vm.list'), () => this.list());
-    bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(parseOrRefuse(VM_COMMANDS['vm.destroy'].params, p, 'vm.destroy').uuid));
-    bus.serve(bus.subjects.agent(host, 'vm.define'), (p) => {
-      const { uuid, definition } = parseOrRefuse(VM_COMMANDS['vm.define'].params, p, 'vm.define');
-      return this.define(uuid, definition);
-    });
+    const serving = [
+      bus.serve(bus.subjects.agent(host, 'vm.start'), (p) => this.start(parseOrRefuse(VM_COMMANDS['vm.start'].params, p, 'vm.start'))),
+      bus.serve(bus.subjects.agent(host, 'vm.list'), () => this.list()),
+      bus.serve(bus.subjects.agent(host, 'vm.destroy'), (p) => this.destroy(parseOrRefuse(VM_COMMANDS['vm.destroy'].params, p, 'vm.destroy').uuid)),
+      bus.serve(bus.subjects.agent(host, 'vm.define'), (p) => {
+        const { uuid, definition } = parseOrRefuse(VM_COMMANDS['vm.define'].params, p, 'vm.define');
+        return this.define(uuid, definition);
+      }),
+    ];
     for (const verb of AGENT_STEP_VERBS) {
       // Any refused resume may be followed by a give-back (a refusal is final for the coordinator),
       // even one refused before it names its VM: from then on no arrival is vouched for.
       const refused = verb === 'resume' ? () => this.arrivals.clear() : undefined;
-      bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration')), refused);
+      serving.push(bus.serve(bus.subjects.agent(host, `migration.${verb}`), (p) => this.step(verb, parseOrRefuse(VM_COMMANDS.migration.params, p, 'migration')), refused));
     }
+    this.subscribed = Promise.all(serving);
     // A running VM writes only until the host's session deadline; each keepalive moves it on.
     this.renewer = setInterval(() => this.renewInBackground(), opts.member.timing.keepaliveMs);
+  }
+
+  /**
+   * Serve this host's commands once NATS has taken every subscription. One it refuses (the host
+   * runs under another host's NATS user, or permissions that leave out a verb) is DENIED: an agent
+   * that would answer none of the coordinator's commands, or only some, must not start as if it
+   * served them.
+   */
+  static async start(opts: VmHostOptions): Promise<VmHost> {
+    const host = new VmHost(opts);
+    try {
+      await host.subscribed;
+    } catch (err) {
+      await host.close();
+      throw err;
+    }
+    return host;
   }
 
   private hosted(vm: VmInfo): HostedVm {
