@@ -75,6 +75,38 @@ describe('live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
   });
 
+  it('a destination that cannot unpause after commit: its copy is destroyed, the leases go back to the source under a new token, and the VM runs there again', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
+    const { coordinator } = await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'app1', ['app1.img']);
+    const token = vm.locks[0]!.token;
+    await writtenUnder(mc.disk('app1.img'), token);
+    // A slow send, so the destination's copy exists (incoming) before its state arrives; its
+    // hypervisor will refuse the one unpause it is asked for, after the commit.
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 500 });
+    const started = await coordinator.migrate({ vm: 'app1', to: 'host-b' });
+    await waitFor(async () => (await mc.driver('host-b').find(vm.uuid))?.state === 'incoming', { what: 'the incoming copy on host-b', deadlineMs: 5_000, intervalMs: 5 });
+    await mc.driver('host-b').inject(vm.uuid, { failResumes: 1 });
+
+    const failed = await mc.settled(started.id);
+    expect(failed.phase).toBe('aborted');
+    expect(failed.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'returning', 'restoring', 'aborted']);
+    expect(failed.timeline.find((e) => e.phase === 'returning')?.error).toBe('IO_ERROR');
+    expect(await mc.copies(vm.uuid), 'the copy that never ran is gone').toEqual({ 'host-a': 'running' });
+    expect((await mc.leaseMap(vm.uuid))[mc.disk('app1.img')]).toEqual(['host-a', failed.tokens.revert]);
+    // The source runs again under the give-back's token; host-b, which never ran, wrote nothing.
+    await writtenUnder(mc.disk('app1.img'), failed.tokens.revert!);
+    expect(checkDisk(mc.disk('app1.img')).map((e) => [e.host, e.token])).toEqual([
+      ['host-a', token],
+      ['host-a', failed.tokens.revert],
+    ]);
+    expect(failed.tokens.revert).toBeGreaterThan(failed.tokens.commit!);
+
+    const again = await mc.migrate(vm.uuid, 'host-b');
+    expect(again.phase).toBe('done');
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
+  });
+
   it('holds a migration past the per-host limit in begun (its VM runs on, a definition staged meanwhile is saved at once), and starts it when a slot frees', async () => {
     await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     const { coordinator } = await mc.addCoordinator('coord-1', undefined, { limits: { perHost: 1 } });

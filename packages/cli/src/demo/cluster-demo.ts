@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { AgentClient, diskEpochs, readDiskRecords, SimDriver } from '@baton/agent';
+import { AgentClient, diskEpochs, readDiskRecords, SimDriver, type SimFaults } from '@baton/agent';
 import { asBatonError, BatonError, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorConfigInput } from '@baton/coordinator';
 import { CoordinatorClient } from '../coordinator-client.js';
@@ -140,7 +140,7 @@ async function story(ws: DemoWorkspace): Promise<void> {
   await migrate('db-01', 'host-c');
 
   /** Faults for a VM's next sends, through its host's hypervisor as the tests inject them. */
-  const inject = async (host: string, uuid: string, faults: { failSends?: number; sendDelayMs?: number }): Promise<void> => {
+  const inject = async (host: string, uuid: string, faults: SimFaults): Promise<void> => {
     using driver = new SimDriver(agents.get(host)!.stateDir, host);
     await driver.inject(uuid, faults);
   };

@@ -31,9 +31,14 @@ const emit = emitter(values.name ?? 'vm');
 
 const ResumeSchema = z.object({ grants: z.array(GrantSchema), validUntil: z.number().nullable() });
 const SendSchema = z.object({ to: z.string(), delayMs: z.number().int().nonnegative().default(0), fail: z.boolean().default(false) });
-/** Faults for the sends to come (tests and the demo set them through the control socket). */
-const FaultsSchema = z.strictObject({ op: z.literal('inject'), failSends: z.number().int().nonnegative().default(0), sendDelayMs: z.number().int().nonnegative().default(0) });
-const faults = { failSends: 0, sendDelayMs: 0 };
+/** Faults for the sends and unpauses to come (tests and the demo set them through the control socket); each inject replaces the last. */
+const FaultsSchema = z.strictObject({
+  op: z.literal('inject'),
+  failSends: z.number().int().nonnegative().default(0),
+  sendDelayMs: z.number().int().nonnegative().default(0),
+  failResumes: z.number().int().nonnegative().default(0),
+});
+const faults = { failSends: 0, sendDelayMs: 0, failResumes: 0 };
 
 class ManagedVm {
   state: VmState;
@@ -53,6 +58,12 @@ class ManagedVm {
 
   resume(grants: Grant[], validUntil: number | null): VmInfo {
     if (this.state === 'incoming') throw new BatonError('INVALID_REQUEST', 'an incoming VM has no state to run yet');
+    if (faults.failResumes > 0) {
+      // As QEMU's `cont` fails when a disk cannot be reopened for writing on this host: still paused.
+      faults.failResumes--;
+      emit({ event: 'resume-failed', seq: this.seq });
+      throw new BatonError('IO_ERROR', `VM ${values.name} cannot be unpaused (injected): a disk could not be reopened for writing`);
+    }
     this.guest.holdGrants(grants);
     this.guest.validUntil = validUntil ?? Infinity;
     this.state = 'running';
@@ -204,8 +215,8 @@ async function main(): Promise<void> {
         return vm.send(p.to, p.delayMs || faults.sendDelayMs, p.fail || injectedFail);
       }
       case 'inject': {
-        const { failSends, sendDelayMs } = FaultsSchema.parse(req);
-        Object.assign(faults, { failSends, sendDelayMs });
+        const { op: _op, ...injected } = FaultsSchema.parse(req);
+        Object.assign(faults, injected);
         return vm.info();
       }
       case 'destroy':

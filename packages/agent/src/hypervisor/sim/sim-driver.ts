@@ -48,6 +48,16 @@ async function exited(p: ProcessId, ms: number): Promise<boolean> {
   return true;
 }
 
+/** Faults a sim VM takes for its coming operations (tests and the demo inject them). */
+export interface SimFaults {
+  /** The next this many sends fail (IO_ERROR); the VM runs on at its source. */
+  failSends?: number;
+  /** Each send is this much slower. */
+  sendDelayMs?: number;
+  /** The next this many unpauses fail (IO_ERROR); the VM stays paused. */
+  failResumes?: number;
+}
+
 /**
  * The `sim` hypervisor: each VM a real process (managed-vm-main), detached from the agent so it
  * survives the agent's re-exec and crash, found again by its directory under `<stateDir>/vms/`.
@@ -176,8 +186,8 @@ export class SimDriver implements HypervisorDriver {
     return (await this.control(uuid, { op: 'send', to: incoming, ...opts }, SEND_TIMEOUT_MS + (opts.delayMs ?? 0))) as VmInfo;
   }
 
-  /** Faults for the VM's coming sends: the next `failSends` fail, each is delayed `sendDelayMs`. */
-  async inject(uuid: string, faults: { failSends?: number; sendDelayMs?: number }): Promise<VmInfo> {
+  /** Faults for the VM's coming operations, replacing any injected before. */
+  async inject(uuid: string, faults: SimFaults): Promise<VmInfo> {
     return (await this.control(uuid, { op: 'inject', ...faults })) as VmInfo;
   }
 
