@@ -107,6 +107,37 @@ describe('live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
   });
 
+  it('a destination whose agent dies after commit and never comes back: once its session has expired the resume fails with LEASE_LOST, and the VM runs on its source again', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
+    const { coordinator } = await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'gone1', ['gone1.img']);
+    const token = vm.locks[0]!.token;
+    await writtenUnder(mc.disk('gone1.img'), token);
+    // A slow send: host-b's agent is SIGKILLed once its copy is waiting for the state. The copy's
+    // process (detached, as QEMU is from libvirtd) takes the state; host-b's session lives until
+    // its TTL, so the commit gives it the leases, and then nobody answers the resume.
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 500 });
+    const started = await coordinator.migrate({ vm: 'gone1', to: 'host-b' });
+    await waitFor(async () => (await mc.driver('host-b').find(vm.uuid))?.state === 'incoming', { what: 'the incoming copy on host-b', deadlineMs: 5_000, intervalMs: 5 });
+    await mc.agent('host-b').crash();
+    await using conn = mc.connectEtcd();
+    await waitFor(async () => (await conn.range(conn.keys.host('host-b'))).kvs.length === 0, { what: 'host-b’s session to expire', deadlineMs: 15_000, intervalMs: 20 });
+
+    const record = await mc.settled(started.id);
+    expect(record.phase).toBe('aborted');
+    expect(record.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'returning', 'restoring', 'aborted']);
+    expect(record.timeline.find((e) => e.phase === 'returning')?.error).toBe('LEASE_LOST');
+    // The source runs the VM again under the give-back's token. host-b's copy stays paused where
+    // its agent died: it holds no lease, and no agent could unpause it under one.
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running', 'host-b': 'paused' });
+    expect((await mc.leaseMap(vm.uuid))[mc.disk('gone1.img')]).toEqual(['host-a', record.tokens.revert]);
+    await writtenUnder(mc.disk('gone1.img'), record.tokens.revert!);
+    expect(checkDisk(mc.disk('gone1.img')).map((e) => [e.host, e.token])).toEqual([
+      ['host-a', token],
+      ['host-a', record.tokens.revert],
+    ]);
+  });
+
   it('holds a migration past the per-host limit in begun (its VM runs on, a definition staged meanwhile is saved at once), and starts it when a slot frees', async () => {
     await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     const { coordinator } = await mc.addCoordinator('coord-1', undefined, { limits: { perHost: 1 } });

@@ -38,6 +38,18 @@ export interface Holder {
   token: Token | undefined;
 }
 
+/**
+ * LEASE_LOST naming the first resource whose exclusive lease is not the VM's on `host`, if any:
+ * a copy there may not run. After a commit only a give-back moves the leases, or the end of the
+ * host's session (expired past its TTL, or revoked by an operator's fence declaration), which
+ * deletes them.
+ */
+export function leaseLost(holders: readonly Holder[], record: MigrationRecord, host: string): BatonError | undefined {
+  const foreign = holders.find((h) => h.lease?.host !== host || h.lease.owner.uuid !== record.vm.uuid);
+  if (foreign === undefined) return undefined;
+  return new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
+}
+
 export interface HandoffParty {
   host: string;
   /** The host's session (its host record's lease): the moved leases hang on it. */

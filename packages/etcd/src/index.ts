@@ -5,6 +5,6 @@ export { HostSession, SESSION_PHASES, type SessionLog, type SessionOptions, type
 export { LeaseTable, type HeldLease, type LeaseClaim } from './lease-table.js';
 export { ClusterView } from './cluster-view.js';
 export { Election, type CampaignOptions, type Leadership } from './election.js';
-export { Handoff, HandoffMarkerSchema, type HandoffMarker, type HandoffParty, type HandoffResource, type RecordGuard } from './handoff.js';
+export { Handoff, HandoffMarkerSchema, leaseLost, type HandoffMarker, type HandoffParty, type HandoffResource, type RecordGuard } from './handoff.js';
 export { parseValue } from './values.js';
 export { assertCurrentIn, MigrationStore, storedMigration, type StoredMigration } from './migration-store.js';

@@ -20,7 +20,7 @@ import {
   type VmInfo,
   type VmSpec,
 } from '@baton/core';
-import { assertCurrentIn, Handoff, MigrationStore, type HostSession } from '@baton/etcd';
+import { assertCurrentIn, Handoff, leaseLost, MigrationStore, type HostSession } from '@baton/etcd';
 import type { Bus } from '@baton/bus';
 import type { ClusterLocks } from '../cluster/cluster-locks.js';
 import type { ClusterMember } from '../cluster/cluster-member.js';
@@ -397,11 +397,11 @@ export class VmHost implements AsyncDisposable {
   private async leaseTokens(record: MigrationRecord, role: 'source' | 'destination', key: IdempotencyKey, copy: Promise<VmInfo | undefined>): Promise<Token[]> {
     const { holders, record: stored } = await Handoff.of(this.opts.member.conn, record).holders();
     assertCurrentIn(stored, key);
-    const foreign = holders.find((h) => h.lease?.host !== this.opts.host || h.lease.owner.uuid !== record.vm.uuid);
-    if (foreign) {
+    const lost = leaseLost(holders, record, this.opts.host);
+    if (lost) {
       // The destination's session was lost after commit: this copy must never run.
       await this.dropCopy(role, await copy);
-      throw new BatonError('LEASE_LOST', `"${foreign.resource.identity}" is not leased to ${record.vm.name} on ${this.opts.host}`, { details: { resource: foreign.resource.identity, holder: foreign.lease?.host ?? null } });
+      throw lost;
     }
     return holders.map((h) => h.token!);
   }

@@ -1,5 +1,5 @@
 import { asBatonError, BatonError, currentRevision, HostRecordSchema, type MigrationCommand, type MigrationRecord, type MigrationStepReply } from '@baton/core';
-import { Handoff, parseValue, type EtcdConnection, type HandoffParty, type RecordGuard, type StoredMigration } from '@baton/etcd';
+import { Handoff, leaseLost, parseValue, type EtcdConnection, type HandoffParty, type RecordGuard, type StoredMigration } from '@baton/etcd';
 
 /**
  * The record that asks for a step, and the last record saved. The step's transaction compares
@@ -35,6 +35,11 @@ export class EtcdSteps {
     const party = { host, session: String(kv.lease) };
     this.sessions.set(host, party);
     return party;
+  }
+
+  /** LEASE_LOST if `host` does not hold every lease of the record's VM now (`leaseLost`). */
+  async leaseLost(record: MigrationRecord, host: string): Promise<BatonError | undefined> {
+    return leaseLost((await Handoff.of(this.conn, record).holders()).holders, record, host);
   }
 
   /** The reply, and the record as saved by the step's transaction when it carried one. */
