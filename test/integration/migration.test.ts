@@ -118,7 +118,7 @@ describe('live migration', () => {
     // its TTL, so the commit gives it the leases, and then nobody answers the resume.
     await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 500 });
     const started = await coordinator.migrate({ vm: 'gone1', to: 'host-b' });
-    await waitFor(async () => (await mc.driver('host-b').find(vm.uuid))?.state === 'incoming', { what: 'the incoming copy on host-b', deadlineMs: 5_000, intervalMs: 5 });
+    await waitFor(async () => (await mc.record(started.id))?.phase === 'performing', { what: 'the send to begin', deadlineMs: 5_000, intervalMs: 5 });
     await mc.agent('host-b').crash();
     await using conn = mc.connectEtcd();
     await waitFor(async () => (await conn.range(conn.keys.host('host-b'))).kvs.length === 0, { what: 'host-b’s session to expire', deadlineMs: 15_000, intervalMs: 20 });
@@ -136,6 +136,27 @@ describe('live migration', () => {
       ['host-a', token],
       ['host-a', record.tokens.revert],
     ]);
+    // When host-b's agent is back, it removes the copy the aborted migration left (before it says
+    // it has started), and only that: the VM is on host-a, running, once.
+    await mc.agent('host-b').restart();
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect((await mc.migrate(vm.uuid, 'host-b')).phase).toBe('done');
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
+  });
+
+  it('a destination whose agent is gone before it prepares: once its session has expired the prepare fails with LEASE_LOST, the migration aborts, and the VM never stopped on its source', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
+    const { coordinator } = await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'gone2', ['gone2.img']);
+    const token = vm.locks[0]!.token;
+    // host-b dies just before the migration is asked for: its session still counts it alive.
+    await mc.agent('host-b').crash();
+    const started = await coordinator.migrate({ vm: 'gone2', to: 'host-b' });
+    const record = await mc.settled(started.id);
+    expect(record.timeline.map((e) => `${e.phase}${e.error ? `(${e.error})` : ''}`)).toEqual(['begun', 'preparing', 'unmarking(LEASE_LOST)', 'discarding', 'restoring', 'aborted']);
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect((await mc.leaseMap(vm.uuid))[mc.disk('gone2.img')]).toEqual(['host-a', token]);
+    expect(checkDisk(mc.disk('gone2.img')).map((e) => [e.host, e.token])).toEqual([['host-a', token]]);
   });
 
   it('holds a migration past the per-host limit in begun (its VM runs on, a definition staged meanwhile is saved at once), and starts it when a slot frees', async () => {

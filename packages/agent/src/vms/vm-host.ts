@@ -2,6 +2,7 @@ import { isDeepStrictEqual } from 'node:util';
 import {
   asBatonError,
   BatonError,
+  compareByStart,
   parseOrRefuse,
   VM_COMMANDS,
   AGENT_STEP_VERBS,
@@ -10,6 +11,7 @@ import {
   type HostedVm,
   type IdempotencyKey,
   type LeaseLoss,
+  type MigrationPhase,
   type MigrationRecord,
   type MigrationStepParams,
   type ResourceRef,
@@ -50,6 +52,9 @@ interface Arrival {
   session: HostSession;
   vm: VmInfo;
 }
+
+/** The phases of a migration whose destination's copy will never run: the VM stays, or goes back, on its source. */
+const ARRIVAL_ABANDONED: readonly MigrationPhase[] = ['unmarking', 'discarding', 'returning', 'restoring', 'aborted'];
 
 /** Which end of a migration carries out each agent step. */
 const STEP_ROLE: Record<AgentStepVerb, 'source' | 'destination'> = {
@@ -130,7 +135,35 @@ export class VmHost implements AsyncDisposable {
       await host.close();
       throw err;
     }
+    await host.removeLeftovers().catch((err: unknown) => opts.log.warn({ err: (err as Error).message }, 'could not look for copies left by aborted migrations; they stay'));
     return host;
+  }
+
+  /**
+   * Copies an aborted migration left on this host, which can never run: the VM's latest migration
+   * came here and was abandoned (an abort path, or aborted), so the VM runs on its source, and
+   * this copy, paused or still incoming, holds no lease. An agent that refuses a resume destroys
+   * its copy itself; when it was down past its TTL, the coordinator answered its resume, prepare
+   * or discard for it (EtcdSteps.unanswered), and the copy stayed. Only copies that do not run and
+   * are no owner's are looked at, and the records are read only if there are any.
+   */
+  private async removeLeftovers(): Promise<void> {
+    const { driver, registry, host, log } = this.opts;
+    const idle = (copies: VmInfo[]) => copies.filter((vm) => vm.state !== 'running' && registry.get(vm.uuid) === undefined);
+    const candidates = idle(await driver.list());
+    if (candidates.length === 0) return;
+    const records = (await this.store.list()).map((s) => s.record);
+    for (const vm of candidates) {
+      const latest = records.filter((r) => r.vm.uuid === vm.uuid).sort(compareByStart).at(-1);
+      if (latest?.destination !== host || !ARRIVAL_ABANDONED.includes(latest.phase)) continue;
+      await this.serial.run(vm.uuid, async () => {
+        // A command may have come in since (the agent serves already): only a copy still idle goes.
+        const now = await driver.find(vm.uuid);
+        if (now === undefined || idle([now]).length === 0) return;
+        await driver.destroy(vm.uuid);
+        log.info({ vm: vm.uuid, migration: latest.id, phase: latest.phase }, `destroyed the copy of VM ${vm.name} that migration ${latest.id} (${latest.phase}) left here: it never ran here and holds no lease; the VM runs on ${latest.source}`);
+      });
+    }
   }
 
   private hosted(vm: VmInfo): HostedVm {

@@ -152,22 +152,24 @@ export class Drive {
   }
 
   /**
-   * A resume nobody answered, to a destination that no longer holds the VM's leases, can never
-   * succeed: its session has ended (the host is down past its TTL, or an operator declared it
-   * fenced), and its agent, back or not, would refuse it with LEASE_LOST. So it fails with
-   * LEASE_LOST now, as that agent would, and the abort after commit runs the VM on its source
-   * again, instead of leaving it paused until the destination returns, if it ever does. A read
-   * that fails leaves the reply as it was: the resume is sent again.
+   * A step nobody answered (a retryable failure) goes again, unless etcd shows it never can
+   * (`EtcdSteps.unanswered`: its host's session has ended): then it takes etcd's answer, and the
+   * migration moves on instead of waiting for a host that may never come back. A read that fails
+   * leaves the reply as it was.
    */
   private async unanswered(command: MigrationCommand, reply: MigrationStepReply): Promise<MigrationStepReply> {
-    if (reply.ok || command.target !== 'destination' || command.step !== 'resume' || !RETRYABLE_STEP_CODES.includes(reply.error.code)) return reply;
-    const lost = await raceAbort(this.opts.etcd.leaseLost(this.record, command.host), this.signal).catch((err: unknown) => {
+    if (reply.ok || !RETRYABLE_STEP_CODES.includes(reply.error.code)) return reply;
+    const answer = await raceAbort(this.opts.etcd.unanswered(this.record, command), this.signal).catch((err: unknown) => {
       if (this.signal.aborted) throw err;
       return undefined;
     });
-    if (lost === undefined) return reply;
-    this.opts.log.warn({ migration: this.record.id, host: command.host, code: lost.code, details: lost.details }, `resume of migration ${this.record.id} unanswered and ${lost.message}: the destination cannot run it; the VM goes back to ${this.record.source}`);
-    return { ok: false, error: lost.toBody() };
+    if (answer === undefined) return reply;
+    const host = command.target === 'etcd' ? undefined : command.host;
+    this.opts.log.warn(
+      { migration: this.record.id, step: command.step, host, ...(answer.ok ? {} : { code: answer.error.code }) },
+      `${command.step} of migration ${this.record.id} unanswered, and ${host} can never answer it: ${answer.ok ? 'taken as done (its copy never held a lease)' : answer.error.message}`,
+    );
+    return answer;
   }
 
   /**

@@ -37,9 +37,32 @@ export class EtcdSteps {
     return party;
   }
 
-  /** LEASE_LOST if `host` does not hold every lease of the record's VM now (`leaseLost`). */
-  async leaseLost(record: MigrationRecord, host: string): Promise<BatonError | undefined> {
-    return leaseLost((await Handoff.of(this.conn, record).holders()).holders, record, host);
+  /**
+   * The answer an agent step nobody answered gets from etcd, when etcd shows the step can never
+   * go through: its host's session has ended (down past its TTL, or revoked by an operator's fence
+   * declaration), and with it every lease on it. Undefined: it is sent again.
+   *
+   * - resume: the destination no longer holds every lease of the VM (`leaseLost`). Its agent, back
+   *   or not, would refuse with LEASE_LOST; so it fails now, and the VM goes back to its source.
+   * - prepare: the destination has no session. It fails (LEASE_LOST), so the migration aborts
+   *   before the source has paused anything.
+   * - discard: the destination has no session. Done: its copy never held a lease and can never
+   *   run, and its agent removes it when it starts again (VmHost's removeLeftovers).
+   *
+   * The source's steps are not answered for it: the VM's state is there (perform, restore), or its
+   * only other copy is (confirm), and only that host's agent may act on it.
+   */
+  async unanswered(record: MigrationRecord, command: MigrationCommand): Promise<MigrationStepReply | undefined> {
+    if (command.target !== 'destination') return undefined;
+    if (command.step === 'resume') {
+      const lost = leaseLost((await Handoff.of(this.conn, record).holders()).holders, record, command.host);
+      return lost && { ok: false, error: lost.toBody() };
+    }
+    if (command.step !== 'prepare' && command.step !== 'discard') return undefined;
+    if ((await this.conn.range(this.conn.keys.host(command.host), { countOnly: true })).count !== '0') return undefined;
+    if (command.step === 'discard') return { ok: true };
+    const gone = new BatonError('LEASE_LOST', `host ${command.host} has no live session: it is down past its TTL, or was declared fenced`, { details: { host: command.host } });
+    return { ok: false, error: gone.toBody() };
   }
 
   /** The reply, and the record as saved by the step's transaction when it carried one. */
