@@ -34,6 +34,8 @@ export interface HandoffResult {
   criticalPath: Summary;
   phases: Record<PathPhase, Summary>;
   path: PathCount;
+  /** The most etcd writes and NATS messages any measured migration had inside its critical path. */
+  most: { etcdWrites: number; busMessages: number };
   /** Every path seen, with how many migrations had it (one entry: every migration alike). */
   pathVariants: { steps: string; n: number }[];
   /** begun → done on the record's timeline. */

@@ -8,6 +8,9 @@ export const MIGRATION_TARGET = {
   vsFloor: 1.5,
   /** Critical path p99, in ms. */
   p99Ms: 20,
+  /** At most this many etcd transactions and bus messages inside any migration's critical path. */
+  etcdWrites: 1,
+  busMessages: 2,
 };
 
 const ms = (us: number): string => (us / 1000).toFixed(us < 10_000 ? 2 : 1);
@@ -49,10 +52,17 @@ export function migrationRows(m: MigrationResults): Row[] {
       rows.push(latencyRow(`${tag}   ${i + 1}. ${PHASE_LABELS[p]}`, s, { ratio: `mean ${ms(s.mean)} ms, ${((s.mean / total) * 100).toFixed(0)}% of the path` }));
     });
     const pm = h.perMigration;
+    const within = { etcd: h.most.etcdWrites <= MIGRATION_TARGET.etcdWrites, bus: h.most.busMessages <= MIGRATION_TARGET.busMessages };
     rows.push({
       name: `${tag} inside the critical path (record timeline)`,
       n: h.measured,
-      value: `${h.path.etcdWrites} etcd writes, ${h.path.busMessages} NATS messages`,
+      value: `${h.path.etcdWrites} etcd writes, ${h.path.busMessages} NATS messages (most in any migration: ${h.most.etcdWrites}, ${h.most.busMessages})`,
+      target: `≤ ${MIGRATION_TARGET.etcdWrites} etcd txn, ≤ ${MIGRATION_TARGET.busMessages} bus hops, every migration`,
+      result: within.etcd && within.bus && h.measured > 0 ? 'PASS' : 'MISS',
+      checks: [
+        { what: 'etcd writes inside the critical path (most in any migration)', value: h.most.etcdWrites, limit: MIGRATION_TARGET.etcdWrites, pass: within.etcd },
+        { what: 'NATS messages inside the critical path (most in any migration)', value: h.most.busMessages, limit: MIGRATION_TARGET.busMessages, pass: within.bus },
+      ],
       ratio: `${h.path.steps.join(' → ')}${h.pathVariants.length === 1 ? ' (every migration)' : ` (${h.pathVariants.map((v) => v.n).join(' + ')} migrations had ${h.pathVariants.length} different paths: see results.json)`}; a whole migration: ${pm.txn.toFixed(1)} Txn, ${pm.range.toFixed(1)} Range, ${pm.proposals.toFixed(1)} raft proposals`,
     });
     rows.push(latencyRow(`${tag} whole migration, begun → done (sequential; prepare starts the incoming VM process)`, h.whole));
