@@ -140,9 +140,20 @@ export class VmHost implements AsyncDisposable {
   }
 
   /**
+   * Whether this host's copy of a migration's VM can never run: the migration went back, or it
+   * waits for a resume this host would refuse (its leases left with a session that ended; this
+   * process has no arrival to vouch for, so it would read etcd and find them gone).
+   */
+  private async abandoned(record: MigrationRecord): Promise<boolean> {
+    if (ARRIVAL_ABANDONED.includes(record.phase)) return true;
+    if (record.phase !== 'committed') return false;
+    return leaseLost((await Handoff.of(this.opts.member.conn, record).holders()).holders, record, this.opts.host) !== undefined;
+  }
+
+  /**
    * Copies an aborted migration left on this host, which can never run: the VM's latest migration
-   * came here and was abandoned (an abort path, or aborted), so the VM runs on its source, and
-   * this copy, paused or still incoming, holds no lease. An agent that refuses a resume destroys
+   * came here and was abandoned (`abandoned`), so the VM runs, or will, on its source, and this
+   * copy, paused or still incoming, holds no lease. An agent that refuses a resume destroys
    * its copy itself; when it was down past its TTL, the coordinator answered its resume, prepare
    * or discard for it (EtcdSteps.unanswered), and the copy stayed. Only copies that do not run and
    * are no owner's are looked at, and the records are read only if there are any.
@@ -155,7 +166,7 @@ export class VmHost implements AsyncDisposable {
     const records = (await this.store.list()).map((s) => s.record);
     for (const vm of candidates) {
       const latest = records.filter((r) => r.vm.uuid === vm.uuid).sort(compareByStart).at(-1);
-      if (latest?.destination !== host || !ARRIVAL_ABANDONED.includes(latest.phase)) continue;
+      if (latest?.destination !== host || !(await this.abandoned(latest))) continue;
       await this.serial.run(vm.uuid, async () => {
         // A command may have come in since (the agent serves already): only a copy still idle goes.
         const now = await driver.find(vm.uuid);
