@@ -54,7 +54,7 @@ export async function waitFor<T>(probe: Probe<T>, options: WaitForOptions): Prom
   const started = performance.now();
   const intervalMs = options.intervalMs ?? DEFAULT_INTERVAL_MS;
   const attemptTimeoutMs = options.attemptTimeoutMs ?? DEFAULT_ATTEMPT_TIMEOUT_MS;
-  const deadline = options.deadlineMs === undefined ? undefined : AbortSignal.timeout(options.deadlineMs);
+  const deadline = options.deadlineMs === undefined ? undefined : AbortSignal.timeout(Math.ceil(options.deadlineMs));
   const outer = options.signal;
   const overall = AbortSignal.any([deadline, outer].filter((s): s is AbortSignal => s !== undefined));
   let attempts = 0;
