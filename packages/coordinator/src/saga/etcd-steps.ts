@@ -28,13 +28,18 @@ export class EtcdSteps {
   constructor(private readonly conn: EtcdConnection) {}
 
   private async party(host: string): Promise<HandoffParty> {
-    const known = this.sessions.get(host);
-    if (known) return known;
+    const known = this.sessions.get(host) ?? (await this.liveSession(host));
+    // Its session has ended: a commit to it fails for good and the migration aborts; a give-back
+    // (no way out but success) is retried.
+    if (known === undefined) throw sessionEnded(host);
+    this.sessions.set(host, known);
+    return known;
+  }
+
+  /** The host's session as its host record has it now; undefined once the session has ended. */
+  private async liveSession(host: string): Promise<HandoffParty | undefined> {
     const kv = (await this.conn.range(this.conn.keys.host(host))).kvs[0];
-    if (!kv || !parseValue(HostRecordSchema, kv)) throw new BatonError('UNAVAILABLE', `host ${host} has no live session`, { details: { host } });
-    const party = { host, session: String(kv.lease) };
-    this.sessions.set(host, party);
-    return party;
+    return kv && parseValue(HostRecordSchema, kv) ? { host, session: String(kv.lease) } : undefined;
   }
 
   /**
@@ -59,10 +64,8 @@ export class EtcdSteps {
       return lost && { ok: false, error: lost.toBody() };
     }
     if (command.step !== 'prepare' && command.step !== 'discard') return undefined;
-    if ((await this.conn.range(this.conn.keys.host(command.host), { countOnly: true })).count !== '0') return undefined;
-    if (command.step === 'discard') return { ok: true };
-    const gone = new BatonError('LEASE_LOST', `host ${command.host} has no live session: it is down past its TTL, or was declared fenced`, { details: { host: command.host } });
-    return { ok: false, error: gone.toBody() };
+    if ((await this.liveSession(command.host)) !== undefined) return undefined;
+    return command.step === 'discard' ? { ok: true } : { ok: false, error: sessionEnded(command.host).toBody() };
   }
 
   /** The reply, and the record as saved by the step's transaction when it carried one. */
@@ -103,4 +106,9 @@ export class EtcdSteps {
       return { reply: { ok: false, error: error.toBody() } };
     }
   }
+}
+
+/** A host whose session has ended, and with it every lease on it. */
+function sessionEnded(host: string): BatonError {
+  return new BatonError('LEASE_LOST', `host ${host} has no live session: it is down past its TTL, or was declared fenced`, { details: { host } });
 }

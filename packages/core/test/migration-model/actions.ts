@@ -1,7 +1,7 @@
 import { isSettled, stageDefinition, transition, VmDefinitionSchema, type MigrationStep, type MigrationStepReply } from '../../src/index.js';
 import { crash, handle, restart } from './agents.js';
-import { apply, commandOf, failover, issue, timeout, type Machine } from './coordinator.js';
-import { ROLES, msgKey, withNet, type Budget, type Msg, type Mutation, type World } from './world.js';
+import { answerForLost, apply, commandOf, failover, issue, timeout, type Machine } from './coordinator.js';
+import { ROLES, msgKey, withHost, withNet, type Budget, type Msg, type Mutation, type World } from './world.js';
 
 export interface ModelOptions {
   budget: Budget;
@@ -38,6 +38,7 @@ export function successors(w: World, options: ModelOptions): Edge[] {
   };
   add('coordinator acts', false, issue(w, machine, options.mutation));
   add('coordinator times out and resends', false, timeout(w, options.mutation));
+  add('coordinator answers for the lost destination (its session ended)', false, answerForLost(w, machine, options.mutation));
 
   const seen = new Set<string>();
   w.net.forEach((m, i) => {
@@ -60,8 +61,17 @@ export function successors(w: World, options: ModelOptions): Edge[] {
 
   for (const r of ROLES) {
     const budget = r === 'source' ? 'crashSource' : 'crashDestination';
+    if (w.hosts[r].lost) continue;
     if (!w.hosts[r].up) add(`${r} agent restarts and re-adopts`, false, restart(w, r));
     else if (w.budget[budget] > 0) add(`${r} agent crashes`, true, spend(crash(w, r), budget));
+  }
+  // Before commit only: a destination lost holding the VM's leases takes them with its session,
+  // and nothing yet keeps a third party out until the give-back (docs/migration.md, known limit).
+  const dest = w.hosts.destination;
+  if (w.budget.loseDestination > 0 && !dest.lost && dest.vm !== 'running' && w.lease.owner !== 'destination' && !w.pendingPut) {
+    const lost = withHost(w, 'destination', { up: false, lost: true, locks: null, arrived: false });
+    // Commands to it go nowhere from now on.
+    add('the destination host is lost for good', true, spend(withNet(lost, w.net.filter((m) => m.kind !== 'cmd' || m.role !== 'destination')), 'loseDestination'));
   }
   if (w.budget.failover > 0) add('coordinator fails over to a new leader', true, spend(failover(w), 'failover'));
   if (w.lease.owner === null) {

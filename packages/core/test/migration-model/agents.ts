@@ -47,7 +47,7 @@ export function handle(before: World, m: Msg, fail: boolean, mutation: Mutation 
       if (me.vm === 'absent') return refused(w, 'NOT_REGISTERED');
       let world = mutation === 'release-before-send' ? withHost(w, 'source', { locks: null }) : w;
       // The send needs the destination's incoming VM (the hypervisor's, not the agent's process).
-      if (fail || w.hosts.destination.vm !== 'paused') return refused(world, 'IO_ERROR');
+      if (fail || w.hosts.destination.vm !== 'paused' || w.hosts.destination.lost) return refused(world, 'IO_ERROR');
       world = withHost(world, 'destination', { fresh: me.fresh, vm: mutation === 'unpause-before-commit' ? 'running' : 'paused' });
       // S4: the source lets go of its local locks only now that the state was sent.
       return { world: withHost(world, 'source', { vm: 'paused', locks: null }) };

@@ -37,6 +37,8 @@ function etcdStep(w: World, cmd: MigrationCommand, mutation: Mutation | undefine
     case 'mark':
       return put('source', lease.token, 'handoff');
     case 'commit':
+      // The transaction compares the destination's session: one that ended fails it for good.
+      if (w.hosts.destination.lost) return failed(w, 'LEASE_LOST');
       // The mutation: a delete and a put, leaving the key absent in between (breaks S6).
       if (mutation === 'commit-in-two-txns') return { world: { ...w, lease: { ...lease, owner: null, rev }, pendingPut: true } };
       return put('destination', rev);
@@ -59,8 +61,32 @@ export function apply(w: World, cmd: MigrationCommand, reply: MigrationStepReply
 }
 
 function send(w: World, cmd: MigrationCommand): World {
-  const msg: Msg = { kind: 'cmd', role: cmd.target as Role, step: cmd.step, token: cmd.key.token };
+  const role = cmd.target as Role;
+  // A lost host's subscriptions went with it: the command is sent, and nobody gets it.
+  if (w.hosts[role].lost) return { ...w, awaiting: true };
+  const msg: Msg = { kind: 'cmd', role, step: cmd.step, token: cmd.key.token };
   return { ...withNet(w, [...w.net, msg]), awaiting: true };
+}
+
+/**
+ * The real coordinator's EtcdSteps.unanswered: a destination step nobody answers, once etcd shows
+ * the destination's session has ended, takes etcd's answer: prepare fails (LEASE_LOST), discard is
+ * done (the copy never held a lease), resume fails (LEASE_LOST) when the lease is not the
+ * destination's. In the model the session ends exactly when the host is lost.
+ */
+export function answerForLost(w: World, machine: Machine, mutation: Mutation | undefined): World | undefined {
+  const cmd = nextStep(w.record);
+  if (mutation === 'wait-for-lost-host' || !w.awaiting || cmd === undefined || cmd.target !== 'destination' || !w.hosts.destination.lost) return undefined;
+  switch (cmd.step) {
+    case 'discard':
+      return apply(w, cmd, { ok: true }, machine);
+    case 'prepare':
+      return apply(w, cmd, failed(w, 'LEASE_LOST').reply, machine);
+    case 'resume':
+      return w.lease.owner === 'destination' ? undefined : apply(w, cmd, failed(w, 'LEASE_LOST').reply, machine);
+    default:
+      return undefined;
+  }
 }
 
 /** The coordinator's next move while it waits for nothing: one etcd step, or one command sent. */

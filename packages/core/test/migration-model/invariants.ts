@@ -50,9 +50,9 @@ export function checkEdge(before: World, after: World, delivered: Msg | undefine
 /** What a host did, without what its agent remembers (a stale command may consume an arrival). */
 const hostsKey = (w: World) => ROLES.map((r) => hostKey({ ...w.hosts[r], arrived: false })).join();
 
-/** Nothing left to do or to arrive: the record is settled, the network empty, both agents up. */
+/** Nothing left to do or to arrive: the record is settled, the network empty, both agents up (or their host lost for good). */
 export function isTerminal(w: World): boolean {
-  return isSettled(w.record) && w.net.length === 0 && ROLES.every((r) => w.hosts[r].up);
+  return isSettled(w.record) && w.net.length === 0 && ROLES.every((r) => w.hosts[r].up || w.hosts[r].lost);
 }
 
 /** A terminal state: the VM running on exactly one host, with its lease and locks, the record closed with its timeline. */
@@ -60,7 +60,8 @@ export function checkTerminal(w: World): string | undefined {
   const survivor = w.record.phase === 'done' ? 'destination' : 'source';
   const h = w.hosts[survivor];
   if (h.vm !== 'running') return `end: the VM is ${h.vm} on the ${survivor} after ${w.record.phase}`;
-  if (ROLES.some((r) => r !== survivor && w.hosts[r].vm !== 'absent')) return `end: a second copy of the VM is left after ${w.record.phase}`;
+  // A lost host's copy is no copy: nothing can run it (its agent is back only in the real system, which then removes it).
+  if (ROLES.some((r) => r !== survivor && !w.hosts[r].lost && w.hosts[r].vm !== 'absent')) return `end: a second copy of the VM is left after ${w.record.phase}`;
   if (w.lease.owner !== survivor || w.lease.mark !== 'none' || h.locks !== w.lease.token) return `end: the ${survivor} does not hold the lease and its locks plainly`;
   // done: the commit token; aborted after commit: the give-back's; before it: the source's own grant.
   const t = w.record.tokens;

@@ -19,6 +19,11 @@ export type VmState = 'absent' | 'paused' | 'running';
 export interface Host {
   /** The agent process. A crash loses its local locks and in-flight work; its VM keeps running. */
   up: boolean;
+  /**
+   * The host is gone for good (powered off): its agent never comes back and its session, with every
+   * lease on it, ends. What its copy was stays there, where nothing can ever run it.
+   */
+  lost: boolean;
   vm: VmState;
   /** The token this host's local locks are held with (fcntl on the shared lock file), or null. */
   locks: Token | null;
@@ -62,10 +67,12 @@ export interface Budget {
   failure: number;
   /** A definition change arriving at any moment. */
   change: number;
+  /** The destination host lost for good, while it holds none of the VM's leases (before commit). */
+  loseDestination: number;
 }
 
 /** How the system under test departs from the design (mutation tests prove the checker can fail). */
-export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout';
+export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host';
 
 export interface World {
   record: MigrationRecord;
@@ -96,8 +103,8 @@ export function initialWorld(budget: Budget): World {
     record,
     lease: { owner: 'source', token: 1, rev: 1, mark: 'none' },
     hosts: {
-      source: { up: true, vm: 'running', locks: 1, fresh: true, def: 0, arrived: false },
-      destination: { up: true, vm: 'absent', locks: null, fresh: false, def: 0, arrived: false },
+      source: { up: true, lost: false, vm: 'running', locks: 1, fresh: true, def: 0, arrived: false },
+      destination: { up: true, lost: false, vm: 'absent', locks: null, fresh: false, def: 0, arrived: false },
     },
     net: [],
     awaiting: false,
@@ -121,7 +128,7 @@ export function withNet(w: World, net: readonly Msg[]): World {
 }
 
 export function hostKey(x: Host): string {
-  return `${x.up ? 'U' : 'D'}${x.vm[0]}${x.locks ?? '-'}${x.fresh ? 'F' : 's'}${x.def}${x.arrived ? 'A' : ''}`;
+  return `${x.lost ? 'L' : x.up ? 'U' : 'D'}${x.vm[0]}${x.locks ?? '-'}${x.fresh ? 'F' : 's'}${x.def}${x.arrived ? 'A' : ''}`;
 }
 
 /** Everything that decides the future, nothing of the past (the record's timeline is left out). */
@@ -137,6 +144,6 @@ export function worldKey(w: World): string {
     hostKey(w.hosts.destination),
     w.net.map(msgKey).join(','),
     `${w.awaiting ? 'A' : ''}${w.pendingPut ? 'P' : ''}${w.defVersion}`,
-    `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}`,
+    `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}${b.loseDestination}`,
   ].join('|');
 }
