@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { newMigration, transition } from '@baton/core';
+import { newMigration, transition, type HostedVm, type MigrationRecord } from '@baton/core';
+import type { Coordinator } from '@baton/coordinator';
 import { MigrationStore } from '@baton/etcd';
 import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder, zombieChildren } from '../support/index.js';
 
@@ -9,6 +10,33 @@ import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder, z
  * fence guard, coordinators in this process. Each VM's disks are checked for S1/S2 afterwards.
  */
 const servers = migrationServers();
+
+const ABORTED_AFTER_COMMIT = ['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'returning', 'restoring', 'aborted'];
+
+/**
+ * A VM on host-a, written under its grant, and its migration to host-b with the send slowed by
+ * 500 ms: the destination's copy exists (incoming) and the record reaches `performing` before the
+ * state arrives, so a test can act on either.
+ */
+async function slowMigration(mc: MigrationCluster, coordinator: Coordinator, name: string): Promise<{ vm: HostedVm; token: number; started: MigrationRecord }> {
+  const vm = await mc.startVm('host-a', name, [`${name}.img`]);
+  const token = vm.locks[0]!.token;
+  await writtenUnder(mc.disk(`${name}.img`), token);
+  await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 500 });
+  return { vm, token, started: await coordinator.migrate({ vm: name, to: 'host-b' }) };
+}
+
+/** After an abort past commit: the lease is host-a's under the give-back's token, host-a writes under it, and the disk shows host-a's two epochs only. */
+async function expectBackOnSource(mc: MigrationCluster, vm: HostedVm, token: number, record: MigrationRecord): Promise<void> {
+  const disk = mc.disk(`${vm.name}.img`);
+  expect((await mc.leaseMap(vm.uuid))[disk]).toEqual(['host-a', record.tokens.revert]);
+  expect(record.tokens.revert).toBeGreaterThan(record.tokens.commit!);
+  await writtenUnder(disk, record.tokens.revert!);
+  expect(checkDisk(disk).map((e) => [e.host, e.token])).toEqual([
+    ['host-a', token],
+    ['host-a', record.tokens.revert],
+  ]);
+}
 
 describe('live migration', () => {
   it('hands the disks over: the VM runs on the destination with the commit token, the source copy is gone, the disks show one writer per token', async () => {
@@ -78,29 +106,17 @@ describe('live migration', () => {
   it('a destination that cannot unpause after commit: its copy is destroyed, the leases go back to the source under a new token, and the VM runs there again', async () => {
     await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
     const { coordinator } = await mc.addCoordinator();
-    const vm = await mc.startVm('host-a', 'app1', ['app1.img']);
-    const token = vm.locks[0]!.token;
-    await writtenUnder(mc.disk('app1.img'), token);
-    // A slow send, so the destination's copy exists (incoming) before its state arrives; its
-    // hypervisor will refuse the one unpause it is asked for, after the commit.
-    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 500 });
-    const started = await coordinator.migrate({ vm: 'app1', to: 'host-b' });
+    // The destination's hypervisor will refuse the one unpause it is asked for, after the commit.
+    const { vm, token, started } = await slowMigration(mc, coordinator, 'app1');
     await waitFor(async () => (await mc.driver('host-b').find(vm.uuid))?.state === 'incoming', { what: 'the incoming copy on host-b', deadlineMs: 5_000, intervalMs: 5 });
     await mc.driver('host-b').inject(vm.uuid, { failResumes: 1 });
 
     const failed = await mc.settled(started.id);
-    expect(failed.phase).toBe('aborted');
-    expect(failed.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'returning', 'restoring', 'aborted']);
+    expect(failed.timeline.map((e) => e.phase)).toEqual(ABORTED_AFTER_COMMIT);
     expect(failed.timeline.find((e) => e.phase === 'returning')?.error).toBe('IO_ERROR');
     expect(await mc.copies(vm.uuid), 'the copy that never ran is gone').toEqual({ 'host-a': 'running' });
-    expect((await mc.leaseMap(vm.uuid))[mc.disk('app1.img')]).toEqual(['host-a', failed.tokens.revert]);
     // The source runs again under the give-back's token; host-b, which never ran, wrote nothing.
-    await writtenUnder(mc.disk('app1.img'), failed.tokens.revert!);
-    expect(checkDisk(mc.disk('app1.img')).map((e) => [e.host, e.token])).toEqual([
-      ['host-a', token],
-      ['host-a', failed.tokens.revert],
-    ]);
-    expect(failed.tokens.revert).toBeGreaterThan(failed.tokens.commit!);
+    await expectBackOnSource(mc, vm, token, failed);
 
     const again = await mc.migrate(vm.uuid, 'host-b');
     expect(again.phase).toBe('done');
@@ -110,32 +126,22 @@ describe('live migration', () => {
   it('a destination whose agent dies after commit and never comes back: once its session has expired the resume fails with LEASE_LOST, and the VM runs on its source again', async () => {
     await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
     const { coordinator } = await mc.addCoordinator();
-    const vm = await mc.startVm('host-a', 'gone1', ['gone1.img']);
-    const token = vm.locks[0]!.token;
-    await writtenUnder(mc.disk('gone1.img'), token);
-    // A slow send: host-b's agent is SIGKILLed once its copy is waiting for the state. The copy's
-    // process (detached, as QEMU is from libvirtd) takes the state; host-b's session lives until
-    // its TTL, so the commit gives it the leases, and then nobody answers the resume.
-    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 500 });
-    const started = await coordinator.migrate({ vm: 'gone1', to: 'host-b' });
+    // host-b's agent is SIGKILLed while the send is under way. The copy's process (detached, as
+    // QEMU is from libvirtd) takes the state; host-b's session lives until its TTL, so the commit
+    // gives it the leases, and then nobody answers the resume.
+    const { vm, token, started } = await slowMigration(mc, coordinator, 'gone1');
     await waitFor(async () => (await mc.record(started.id))?.phase === 'performing', { what: 'the send to begin', deadlineMs: 5_000, intervalMs: 5 });
     await mc.agent('host-b').crash();
     await using conn = mc.connectEtcd();
     await waitFor(async () => (await conn.range(conn.keys.host('host-b'))).kvs.length === 0, { what: 'host-b’s session to expire', deadlineMs: 15_000, intervalMs: 20 });
 
     const record = await mc.settled(started.id);
-    expect(record.phase).toBe('aborted');
-    expect(record.timeline.map((e) => e.phase)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'sent', 'committed', 'returning', 'restoring', 'aborted']);
+    expect(record.timeline.map((e) => e.phase)).toEqual(ABORTED_AFTER_COMMIT);
     expect(record.timeline.find((e) => e.phase === 'returning')?.error).toBe('LEASE_LOST');
     // The source runs the VM again under the give-back's token. host-b's copy stays paused where
     // its agent died: it holds no lease, and no agent could unpause it under one.
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running', 'host-b': 'paused' });
-    expect((await mc.leaseMap(vm.uuid))[mc.disk('gone1.img')]).toEqual(['host-a', record.tokens.revert]);
-    await writtenUnder(mc.disk('gone1.img'), record.tokens.revert!);
-    expect(checkDisk(mc.disk('gone1.img')).map((e) => [e.host, e.token])).toEqual([
-      ['host-a', token],
-      ['host-a', record.tokens.revert],
-    ]);
+    await expectBackOnSource(mc, vm, token, record);
     // When host-b's agent is back, it removes the copy the aborted migration left (before it says
     // it has started), and only that: the VM is on host-a, running, once.
     await mc.agent('host-b').restart();
