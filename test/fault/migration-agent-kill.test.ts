@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { migrationServers, monoNow, waitFor } from '../support/index.js';
 import {
-  capturingLog,
   disposer,
   ended,
   expectSettledVm,
@@ -28,7 +27,7 @@ describe('agents SIGKILLed mid-migration', () => {
       // The perform the dead agent never answers is sent again after 4 s rather than the fixture's 10.
       await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 }, { overrides: { sendTimeoutMs: 4_000 } });
       const { mc, coordinator, conn, watch } = rig;
-      const vm = await writingVm(mc, 'host-a', 's1', ['s1-root.img', 's1-data.img']);
+      const vm = await writingVm(rig, 'host-a', 's1', ['s1-root.img', 's1-data.img']);
       // A slow send: the VM sits paused at switchover, its state not yet sent, while the agent dies.
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_500 });
 
@@ -57,7 +56,7 @@ describe('agents SIGKILLed mid-migration', () => {
     async () => {
       await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 5 });
       const { mc, coordinator, conn, watch } = rig;
-      const vm = await writingVm(mc, 'host-a', 'd1', ['d1-root.img', 'd1-data.img']);
+      const vm = await writingVm(rig, 'host-a', 'd1', ['d1-root.img', 'd1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 300 });
       const dest = mc.agent('host-b');
 
@@ -96,10 +95,9 @@ describe('the source VM process stalled while it is confirmed away', () => {
   it(
     'a source copy that does not answer for a while (SIGSTOP) is still destroyed: done means one copy',
     async () => {
-      const log: string[] = [];
-      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] }, { log: capturingLog(log) });
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const { mc, coordinator, conn, watch } = rig;
-      const vm = await writingVm(mc, 'host-a', 'z1', ['z1-root.img']);
+      const vm = await writingVm(rig, 'host-a', 'z1', ['z1-root.img']);
       // The source copy's process (a QEMU busy or swapped out, here SIGSTOPped) stops answering
       // its control socket from the commit on, so the confirm finds it unresponsive, not gone.
       const sourcePid = vm.pid;
@@ -112,7 +110,7 @@ describe('the source VM process stalled while it is confirmed away', () => {
       }, 'committed');
       // The stall ends once the confirm has been answered while it lasted: by a refusal the
       // coordinator will retry (the copy did not answer), or by the record closing.
-      await waitFor(() => watch.latest(started.id)?.phase === 'done' || log.some((l) => l.startsWith(`confirm of migration ${started.id} did not go through`)), {
+      await waitFor(() => watch.latest(started.id)?.phase === 'done' || coordinator.said().some((l) => l.startsWith(`confirm of migration ${started.id} did not go through`)), {
         what: 'the confirm answered while the source copy is stalled',
         deadlineMs: 15_000,
       });
@@ -131,10 +129,9 @@ describe('the destination agent down past its session TTL after commit', () => {
   it(
     'the leases vanish with its session; the migration rolls back to the source, which runs the only running copy; the VM can migrate there again',
     async () => {
-      const log: string[] = [];
-      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 }, { log: capturingLog(log) });
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
       const { mc, coordinator, conn, watch } = rig;
-      const vm = await writingVm(mc, 'host-a', 'x1', ['x1-root.img', 'x1-data.img']);
+      const vm = await writingVm(rig, 'host-a', 'x1', ['x1-root.img', 'x1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 300 });
       const dest = mc.agent('host-b');
 
@@ -151,7 +148,7 @@ describe('the destination agent down past its session TTL after commit', () => {
       await dest.crash();
       await dest.restart();
 
-      const record = await ended(mc, watch, started.id, 30_000, log);
+      const record = await ended(mc, watch, started.id, 30_000, coordinator.said);
       // The restarted agent has a new session and no lease: it cannot resume (LEASE_LOST), so the
       // leases go back to the source (nothing is held under them) and the source runs its copy.
       expect(record.phase).toBe('aborted');
@@ -165,7 +162,7 @@ describe('the destination agent down past its session TTL after commit', () => {
 
       // And the VM can still go to host-b later: one copy at the end.
       const again = await coordinator.migrate({ vm: 'x1', to: 'host-b' });
-      const record2 = await ended(mc, watch, again.id, 30_000, log);
+      const record2 = await ended(mc, watch, again.id, 30_000, coordinator.said);
       expect(record2.phase).toBe('done');
       await expectSettledVm(mc, conn, vm, [record, record2], 'host-b');
     },

@@ -3,7 +3,6 @@ import type { MigrationRecord } from '@baton/core';
 import { EtcdCluster, migrationServers, monoNow, TcpProxy, waitFor, within } from '../support/index.js';
 import {
   EtcdContender,
-  capturingLog,
   disposer,
   ended,
   expectSettledVm,
@@ -43,13 +42,12 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
   await using _links = disposer(() => Promise.all(links.map((l) => l.close())));
   for (const m of cluster.members) links.push(await TcpProxy.start({ target: { port: m.clientPort } }));
   await using natsLink = await TcpProxy.start({ target: { port: servers.nats.port } });
-  const log: string[] = [];
   await using rig = await faultRig(
     { etcd: cluster.endpoints, nats: [servers.nats.url], ttlSeconds: 5 },
-    { log: capturingLog(log), overrides: { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) }, nats: { servers: [`nats://${natsLink.hostPort}`] } } },
+    { overrides: { etcd: { endpoints: links.map((l) => `http://${l.hostPort}`) }, nats: { servers: [`nats://${natsLink.hostPort}`] } } },
   );
   const { mc, coordinator, conn, watch } = rig;
-  const vm = await writingVm(mc, 'host-a', 'e1', ['e1-root.img', 'e1-data.img']);
+  const vm = await writingVm(rig, 'host-a', 'e1', ['e1-root.img', 'e1-data.img']);
   const disks = vm.locks.map((l) => l.resource);
   await using contenderConn = mc.connectEtcd();
   await using contender = await EtcdContender.start(contenderConn, () => disks);
@@ -60,7 +58,7 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
     const to = host === 'host-a' ? 'host-b' : 'host-a';
     const leader = await cluster.leader();
     const leaderLink = links[cluster.members.indexOf(leader)]!;
-    const retriesBefore = log.filter((l) => l.startsWith('commit of migration')).length;
+    const retriesBefore = coordinator.said().filter((l) => l.startsWith('commit of migration')).length;
     let killedAt = 0;
     const kill = (): void => {
       killedAt = monoNow();
@@ -100,10 +98,10 @@ async function etcdLeaderKills(cluster: EtcdCluster, kills: EtcdKill[]): Promise
       await within(leader.process!.exited, 5_000, `etcd ${leader.memberName} to exit`);
       for (const l of links) if (l !== leaderLink) l.heal();
     }
-    const record = await ended(mc, watch, started.id, 20_000, log);
+    const record = await ended(mc, watch, started.id, 20_000, coordinator.said);
     const newLeader = await cluster.leader();
     records.push(record);
-    const commitSentAgain = log.filter((l) => l.startsWith('commit of migration')).length - retriesBefore;
+    const commitSentAgain = coordinator.said().filter((l) => l.startsWith('commit of migration')).length - retriesBefore;
     if (kind === 'before the commit is sent') {
       const sent = watch.versions(started.id).find((s) => s.record.phase === 'sent');
       if (sent !== undefined) expect(sent.at, 'the commit applied after the kill').toBeGreaterThan(killedAt);

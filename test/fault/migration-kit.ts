@@ -5,23 +5,25 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import {
   asBatonError,
+  BatonError,
   isSettled,
   nextStep,
+  type ErrorBody,
   type HostedVm,
   type LeaseValue,
   type MigrationPhase,
   type MigrationRecord,
   type MigrationStep,
 } from '@baton/core';
-import type { Coordinator, Log } from '@baton/coordinator';
 import { LeaseTable, storedMigration, type EtcdConnection, type HandoffMarker } from '@baton/etcd';
 import {
   checkRecords,
+  CoordinatorProcess,
   describeError,
+  httpJson,
   MigrationCluster,
   monoNow,
   openSession,
-  quiet,
   readDiskRecords,
   waitFor,
   within,
@@ -35,7 +37,7 @@ import {
 /**
  * The kit of the live-migration fault tests (test/fault/migration-*.test.ts). Live migration under faults (DESIGN §6, S1–S6), with real processes throughout: agents with sim
  * VMs that write `vm host token seq t` to their disks through a fence guard, etcd, NATS, and
- * coordinators (as processes where the coordinator is what is killed). Every history is checked
+ * coordinators as `baton coordinator` processes, driven over their HTTP API. Every history is checked
  * the same way at the end (expectSettledVm): the VM has exactly one running copy, where the
  * migration's outcome says, and no other; its leases are that host's with no handoff marker left; it writes
  * under the lease's token; and each disk's contents pass S1/S2 (checkDisk), every epoch written
@@ -229,7 +231,7 @@ export function stepEffect(mc: MigrationCluster, conn: EtcdConnection, record: M
  * The migration's closed record; if it does not end in time, an error that says what was left
  * behind: the record's phase, the leases, where the VM's copies are, and the coordinator's last words.
  */
-export async function ended(mc: MigrationCluster, watch: ClusterWatch, id: string, deadlineMs: number, log: string[] = []): Promise<MigrationRecord> {
+export async function ended(mc: MigrationCluster, watch: ClusterWatch, id: string, deadlineMs: number, said: () => string[] = () => []): Promise<MigrationRecord> {
   try {
     return await watch.settled(id, deadlineMs);
   } catch (err) {
@@ -240,11 +242,10 @@ export async function ended(mc: MigrationCluster, watch: ClusterWatch, id: strin
       (states) => states.map((s) => `${s.lease?.host}:${s.lease?.grant}${s.marker ? `+marker(${s.marker.step})` : ''}`).join(', '),
       (e: unknown) => `unreadable (${describeError(e)})`,
     );
-    const leading = mc.coordinators.map((c) => `${c.coordinator.id}:${c.coordinator.isLeader ? 'leads' : 'follows'}`).join(' ');
-    const said = log.filter((l) => l.includes(id)).slice(-3).join(' | ');
+    const last = said().filter((l) => l.includes(id)).slice(-3).join(' | ');
     throw new Error(
       `migration ${id} never ended: the record stays in ${stuck.phase} (${stuck.timeline.map((e) => e.phase).join(' ')}); leases ${leases}; ` +
-        `copies ${JSON.stringify(await mc.copies(stuck.vm.uuid))}; coordinators ${leading || '(processes)'}${said ? `; the coordinator said: ${said}` : ''}`,
+        `copies ${JSON.stringify(await mc.copies(stuck.vm.uuid))}${last ? `; the coordinator said: ${last}` : ''}`,
       { cause: err },
     );
   }
@@ -322,10 +323,6 @@ export async function expectSettledVm(
  */
 export const REPLY_DELAY_MS = 150;
 
-export function capturingLog(lines: string[]): Log {
-  const keep = (_fields: object, msg: string): void => void lines.push(msg);
-  return { debug: () => undefined, info: keep, warn: keep, error: keep };
-}
 
 
 /**
@@ -403,29 +400,55 @@ export async function freezeAt(watch: ClusterWatch, id: string, phase: Migration
   await stopped;
 }
 
+/**
+ * A fault test's coordinator: one replica as a real process (`baton coordinator`), as it runs in
+ * production, driven over its HTTP API as the CLI drives it; what it logs is read from its output.
+ */
+export class RigCoordinator {
+  constructor(readonly process: CoordinatorProcess) {}
+
+  /** `POST /v1/migrations`: the record as accepted; a refusal throws its error, code and all. */
+  async migrate(req: { vm: string; to: string }): Promise<MigrationRecord> {
+    const res = await httpJson<MigrationRecord | { error: ErrorBody }>(`${this.process.url}/v1/migrations`, { method: 'POST', body: req, timeoutMs: 10_000 });
+    if ('error' in res.body) throw BatonError.fromBody(res.body.error);
+    return res.body;
+  }
+
+  /** `POST /v1/vms`: a VM started on `host` with the cluster's `disks`, as the coordinator answers it. */
+  async startVm(mc: MigrationCluster, host: string, name: string, disks: string[]): Promise<HostedVm> {
+    const body = { host, uuid: randomUUID(), name, disks: disks.map((d) => ({ path: mc.disk(d) })) };
+    const res = await httpJson<HostedVm | { error: ErrorBody }>(`${this.process.url}/v1/vms`, { method: 'POST', body, timeoutMs: 10_000 });
+    if ('error' in res.body) throw BatonError.fromBody(res.body.error);
+    return res.body;
+  }
+
+  /** The messages it has logged so far, over all its lives. */
+  readonly said = (): string[] => this.process.lives.flatMap((p) => p.events().map((e) => String(e.msg)));
+}
+
 /** One fault test's cluster: its one coordinator (`coord-1`, leading), a plain etcd connection and the record watch on it. */
 export interface FaultRig extends AsyncDisposable {
   mc: MigrationCluster;
-  coordinator: Coordinator;
+  coordinator: RigCoordinator;
   conn: EtcdConnection;
   watch: ClusterWatch;
 }
 
-/** A `FaultRig` on `options`; disposed watch first, then the connection, then the cluster. */
-export async function faultRig(options: MigrationClusterOptions, coordinator: { log?: Log; overrides?: CoordinatorOverrides } = {}): Promise<FaultRig> {
+/** A `FaultRig` on `options`; disposed watch first, then the connection, the coordinator, the cluster. */
+export async function faultRig(options: MigrationClusterOptions, coordinator: { overrides?: CoordinatorOverrides } = {}): Promise<FaultRig> {
   await using stack = new AsyncDisposableStack();
   const mc = stack.use(await MigrationCluster.start(options));
-  const service = await mc.addCoordinator('coord-1', coordinator.log ?? quiet, coordinator.overrides);
-  await mc.leader();
+  const proc = stack.use(await CoordinatorProcess.start(mc.coordinatorConfig('coord-1', coordinator.overrides)));
+  await waitFor(async () => (await httpJson<{ leader?: boolean }>(`${proc.url}/readyz`)).body.leader === true, { what: 'coord-1 to lead', deadlineMs: 10_000, intervalMs: 20 });
   const conn = stack.use(mc.connectEtcd());
   const watch = stack.use(await ClusterWatch.start(conn));
   const owned = stack.move();
-  return { mc, coordinator: service.coordinator, conn, watch, [Symbol.asyncDispose]: () => owned.disposeAsync() };
+  return { mc, coordinator: new RigCoordinator(proc), conn, watch, [Symbol.asyncDispose]: () => owned.disposeAsync() };
 }
 
 /** A VM started on `host` with `disks`, once it has written its first disk under its grant. */
-export async function writingVm(mc: MigrationCluster, host: string, name: string, disks: string[]): Promise<HostedVm> {
-  const vm = await mc.startVm(host, name, disks);
+export async function writingVm({ mc, coordinator }: FaultRig, host: string, name: string, disks: string[]): Promise<HostedVm> {
+  const vm = await coordinator.startVm(mc, host, name, disks);
   await writtenUnder(mc.disk(disks[0]!), vm.locks[0]!.token);
   return vm;
 }

@@ -5,7 +5,6 @@ import { migrationServers, monoNow, TcpProxy, waitFor } from '../support/index.j
 import {
   type SeenRecord,
   REPLY_DELAY_MS,
-  capturingLog,
   expectSettledVm,
   figure,
   leaseState,
@@ -68,15 +67,14 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
   it(
     'NATS down mid-send and restarted at commit costs only time; every earlier command replayed afterwards, duplicated and reordered, is refused STALE_TOKEN and changes nothing',
     async () => {
-      const log: string[] = [];
       // The coordinator reaches NATS through a link the test can hold and cut (the agents directly).
       await using natsLink = await TcpProxy.start({ target: { port: servers.nats.port } });
       await using rig = await faultRig(
         { etcd: servers.etcd.endpoints, nats: [servers.nats.url] },
-        { log: capturingLog(log), overrides: { sendTimeoutMs: 3_000, nats: { servers: [`nats://${natsLink.hostPort}`] } } },
+        { overrides: { sendTimeoutMs: 3_000, nats: { servers: [`nats://${natsLink.hostPort}`] } } },
       );
       const { mc, coordinator, conn, watch } = rig;
-      const vm = await writingVm(mc, 'host-a', 'n1', ['n1-root.img', 'n1-data.img']);
+      const vm = await writingVm(rig, 'host-a', 'n1', ['n1-root.img', 'n1-data.img']);
       await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 1_000 });
 
       // M1: NATS goes down while the source sends, and stays down until the coordinator has given
@@ -86,7 +84,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       await waitFor(async () => (await mc.driver('host-a').find(vm.uuid))?.state === 'paused', { what: 'n1 paused for the send', deadlineMs: 5_000, intervalMs: 5 });
       const down = monoNow();
       await servers.nats.stop();
-      await waitFor(() => log.some((l) => l.startsWith(`perform of migration ${m1.id} did not go through`)), { what: 'the coordinator to give the perform up', deadlineMs: 10_000 });
+      await waitFor(() => coordinator.said().some((l) => l.startsWith(`perform of migration ${m1.id} did not go through`)), { what: 'the coordinator to give the perform up', deadlineMs: 10_000 });
       await servers.nats.start();
       const outageMs = monoNow() - down;
       const r1 = await watch.settled(m1.id, 30_000);
@@ -96,7 +94,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
         outcome: r1.phase,
         outageMs: Math.round(outageMs),
         migrationMs: Math.round(r1.timeline.at(-1)!.atMs - r1.timeline[0]!.atMs),
-        stepsSentAgain: log.filter((l) => l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
+        stepsSentAgain: coordinator.said().filter((l) => l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
       });
 
       await using bus = await mc.connectBus('replayer');
@@ -128,12 +126,12 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       const restartMs = monoNow() - restartedAt;
       const r2 = await watch.settled(m2.id, 30_000);
       expect(r2.phase).toBe('done');
-      expect(log.filter((l) => l.startsWith(`resume of migration ${m2.id} did not go through`)), 'resume sent again').not.toEqual([]);
+      expect(coordinator.said().filter((l) => l.startsWith(`resume of migration ${m2.id} did not go through`)), 'resume sent again').not.toEqual([]);
       figure('F-mig-3 NATS restarted at commit', {
         outcome: r2.phase,
         restartMs: Math.round(restartMs),
         migrationMs: Math.round(r2.timeline.at(-1)!.atMs - r2.timeline[0]!.atMs),
-        stepsSentAgain: log.filter((l) => l.includes(`of migration ${m2.id}`) && l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
+        stepsSentAgain: coordinator.said().filter((l) => l.includes(`of migration ${m2.id}`) && l.includes('sending it again')).map((l) => l.split(' of migration')[0]),
       });
       const m2Commands = agentCommands(bus, watch.versions(m2.id));
       const late = [...m1Commands, ...m2Commands];
@@ -154,7 +152,7 @@ describe('NATS restarted mid-migration; agent commands duplicated, reordered, re
       await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url] });
       const { mc, coordinator, conn, watch } = rig;
       await using bus = await mc.connectBus('replayer');
-      const vm = await writingVm(mc, 'host-a', 'n2', ['n2-root.img']);
+      const vm = await writingVm(rig, 'host-a', 'n2', ['n2-root.img']);
       const m1 = await coordinator.migrate({ vm: 'n2', to: 'host-b' });
       const r1 = await watch.settled(m1.id);
       const m2 = await coordinator.migrate({ vm: 'n2', to: 'host-a' });

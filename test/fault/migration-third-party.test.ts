@@ -4,7 +4,6 @@ import { migrationServers, monoNow, within } from '../support/index.js';
 import { Contender } from './fault-kit.js';
 import {
   EtcdContender,
-  capturingLog,
   disposer,
   ended,
   expectSettledVm,
@@ -27,13 +26,12 @@ describe('a third party asking for the disks throughout many migrations', () => 
     `never wins during ${MIGRATIONS} migrations of ${VMS} VMs back and forth, and every migration completes`,
     async () => {
       // host-c is the contender's host: an agent of the same cluster, on the same lock directory.
-      const log: string[] = [];
-      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], hosts: ['host-a', 'host-b', 'host-c'] }, { log: capturingLog(log) });
+      await using rig = await faultRig({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], hosts: ['host-a', 'host-b', 'host-c'] });
       const { mc, coordinator, conn, watch } = rig;
       const vms: { vm: HostedVm; home: string }[] = [];
       for (let i = 0; i < VMS; i++) {
         const home = i % 2 === 0 ? 'host-a' : 'host-b';
-        vms.push({ vm: await mc.startVm(home, `t${i}`, [`t${i}-root.img`, `t${i}-data.img`]), home });
+        vms.push({ vm: await coordinator.startVm(mc, home, `t${i}`, [`t${i}-root.img`, `t${i}-data.img`]), home });
       }
       const disks = vms.flatMap(({ vm }) => vm.locks.map((l) => l.resource));
 
@@ -68,7 +66,7 @@ describe('a third party asking for the disks throughout many migrations', () => 
           started++;
           const to = host === 'host-a' ? 'host-b' : 'host-a';
           try {
-            const record = await ended(mc, watch, (await coordinator.migrate({ vm: vm.uuid, to })).id, 30_000, log);
+            const record = await ended(mc, watch, (await coordinator.migrate({ vm: vm.uuid, to })).id, 30_000, coordinator.said);
             expect(record.phase, `${vm.name} ${host} → ${to}`).toBe('done');
             byVm.get(vm.uuid)!.push(record);
           } catch (err) {
