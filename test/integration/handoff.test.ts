@@ -81,7 +81,7 @@ describe('handoff transactions', () => {
     await dst.close({ revoke: true });
   });
 
-  it('gives back a lease that vanished with the destination’s session, but not one a third party took meanwhile', async () => {
+  it('keeps a lease that vanished with the destination’s session taken (the commit’s marker) until the give-back takes it back; once settled, a vanished lease is not given back', async () => {
     await using conn = connectEtcd(etcd.endpoints, 5);
     const [src, dst] = await Promise.all([session(conn, 'src'), session(conn, 'dst')]);
     await new LeaseTable(conn, 'src').grant(src, [claim('/v/1'), claim('/v/2')]);
@@ -89,21 +89,33 @@ describe('handoff transactions', () => {
     const [h1, h2] = [handoffOf('m-v1', '/v/1'), handoffOf('m-v2', '/v/2')];
     const c1 = await h1.commit(await h1.mark((await h1.begin(VM.uuid)).token), VM, { host: 'dst', session: dst.id });
     const c2 = await h2.commit(await h2.mark((await h2.begin(VM.uuid)).token), VM, { host: 'dst', session: dst.id });
-    // The destination's agent stays down past its TTL: its session, and the leases on it, go.
+    // The destination ran the VM of the second handoff (settled: its marker goes; again, a no-op), not the first's.
+    const settled = await h2.settle(c2);
+    expect(settled).toBeGreaterThan(c2);
+    expect(await h2.settle(c2)).toBeGreaterThanOrEqual(settled);
+    // The destination's host is lost: its session, and the leases on it, go.
     await dst.close({ revoke: true });
     expect(await new ClusterView(conn).leases()).toEqual([]);
     const intruder = await session(conn, 'intruder');
-    await new LeaseTable(conn, 'intruder').grant(intruder, [claim('/v/2', { uuid: 'other', name: 'other' })]);
+    const intruders = new LeaseTable(conn, 'intruder');
+    const other = { uuid: 'other', name: 'other' };
+    // The first is still taken by its commit marker: no third party gets it, exclusive or shared.
+    expect(await code(intruders.grant(intruder, [claim('/v/1', other)]))).toBe('RESOURCE_BUSY');
+    expect(await code(intruders.grant(intruder, [claim('/v/1', other, 'shared')]))).toBe('RESOURCE_BUSY');
+    // The second's handoff is over: it is free, as any lost host's lease is.
+    await intruders.grant(intruder, [claim('/v/2', other)]);
 
     const back = await h1.giveBack(c1, VM, { host: 'src', session: src.id });
     expect(back).toBeGreaterThan(c1);
+    expect(await h1.giveBack(c1, VM, { host: 'src', session: src.id })).toBe(back);
+    // The VM ran on the destination since the commit: its source may not take the lease back with older memory.
     expect(await code(h2.giveBack(c2, VM, { host: 'src', session: src.id }))).toBe('MIGRATION_CONFLICT');
-    expect((await new ClusterView(conn).leases()).map((l) => [l.resource, l.host, l.owner.uuid])).toEqual(
-      expect.arrayContaining([
-        ['/v/1', 'src', VM.uuid],
-        ['/v/2', 'intruder', 'other'],
-      ]),
-    );
+    expect((await new ClusterView(conn).leases()).map((l) => [l.resource, l.host, l.owner.uuid]).sort()).toEqual([
+      ['/v/1', 'src', VM.uuid],
+      ['/v/2', 'intruder', 'other'],
+    ]);
+    // Given back, the first has no marker left: a new handoff of it can begin.
+    expect((await handoffOf('m-v3', '/v/1').begin(VM.uuid)).grants).toEqual([back]);
     await src.close({ revoke: true });
     await intruder.close({ revoke: true });
   });

@@ -2,8 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { newMigration, transition, type HostedVm, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '@baton/coordinator';
-import { MigrationStore } from '@baton/etcd';
-import { checkDisk, MigrationCluster, migrationServers, waitFor, writtenUnder, zombieChildren } from '../support/index.js';
+import { LeaseTable, MigrationStore } from '@baton/etcd';
+import { checkDisk, MigrationCluster, migrationServers, openSession, outcomeCode, waitFor, writtenUnder, zombieChildren } from '../support/index.js';
 
 /**
  * Live migration end to end: real etcd, NATS, agent processes with sim VMs writing through the
@@ -134,6 +134,12 @@ describe('live migration', () => {
     await mc.agent('host-b').crash();
     await using conn = mc.connectEtcd();
     await waitFor(async () => (await conn.range(conn.keys.host('host-b'))).kvs.length === 0, { what: 'host-b’s session to expire', deadlineMs: 15_000, intervalMs: 20 });
+    // The committed lease went with host-b's session, while the migration still waits for its
+    // resume: the commit's marker keeps the disk taken, so a third host asking now is refused.
+    await using thief = await openSession(conn, 'host-d', { lockspaces: ['images'] });
+    expect(await mc.leaseMap(vm.uuid), 'the committed lease vanished').toEqual({});
+    const attempt = await outcomeCode(new LeaseTable(conn, 'host-d').grant(thief, [{ lockspace: 'images', identity: mc.disk('gone1.img'), mode: 'exclusive', owner: { uuid: randomUUID(), name: 'thief' } }]));
+    expect([attempt, (await mc.record(started.id))?.phase]).toEqual(['RESOURCE_BUSY', 'committed']);
 
     const record = await mc.settled(started.id);
     expect(record.timeline.map((e) => e.phase)).toEqual(ABORTED_AFTER_COMMIT);

@@ -23,7 +23,7 @@ import { parseValue } from './values.js';
  * (in its failure branch, the same round trip) whether it was a re-issue of its own, another
  * writer, or changed leases.
  */
-export const HandoffMarkerSchema = z.object({ v: z.literal(1), migration: z.string(), step: z.enum(['begin', 'mark']), source: z.string(), destination: z.string() });
+export const HandoffMarkerSchema = z.object({ v: z.literal(1), migration: z.string(), step: z.enum(['begin', 'mark', 'commit']), source: z.string(), destination: z.string() });
 export type HandoffMarker = z.infer<typeof HandoffMarkerSchema>;
 
 export interface HandoffResource {
@@ -261,16 +261,44 @@ export class Handoff {
     );
   }
 
-  /** The send succeeded: the leases move to the destination and the markers go, in one transaction. */
+  /**
+   * The send succeeded: the leases move to the destination, in one transaction, and the markers
+   * stay, at step `commit`, until the destination has run the VM (`settle`) or the leases go back
+   * (`giveBack`). The leases now hang on the destination's session; should that session end before
+   * the VM runs there (the host lost), the markers, on no session, still keep every third party
+   * out, and the give-back can always take the leases back.
+   */
   commit(prepare: Token, owner: LeaseValue['owner'], to: HandoffParty, guard?: RecordGuard): Promise<Token> {
     return this.moveLeases(
       'commit',
       this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: prepare })),
       owner,
       to,
-      (t) => [{ request_delete_range: { key: buf(t.marker) } }],
+      (t) => [{ request_put: { key: buf(t.marker), value: buf(this.marker('commit')) } }],
       guard,
     );
+  }
+
+  /**
+   * The destination runs the VM: the commit's markers go (compared on the commit's revision, which
+   * wrote them). Idempotent: markers already gone are the step done. After it, the handoff is over
+   * in etcd, and a give-back of a vanished lease is refused (the VM ran on the destination since).
+   */
+  settle(commit: Token): Promise<Token> {
+    return this.attempt({
+      step: 'settle',
+      compare: this.targets.map((t) => ({ key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: commit })),
+      success: this.targets.map((t) => ({ request_delete_range: { key: buf(t.marker) } })),
+      recognise: (seen, revision) => (seen.every((s) => s.marker === undefined) ? revision : undefined),
+    });
+  }
+
+  /** Nothing under the resource but its handoff marker: no lease of either mode, no unclean-loss marker. */
+  private onlyMarker(t: Target): ICompare[] {
+    return [
+      { key: buf(t.prefix), range_end: buf(t.marker), target: 'Version', result: 'Equal', version: 0 },
+      { key: buf(`${t.marker}\0`), range_end: prefixEnd(t.prefix), target: 'Version', result: 'Equal', version: 0 },
+    ];
   }
 
   /** Give up before commit: the markers go, the source never stopped holding. */
@@ -289,20 +317,23 @@ export class Handoff {
 
   /**
    * After commit, the destination could not run the VM: the leases go back to the source, with a
-   * new token. A lease that vanished with the destination's session (its agent stayed down past
-   * the TTL) is taken back too, if nothing at all is held under the resource (no third party, no
-   * lock-delay marker): neither copy has run since commit.
+   * new token, and the commit's markers go. A lease that vanished with the destination's session
+   * (its host down past the TTL) is taken back too, if the commit's marker still stands (the
+   * destination never ran the VM: `settle` had not run) and nothing else is held under the
+   * resource; the marker kept any third party out meanwhile.
    */
   async giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty, guard?: RecordGuard): Promise<Token> {
     const state = await this.read();
     return this.moveLeases(
       'give-back',
-      this.targets.map((t, i) =>
-        state[i]!.excl === undefined ? { key: buf(t.prefix), range_end: prefixEnd(t.prefix), target: 'Version', result: 'Equal', version: 0 } : { key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit },
+      this.targets.flatMap((t, i): ICompare[] =>
+        state[i]!.excl === undefined
+          ? [...this.onlyMarker(t), { key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: commit }]
+          : [{ key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit }],
       ),
       owner,
       to,
-      () => [],
+      (t) => [{ request_delete_range: { key: buf(t.marker) } }],
       guard,
     );
   }

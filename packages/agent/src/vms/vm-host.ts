@@ -534,6 +534,16 @@ export class VmHost implements AsyncDisposable {
       await this.abandon(uuid, role);
       throw err;
     }
+    if (role === 'destination') {
+      // It runs here: the commit's markers go, so the handoff is over in etcd (after the unpause,
+      // outside the critical path). Not done: the answer is UNAVAILABLE and the resume comes
+      // again, which finds the VM running and settles again.
+      await Handoff.of(member.conn, record)
+        .settle(tokens[0]!)
+        .catch((err: unknown) => {
+          throw new BatonError('UNAVAILABLE', `VM ${record.vm.name} runs on ${this.opts.host}, but its handoff could not be settled in etcd: ${(err as Error).message}`, { details: { migration: record.id }, cause: err });
+        });
+    }
     this.opts.log.info({ migration: record.id, vm: uuid, pid: running.pid, owner: owner.owner.uuid, tokens }, `VM ${record.vm.name} runs on ${this.opts.host} (${role === 'destination' ? 'migrated in' : 'restored'})`);
     return { vm: running };
   }

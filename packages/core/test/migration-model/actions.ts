@@ -65,16 +65,19 @@ export function successors(w: World, options: ModelOptions): Edge[] {
     if (!w.hosts[r].up) add(`${r} agent restarts and re-adopts`, false, restart(w, r));
     else if (w.budget[budget] > 0) add(`${r} agent crashes`, true, spend(crash(w, r), budget));
   }
-  // Before commit only: a destination lost holding the VM's leases takes them with its session,
-  // and nothing yet keeps a third party out until the give-back (docs/migration.md, known limit).
+  // The destination lost before it runs the VM: its session ends, and the leases committed to it
+  // vanish with it (the key absent, no write of the handoff's); the commit's marker, on no session,
+  // stays. A destination that ran the VM is out of scope: the VM is lost with its host.
   const dest = w.hosts.destination;
-  if (w.budget.loseDestination > 0 && !dest.lost && dest.vm !== 'running' && w.lease.owner !== 'destination' && !w.pendingPut) {
+  if (w.budget.loseDestination > 0 && !dest.lost && dest.vm !== 'running' && !w.pendingPut) {
     const lost = withHost(w, 'destination', { up: false, lost: true, locks: null, arrived: false });
+    const vanished = w.lease.owner === 'destination' ? { ...lost, lease: { ...w.lease, owner: null } } : lost;
     // Commands to it go nowhere from now on.
-    add('the destination host is lost for good', true, spend(withNet(lost, w.net.filter((m) => m.kind !== 'cmd' || m.role !== 'destination')), 'loseDestination'));
+    add('the destination host is lost for good', true, spend(withNet(vanished, w.net.filter((m) => m.kind !== 'cmd' || m.role !== 'destination')), 'loseDestination'));
   }
   if (w.budget.failover > 0) add('coordinator fails over to a new leader', true, spend(failover(w), 'failover'));
-  if (w.lease.owner === null) {
+  // The grant path wants nothing under the resource: a handoff marker keeps a third party out too.
+  if (w.lease.owner === null && w.lease.mark === 'none') {
     const rev = w.lease.rev + 1;
     add('a third party takes the free resource', false, { ...w, lease: { owner: 'third', token: rev, rev, mark: 'none' } });
   }

@@ -74,11 +74,16 @@ export function handle(before: World, m: Msg, fail: boolean, mutation: Mutation 
 function resume(w: World, role: Role, fail: boolean, token: number): Handled {
   const me = w.hosts[role];
   if (me.vm === 'absent') return refused(w, 'NOT_REGISTERED');
-  if (me.locks === token) return { world: withHost(w, role, { vm: 'running' }) };
+  if (me.locks === token) return { world: settled(withHost(w, role, { vm: 'running' }), role) };
   if (fail || !lockFree(w, role)) {
     return refused(role === 'destination' ? withHost(w, role, { vm: 'absent', locks: null, fresh: false }) : w, 'RESOURCE_BUSY');
   }
-  return { world: withHost(w, role, { locks: token, vm: 'running' }) };
+  return { world: settled(withHost(w, role, { locks: token, vm: 'running' }), role) };
+}
+
+/** The destination runs the VM: the commit's markers go (Handoff.settle), with the unpause in one step. */
+function settled(w: World, role: Role): World {
+  return role === 'destination' && w.lease.mark === 'committed' ? { ...w, lease: { ...w.lease, mark: 'none' } } : w;
 }
 
 /** The agent process dies: its local locks go with it; its VM keeps running, unprotected. */

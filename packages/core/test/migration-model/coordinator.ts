@@ -41,7 +41,8 @@ function etcdStep(w: World, cmd: MigrationCommand, mutation: Mutation | undefine
       if (w.hosts.destination.lost) return failed(w, 'LEASE_LOST');
       // The mutation: a delete and a put, leaving the key absent in between (breaks S6).
       if (mutation === 'commit-in-two-txns') return { world: { ...w, lease: { ...lease, owner: null, rev }, pendingPut: true } };
-      return put('destination', rev);
+      // The mutation: the protocol before the commit kept its markers (they went with the commit).
+      return put('destination', rev, mutation === 'commit-drops-marker' ? 'none' : 'committed');
     case 'unmark':
       // Back to `held`, with the source's own grant token: it never stopped holding (S4).
       return put('source', w.record.tokens.grants![0]!);

@@ -23,7 +23,8 @@ export function checkState(w: World): string | undefined {
     if (!h.fresh) return `continuity: the ${r} runs a stale copy of the VM`;
   }
   if (lease.owner === 'third') return 'S6: a third party won the resource';
-  if (record.tokens.begin !== undefined && !isClosedPhase(record.phase) && lease.owner === null) return `S6: the lease key is absent in ${record.phase}`;
+  // Absent with the commit's marker standing: the destination's session ended before it ran the VM; the marker keeps the resource taken.
+  if (record.tokens.begin !== undefined && !isClosedPhase(record.phase) && lease.owner === null && lease.mark !== 'committed') return `S6: the lease key is absent in ${record.phase}`;
   if (!isClosedPhase(record.phase) && ROLES.some((r) => w.hosts[r].def !== 0)) return 'seed 002: a definition change reached a VM in flight';
   return undefined;
 }

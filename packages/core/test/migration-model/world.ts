@@ -44,7 +44,8 @@ export interface Lease {
   token: Token;
   /** Revision of the last write to the lease or its handoff marker: what commands are conditioned on. */
   rev: Token;
-  mark: 'none' | 'reserved' | 'handoff';
+  /** The handoff markers: from begin, from mark, and from the commit until the destination runs the VM (settle). */
+  mark: 'none' | 'reserved' | 'handoff' | 'committed';
 }
 
 /** An agent command (to `role`) or its reply (from `role`). */
@@ -67,12 +68,12 @@ export interface Budget {
   failure: number;
   /** A definition change arriving at any moment. */
   change: number;
-  /** The destination host lost for good, while it holds none of the VM's leases (before commit). */
+  /** The destination host lost for good (its session, and every lease on it, ends), before it runs the VM. */
   loseDestination: number;
 }
 
 /** How the system under test departs from the design (mutation tests prove the checker can fail). */
-export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host';
+export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host' | 'commit-drops-marker';
 
 export interface World {
   record: MigrationRecord;
