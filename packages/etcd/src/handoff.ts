@@ -10,8 +10,10 @@ import { parseValue } from './values.js';
  * The etcd side of a live migration's handoff (DESIGN §6, S6): each step one compare-on-revision
  * transaction over all of the VM's exclusive leases. A `handoff` marker beside each lease key, on
  * no session, blocks every third party (an exclusive acquire needs the resource's whole prefix
- * empty) from `begin` until `commit` moves the lease to the destination or `unmark` gives up, so
- * the resource is never free in between, even if the source's session expires meanwhile.
+ * empty) from `begin` until the destination runs the VM (`settle`, after `commit` moved the lease
+ * to it) or the leases stay or go back with the source (`unmark`, `giveBack`), so the resource is
+ * never free in between, even if the source's session, or after the commit the destination's,
+ * ends meanwhile.
  *
  * Every step may be re-issued (a coordinator that crashed, a lost reply): it recognises its own
  * earlier success by the values it wrote (migration id and step) and returns that revision.
