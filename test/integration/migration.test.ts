@@ -156,6 +156,24 @@ describe('live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-b': 'running' });
   });
 
+  it('a destination agent stopped past its TTL after commit: the VM goes back to its source without it, and the agent, woken with a new session, removes the copy left behind', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
+    const { coordinator } = await mc.addCoordinator();
+    const { vm, token, started } = await slowMigration(mc, coordinator, 'gone3');
+    await waitFor(async () => (await mc.record(started.id))?.phase === 'performing', { what: 'the send to begin', deadlineMs: 5_000, intervalMs: 5 });
+    const dest = mc.agent('host-b').json.proc;
+    await dest.pause();
+    const record = await mc.settled(started.id);
+    expect(record.timeline.map((e) => `${e.phase}${e.error ? `(${e.error})` : ''}`)).toEqual(ABORTED_AFTER_COMMIT.map((p) => (p === 'returning' ? 'returning(LEASE_LOST)' : p)));
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running', 'host-b': 'paused' });
+    // SIGCONT: host-b finds its session lost on its own clock, opens a new one, and then looks for
+    // copies that migrations abandoned while it was away.
+    await dest.resume();
+    await waitFor(async () => (await mc.copies(vm.uuid))['host-b'] === undefined, { what: 'host-b to remove the copy the aborted migration left', deadlineMs: 15_000, intervalMs: 50 });
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    await expectBackOnSource(mc, vm, token, record);
+  });
+
   it('a destination whose agent is gone before it prepares: once its session has expired the prepare fails with LEASE_LOST, the migration aborts, and the VM never stopped on its source', async () => {
     await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
     const { coordinator } = await mc.addCoordinator();

@@ -212,7 +212,11 @@ export class Agent implements AsyncDisposable {
         this.metrics.fences.inc();
         this.cluster!.fenceAll();
       },
-      onRecovered: (session) => this.cluster!.recover(session),
+      onRecovered: async (session) => {
+        await this.cluster!.recover(session);
+        // A migration may have been answered for this host while it was away (EtcdSteps.unanswered).
+        await this.vms?.removeLeftovers();
+      },
       heldKeys: () => this.cluster?.heldKeys() ?? new Set(),
     });
     this.member = member;

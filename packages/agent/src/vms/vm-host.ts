@@ -135,7 +135,7 @@ export class VmHost implements AsyncDisposable {
       await host.close();
       throw err;
     }
-    await host.removeLeftovers().catch((err: unknown) => opts.log.warn({ err: (err as Error).message }, 'could not look for copies left by aborted migrations; they stay'));
+    await host.removeLeftovers();
     return host;
   }
 
@@ -156,9 +156,15 @@ export class VmHost implements AsyncDisposable {
    * copy, paused or still incoming, holds no lease. An agent that refuses a resume destroys
    * its copy itself; when it was down past its TTL, the coordinator answered its resume, prepare
    * or discard for it (EtcdSteps.unanswered), and the copy stayed. Only copies that do not run and
-   * are no owner's are looked at, and the records are read only if there are any.
+   * are no owner's are looked at, and the records are read only if there are any. Run when the
+   * agent starts and when it has a new session after losing one (it was cut off, or stopped, past
+   * its TTL); a failure is logged, and the copies stay until the next time.
    */
-  private async removeLeftovers(): Promise<void> {
+  async removeLeftovers(): Promise<void> {
+    await this.removeLeftoversOnce().catch((err: unknown) => this.opts.log.warn({ err: (err as Error).message }, 'could not look for copies left by aborted migrations; they stay'));
+  }
+
+  private async removeLeftoversOnce(): Promise<void> {
     const { driver, registry, host, log } = this.opts;
     const idle = (copies: VmInfo[]) => copies.filter((vm) => vm.state !== 'running' && registry.get(vm.uuid) === undefined);
     const candidates = idle(await driver.list());
