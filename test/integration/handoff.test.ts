@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { BatonError } from '@baton/core';
 import { ClusterView, Handoff, LeaseTable, type LeaseClaim } from '@baton/etcd';
 import { connectEtcd, EtcdServer, openSession, outcomeCode, waitFor } from '../support/index.js';
 
@@ -99,9 +100,13 @@ describe('handoff transactions', () => {
     const intruder = await session(conn, 'intruder');
     const intruders = new LeaseTable(conn, 'intruder');
     const other = { uuid: 'other', name: 'other' };
-    // The first is still taken by its commit marker: no third party gets it, exclusive or shared.
-    expect(await code(intruders.grant(intruder, [claim('/v/1', other)]))).toBe('RESOURCE_BUSY');
-    expect(await code(intruders.grant(intruder, [claim('/v/1', other, 'shared')]))).toBe('RESOURCE_BUSY');
+    // The first is still taken by its commit marker: no third party gets it, exclusive or shared,
+    // and the refusal says which migration holds it.
+    for (const mode of ['exclusive', 'shared'] as const) {
+      const refused = await intruders.grant(intruder, [claim('/v/1', other, mode)]).then(() => undefined, (e: unknown) => e as BatonError);
+      expect(refused, mode).toMatchObject({ code: 'RESOURCE_BUSY', details: { resource: '/v/1', migration: 'm-v1' } });
+      expect(refused?.message).toBe('"/v/1" is in the handoff of migration m-v1 (src → dst); it is free only once that migration has ended and released it');
+    }
     // The second's handoff is over: it is free, as any lost host's lease is.
     await intruders.grant(intruder, [claim('/v/2', other)]);
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { BatonError, LeaseValueSchema, MAX_RESOURCES_PER_REQUEST, wallTimeIso, type LeaseValue, type LockMode, type MonotonicClock, type Token } from '@baton/core';
 import type { ICompare, IKeyValue, IRequestOp, ITxnResponse } from 'etcd3';
 import type { EtcdConnection } from './connection.js';
+import { HandoffMarkerSchema, type HandoffMarker } from './handoff.js';
 import { KeyLayout, prefixEnd } from './keys.js';
 import { parseValue } from './values.js';
 import type { HostSession } from './session.js';
@@ -190,9 +191,9 @@ export class LeaseTable {
       for (const p of live) {
         const busy = p.targets.find((_, j) => Number(res.responses[i + j]?.response_range.count ?? 0) > 0);
         i += p.targets.length;
-        const leftover = busy && (await this.leftover(busy));
-        if (!busy || leftover === 'cleared') next.push(p);
-        else p.reject(this.busy(busy.claim, leftover));
+        const obstacle = busy && (await this.obstacle(busy));
+        if (!busy || obstacle === 'cleared') next.push(p);
+        else p.reject(this.busy(busy.claim, obstacle));
       }
       live = next;
     }
@@ -203,11 +204,15 @@ export class LeaseTable {
    * expired or its host was fenced by an operator; a release deletes both): the resource is free
    * once this host has seen the marker for lockDelay ms. Then the marker is removed and the claim
    * goes again. Measured from this host's first sight, on its monotonic clock: no clocks compared.
-   * Returns the lock-delay still to run, if that is what keeps the claim out.
+   * Returns what keeps the claim out when it is not a lease: a migration's handoff (its marker
+   * stands from begin until the destination runs the VM, even with no lease left under it), or the
+   * lock-delay still to run.
    */
-  private async leftover(t: Target): Promise<'cleared' | { leftMs: number } | undefined> {
-    if (t.claim.mode !== 'exclusive') return undefined;
+  private async obstacle(t: Target): Promise<'cleared' | { leftMs: number } | { handoff: HandoffMarker } | undefined> {
     const res = await this.conn.range(t.prefix, { prefix: true });
+    const handoff = parseValue(HandoffMarkerSchema, res.kvs.find((kv) => kv.key.toString() === KeyLayout.handoffMarker(t.prefix)));
+    if (handoff) return { handoff };
+    if (t.claim.mode !== 'exclusive') return undefined;
     const marker = KeyLayout.heldMarker(t.key);
     if (res.kvs.length !== 1 || res.kvs[0]!.key.toString() !== marker) return undefined;
     const seenKey = `${marker}@${String(res.kvs[0]!.mod_revision)}`;
@@ -236,7 +241,13 @@ export class LeaseTable {
     for (const [key, first] of this.markersSeen) if (now - first > 4 * this.lockDelay.ms) this.markersSeen.delete(key);
   }
 
-  private busy(claim: LeaseClaim, delayed?: { leftMs: number }): BatonError {
+  private busy(claim: LeaseClaim, delayed?: { leftMs: number } | { handoff: HandoffMarker }): BatonError {
+    if (delayed && 'handoff' in delayed) {
+      const { migration, source, destination } = delayed.handoff;
+      return new BatonError('RESOURCE_BUSY', `"${claim.identity}" is in the handoff of migration ${migration} (${source} → ${destination}); it is free only once that migration has ended and released it`, {
+        details: { resource: claim.identity, lockspace: claim.lockspace, migration },
+      });
+    }
     if (delayed) {
       return new BatonError('RESOURCE_BUSY', `"${claim.identity}" was held by a holder that vanished without releasing it; lock-delay keeps it for ${delayed.leftMs} ms more`, {
         details: { resource: claim.identity, lockspace: claim.lockspace, lockDelayLeftMs: delayed.leftMs },
