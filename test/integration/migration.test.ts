@@ -147,6 +147,8 @@ describe('live migration', () => {
     // The source runs the VM again under the give-back's token. host-b's copy stays paused where
     // its agent died: it holds no lease, and no agent could unpause it under one.
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running', 'host-b': 'paused' });
+    // The hypervisors tell the two apart: host-b's copy was created for the migration and never ran.
+    expect([(await mc.driver('host-a').find(vm.uuid))?.ran, (await mc.driver('host-b').find(vm.uuid))?.ran]).toEqual([true, false]);
     await expectBackOnSource(mc, vm, token, record);
     // When host-b's agent is back, it removes the copy the aborted migration left (before it says
     // it has started), and only that: the VM is on host-a, running, once.

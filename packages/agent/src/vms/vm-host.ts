@@ -155,7 +155,7 @@ export class VmHost implements AsyncDisposable {
    * came here and was abandoned (`abandoned`), so the VM runs, or will, on its source, and this
    * copy, paused or still incoming, holds no lease. An agent that refuses a resume destroys
    * its copy itself; when it was down past its TTL, the coordinator answered its resume, prepare
-   * or discard for it (EtcdSteps.unanswered), and the copy stayed. Only copies that do not run and
+   * or discard for it (EtcdSteps.unanswered), and the copy stayed. Only copies that never ran and
    * are no owner's are looked at, and the records are read only if there are any. Run when the
    * agent starts and when it has a new session after losing one (it was cut off, or stopped, past
    * its TTL); a failure is logged, and the copies stay until the next time.
@@ -166,7 +166,8 @@ export class VmHost implements AsyncDisposable {
 
   private async removeLeftoversOnce(): Promise<void> {
     const { driver, registry, host, log } = this.opts;
-    const idle = (copies: VmInfo[]) => copies.filter((vm) => vm.state !== 'running' && registry.get(vm.uuid) === undefined);
+    // Never run (the hypervisor says so: a driver that cannot tell removes nothing), and no owner's.
+    const idle = (copies: VmInfo[]) => copies.filter((vm) => vm.ran === false && registry.get(vm.uuid) === undefined);
     const candidates = idle(await driver.list());
     if (candidates.length === 0) return;
     const records = (await this.store.list()).map((s) => s.record);

@@ -30,6 +30,12 @@ export const VmInfoSchema = z.object({
   state: z.enum(VM_STATES),
   /** Progress of the guest (the sim's write counter); carried over by a migration. */
   seq: z.number().int().nonnegative(),
+  /**
+   * Whether this copy has ever run: false for one created to receive a migration and never
+   * unpaused (QEMU started with `-incoming`; libvirt's `paused (migration)`); absent when the
+   * driver cannot tell.
+   */
+  ran: z.boolean().optional(),
 });
 export type VmInfo = z.infer<typeof VmInfoSchema>;
 

@@ -42,6 +42,8 @@ const faults = { failSends: 0, sendDelayMs: 0, failResumes: 0 };
 
 class ManagedVm {
   state: VmState;
+  /** Unpaused at least once in this process's life (a copy created for a migration has not, until its resume). */
+  ran = false;
   readonly guest = new Guest(values.name!, values.host, emit);
 
   constructor(incoming: boolean) {
@@ -53,7 +55,7 @@ class ManagedVm {
   }
 
   info(): VmInfo {
-    return { uuid: values.uuid!, name: values.name!, pid: process.pid, state: this.state, seq: this.seq };
+    return { uuid: values.uuid!, name: values.name!, pid: process.pid, state: this.state, seq: this.seq, ran: this.ran };
   }
 
   resume(grants: Grant[], validUntil: number | null): VmInfo {
@@ -67,6 +69,7 @@ class ManagedVm {
     this.guest.holdGrants(grants);
     this.guest.validUntil = validUntil ?? Infinity;
     this.state = 'running';
+    this.ran = true;
     emit({ event: 'running', seq: this.seq, grants });
     return this.info();
   }
