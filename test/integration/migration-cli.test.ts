@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { exitCodeFor, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorService } from '@baton/coordinator';
 import { runCli, type CliResult } from '../support/agent-io.js';
-import { freePort, httpJson, MigrationCluster, migrationServers, TcpProxy, waitFor } from '../support/index.js';
+import { freePort, htmlTable, httpJson, MigrationCluster, migrationServers, TcpProxy, waitFor } from '../support/index.js';
 
 /**
  * `baton vm`, `baton migrate`, `baton migrations` and `baton status` as an operator runs them: the
@@ -312,6 +312,64 @@ describe('baton CLI for VMs and live migration', () => {
     expect((await client.request('inquire', {})).locks.map((l) => l.token)).toEqual([grants[0]!.token]);
     const { vms } = (await httpJson<{ vms: HostedVm[] }>(`${leader.url}/v1/vms`)).body;
     expect(vms.filter((v) => v.uuid === uuid)).toEqual([]);
+  });
+
+  it('serves a dashboard on either replica: replicas, hosts, the migration in flight, then the settled one, VMs and leases; a VM’s name as text', async () => {
+    const name = `dash <i>"db"</i> & co`;
+    const vm = await mc.startVm('host-a', name, ['dash-db.img']);
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 3_000 });
+    const started = await mc.startMigration(vm.uuid, 'host-b');
+    await mc.inPhase(started.id, 'performing');
+    // The send is slow once the source has paused at switchover: the pages below see it paused.
+    await waitFor(async () => (await mc.copies(vm.uuid))['host-a'] === 'paused', { what: 'the source copy paused at switchover', deadlineMs: 5_000 });
+
+    const page = async (replica: CoordinatorService, query = ''): Promise<string> => {
+      const res = await fetch(`${replica.url}/${query}`, { signal: AbortSignal.timeout(10_000) });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('content-type')).toBe('text/html; charset=utf-8');
+      expect(res.headers.get('content-security-policy')).toMatch(/^default-src 'none'; style-src 'unsafe-inline'/);
+      return res.text();
+    };
+    const rowOf = (rows: string[][], first: string): string[] | undefined => rows.find((r) => r[0] === first);
+    for (const [replica, role] of [[leader, 'leader'], [follower, 'follower']] as const) {
+      const html = await page(replica);
+      expect(html).not.toContain('<i>');
+      expect(html).toContain(`answered by ${replica.coordinator.id} (${role}) · leader coord-1`);
+      expect(html).toContain('<meta http-equiv="refresh" content="2">');
+      expect(htmlTable(html, 'replicas').rows).toEqual([
+        ['coord-1', leader.url, 'leader'],
+        ['coord-2', follower.url, 'follower'],
+      ]);
+      expect(htmlTable(html, 'hosts').rows.map((r) => r[0])).toEqual(['host-a', 'host-b']);
+      expect(rowOf(htmlTable(html, 'open-migrations').rows, started.id)).toEqual([started.id, name, 'host-a', 'host-b', 'performing', started.startedAt]);
+      const vms = htmlTable(html, 'vms');
+      expect(vms.header).toEqual(['name', 'uuid', 'host', 'state', 'pid', 'tokens']);
+      // The source's copy, paused at switchover and still holding its lease's token, and the incoming copy.
+      const copies = vms.rows.filter((r) => r[1] === vm.uuid).map((r) => [r[0], r[2], r[3], r[5]]);
+      expect(copies).toEqual([
+        [name, 'host-a', 'paused', String(vm.locks[0]!.token)],
+        [name, 'host-b', 'incoming', '-'],
+      ]);
+      const leases = htmlTable(html, 'leases');
+      const lease = leases.rows.find((r) => r[0]!.endsWith('/dash-db.img'));
+      expect(lease && [lease[3], lease[4], lease[5]]).toEqual(['host-a', name, String(vm.locks[0]!.token)]);
+    }
+
+    const done = await settled(started.id);
+    expect(done.phase).toBe('done');
+    const after = await page(follower, '?refresh=0');
+    expect(after).not.toContain('http-equiv="refresh"');
+    expect(rowOf(htmlTable(after, 'open-migrations').rows, started.id)).toBeUndefined();
+    const recent = htmlTable(after, 'recent-migrations');
+    expect(recent.header.at(-1)).toBe('handoff window');
+    // Newest first: the one that just ended leads, with the window its record gives.
+    expect(recent.rows[0]).toEqual([started.id, name, 'host-a', 'host-b', 'done', started.startedAt, `${handoffWindowMs(done)!.toFixed(1)} ms`]);
+    const lease = htmlTable(after, 'leases').rows.find((r) => r[0]!.endsWith('/dash-db.img'));
+    expect(lease?.[3]).toBe('host-b');
+    expect(Number(lease?.[5])).toBeGreaterThan(vm.locks[0]!.token);
+
+    const bad = await httpJson<{ error: { code: string } }>(`${leader.url}/?refresh=soon`);
+    expect([bad.status, bad.body.error.code]).toEqual([400, 'INVALID_REQUEST']);
   });
 
   it('answers a route it does not have, or a URL that does not decode, with the API’s error body', async () => {

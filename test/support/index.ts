@@ -33,6 +33,7 @@ export {
   type LeaderOptions,
 } from './etcd-server.js';
 export { httpJson, type ClientTls, type HttpJsonOptions, type HttpJsonResponse } from './http-json.js';
+export { htmlTable, type HtmlTable } from './html-table.js';
 export {
   DEFAULT_START_TIMEOUT_MS,
   isAddressInUse,

@@ -1,4 +1,4 @@
-import { BatonError, migrationRule, stepsLeft, type ErrorCode, type MigrationRecord, type TimelineEntry } from '@baton/core';
+import { BatonError, formatMs, migrationRule, stepsLeft, type ErrorCode, type MigrationRecord, type TimelineEntry } from '@baton/core';
 import { handoffWindowMs } from '@baton/coordinator';
 import { printTable } from './output.js';
 
@@ -7,27 +7,10 @@ import { printTable } from './output.js';
  * they are shown relative to the record's own `begun` entry, never as a time of day.
  */
 
-export const MIGRATION_COLUMNS = ['id', 'vm', 'source', 'destination', 'phase', 'started'] as const;
 const TIMELINE_COLUMNS = ['phase', 'at', 'step', 'error'] as const;
-
-export function formatMs(ms: number): string {
-  return `${ms.toFixed(1)} ms`;
-}
 
 function sinceBegun(record: MigrationRecord, entry: TimelineEntry): number {
   return entry.atMs - record.timeline[0]!.atMs;
-}
-
-export function migrationRows(records: readonly MigrationRecord[]): Record<string, unknown>[] {
-  return records.map((r) => ({
-    id: r.id,
-    vm: r.vm.name,
-    source: r.source,
-    destination: r.destination,
-    phase: r.phase,
-    // Wall-clock start; records from before it was kept show the leader's monotonic clock instead.
-    started: r.startedAt ?? `${(r.timeline[0]!.atMs / 1000).toFixed(3)}s (monotonic)`,
-  }));
 }
 
 /** `  performing   +12.3 ms`, with the error code when a failure led into the phase. */

@@ -118,6 +118,11 @@ export class Coordinator implements AsyncDisposable {
     return this.opts.config.id;
   }
 
+  /** The cluster's name: its etcd keys and NATS subjects are under it. */
+  get cluster(): string {
+    return this.opts.config.etcd.cluster;
+  }
+
   get isLeader(): boolean {
     return this.leadership !== undefined && !this.leadership.signal.aborted;
   }

@@ -14,3 +14,4 @@ export * from './wire/vm-definition.js';
 export * from './wire/vm-api.js';
 export * from './backoff.js';
 export * from './abort.js';
+export * from './tables.js';

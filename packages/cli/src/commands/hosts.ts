@@ -1,25 +1,7 @@
 import type { Command } from 'commander';
-import { BatonError, type HostView } from '@baton/core';
+import { BatonError, CLUSTER_LEASE_COLUMNS, clusterLeaseRows, HOST_COLUMNS, hostRows } from '@baton/core';
 import { printJson, printTable, reporting } from '../output.js';
 import { withAgent } from '../socket.js';
-import { CLUSTER_LEASE_COLUMNS, clusterLeaseRows } from './locks.js';
-
-const HOST_COLUMNS = ['host', 'address', 'session', 'ttl left', 'last keepalive', 'lockspaces', 'version'] as const;
-
-function hostRows(hosts: readonly HostView[]): Record<string, unknown>[] {
-  return [...hosts]
-    .sort((a, b) => a.host.localeCompare(b.host))
-    .map((h) => ({
-      host: h.host,
-      address: h.address === '' ? undefined : h.address,
-      session: h.session,
-      // etcd answers -1 for a session it no longer has (expired between the two reads).
-      'ttl left': h.ttlLeftSeconds < 0 ? 'expired' : `${h.ttlLeftSeconds}s`,
-      'last keepalive': h.lastKeepaliveAgoSeconds < 0 ? '-' : `${h.lastKeepaliveAgoSeconds}s ago`,
-      lockspaces: h.lockspaces.join(','),
-      version: h.version,
-    }));
-}
 
 interface FenceOpts {
   iHaveFenced?: boolean;

@@ -1,16 +1,7 @@
 import type { Command } from 'commander';
-import type { ClusterLease } from '@baton/core';
+import { CLUSTER_LEASE_COLUMNS, clusterLeaseRows } from '@baton/core';
 import { printJson, printTable, reporting } from '../output.js';
 import { withAgent } from '../socket.js';
-
-export const CLUSTER_LEASE_COLUMNS = ['resource', 'lockspace', 'mode', 'host', 'owner', 'token', 'since'] as const;
-
-/** Cluster leases as table rows: sorted by resource, then host, so the same view prints the same way. */
-export function clusterLeaseRows(leases: readonly ClusterLease[]): Record<string, unknown>[] {
-  return [...leases]
-    .sort((a, b) => a.resource.localeCompare(b.resource) || a.host.localeCompare(b.host) || a.token - b.token)
-    .map((l) => ({ resource: l.resource, lockspace: l.lockspace, mode: l.mode, host: l.host, owner: l.owner.name, token: l.token, since: l.since }));
-}
 
 /**
  * `baton locks`: this host's locks, as its agent holds them (lock paths, pids). `baton locks

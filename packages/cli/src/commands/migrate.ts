@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { BatonError, exitCodeFor, type MigrationRecord } from '@baton/core';
+import { BatonError, exitCodeFor, MIGRATION_COLUMNS, migrationRows, type MigrationRecord } from '@baton/core';
 import { CoordinatorClient, DEFAULT_COORDINATOR_URL, FOLLOW_TIMEOUT_MS, type CoordinatorStatus } from '../coordinator-client.js';
-import { abortCause, abortError, migrationHeader, migrationRows, MIGRATION_COLUMNS, printTimeline, progressBar, progressLine } from '../migration-view.js';
+import { abortCause, abortError, migrationHeader, printTimeline, progressBar, progressLine } from '../migration-view.js';
 import { printJson, printTable, reporting } from '../output.js';
 
 export interface CoordinatorOpts {

@@ -1,12 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
-import { BatonError, parseOrRefuse, LEASE_LOSS_POLICIES, LeaseLossSchema, LOCK_MODES, type HostedVm, type LeaseLoss, type LockMode, type VmDefinitionInput } from '@baton/core';
+import { BatonError, parseOrRefuse, LEASE_LOSS_POLICIES, LeaseLossSchema, LOCK_MODES, VM_COLUMNS, vmRows, type HostedVm, type LeaseLoss, type LockMode, type VmDefinitionInput } from '@baton/core';
 import { CoordinatorClient } from '../coordinator-client.js';
 import { printJson, printTable, reporting } from '../output.js';
 import { coordinatorOptions, type CoordinatorOpts } from './migrate.js';
 import { GRANT_COLUMNS } from './lock.js';
-
-const VM_COLUMNS = ['name', 'uuid', 'host', 'state', 'pid', 'tokens'] as const;
 
 /** The options that say what a VM is: its disks and its lease-loss policy (vm start, vm define). */
 interface DefinitionOpts extends CoordinatorOpts {
@@ -46,12 +44,6 @@ function leaseLossOf(opts: DefinitionOpts): LeaseLoss | undefined {
 function definitionOf(opts: DefinitionOpts): VmDefinitionInput {
   const onLeaseLoss = leaseLossOf(opts);
   return { disks: opts.disk.map(diskOf), ...(onLeaseLoss === undefined ? {} : { onLeaseLoss }) };
-}
-
-function vmRows(vms: readonly HostedVm[]): Record<string, unknown>[] {
-  return [...vms]
-    .sort((a, b) => a.name.localeCompare(b.name) || a.host.localeCompare(b.host))
-    .map((v) => ({ name: v.name, uuid: v.uuid, host: v.host, state: v.state, pid: v.pid, tokens: v.locks.length === 0 ? undefined : v.locks.map((l) => l.token).join(',') }));
 }
 
 function printVm(vm: HostedVm, verb: string): void {

@@ -88,7 +88,7 @@ async function story(ws: DemoWorkspace): Promise<void> {
     const status = await until(() => live()[0]!.client.status().then((s) => s.leader !== null && live().some((r) => r.id === s.leader!.id) && s), deadline());
     return replicas.find((r) => r.id === status.leader!.id)!;
   };
-  say(`   coordinators ${replicas.map((r) => `${r.id} at ${r.url}`).join(', ')}; ${(await leader()).id} leads`);
+  say(`   coordinators ${replicas.map((r) => `${r.id} at ${r.url}`).join(', ')}; ${(await leader()).id} leads (either one serves the dashboard at its address)`);
 
   step(2, 'Three VMs start, each on its own host; each writes "vm host token seq" to its disks through the fence guard');
   const vms: { name: string; host: string; disks: string[] }[] = [

@@ -2,12 +2,16 @@ import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { z } from 'zod';
 import { asBatonError, BatonError, compareByStart, HostIdSchema, httpListenError, parseOrRefuse, ERROR_CATALOGUE, isSettled, VmDefinitionSchema, VmSpecSchema, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '../coordinator.js';
+import { DEFAULT_REFRESH_SECONDS, readDashboard, renderDashboard } from './dashboard.js';
 
 export const MigrateBodySchema = z.strictObject({
   /** The VM's uuid or name. */
   vm: z.string().min(1).max(256),
   to: HostIdSchema,
 });
+
+/** `GET /?refresh=SECONDS`: how often the dashboard reloads (0: never). Other parameters are ignored, as a browser may add some. */
+const DashboardQuerySchema = z.object({ refresh: z.coerce.number().int().min(0).max(3600).default(DEFAULT_REFRESH_SECONDS) });
 
 export const StartVmBodySchema = VmSpecSchema.safeExtend({ host: HostIdSchema });
 
@@ -143,6 +147,19 @@ export class CoordinatorHttp {
         hosts,
         open: migrations.filter((m) => !isSettled(m.record)).map((m) => m.record),
       };
+    });
+
+    // The dashboard: a page with no script and nothing loaded from elsewhere, which the policy
+    // below enforces (a VM's name is shown as text even if it is markup).
+    app.get('/', async (req, reply) => {
+      const { refresh } = parseOrRefuse(DashboardQuerySchema, req.query, 'invalid dashboard parameters');
+      const html = renderDashboard(await readDashboard(coordinatorOf(), refresh));
+      return reply
+        .header('content-type', 'text/html; charset=utf-8')
+        .header('content-security-policy', "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+        .header('x-content-type-options', 'nosniff')
+        .header('cache-control', 'no-store')
+        .send(html);
     });
 
     app.get('/metrics', async (_req, reply) => {
