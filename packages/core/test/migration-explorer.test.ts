@@ -9,10 +9,11 @@ import type { Budget, Mutation } from './migration-model/world.js';
  * of each agent at any point; one coordinator failover; one injected failure (prepare cannot open
  * a lock file, the send breaks, or resume cannot lock); a definition change arriving at any
  * moment; the destination host lost for good before it runs the VM (its leases vanish with its
- * session), with the coordinator answering its steps as etcd shows they must end. `BATON_MIGRATION_BUDGET` (JSON) raises the bounds.
+ * session), and the source host lost for good at any moment and declared fenced by an operator,
+ * with the coordinator answering their steps as etcd shows they must end. `BATON_MIGRATION_BUDGET` (JSON) raises the bounds.
  */
 const BUDGET: Budget = {
-  ...{ loss: 1, dup: 1, crashSource: 1, crashDestination: 1, failover: 1, failure: 1, change: 1, loseDestination: 1 },
+  ...{ loss: 1, dup: 1, crashSource: 1, crashDestination: 1, failover: 1, failure: 1, change: 1, loseDestination: 1, loseSource: 1 },
   ...(JSON.parse(process.env.BATON_MIGRATION_BUDGET ?? '{}') as Partial<Budget>),
 };
 
@@ -39,6 +40,8 @@ describe('the migration handoff, explored exhaustively', () => {
     ['wait-for-lost-host', /^liveness: /],
     // A destination lost after commit, before it runs the VM, takes the leases with its session: without the commit's marker nothing keeps the resource taken.
     ['commit-drops-marker', /^S6: /],
+    // A source declared fenced after the commit, the destination unable to run the VM: a give-back to it never goes through.
+    ['give-back-to-lost-source', /^liveness: /],
   ])('finds the violation when %s', (mutation, invariant) => {
     const run = explore({ budget: BUDGET, mutation });
     console.log(`mutation ${mutation}: ${run.violation?.invariant} after ${run.violation?.trace.length} steps (${run.states} states)`);

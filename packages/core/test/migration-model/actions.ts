@@ -38,7 +38,7 @@ export function successors(w: World, options: ModelOptions): Edge[] {
   };
   add('coordinator acts', false, issue(w, machine, options.mutation));
   add('coordinator times out and resends', false, timeout(w, options.mutation));
-  add('coordinator answers for the lost destination (its session ended)', false, answerForLost(w, machine, options.mutation));
+  add('coordinator answers for a lost host (its session ended)', false, answerForLost(w, machine, options.mutation));
 
   const seen = new Set<string>();
   w.net.forEach((m, i) => {
@@ -75,9 +75,22 @@ export function successors(w: World, options: ModelOptions): Edge[] {
     // Commands to it go nowhere from now on.
     add('the destination host is lost for good', true, spend(withNet(vanished, w.net.filter((m) => m.kind !== 'cmd' || m.role !== 'destination')), 'loseDestination'));
   }
+  // The source lost at any moment, and declared fenced: its copy goes with it (powered off), and
+  // so does its session with every lease on it (the declaration revokes it). The markers, on no
+  // session, stay.
+  const src = w.hosts.source;
+  if (w.budget.loseSource > 0 && !src.lost && !w.pendingPut) {
+    const lost = withHost(w, 'source', { up: false, lost: true, vm: 'absent', locks: null, fresh: false, arrived: false });
+    const vanished = w.lease.owner === 'source' ? { ...lost, lease: { ...w.lease, owner: null } } : lost;
+    add('the source host is lost for good and declared fenced', true, spend(withNet(vanished, w.net.filter((m) => m.kind !== 'cmd' || m.role !== 'source')), 'loseSource'));
+  }
   if (w.budget.failover > 0) add('coordinator fails over to a new leader', true, spend(failover(w), 'failover'));
   // The grant path wants nothing under the resource: a handoff marker keeps a third party out too.
-  if (w.lease.owner === null && w.lease.mark === 'none') {
+  // Once a declared-fenced source's migration has let go of the disks, a third party (the
+  // operator starting the VM again elsewhere) is let in only after the record has ended: in the
+  // model its write would move the revision the remaining agent steps are conditioned on, where
+  // the real agents compare the record's.
+  if (w.lease.owner === null && w.lease.mark === 'none' && (!w.hosts.source.lost || isSettled(w.record))) {
     const rev = w.lease.rev + 1;
     add('a third party takes the free resource', false, { ...w, lease: { owner: 'third', token: rev, rev, mark: 'none' } });
   }

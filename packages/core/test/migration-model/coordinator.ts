@@ -29,13 +29,14 @@ function etcdStep(w: World, cmd: MigrationCommand, mutation: Mutation | undefine
     return { world: { ...w, lease: { ...lease, rev, mark: 'reserved' } }, reply: { ok: true, revision: rev, grants: [lease.token] } };
   }
   if (lease.rev !== cmd.key.token) return failed(w, 'STALE_TOKEN');
-  const put = (owner: Role, token: number, mark: World['lease']['mark'] = 'none') => ({
+  const put = (owner: Role | null, token: number, mark: World['lease']['mark'] = 'none') => ({
     world: { ...w, lease: { owner, token, rev, mark } },
     reply: { ok: true, revision: rev } as MigrationStepReply,
   });
   switch (cmd.step) {
     case 'mark':
-      return put('source', lease.token, 'handoff');
+      // Only the markers are written: a lease that vanished with the source's session stays absent.
+      return put(lease.owner as Role | null, lease.token, 'handoff');
     case 'commit':
       // The transaction compares the destination's session: one that ended fails it for good.
       if (w.hosts.destination.lost) return failed(w, 'LEASE_LOST');
@@ -44,9 +45,14 @@ function etcdStep(w: World, cmd: MigrationCommand, mutation: Mutation | undefine
       // The mutation: the protocol before the commit kept its markers (they went with the commit).
       return put('destination', rev, mutation === 'commit-drops-marker' ? 'none' : 'committed');
     case 'unmark':
-      // Back to `held`, with the source's own grant token: it never stopped holding (S4).
-      return put('source', w.record.tokens.grants![0]!);
+      // Only the markers go: the lease is the source's, with its own grant token, as it never
+      // stopped holding (S4); or absent, gone with the source's session.
+      return put(lease.owner as Role | null, w.record.tokens.grants![0]!);
     case 'give-back':
+      // A source declared fenced has nothing to take back: the leases are released instead (the
+      // destination's copy, which could not run, is gone). The mutation gives them to it anyway.
+      if (w.hosts.source.lost && mutation !== 'give-back-to-lost-source') return put(null, lease.token);
+      if (w.hosts.source.lost) return failed(w, 'LEASE_LOST');
       return put('source', rev);
     default:
       throw new Error(`${cmd.step} is not an etcd step`);
@@ -70,18 +76,23 @@ function send(w: World, cmd: MigrationCommand): World {
 }
 
 /**
- * The real coordinator's EtcdSteps.unanswered: a destination step nobody answers, once etcd shows
- * the destination's session has ended, takes etcd's answer: prepare fails (LEASE_LOST), discard is
- * done (the copy never held a lease), resume fails (LEASE_LOST) when the lease is not the
- * destination's. In the model the session ends exactly when the host is lost.
+ * The real coordinator's EtcdSteps.unanswered: a step nobody answers, once etcd shows its host's
+ * session has ended, takes etcd's answer. The destination's: prepare fails (LEASE_LOST), discard
+ * is done (the copy never held a lease), resume fails (LEASE_LOST) when the lease is not the
+ * destination's. The source's, once an operator has declared that host fenced: perform fails
+ * (LEASE_LOST), restore and confirm are done (its copy went with the host). In the model the
+ * session ends exactly when the host is lost, and a lost source is a declared one.
  */
 export function answerForLost(w: World, machine: Machine, mutation: Mutation | undefined): World | undefined {
   const cmd = nextStep(w.record);
-  if (mutation === 'wait-for-lost-host' || !w.awaiting || cmd === undefined || cmd.target !== 'destination' || !w.hosts.destination.lost) return undefined;
+  if (mutation === 'wait-for-lost-host' || !w.awaiting || cmd === undefined || cmd.target === 'etcd' || !w.hosts[cmd.target].lost) return undefined;
   switch (cmd.step) {
     case 'discard':
+    case 'restore':
+    case 'confirm':
       return apply(w, cmd, { ok: true }, machine);
     case 'prepare':
+    case 'perform':
       return apply(w, cmd, failed(w, 'LEASE_LOST').reply, machine);
     case 'resume':
       return w.lease.owner === 'destination' ? undefined : apply(w, cmd, failed(w, 'LEASE_LOST').reply, machine);
@@ -100,6 +111,8 @@ export function issue(w: World, machine: Machine, mutation: Mutation | undefined
     const taken = takeStagedDefinition(w.record);
     if (taken === undefined) return undefined;
     const survivor: Role = taken.host === w.record.source ? 'source' : 'destination';
+    // A host declared fenced has no VM to apply it to: the change is dropped (as for a destroyed VM).
+    if (w.hosts[survivor].lost) return { ...w, record: taken.record };
     return withHost({ ...w, record: taken.record }, survivor, { def: w.defVersion });
   }
   if (cmd.target !== 'etcd') return send(w, cmd);

@@ -22,9 +22,14 @@ export function checkState(w: World): string | undefined {
     // Not in DESIGN §2 but what migration is for: a copy that runs holds the latest state.
     if (!h.fresh) return `continuity: the ${r} runs a stale copy of the VM`;
   }
-  if (lease.owner === 'third') return 'S6: a third party won the resource';
-  // Absent with the commit's marker standing: the destination's session ended before it ran the VM; the marker keeps the resource taken.
-  if (record.tokens.begin !== undefined && !isClosedPhase(record.phase) && lease.owner === null && lease.mark !== 'committed') return `S6: the lease key is absent in ${record.phase}`;
+  // A third party may have the disks only once no host of the migration can run the VM again: its
+  // source was declared fenced and the migration has let go of them (unmarked, or released at give-back).
+  if (lease.owner === 'third' && (run.length > 0 || !w.hosts.source.lost)) return 'S6: a third party won the resource';
+  // The key may be absent in an open migration only when a lost host's session took it: the
+  // destination's before it ran the VM (the commit's marker stands), or the source's (declared
+  // fenced: its markers stand, or the abort let go of them once nothing could run the VM).
+  const absentAllowed = lease.mark === 'committed' || (w.hosts.source.lost && (lease.mark !== 'none' || record.phase === 'discarding' || record.phase === 'restoring'));
+  if (record.tokens.begin !== undefined && !isClosedPhase(record.phase) && lease.owner === null && !absentAllowed) return `S6: the lease key is absent in ${record.phase}`;
   if (!isClosedPhase(record.phase) && ROLES.some((r) => w.hosts[r].def !== 0)) return 'seed 002: a definition change reached a VM in flight';
   return undefined;
 }
@@ -58,6 +63,7 @@ export function isTerminal(w: World): boolean {
 
 /** A terminal state: the VM running on exactly one host, with its lease and locks, the record closed with its timeline. */
 export function checkTerminal(w: World): string | undefined {
+  if (w.record.phase === 'aborted' && w.hosts.source.lost) return vmLostWithSource(w);
   const survivor = w.record.phase === 'done' ? 'destination' : 'source';
   const h = w.hosts[survivor];
   if (h.vm !== 'running') return `end: the VM is ${h.vm} on the ${survivor} after ${w.record.phase}`;
@@ -69,6 +75,17 @@ export function checkTerminal(w: World): string | undefined {
   const expected = w.record.phase === 'done' ? t.commit : t.commit !== undefined ? t.revert : t.grants?.[0];
   if (expected !== w.lease.token) return `end: the lease token ${w.lease.token} is not the record's (${expected ?? 'none'})`;
   if (h.def !== w.defVersion) return 'seed 002: the staged definition was not applied at the end';
+  return timelineIsAPath(w.record) ? undefined : 'end: the timeline is not a path through the transition table';
+}
+
+/**
+ * Aborted with its source declared fenced: the VM went with that host. No copy is left anywhere,
+ * and the disks are free for the operator to start the VM again (a third party may have them).
+ */
+function vmLostWithSource(w: World): string | undefined {
+  const dst = w.hosts.destination;
+  if (!dst.lost && dst.vm !== 'absent') return `end: the destination keeps a ${dst.vm} copy after its source was declared fenced`;
+  if (w.lease.owner === 'source' || w.lease.owner === 'destination' || w.lease.mark !== 'none') return 'end: the disks stay taken after the source was declared fenced';
   return timelineIsAPath(w.record) ? undefined : 'end: the timeline is not a path through the transition table';
 }
 

@@ -70,10 +70,15 @@ export interface Budget {
   change: number;
   /** The destination host lost for good (its session, and every lease on it, ends), before it runs the VM. */
   loseDestination: number;
+  /**
+   * The source host lost for good at any moment, and declared fenced by an operator (`baton host
+   * fence`): its session, every lease on it and its copy of the VM end.
+   */
+  loseSource: number;
 }
 
 /** How the system under test departs from the design (mutation tests prove the checker can fail). */
-export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host' | 'commit-drops-marker';
+export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host' | 'commit-drops-marker' | 'give-back-to-lost-source';
 
 export interface World {
   record: MigrationRecord;
@@ -145,6 +150,6 @@ export function worldKey(w: World): string {
     hostKey(w.hosts.destination),
     w.net.map(msgKey).join(','),
     `${w.awaiting ? 'A' : ''}${w.pendingPut ? 'P' : ''}${w.defVersion}`,
-    `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}${b.loseDestination}`,
+    `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}${b.loseDestination}${b.loseSource}`,
   ].join('|');
 }
