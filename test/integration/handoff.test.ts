@@ -124,4 +124,41 @@ describe('handoff transactions', () => {
     await src.close({ revoke: true });
     await intruder.close({ revoke: true });
   });
+
+  it('releases the leases to nobody when the source was declared fenced: a live or a vanished lease, once; a settled handoff keeps its lease against a release or a give-back', async () => {
+    await using conn = connectEtcd(etcd.endpoints, 5);
+    const [src, dst, other] = await Promise.all([session(conn, 'src'), session(conn, 'dst'), session(conn, 'other')]);
+    await new LeaseTable(conn, 'src').grant(src, ['/r/1', '/r/2', '/r/3'].map((d) => claim(d)));
+    const committed = async (id: string, identity: string) => {
+      const h = new Handoff(conn, id, [{ lockspace: 'disks', identity }], 'src', 'dst');
+      return { h, commit: await h.commit(await h.mark((await h.begin(VM.uuid)).token), VM, { host: 'dst', session: dst.id }) };
+    };
+    const others = new LeaseTable(conn, 'other');
+    const take = (identity: string) => others.grant(other, [claim(identity, { uuid: 'o', name: 'o' })]);
+    const [r1, r2, r3] = [await committed('m-r1', '/r/1'), await committed('m-r2', '/r/2'), await committed('m-r3', '/r/3')];
+
+    // The destination's lease, live: deleted with its marker, and the disk is free.
+    expect(await r1.h.release(r1.commit)).toBeGreaterThan(r1.commit);
+    await take('/r/1');
+    // A re-issue (a lost reply) finds it done, whoever holds the disk now.
+    expect(await r1.h.release(r1.commit)).toBeGreaterThan(r1.commit);
+    expect(await code(r1.h.giveBack(r1.commit, VM, { host: 'src', session: src.id }))).toBe('MIGRATION_CONFLICT');
+
+    // Settled: the VM ran on the destination, whose lease neither a release nor a give-back may move.
+    await r2.h.settle(r2.commit);
+    expect(await code(r2.h.release(r2.commit))).toBe('MIGRATION_CONFLICT');
+    expect(await code(r2.h.giveBack(r2.commit, VM, { host: 'src', session: src.id }))).toBe('MIGRATION_CONFLICT');
+
+    // The destination's session gone too: the commit's marker is all there is, and it goes.
+    await dst.close({ revoke: true });
+    expect(await code(take('/r/3'))).toBe('RESOURCE_BUSY');
+    await r3.h.release(r3.commit);
+    await take('/r/3');
+    expect((await new ClusterView(conn).leases()).map((l) => [l.resource, l.host]).sort()).toEqual([
+      ['/r/1', 'other'],
+      ['/r/3', 'other'],
+    ]);
+    await src.close({ revoke: true });
+    await other.close({ revoke: true });
+  });
 });

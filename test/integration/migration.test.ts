@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { newMigration, transition, type HostedVm, type MigrationRecord } from '@baton/core';
 import type { Coordinator } from '@baton/coordinator';
 import { LeaseTable, MigrationStore } from '@baton/etcd';
+import { runCli } from '../support/agent-io.js';
 import { checkDisk, MigrationCluster, migrationServers, openSession, outcomeCode, waitFor, writtenUnder, zombieChildren } from '../support/index.js';
 
 /**
@@ -189,6 +190,46 @@ describe('live migration', () => {
     expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
     expect((await mc.leaseMap(vm.uuid))[mc.disk('gone2.img')]).toEqual(['host-a', token]);
     expect(checkDisk(mc.disk('gone2.img')).map((e) => [e.host, e.token])).toEqual([['host-a', token]]);
+  });
+
+  it('a source host powered off mid-send: the migration waits until an operator declares it fenced, then aborts; no copy is left, and the VM starts again elsewhere with a higher token', async () => {
+    await using mc = await MigrationCluster.start({ etcd: servers.etcd.endpoints, nats: [servers.nats.url], ttlSeconds: 3 });
+    const { coordinator } = await mc.addCoordinator();
+    const vm = await mc.startVm('host-a', 'lost1', ['lost1.img']);
+    const token = vm.locks[0]!.token;
+    const disk = mc.disk('lost1.img');
+    await writtenUnder(disk, token);
+    // The switchover never completes: host-a loses power while it sends.
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 60_000 });
+    const started = await coordinator.migrate({ vm: 'lost1', to: 'host-b' });
+    await waitFor(async () => (await mc.record(started.id))?.phase === 'performing', { what: 'the send to begin', deadlineMs: 5_000, intervalMs: 5 });
+    const pid = (await mc.driver('host-a').find(vm.uuid))!.pid;
+    await mc.agent('host-a').crash();
+    process.kill(pid, 'SIGKILL');
+    await using conn = mc.connectEtcd();
+    await waitFor(async () => (await conn.range(conn.keys.host('host-a'))).kvs.length === 0, { what: 'host-a’s session to expire', deadlineMs: 15_000, intervalMs: 20 });
+    // Expired is not declared: the VM's state may still be on host-a, so the migration waits, and
+    // its markers keep the disk from anyone else.
+    await using thief = await openSession(conn, 'host-d', { lockspaces: ['images'] });
+    const steal = () => outcomeCode(new LeaseTable(conn, 'host-d').grant(thief, [{ lockspace: 'images', identity: disk, mode: 'exclusive', owner: { uuid: randomUUID(), name: 'thief' } }]));
+    expect([await steal(), (await mc.record(started.id))?.phase]).toEqual(['RESOURCE_BUSY', 'performing']);
+
+    const declared = await runCli(['host', 'fence', 'host-a', '--i-have-fenced', '--reason', 'host-a lost power', '--socket', mc.agent('host-b').socketPath]);
+    expect(declared.status, declared.stderr).toBe(0);
+    expect(declared.stdout).toMatch(/^host host-a declared dead and fenced: 0 lease\(s\) released$/m);
+    const record = await mc.settled(started.id);
+    expect(record.timeline.map((e) => `${e.phase}${e.error ? `(${e.error})` : ''}`)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'unmarking(LEASE_LOST)', 'discarding', 'restoring', 'aborted']);
+    // The VM went with host-a; host-b's copy, which never ran, is gone too; the disk is free.
+    expect(await mc.copies(vm.uuid)).toEqual({});
+    expect(await mc.leaseMap(vm.uuid)).toEqual({});
+    // The operator starts it again from its disk, on host-b: a new token, above every earlier one.
+    const again = await mc.startVm('host-b', 'lost1', ['lost1.img'], { uuid: vm.uuid });
+    expect(again.locks[0]!.token).toBeGreaterThan(token);
+    await writtenUnder(disk, again.locks[0]!.token);
+    expect(checkDisk(disk).map((e) => [e.host, e.token])).toEqual([
+      ['host-a', token],
+      ['host-b', again.locks[0]!.token],
+    ]);
   });
 
   it('holds a migration past the per-host limit in begun (its VM runs on, a definition staged meanwhile is saved at once), and starts it when a slot frees', async () => {

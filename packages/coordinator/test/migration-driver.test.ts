@@ -90,6 +90,9 @@ class World {
           const revision = written === undefined ? ++this.revision : this.revision;
           return { reply: command.step === 'begin' ? { ok: true, revision, grants: [1] } : { ok: true, revision }, ...(written === undefined ? {} : { saved: written }) };
         },
+        // Every host of this world lives: no step is answered for one, no host is declared fenced.
+        unanswered: async () => undefined,
+        declaredFenced: async () => false,
       },
       agents: {
         run: async (_record, command) => (await this.step(command.step)) ?? (command.step === 'prepare' ? { ok: true, incoming: '/incoming.sock' } : { ok: true }),

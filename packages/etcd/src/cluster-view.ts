@@ -2,6 +2,7 @@ import {
   BatonError,
   FenceAuditSchema,
   HostRecordSchema,
+  isClosedPhase,
   LeaseValueSchema,
   leaseTiming,
   wallTimeIso,
@@ -11,6 +12,7 @@ import {
   type HostView,
 } from '@baton/core';
 import type { EtcdConnection } from './connection.js';
+import { MigrationStore } from './migration-store.js';
 import { parseValue } from './values.js';
 
 
@@ -71,7 +73,9 @@ export class ClusterView {
   /**
    * An operator says `host` is dead and fenced (powered off, its VMs gone): free its leases now
    * instead of at session expiry. Refused while the host still renews its session; recorded in
-   * etcd under audit/ before anything is released.
+   * etcd under audit/ before anything is released. A host whose session has expired already has
+   * nothing left to release, but may still be declared while a migration names it: the
+   * coordinator then answers its steps (its copies are gone) and the migration ends.
    */
   async fenceHost(host: string, by: FenceAudit['by'], reason: string): Promise<{ released: number; audit: string }> {
     const records = await this.hostRecords();
@@ -88,7 +92,9 @@ export class ClusterView {
         });
       }
     }
-    if (!found && leases.length === 0) throw new BatonError('INVALID_REQUEST', `host ${host} has no session and no leases in etcd`, { details: { host } });
+    if (!found && leases.length === 0 && !(await this.inOpenMigration(host))) {
+      throw new BatonError('INVALID_REQUEST', `host ${host} has no session, no leases and no migration in etcd`, { details: { host } });
+    }
     const audit: FenceAudit = FenceAuditSchema.parse({
       v: 1,
       host,
@@ -103,5 +109,11 @@ export class ClusterView {
     const sessions = new Set([...(found ? [found.session] : []), ...entries.map((e) => e.sessionId)]);
     for (const s of sessions) await this.conn.leaseRevoke(s);
     return { released: leases.length, audit: auditKey };
+  }
+
+  /** Whether a migration not yet ended names `host` as its source or destination. */
+  private async inOpenMigration(host: string): Promise<boolean> {
+    const open = (await new MigrationStore(this.conn).list()).filter((m) => !isClosedPhase(m.record.phase));
+    return open.some((m) => m.record.source === host || m.record.destination === host);
   }
 }

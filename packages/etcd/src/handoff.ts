@@ -319,24 +319,43 @@ export class Handoff {
 
   /**
    * After commit, the destination could not run the VM: the leases go back to the source, with a
-   * new token, and the commit's markers go. A lease that vanished with the destination's session
-   * (its host down past the TTL) is taken back too, if the commit's marker still stands (the
-   * destination never ran the VM: `settle` had not run) and nothing else is held under the
-   * resource; the marker kept any third party out meanwhile.
+   * new token, and the commit's markers go. Refused once the handoff has settled (the VM ran on the
+   * destination). A lease that vanished with the destination's session (its host down past the
+   * TTL) is taken back too, if nothing else is held under the resource; the commit's marker kept
+   * any third party out meanwhile.
    */
   async giveBack(commit: Token, owner: LeaseValue['owner'], to: HandoffParty, guard?: RecordGuard): Promise<Token> {
-    const state = await this.read();
-    return this.moveLeases(
-      'give-back',
-      this.targets.flatMap((t, i): ICompare[] =>
-        state[i]!.excl === undefined
-          ? [...this.onlyMarker(t), { key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: commit }]
-          : [{ key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit }],
-      ),
-      owner,
-      to,
-      (t) => [{ request_delete_range: { key: buf(t.marker) } }],
+    return this.moveLeases('give-back', this.committedOnly(await this.read(), commit), owner, to, (t) => [{ request_delete_range: { key: buf(t.marker) } }], guard);
+  }
+
+  /**
+   * The give-back when there is no source to give to (an operator declared its host fenced: the
+   * VM's copy there went with it) and the destination could not run the VM either: the leases and
+   * the commit's markers are deleted under the give-back's compares, and the disks are free for
+   * the VM to be started again. A re-issue finds the markers gone and no lease left as the commit
+   * wrote it (a settled handoff keeps the destination's lease: that is a refusal, not a re-issue).
+   */
+  async release(commit: Token, guard?: RecordGuard): Promise<Token> {
+    return this.attempt(
+      {
+        step: 'release',
+        compare: this.committedOnly(await this.read(), commit),
+        success: this.targets.flatMap((t) => [{ request_delete_range: { key: buf(t.excl) } }, { request_delete_range: { key: buf(t.marker) } }]),
+        recognise: (seen, revision) => (seen.every((s) => s.marker === undefined && Number(s.excl?.mod_revision) !== commit) ? revision : undefined),
+      },
       guard,
     );
+  }
+
+  /**
+   * What taking the leases back after commit compares: the commit's marker still standing (the
+   * destination never ran the VM: `settle` had not run), and each lease as the commit wrote it
+   * or, where it vanished with the destination's session, nothing else under the resource.
+   */
+  private committedOnly(state: Seen, commit: Token): ICompare[] {
+    return this.targets.flatMap((t, i): ICompare[] => [
+      { key: buf(t.marker), target: 'Mod', result: 'Equal', mod_revision: commit },
+      ...(state[i]!.excl === undefined ? this.onlyMarker(t) : [{ key: buf(t.excl), target: 'Mod', result: 'Equal', mod_revision: commit } satisfies ICompare]),
+    ]);
   }
 }

@@ -72,8 +72,13 @@ export class KeyLayout {
     return `${this.prefix}migrating/${vm.toLowerCase()}`;
   }
 
+  /** Every fence declaration made for `host` (a prefix). */
+  fenceAudits(host: string): string {
+    return `${this.prefix}audit/fence/${host}/`;
+  }
+
   audit(host: string, at: string): string {
-    return `${this.prefix}audit/fence/${host}/${at}`;
+    return `${this.fenceAudits(host)}${at}`;
   }
 }
 

@@ -192,9 +192,11 @@ export class Drive {
       } catch (err) {
         if (this.signal.aborted) throw err;
         const e = asBatonError(err);
-        if (e.code === 'VM_NOT_FOUND') {
-          // The VM was destroyed since the migration ended: there is nothing left to apply it to,
-          // and a record kept open for it would refuse the VM's name any new migration for ever.
+        // The VM was destroyed since the migration ended, or went with a host an operator declared
+        // fenced: there is nothing left to apply it to, and a record kept open for it would refuse
+        // the VM's name any new migration for ever.
+        const gone = e.code === 'VM_NOT_FOUND' || (RETRYABLE_STEP_CODES.includes(e.code) && (await this.opts.etcd.declaredFenced(this.record, taken.host).catch(() => false)));
+        if (gone) {
           log.warn({ migration: id, vm: vm.uuid, host: taken.host }, `the definition staged in migration ${id} is dropped: ${vm.name} is no longer on ${taken.host}`);
           this.record = taken.record;
           this.chainSave(this.record);

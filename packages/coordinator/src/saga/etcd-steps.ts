@@ -54,10 +54,19 @@ export class EtcdSteps {
    * - discard: the destination has no session. Done: its copy never held a lease and can never
    *   run, and its agent removes it when it starts again (VmHost's removeLeftovers).
    *
-   * The source's steps are not answered for it: the VM's state is there (perform, restore), or its
-   * only other copy is (confirm), and only that host's agent may act on it.
+   * The source's steps are answered only once an operator has declared its host fenced since the
+   * migration began (`baton host fence --i-have-fenced`: powered off, its VMs gone) and it has
+   * not come back since. Until then the VM's state is there (perform, restore), or its only other
+   * copy is (confirm), and only that host's agent may act on it. After it, nothing is left there:
+   * perform fails (LEASE_LOST: whether the state arrived is unknown, and the copy that received
+   * it never ran), so the migration aborts; restore is done (the VM went with its host); confirm
+   * is done (the VM runs on the destination).
    */
   async unanswered(record: MigrationRecord, command: MigrationCommand): Promise<MigrationStepReply | undefined> {
+    if (command.target === 'source') {
+      if (!(await this.declaredFenced(record, command.host))) return undefined;
+      return command.step === 'perform' ? { ok: false, error: declaredFenced(command.host).toBody() } : { ok: true };
+    }
     if (command.target !== 'destination') return undefined;
     if (command.step === 'resume') {
       const lost = leaseLost((await Handoff.of(this.conn, record).holders()).holders, record, command.host);
@@ -66,6 +75,17 @@ export class EtcdSteps {
     if (command.step !== 'prepare' && command.step !== 'discard') return undefined;
     if ((await this.liveSession(command.host)) !== undefined) return undefined;
     return command.step === 'discard' ? { ok: true } : { ok: false, error: sessionEnded(command.host).toBody() };
+  }
+
+  /**
+   * Whether an operator declared `host` fenced after the migration began (a fence audit record
+   * written since its begin transaction) and the host has no session since: its copies are gone.
+   */
+  async declaredFenced(record: MigrationRecord, host: string): Promise<boolean> {
+    const begin = record.tokens.begin;
+    if (begin === undefined) return false;
+    const [session, audits] = await Promise.all([this.liveSession(host), this.conn.range(this.conn.keys.fenceAudits(host), { prefix: true })]);
+    return session === undefined && audits.kvs.some((kv) => Number(kv.create_revision) > begin);
   }
 
   /** The reply, and the record as saved by the step's transaction when it carried one. */
@@ -94,6 +114,8 @@ export class EtcdSteps {
         case 'unmark':
           return done(await h.unmark(currentRevision(record), guard));
         case 'give-back':
+          // No source to give back to: the leases are released (the destination could not run the VM either).
+          if (await this.declaredFenced(record, moving)) return done(await h.release(t.commit!, guard));
           return done(await h.giveBack(t.commit!, owner, await this.party(moving), guard));
         default:
           throw new BatonError('INTERNAL', `${command.step} is not an etcd step`);
@@ -106,6 +128,11 @@ export class EtcdSteps {
       return { reply: { ok: false, error: error.toBody() } };
     }
   }
+}
+
+/** A source an operator declared fenced: the VM's copy there went with it. */
+function declaredFenced(host: string): BatonError {
+  return new BatonError('LEASE_LOST', `host ${host} was declared fenced by an operator during the migration: its copy of the VM is gone`, { details: { host } });
 }
 
 /** A host whose session has ended, and with it every lease on it. */

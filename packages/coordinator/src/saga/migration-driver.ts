@@ -9,7 +9,7 @@ import { MigrationSlots, type MigrationLimits } from './migration-slots.js';
 /** What a drive uses of each collaborator (narrow, so a test can stand in for etcd and the agents). */
 export interface MigrationDriverOptions {
   store: Pick<MigrationStore, 'saveThrough'>;
-  etcd: Pick<EtcdSteps, 'run' | 'unanswered'>;
+  etcd: Pick<EtcdSteps, 'run' | 'unanswered' | 'declaredFenced'>;
   agents: Pick<AgentSteps, 'run' | 'define'>;
   clock: MonotonicClock;
   log: Log;
