@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
   BatonError,
+  cancelMigration,
   MIGRATION_PHASES,
   MIGRATION_PHASE_NEEDS,
   MIGRATION_STEPS,
@@ -104,6 +105,33 @@ describe('the migration transition table', () => {
       begun: 7, preparing: 6, prepared: 5, performing: 4, sent: 3, committed: 2, confirming: 1, done: 0,
       unmarking: 3, discarding: 2, returning: 2, restoring: 1, aborted: 0,
     });
+  });
+});
+
+describe('cancel', () => {
+  it.each(MIGRATION_PHASES)('in %s: rolls back before the commit, is a no-op once rolling back, and is refused past the commit', (phase) => {
+    const record = recordIn(phase);
+    const before = JSON.stringify(record);
+    const expected = {
+      begun: 'aborted', preparing: 'unmarking', prepared: 'unmarking', performing: 'unmarking', sent: 'unmarking',
+      committed: 'refused', confirming: 'refused', done: 'refused',
+      unmarking: 'as is', discarding: 'as is', returning: 'as is', restoring: 'as is', aborted: 'as is',
+    }[phase];
+    if (expected === 'refused') {
+      const err = refusal(() => cancelMigration(record, 99));
+      expect(err).toMatchObject({ code: 'MIGRATION_CONFLICT', details: { migration: 'm-7', phase } });
+      expect(err.message).toContain('past its commit');
+    } else if (expected === 'as is') {
+      expect(cancelMigration(record, 99)).toBe(record);
+    } else {
+      const next = cancelMigration(record, 99);
+      expect(next.phase).toBe(expected);
+      expect(next.timeline.at(-1)).toEqual({ phase: expected, atMs: 99, error: 'MIGRATION_CANCELLED' });
+      // The tokens stay: the abort's own etcd steps write what they write.
+      expect(next.tokens).toEqual(record.tokens);
+      expect(parseMigrationRecord(JSON.parse(JSON.stringify(next)))).toEqual(next);
+    }
+    expect(JSON.stringify(record)).toBe(before);
   });
 });
 

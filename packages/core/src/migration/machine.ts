@@ -1,6 +1,6 @@
 import { BatonError, type ErrorBody } from '../errors.js';
 import { isStale, maxToken, type Token } from '../fencing.js';
-import { MIGRATION_STEP_WRITES, isClosedPhase, migrationRule, type MigrationPhase, type MigrationStep } from './phases.js';
+import { MIGRATION_STEP_WRITES, isCancellable, isClosedPhase, migrationRule, type MigrationPhase, type MigrationStep } from './phases.js';
 import type { LeaseLoss } from '../wire/cluster.js';
 import type { VmDefinition } from '../wire/vm-definition.js';
 import { currentRevision, isSettled, type MigrationRecord, type MigrationTokens } from './record.js';
@@ -69,6 +69,28 @@ export function transition(record: MigrationRecord, event: MigrationEvent, atMs:
   const next = enter(record, rule.ok, atMs, written(record, event));
   return { ...next, ...(event.incoming === undefined ? {} : { incoming: event.incoming }), ...(event.onLeaseLoss === undefined ? {} : { onLeaseLoss: event.onLeaseLoss }) };
 }
+
+/**
+ * An operator cancels the migration (as `virsh domjobabort` cancels libvirt's): the step the record
+ * waits for is taken as failed with MIGRATION_CANCELLED, and the record takes the table's failure
+ * path (before `begin` straight to `aborted`; after it through `unmarking`, so the source keeps or
+ * re-takes everything and runs on). A record already rolling back, or aborted, comes back as it is:
+ * what the cancel asks for happens anyway. Refused (MIGRATION_CONFLICT, nothing changed) once the
+ * handoff is past its commit: the destination may run the VM by then, and it can only finish.
+ */
+export function cancelMigration(record: MigrationRecord, atMs: number): MigrationRecord {
+  if (ROLLING_BACK.includes(record.phase)) return record;
+  if (!isCancellable(record.phase)) {
+    throw new BatonError('MIGRATION_CONFLICT', `migration ${record.id} is past its commit (${record.phase}): the VM runs on ${record.destination}, or is about to; it can no longer be cancelled`, {
+      details: { migration: record.id, phase: record.phase },
+    });
+  }
+  const step = migrationRule(record.phase)!.step;
+  return transition(record, { step, ok: false, error: { code: 'MIGRATION_CANCELLED', message: `migration ${record.id} was cancelled by an operator` } }, atMs);
+}
+
+/** The phases of the two abort paths, and their end. */
+const ROLLING_BACK: readonly MigrationPhase[] = ['unmarking', 'discarding', 'returning', 'restoring', 'aborted'];
 
 /**
  * seed 002: a definition change that arrives while the VM is in flight goes to the staged slot,

@@ -69,6 +69,19 @@ export const MIGRATION_TRANSITIONS: { readonly [P in OpenPhase]: MigrationRule }
   restoring: { step: 'restore', target: 'source', ok: 'aborted' },
 };
 
+/**
+ * Where an operator's cancel takes effect: every phase before the commit. Up to it the destination
+ * holds no token and cannot run the VM (S5), so the step the record waits for may be taken as
+ * failed and the migration rolls back along the table's failure path, whatever the step in flight
+ * still does (a late command is refused: the abort's first write moves the revision on). From
+ * `committed` on the destination may already run: the migration is finished, never cancelled.
+ */
+export const CANCELLABLE_PHASES = ['begun', 'preparing', 'prepared', 'performing', 'sent'] as const satisfies readonly OpenPhase[];
+
+export function isCancellable(phase: MigrationPhase): boolean {
+  return (CANCELLABLE_PHASES as readonly MigrationPhase[]).includes(phase);
+}
+
 export function isClosedPhase(phase: MigrationPhase): phase is ClosedPhase {
   return (CLOSED_PHASES as readonly MigrationPhase[]).includes(phase);
 }

@@ -1,6 +1,6 @@
 import { isSettled, stageDefinition, transition, VmDefinitionSchema, type MigrationStep, type MigrationStepReply } from '../../src/index.js';
 import { crash, handle, restart } from './agents.js';
-import { answerForLost, apply, commandOf, failover, issue, timeout, type Machine } from './coordinator.js';
+import { answerForLost, apply, commandOf, failover, issue, takeCancel, timeout, type Machine } from './coordinator.js';
 import { ROLES, msgKey, withHost, withNet, type Budget, type Msg, type Mutation, type World } from './world.js';
 
 export interface ModelOptions {
@@ -96,6 +96,10 @@ export function successors(w: World, options: ModelOptions): Edge[] {
   }
   if (w.budget.change > 0 && !isSettled(w.record)) {
     add('a definition change arrives', true, spend({ ...w, record: stageDefinition(w.record, CHANGED_DEFINITION, 0), defVersion: 1 }, 'change'));
+  }
+  if (w.budget.cancel > 0) {
+    const cancelled = takeCancel(w, machine, options.mutation);
+    if (cancelled !== undefined) add('an operator cancels the migration, and the coordinator takes it', true, spend(cancelled, 'cancel'));
   }
   return out;
 }

@@ -1,5 +1,7 @@
 import {
+  cancelMigration,
   decideReply,
+  isCancellable,
   nextStep,
   takeStagedDefinition,
   transition,
@@ -147,4 +149,24 @@ export function timeout(w: World, mutation: Mutation | undefined): World | undef
  */
 export function failover(w: World): World {
   return { ...withNet(w, w.net.filter((m) => m.kind === 'cmd')), awaiting: false, pendingPut: false };
+}
+
+/**
+ * An operator's cancel, taken by the coordinator: before the commit the awaited step is taken as
+ * failed and the record rolls back; past it (or already rolling back) nothing changes. Taken the
+ * moment it arrives, which covers every moment the real Drive can take it (at the top of its loop:
+ * a cancel asked earlier and taken later is one asked later). The model takes it whether or not
+ * the step is still in flight (the real one waits for the reply or its deadline): a late command,
+ * or its reply, must then change nothing. The mutation honours it after the commit too, abandoning
+ * the resume in flight. Undefined when nothing would change.
+ */
+export function takeCancel(w: World, machine: Machine, mutation: Mutation | undefined): World | undefined {
+  if (w.pendingPut) return undefined;
+  const { phase } = w.record;
+  if (mutation === 'cancel-after-commit' && phase === 'committed') {
+    const cancelled = { ok: false, error: { code: 'MIGRATION_CANCELLED', message: 'cancelled' } } as const;
+    return { ...w, record: machine.transition(w.record, { step: 'resume', ...cancelled }, 0), awaiting: false };
+  }
+  if (!isCancellable(phase)) return undefined;
+  return { ...w, record: cancelMigration(w.record, 0), awaiting: false };
 }

@@ -1,5 +1,5 @@
 import { isClosedPhase, isSettled, isStale, migrationRule, type MigrationRecord } from '../../src/index.js';
-import { ROLES, hostKey, type Msg, type World } from './world.js';
+import { ROLES, SOURCE_GRANT, hostKey, type Msg, type World } from './world.js';
 
 /**
  * DESIGN §2's invariants as the explorer checks them: in every reachable state, on every
@@ -70,9 +70,10 @@ export function checkTerminal(w: World): string | undefined {
   // A lost host's copy is no copy: nothing can run it (its agent is back only in the real system, which then removes it).
   if (ROLES.some((r) => r !== survivor && !w.hosts[r].lost && w.hosts[r].vm !== 'absent')) return `end: a second copy of the VM is left after ${w.record.phase}`;
   if (w.lease.owner !== survivor || w.lease.mark !== 'none' || h.locks !== w.lease.token) return `end: the ${survivor} does not hold the lease and its locks plainly`;
-  // done: the commit token; aborted after commit: the give-back's; before it: the source's own grant.
+  // done: the commit token; aborted after commit: the give-back's; before it: the source's own
+  // grant (as begin read it, or untouched when the migration was cancelled before it began).
   const t = w.record.tokens;
-  const expected = w.record.phase === 'done' ? t.commit : t.commit !== undefined ? t.revert : t.grants?.[0];
+  const expected = w.record.phase === 'done' ? t.commit : t.commit !== undefined ? t.revert : t.begin === undefined ? SOURCE_GRANT : t.grants?.[0];
   if (expected !== w.lease.token) return `end: the lease token ${w.lease.token} is not the record's (${expected ?? 'none'})`;
   if (h.def !== w.defVersion) return 'seed 002: the staged definition was not applied at the end';
   return timelineIsAPath(w.record) ? undefined : 'end: the timeline is not a path through the transition table';

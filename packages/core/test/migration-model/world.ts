@@ -75,10 +75,12 @@ export interface Budget {
    * fence`): its session, every lease on it and its copy of the VM end.
    */
   loseSource: number;
+  /** An operator's cancel arriving at any moment (`baton cancel`). */
+  cancel: number;
 }
 
 /** How the system under test departs from the design (mutation tests prove the checker can fail). */
-export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host' | 'commit-drops-marker' | 'give-back-to-lost-source';
+export type Mutation = 'release-before-send' | 'unpause-before-commit' | 'commit-in-two-txns' | 'agents-ignore-tokens' | 'no-resend-on-timeout' | 'wait-for-lost-host' | 'commit-drops-marker' | 'give-back-to-lost-source' | 'cancel-after-commit';
 
 export interface World {
   record: MigrationRecord;
@@ -94,6 +96,9 @@ export interface World {
   budget: Budget;
 }
 
+/** The source's grant token for the VM's lease before the migration. */
+export const SOURCE_GRANT: Token = 1;
+
 export function initialWorld(budget: Budget): World {
   const record = newMigration(
     {
@@ -107,9 +112,9 @@ export function initialWorld(budget: Budget): World {
   );
   return {
     record,
-    lease: { owner: 'source', token: 1, rev: 1, mark: 'none' },
+    lease: { owner: 'source', token: SOURCE_GRANT, rev: SOURCE_GRANT, mark: 'none' },
     hosts: {
-      source: { up: true, lost: false, vm: 'running', locks: 1, fresh: true, def: 0, arrived: false },
+      source: { up: true, lost: false, vm: 'running', locks: SOURCE_GRANT, fresh: true, def: 0, arrived: false },
       destination: { up: true, lost: false, vm: 'absent', locks: null, fresh: false, def: 0, arrived: false },
     },
     net: [],
@@ -150,6 +155,6 @@ export function worldKey(w: World): string {
     hostKey(w.hosts.destination),
     w.net.map(msgKey).join(','),
     `${w.awaiting ? 'A' : ''}${w.pendingPut ? 'P' : ''}${w.defVersion}`,
-    `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}${b.loseDestination}${b.loseSource}`,
+    `${b.loss}${b.dup}${b.crashSource}${b.crashDestination}${b.failover}${b.failure}${b.change}${b.loseDestination}${b.loseSource}${b.cancel}`,
   ].join('|');
 }
