@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { exitCodeFor, isSettled, type HostedVm, type MigrationRecord } from '@baton/core';
 import { handoffWindowMs, type CoordinatorService } from '@baton/coordinator';
 import { runCli, type CliResult } from '../support/agent-io.js';
-import { freePort, htmlTable, httpJson, MigrationCluster, migrationServers, TcpProxy, waitFor } from '../support/index.js';
+import { checkDisk, freePort, htmlTable, httpJson, MigrationCluster, migrationServers, TcpProxy, waitFor, writtenUnder } from '../support/index.js';
 
 /**
  * `baton vm`, `baton migrate`, `baton migrations` and `baton status` as an operator runs them: the
@@ -312,6 +312,48 @@ describe('baton CLI for VMs and live migration', () => {
     expect((await client.request('inquire', {})).locks.map((l) => l.token)).toEqual([grants[0]!.token]);
     const { vms } = (await httpJson<{ vms: HostedVm[] }>(`${leader.url}/v1/vms`)).body;
     expect(vms.filter((v) => v.uuid === uuid)).toEqual([]);
+  });
+
+  it('cancels a migration mid-send through either replica: it rolls back at once and the VM runs on where it was, under its own token; the `migrate` following it exits MIGRATION_CANCELLED; a cancel once it is done is refused', async () => {
+    const vm = await mc.startVm('host-a', 'cancel1', ['cancel1.img']);
+    const token = vm.locks[0]!.token;
+    const disk = mc.disk('cancel1.img');
+    // The send would take a minute; the commands below have 30 s.
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 60_000 });
+    const following = cli(['migrate', 'cancel1', '--to', 'host-b']);
+    const started = await waitFor(
+      async () => (await leader.coordinator.store.list()).map((s) => s.record).find((r) => r.vm.uuid === vm.uuid && r.phase === 'performing') ?? false,
+      { what: 'the send to begin', deadlineMs: 10_000 },
+    );
+    await waitFor(async () => (await mc.copies(vm.uuid))['host-a'] === 'paused', { what: 'the source copy paused at switchover', deadlineMs: 5_000 });
+
+    const cancelled = await ok(['cancel', started.id], follower);
+    expect(cancelled.stdout).toContain('cancelled: it rolls back, and cancel1 stays on host-a');
+    expect(timelineTable(cancelled.stdout).rows.map((r) => r[0])).toEqual(FAILED_SEND);
+    expect(cancelled.stdout).toMatch(/^VM cancel1 runs on host-a$/m);
+    const migrated = await following;
+    expect(migrated.status, why(migrated)).toBe(exitCodeFor('MIGRATION_CANCELLED'));
+    expect(migrated.stderr).toContain(`error MIGRATION_CANCELLED: migration ${started.id} aborted: cancelled by an operator at perform; VM cancel1 stays on host-a`);
+    const after = await record(started.id);
+    expect(after.timeline.map((e) => e.error ?? '')).toEqual(['', '', '', '', 'MIGRATION_CANCELLED', '', '', '']);
+    // The source never let go: it runs, with its lease and its own token; the incoming copy is gone.
+    expect(await mc.copies(vm.uuid)).toEqual({ 'host-a': 'running' });
+    expect(await mc.leaseMap(vm.uuid)).toEqual({ [disk]: ['host-a', token] });
+    await writtenUnder(disk, token);
+    expect(checkDisk(disk).map((e) => [e.host, e.token])).toEqual([['host-a', token]]);
+
+    // Cancelled again: it has ended aborted, answered as it is.
+    const again = await ok(['cancel', started.id, '--no-wait', '--json']);
+    expect(JSON.parse(again.stdout)).toMatchObject({ id: started.id, phase: 'aborted' });
+    // A migration that is done can no longer be cancelled; an unknown one is not found.
+    await mc.driver('host-a').inject(vm.uuid, { sendDelayMs: 0 });
+    const done = await mc.migrate(vm.uuid, 'host-b');
+    expect(done.phase).toBe('done');
+    const late = await cli(['cancel', done.id]);
+    expect(late.status, why(late)).toBe(exitCodeFor('MIGRATION_CONFLICT'));
+    expect(late.stderr).toContain(`error MIGRATION_CONFLICT: migration ${done.id} is past its commit (done)`);
+    const unknown = await cli(['cancel', randomUUID()]);
+    expect(unknown.status, why(unknown)).toBe(exitCodeFor('MIGRATION_NOT_FOUND'));
   });
 
   it('serves a dashboard on either replica: replicas, hosts, the migration in flight, then the settled one, VMs and leases; a VM’s name as text', async () => {

@@ -129,6 +129,11 @@ export class CoordinatorClient {
     return this.json(MigrationRecordSchema, '/v1/migrations', { method: 'POST', body: { vm, to } });
   }
 
+  /** Cancel a migration before its commit: the record as the leader has it once the cancel is taken. */
+  cancel(id: string): Promise<MigrationRecord> {
+    return this.json(MigrationRecordSchema, `/v1/migrations/${encodeURIComponent(id)}/cancel`, { method: 'POST', body: {} });
+  }
+
   async migrations(): Promise<MigrationRecord[]> {
     return (await this.json(z.object({ migrations: z.array(MigrationRecordSchema) }), '/v1/migrations')).migrations;
   }

@@ -70,7 +70,8 @@ export function abortCause(record: MigrationRecord): { code: ErrorCode; step: st
 /** An aborted migration as the error the CLI reports: the code of the failure that caused it. */
 export function abortError(record: MigrationRecord): BatonError {
   const { code, step } = abortCause(record);
-  return new BatonError(code, `migration ${record.id} aborted: ${step} failed with ${code}; VM ${record.vm.name} stays on ${record.source}`, {
+  const why = code === 'MIGRATION_CANCELLED' ? `cancelled by an operator at ${step}` : `${step} failed with ${code}`;
+  return new BatonError(code, `migration ${record.id} aborted: ${why}; VM ${record.vm.name} stays on ${record.source}`, {
     details: { migration: record.id, step, vm: record.vm.uuid, host: record.source },
   });
 }

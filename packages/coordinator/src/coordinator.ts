@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
   BatonError,
+  cancelMigration,
   canonicalUuid,
   compareByStart,
   isSettled,
@@ -258,6 +259,22 @@ export class Coordinator implements AsyncDisposable {
     this.log.info({ migration: record.id, vm, source, destination: req.to, resources: record.resources.length }, `migration ${record.id}: ${vm.name} ${source} → ${req.to}`);
     this.track(stored, leadership.signal);
     return record;
+  }
+
+  /**
+   * Cancel a migration (leader only; `virsh domjobabort`'s counterpart): before its commit it
+   * rolls back and the VM stays on its source (answered once the record carrying the cancel is
+   * saved); one already rolling back, or ended aborted, is answered as it is; one past its commit,
+   * or done, is refused (MIGRATION_CONFLICT).
+   */
+  async cancel(id: string): Promise<MigrationRecord> {
+    await this.leading();
+    const driven = this.driver.cancel(id);
+    if (driven) return driven;
+    const { record } = await this.get(id);
+    if (isSettled(record)) return cancelMigration(record, this.clock.now());
+    // Open, and not driven here yet: a leader just elected is taking its records up.
+    throw new BatonError('UNAVAILABLE', `migration ${id} is not under way on this leader yet; try again`, { details: { migration: id } });
   }
 
   /**

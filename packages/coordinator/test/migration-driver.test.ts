@@ -235,3 +235,73 @@ describe('staging a definition in a migration the driver drives', () => {
     expect(driver.stage('m-1', definition('data'))).toBeUndefined();
   });
 });
+
+describe('cancelling a migration the driver drives', () => {
+  const phases = (r: MigrationRecord) => r.timeline.map((e) => `${e.phase}${e.error ? `(${e.error})` : ''}`);
+
+  it('during the send: stops waiting for it, rolls back through unmark, discard and restore, and answers once the cancel is saved', async () => {
+    const world = new World(begun());
+    const perform = world.hold('perform');
+    const { driver, done } = start(world);
+    await perform.reached;
+    const cancelled = await driver.cancel('m-1')!;
+    // Saved by the abort's first step (unmark, an etcd transaction), while the send is still held.
+    expect(phases(cancelled).at(-1)).toBe('unmarking(MIGRATION_CANCELLED)');
+    expect(world.writes.find((w) => w.by === 'unmark')?.record).toEqual(cancelled);
+    const settled = await done;
+    expect(phases(settled.record)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'unmarking(MIGRATION_CANCELLED)', 'discarding', 'restoring', 'aborted']);
+    // A second cancel, and the send's late answer, change nothing.
+    perform.release({ ok: true });
+    expect(driver.cancel('m-1')).toBeUndefined();
+    expect(world.stored.record).toEqual(settled.record);
+  });
+
+  it('while it waits for a migration slot: ends aborted without a step', async () => {
+    const world = new World(begun());
+    const driver = new MigrationDriver({ ...world.options(), limits: { perHost: 1, inCluster: 1 } });
+    const signal = new AbortController().signal;
+    // Another migration from h1 holds the one slot (its first step is held).
+    const held = world.hold('begin');
+    const other = driver.drive({ record: { ...begun(), id: 'm-0', vm: { uuid: '0b5c3e9a-7d21-4f6e-8a3b-1c2d3e4f5a6b', name: 'vm0' } }, revision: '1' }, signal).catch((err: unknown) => err);
+    const done = driver.drive(world.stored, signal);
+    expect(driver.queued).toBe(1);
+    const cancelled = await driver.cancel('m-1')!;
+    expect(phases(cancelled)).toEqual(['begun', 'aborted(MIGRATION_CANCELLED)']);
+    expect(world.writes.map((w) => w.by)).toEqual(['save']);
+    expect((await done).record.phase).toBe('aborted');
+    expect(driver.queued).toBe(0);
+    held.release();
+    expect(await other).toMatchObject({ code: 'NOT_LEADER' });
+  });
+
+  it('is refused (MIGRATION_CONFLICT) past the commit, and when the commit lands while the cancel waits for it', async () => {
+    const world = new World(begun());
+    const commit = world.hold('commit');
+    const resume = world.hold('resume');
+    const { driver, done } = start(world);
+    await commit.reached;
+    // The commit's transaction is in flight: never abandoned; the cancel waits for its outcome.
+    const cancelled = driver.cancel('m-1')!.catch((err: unknown) => err);
+    commit.release();
+    expect(await cancelled).toMatchObject({ code: 'MIGRATION_CONFLICT', details: { migration: 'm-1', phase: 'committed' } });
+    await resume.reached;
+    expect(() => driver.cancel('m-1')).toThrow(expect.objectContaining({ code: 'MIGRATION_CONFLICT' }));
+    resume.release();
+    expect((await done).record.phase).toBe('done');
+  });
+
+  it('takes a failure that rolls the migration back first as its outcome', async () => {
+    const world = new World(begun());
+    const perform = world.hold('perform');
+    const unmark = world.hold('unmark');
+    const { driver, done } = start(world);
+    await perform.reached;
+    // The send fails before the cancel arrives: the record rolls back for its own reason.
+    perform.release({ ok: false, error: { code: 'IO_ERROR', message: 'send failed' } });
+    await unmark.reached;
+    const cancelled = await driver.cancel('m-1')!;
+    expect(phases(cancelled).at(-1)).toBe('unmarking(IO_ERROR)');
+    unmark.release();
+    expect(phases((await done).record)).toEqual(['begun', 'preparing', 'prepared', 'performing', 'unmarking(IO_ERROR)', 'discarding', 'restoring', 'aborted']);
+  });
+});

@@ -39,24 +39,56 @@ async function migrate(vm: string, opts: MigrateOpts): Promise<void> {
     return;
   }
   if (!opts.json) process.stdout.write(migrationHeader(accepted) + '\n');
+  const settled = await followToEnd(client, accepted, opts, followMs);
+  if (settled.phase !== 'aborted') {
+    if (!opts.json) process.stdout.write(`VM ${settled.vm.name} runs on ${settled.destination}\n`);
+    return;
+  }
+  // With --json the record is the output either way; the exit status still says how it ended.
+  if (opts.json) process.exitCode = exitCodeFor(abortCause(settled).code);
+  else throw abortError(settled);
+}
+
+/**
+ * A migration followed until it is settled: its progress (a bar on a terminal, a line per phase
+ * elsewhere), then its timeline; with --json, the record.
+ */
+async function followToEnd(client: CoordinatorClient, from: MigrationRecord, opts: CoordinatorOpts, followMs: number): Promise<MigrationRecord> {
   const progress = opts.json ? undefined : process.stdout.isTTY ? terminalBar() : phaseLines();
-  progress?.show(accepted);
+  progress?.show(from);
   let settled: MigrationRecord;
   try {
-    settled = await client.follow(accepted.id, (record) => progress?.show(record), followMs);
+    settled = await client.follow(from.id, (record) => progress?.show(record), followMs);
   } finally {
     progress?.end();
   }
   if (opts.json) {
     printJson(settled);
-    // The record is the output either way; the exit status still says how the migration ended.
-    if (settled.phase === 'aborted') process.exitCode = exitCodeFor(abortCause(settled).code);
-    return;
+    return settled;
   }
   process.stdout.write('\n');
   printTimeline(settled);
-  if (settled.phase === 'aborted') throw abortError(settled);
-  process.stdout.write(`VM ${settled.vm.name} runs on ${settled.destination}\n`);
+  return settled;
+}
+
+interface CancelOpts extends CoordinatorOpts {
+  wait: boolean;
+  timeout?: string;
+}
+
+/** `baton cancel`: the migration rolls back, and the command follows it until it has (exit 0 once aborted). */
+async function cancel(id: string, opts: CancelOpts): Promise<void> {
+  const client = CoordinatorClient.from(opts);
+  const followMs = seconds(opts.timeout, FOLLOW_TIMEOUT_MS);
+  const taken = await client.cancel(id);
+  if (!opts.wait) {
+    if (opts.json) printJson(taken);
+    else process.stdout.write(`${migrationHeader(taken)}\n${taken.phase === 'aborted' ? 'aborted' : 'rolling back'}; follow it with: baton migrations ${taken.id}\n`);
+    return;
+  }
+  if (!opts.json) process.stdout.write(`${migrationHeader(taken)}\ncancelled: it rolls back, and ${taken.vm.name} stays on ${taken.source}\n`);
+  const settled = await followToEnd(client, taken, opts, followMs);
+  if (!opts.json) process.stdout.write(`VM ${settled.vm.name} runs on ${settled.source}\n`);
 }
 
 interface Progress {
@@ -109,7 +141,7 @@ function printStatus(status: CoordinatorStatus): void {
   if (status.open.length > 0) printTable(migrationRows(status.open), MIGRATION_COLUMNS);
 }
 
-/** `baton migrate`, `baton migrations`, `baton status`: the coordinator's view, over its HTTP API. */
+/** `baton migrate`, `baton cancel`, `baton migrations`, `baton status`: the coordinator's view, over its HTTP API. */
 export function registerMigrationCommands(program: Command): void {
   coordinatorOptions(program.command('migrate <vm>'))
     .description('live-migrate a VM (uuid or name): its disk leases go to --to without a gap or an overlap; on a terminal, a progress bar through the phases (elsewhere, one line per phase as it is reached), then the timeline')
@@ -118,6 +150,14 @@ export function registerMigrationCommands(program: Command): void {
     .option('--timeout <seconds>', `how long to follow the migration (default ${FOLLOW_TIMEOUT_MS / 1000}); it goes on without the command`)
     .action(async (vm: string, opts: MigrateOpts) => {
       await reporting(opts, () => migrate(vm, opts));
+    });
+
+  coordinatorOptions(program.command('cancel <migration>'))
+    .description('cancel a migration before its commit (as virsh domjobabort): it rolls back and the VM stays on its source, running; refused (MIGRATION_CONFLICT) once the VM may run on the destination. Follows the rollback to its end, then prints the timeline')
+    .option('--no-wait', 'return once the coordinator has taken the cancel')
+    .option('--timeout <seconds>', `how long to follow the rollback (default ${FOLLOW_TIMEOUT_MS / 1000}); it goes on without the command`)
+    .action(async (id: string, opts: CancelOpts) => {
+      await reporting(opts, () => cancel(id, opts));
     });
 
   coordinatorOptions(program.command('migrations [id]'))

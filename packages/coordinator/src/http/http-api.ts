@@ -28,13 +28,17 @@ async function forward(c: Coordinator, method: string, path: string, body: unkno
   return reply.code(forwarded.status).send(await forwarded.json());
 }
 
-/** How long a follower waits for the leader's answer to a new migration (taken at once) and to a definition change (an agent's). */
+/**
+ * How long a follower waits for the leader's answer to a new migration (taken at once), a cancel
+ * (an etcd step in flight is waited for) and a definition change (an agent's).
+ */
 const FORWARD_MIGRATE_MS = 10_000;
+const FORWARD_CANCEL_MS = 10_000;
 const FORWARD_DEFINE_MS = 30_000;
 
 /**
- * The coordinator's HTTP API. Reads are answered by any replica from etcd; a new migration and a
- * definition change are taken by the leader, and a follower forwards them there (NOT_LEADER if
+ * The coordinator's HTTP API. Reads are answered by any replica from etcd; a new migration, a
+ * cancel and a definition change are taken by the leader, and a follower forwards them there (NOT_LEADER if
  * there is no leader to ask).
  */
 export class CoordinatorHttp {
@@ -85,6 +89,15 @@ export class CoordinatorHttp {
 
     app.get<{ Params: { id: string } }>('/v1/migrations/:id', async (req) => {
       return (await coordinatorOf().get(req.params.id)).record;
+    });
+
+    // 202: the migration rolls back (the cancel taken, or a failure first); 200: it has ended aborted.
+    app.post<{ Params: { id: string } }>('/v1/migrations/:id/cancel', async (req, reply) => {
+      const c = coordinatorOf();
+      const path = `/v1/migrations/${encodeURIComponent(req.params.id)}/cancel`;
+      if (!c.isLeader) return forward(c, 'POST', path, {}, reply, FORWARD_CANCEL_MS);
+      const record = await c.cancel(req.params.id);
+      return reply.code(record.phase === 'aborted' ? 200 : 202).send(record);
     });
 
     // Progress as server-sent events: every version of the record, until it is settled.

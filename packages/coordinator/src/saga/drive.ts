@@ -2,7 +2,10 @@ import { setTimeout as delay } from 'node:timers/promises';
 import {
   asBatonError,
   Backoff,
+  BatonError,
+  cancelMigration,
   decideReply,
+  isCancellable,
   isSettled,
   nextStep,
   OVERLAPS_SAVE,
@@ -48,14 +51,23 @@ export class Drive {
   private failure: unknown;
   /** Its steps may run: the migration slots admitted it. */
   private admitted = false;
+  /** Aborted when an operator cancels: ends a wait the cancel makes moot (a slot, a pause, an agent step in flight). */
+  private readonly cancelling = new AbortController();
+  /** What waits are given while a cancel can still take effect. */
+  private readonly cancellable: AbortSignal;
+  /** `cancel` calls waiting for the record that carries the cancel to land. */
+  private readonly cancels: PromiseWithResolvers<MigrationRecord>[] = [];
+  /** The record has taken the cancel (its save may still be under way). */
+  private cancelTaken = false;
 
   constructor(
     initial: StoredMigration,
     private readonly signal: AbortSignal,
     private readonly opts: MigrationDriverOptions,
     /** Its place among the migrations running at once (MigrationSlots): taken before the first step, freed once the record is closed. */
-    private readonly slot: { take(): Promise<void>; free(): void },
+    private readonly slot: { take(signal: AbortSignal): Promise<void>; free(): void },
   ) {
+    this.cancellable = AbortSignal.any([signal, this.cancelling.signal]);
     this.record = initial.record;
     this.saved = Promise.resolve(initial);
     this.backoff = new Backoff(opts.retryMs, MAX_RETRY_MS);
@@ -69,8 +81,14 @@ export class Drive {
   /** Resolves with the settled record as saved; rejects if the signal aborts or another writer took the record (NOT_LEADER). */
   async run(): Promise<StoredMigration> {
     try {
-      await this.slot.take();
-      this.admitted = true;
+      // A migration cancelled while it waits for a slot never takes one: it ends without a step.
+      this.admitted = await this.slot.take(this.cancellable).then(
+        () => true,
+        (err: unknown) => {
+          if (!this.endedByCancel(err)) throw err;
+          return false;
+        },
+      );
       await this.steps();
       // Closed: a staged definition still to apply is no migration, and holds no slot.
       this.slot.free();
@@ -79,6 +97,7 @@ export class Drive {
     } catch (err) {
       this.failure = err;
       for (const w of this.waiters.splice(0)) w.done.reject(asBatonError(err));
+      for (const c of this.cancels.splice(0)) c.reject(asBatonError(err));
       throw err;
     }
   }
@@ -100,6 +119,51 @@ export class Drive {
   }
 
   /**
+   * An operator cancels the migration. Before the commit it rolls back (`cancelMigration`): a wait
+   * the cancel makes moot ends at once (a slot, a pause, an agent step in flight, whose late
+   * effect the abort's tokens refuse), an etcd step in flight is waited for; resolves with the
+   * record that carries the cancel once it is saved. A record rolling back anyway (or closed
+   * aborted) is answered as the leader has it; one past its commit is refused
+   * (MIGRATION_CONFLICT), also when the commit lands before the cancel could be taken.
+   */
+  cancel(): Promise<MigrationRecord> {
+    if (this.failure !== undefined) throw asBatonError(this.failure);
+    if (this.cancelTaken || !isCancellable(this.record.phase)) {
+      // Throws past the commit; otherwise the record rolls back (or has), with or without this cancel.
+      return Promise.resolve(cancelMigration(this.record, this.opts.clock.now()));
+    }
+    const done = Promise.withResolvers<MigrationRecord>();
+    this.cancels.push(done);
+    this.cancelling.abort(new BatonError('MIGRATION_CANCELLED', `migration ${this.record.id} was cancelled by an operator`));
+    return done.promise;
+  }
+
+  /**
+   * At the top of the drive's loop: a cancel asked for is taken if it still can be (the record
+   * moves onto its failure path, saved as the next step's transaction or a save of its own, whose
+   * landing answers it). If the commit landed first it is refused; if the record rolls back for a
+   * reason of its own, that is the cancel's outcome. True when the record moved.
+   */
+  private takeCancel(): boolean {
+    if (this.cancels.length === 0 || this.cancelTaken) return false;
+    const { id, phase, vm, source } = this.record;
+    if (isCancellable(phase)) {
+      this.cancelTaken = true;
+      this.opts.log.warn({ migration: id, phase }, `migration ${id} cancelled by an operator in ${phase}: it rolls back, and ${vm.name} stays on ${source}`);
+      this.moveTo(cancelMigration(this.record, this.opts.clock.now()));
+      return true;
+    }
+    const answers = this.cancels.splice(0);
+    try {
+      const record = cancelMigration(this.record, this.opts.clock.now());
+      for (const c of answers) c.resolve(record);
+    } catch (err) {
+      for (const c of answers) c.reject(asBatonError(err));
+    }
+    return false;
+  }
+
+  /**
    * Each step the record waits for, until it is closed: carried out, its reply fed through
    * `decideReply` and `transition`, the next record saved (or left to ride on its etcd step).
    * `this.record` is read again after every wait: a definition staged meanwhile is carried on.
@@ -108,9 +172,15 @@ export class Drive {
     const { clock, log } = this.opts;
     for (;;) {
       this.signal.throwIfAborted();
+      if (this.takeCancel()) continue;
       const command = nextStep(this.record);
       if (command === undefined) return;
-      const reply = await this.carryOut(command);
+      const reply = await this.carryOut(command).catch((err: unknown) => {
+        if (!this.endedByCancel(err)) throw err;
+        return undefined;
+      });
+      // The cancel ended the wait: the loop's top takes it.
+      if (reply === undefined) continue;
       const decision = decideReply(this.record, command, reply);
       if (decision.kind === 'stale') continue;
       if (decision.kind === 'retry') {
@@ -119,12 +189,16 @@ export class Drive {
         continue;
       }
       this.backoff.reset();
-      const next = transition(this.record, decision.event, clock.now());
-      const following = nextStep(next);
-      if (following !== undefined && OVERLAPS_SAVE.includes(following.step)) this.unsaved = next;
-      else if (following?.target !== 'etcd') this.chainSave(next);
-      this.record = next;
+      this.moveTo(transition(this.record, decision.event, clock.now()));
     }
+  }
+
+  /** The record moves on: saved now, once its next step is sent (OVERLAPS_SAVE), or with that step's etcd transaction. */
+  private moveTo(next: MigrationRecord): void {
+    const following = nextStep(next);
+    if (following !== undefined && OVERLAPS_SAVE.includes(following.step)) this.unsaved = next;
+    else if (following?.target !== 'etcd') this.chainSave(next);
+    this.record = next;
   }
 
   /**
@@ -144,7 +218,7 @@ export class Drive {
       return done.reply;
     }
     if (!OVERLAPS_SAVE.includes(command.step)) await this.saved;
-    const reply = raceAbort(this.opts.agents.run(this.record, command), this.signal);
+    const reply = raceAbort(this.opts.agents.run(this.record, command), this.waitSignal());
     // Only now: the bus sends in a microtask its send queues, and a save started first would go before it.
     if (this.unsaved !== undefined) this.chainSave(this.unsaved);
     this.unsaved = undefined;
@@ -243,14 +317,30 @@ export class Drive {
     return saved;
   }
 
-  /** A save landed: it is published, and each stage it carries (or supersedes) is answered. */
+  /** A save landed: it is published, and each stage it carries (or supersedes) is answered, and a cancel it carries. */
   private landed(saved: StoredMigration, previous: MigrationRecord): void {
     this.opts.onSaved(saved.record, previous);
     const last = this.waiters.findLastIndex((w) => w.staged === saved.record.staged);
     for (const w of this.waiters.splice(0, last + 1)) w.done.resolve(saved);
+    if (this.cancelTaken) for (const c of this.cancels.splice(0)) c.resolve(saved.record);
   }
 
+  /** The signal a wait is given: the cancel ends it too while the record can still be cancelled. */
+  private waitSignal(): AbortSignal {
+    return isCancellable(this.record.phase) ? this.cancellable : this.signal;
+  }
+
+  /** The backoff between two tries of a step; a cancel ends it (the loop's top takes it). */
   private async pause(): Promise<void> {
-    await delay(this.backoff.next(), undefined, { signal: this.signal });
+    await delay(this.backoff.next(), undefined, { signal: this.waitSignal() }).catch((err: unknown) => {
+      if (!this.endedByCancel(err)) throw err;
+    });
+  }
+
+  /** A wait ended by the cancel's abort (the reason itself, or timers' AbortError carrying it), not by anything else. */
+  private endedByCancel(err: unknown): boolean {
+    const reason: unknown = this.cancelling.signal.reason;
+    return !this.signal.aborted && reason !== undefined && (err === reason || (err as { cause?: unknown } | undefined)?.cause === reason);
   }
 }
+

@@ -52,7 +52,7 @@ export class MigrationDriver {
     const id = initial.record.id;
     const known = this.drives.get(id);
     if (known) return known.run;
-    const slot = { take: () => this.admit(initial.record, signal), free: () => this.slots.release(id) };
+    const slot = { take: (wait: AbortSignal) => this.admit(initial.record, wait), free: () => this.slots.release(id) };
     const drive = new Drive(initial, signal, this.opts, slot);
     const run = drive.run().finally(() => {
       this.slots.release(id);
@@ -91,6 +91,15 @@ export class MigrationDriver {
   /** The migration this replica drives for a VM, while anything is left to do for its record. */
   drivingFor(vm: string): string | undefined {
     return [...this.drives].find(([, d]) => d.drive.pendingVm === vm)?.[0];
+  }
+
+  /**
+   * Cancel a migration this replica drives (Drive.cancel): resolves with the record saved with the
+   * cancel (or as it stands, when it rolls back or has ended aborted anyway); undefined when no
+   * such drive is here.
+   */
+  cancel(migration: string): Promise<MigrationRecord> | undefined {
+    return this.drives.get(migration)?.drive.cancel();
   }
 
   /**

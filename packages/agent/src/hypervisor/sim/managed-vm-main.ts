@@ -104,7 +104,7 @@ class ManagedVm {
     try {
       stream = await openStream(to);
       this.pause();
-      if (delayMs > 0) await new Promise<void>((resolve) => setTimeout(resolve, delayMs));
+      if (delayMs > 0) await slowTransfer(stream, to, delayMs);
       if (fail) throw new BatonError('IO_ERROR', 'migration stream failed (injected)');
       await transfer(stream, to, { seq: this.seq });
       emit({ event: 'sent', seq: this.seq, to });
@@ -139,6 +139,27 @@ function openStream(to: string): Promise<Socket> {
     const socket = connect(to);
     socket.once('error', (err) => reject(new BatonError('IO_ERROR', `migration stream to ${to}: ${err.message}`, { cause: err })));
     socket.once('connect', () => resolve(socket));
+  });
+}
+
+/**
+ * A transfer that takes `ms` (injected), broken as soon as the incoming VM goes away (destroyed by
+ * an abort's discard): QEMU's migration fails the moment its stream closes, and the source runs on.
+ * The incoming VM sends nothing before the state arrives, so reading meanwhile loses nothing.
+ */
+function slowTransfer(socket: Socket, to: string, ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const over = (): void => {
+      // Left flowing: transfer's reader takes the ack (a paused stream would not resume for it).
+      socket.off('end', broken).off('close', broken).off('error', broken);
+      resolve();
+    };
+    const timer = setTimeout(over, ms);
+    function broken(): void {
+      clearTimeout(timer);
+      reject(new BatonError('IO_ERROR', `migration stream to ${to} closed by the destination`));
+    }
+    socket.once('end', broken).once('close', broken).once('error', broken).resume();
   });
 }
 
