@@ -30,12 +30,13 @@ describe('baton demo', () => {
     expect(run.stdout).toBe('');
   });
 
-  it('the cluster: migrations, a failed send rolled back, a leader killed mid-migration, an intruder never granted, one writer per token', async () => {
+  it('the cluster: migrations, a failed send rolled back, a migration cancelled mid-send, a leader killed mid-migration, an intruder never granted, one writer per token', async () => {
     const run = await runCli(['demo'], { deadlineMs: 100_000 });
     expect(run.status, run.stderr).toBe(0);
     // Two clean migrations and the one whose leader was killed end done; the failed send aborts.
     expect(run.stdout.match(/^ {3}done in \d+ ms; handoff window/gm)).toHaveLength(3);
     expect(run.stdout).toMatch(/aborted in \d+ ms\n {3}cache-01 now: running on host-c/);
+    expect(run.stdout).toMatch(/unmarking {2}\(after MIGRATION_CANCELLED\)[^]*aborted in \d+ ms\n {3}db-01 now: running on host-c/);
     expect(run.stdout).toMatch(/coord-\d leads now and finished it/);
     expect(run.stdout).toMatch(/\d+ attempts to take a disk of a VM being migrated; granted 0 times/);
     expect(run.stdout).not.toContain('VIOLATION');

@@ -46,7 +46,8 @@ function summary(record: MigrationRecord): string {
 /**
  * The cluster story: etcd and NATS, three hosts sharing one lock directory, two coordinator
  * replicas, sim VMs writing to their disks through the fence guard; live migrations, a failed
- * send, the coordinator leader killed mid-migration, and an intruder that never gets a disk.
+ * send, a migration cancelled mid-send, the coordinator leader killed mid-migration, and an
+ * intruder that never gets a disk.
  */
 export async function runClusterDemo(): Promise<void> {
   await DemoWorkspace.run('cluster-demo', story);
@@ -152,7 +153,20 @@ async function story(ws: DemoWorkspace): Promise<void> {
   const where = (await live()[0]!.client.vms()).filter((v) => v.uuid === cache.uuid);
   say(`   cache-01 now: ${where.map((v) => `${v.state} on ${v.host}, token ${v.locks.map((l) => l.token).join(', ')}`).join('; ')} (the source never let go)`);
 
-  step(7, 'The coordinator leader is killed (SIGKILL) in the middle of a migration: web-01 host-b → host-c, its send slowed to 1.5 s');
+  step(7, 'An operator cancels a migration in the middle of its send (baton cancel): db-01 host-c → host-a, its send slowed to a minute');
+  const db = started.get('db-01')!;
+  await inject('host-c', db.uuid, { sendDelayMs: 60_000 });
+  const slow = await live()[0]!.client.migrate('db-01', 'host-a');
+  say(`   migration ${slow.id}: db-01 host-c → host-a`);
+  await until(async () => (await live()[0]!.client.migration(slow.id)).phase === 'performing', deadline());
+  await live()[0]!.client.cancel(slow.id);
+  say('   cancelled while performing: the incoming copy is destroyed, the send breaks, host-c keeps everything');
+  say(summary(await follow(live, slow.id)));
+  await inject('host-c', db.uuid, { sendDelayMs: 0 });
+  const dbNow = (await live()[0]!.client.vms()).filter((v) => v.uuid === db.uuid);
+  say(`   db-01 now: ${dbNow.map((v) => `${v.state} on ${v.host}, token ${v.locks.map((l) => l.token).join(', ')}`).join('; ')} (it never left)`);
+
+  step(8, 'The coordinator leader is killed (SIGKILL) in the middle of a migration: web-01 host-b → host-c, its send slowed to 1.5 s');
   const web = started.get('web-01')!;
   await inject('host-b', web.uuid, { sendDelayMs: 1_500 });
   const doomed = await leader();
@@ -165,14 +179,14 @@ async function story(ws: DemoWorkspace): Promise<void> {
   });
   say(`   ${(await leader()).id} leads now and finished it`);
 
-  step(8, 'The intruder gives up');
+  step(9, 'The intruder gives up');
   tries.stop = true;
   const intruderFailed = await intruding;
   if (intruderFailed !== undefined) throw intruderFailed;
   await intruder.close();
   say(`   ${tries.attempts} attempts to take a disk of a VM being migrated; granted ${tries.granted} times`);
 
-  step(9, 'Who wrote to each disk, in order (one writer per token, tokens only going up)');
+  step(10, 'Who wrote to each disk, in order (one writer per token, tokens only going up)');
   let problems = 0;
   for (const vm of vms) {
     for (const path of vm.disks) {
